@@ -1,0 +1,402 @@
+"""Ray Tune sweeps: Optuna (TPE) or random/grid search, ASHA early stopping, fractional GPUs.
+
+The only module of tfkd that imports Ray. A trial is `tfkd.train.run_trial` behind a thin
+trainable; the dataset is loaded once by the driver and shared with every trial through Ray's
+object store (one copy per node, read zero-copy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import socket
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from tfkd import data, tracking
+from tfkd.errors import UserError
+from tfkd.search_space import Param, SearchSpace
+from tfkd.train import run_trial
+
+METRIC = "val_accuracy"
+MODE = "max"
+CHECKPOINTS_KEPT = 2
+GRID_KEY = "trial_config"
+RAY_AUTH_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
+
+
+# ---------------------------------------------------------------- the cluster
+
+
+def cluster_address(address: str | None) -> str | None:
+    """--address, else RAY_ADDRESS, else None (a local Ray started for this sweep)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def _auth_token_available() -> bool:
+    return bool(
+        os.environ.get("RAY_AUTH_TOKEN")
+        or os.environ.get("RAY_AUTH_TOKEN_PATH")
+        or RAY_AUTH_TOKEN_FILE.is_file()
+    )
+
+
+def check_reachable(address: str, timeout: float = 3.0) -> None:
+    """Fail fast (Ray itself retries for minutes) when nothing listens at host:port."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not port.isdigit():
+        raise UserError(f"--address {address!r} is not HOST:PORT (e.g. 127.0.0.1:6379)")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"no Ray cluster reachable at {address} ({exc.strerror or exc}); start one with "
+            f"'ray start --head --port={port}' or fix --address / RAY_ADDRESS"
+        ) from None
+
+
+def connect(address: str | None, *, num_cpus: int | None = None) -> str:
+    """Join an existing cluster (token authentication handled) or start a local Ray."""
+    target = cluster_address(address)
+    if target is None or target == "local":
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+                 configure_logging=True, logging_level="WARNING")
+        return "local"
+    check_reachable(target)
+    if "RAY_AUTH_MODE" not in os.environ and _auth_token_available():
+        # Ray >= 2.52 clusters started by `ray start` require a token from their drivers.
+        os.environ["RAY_AUTH_MODE"] = "token"
+    try:
+        ray.init(address=target, logging_level="WARNING")
+    except Exception as exc:  # ConnectionError, AuthenticationError, RuntimeError...
+        hint = (
+            "the cluster uses token authentication: set RAY_AUTH_MODE=token and provide the "
+            "cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN"
+        )
+        raise UserError(f"cannot join the Ray cluster at {target}: {hint}") from exc
+    return target
+
+
+def disconnect() -> None:
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def cluster_gpus() -> float:
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """Everything a sweep needs; built and validated by tune_main before Ray starts."""
+
+    name: str
+    base_config: dict[str, Any]
+    space: SearchSpace
+    search_alg: str = "optuna"
+    num_samples: int = 8
+    grace_period: int = 1
+    seed: int = 0
+    fixed: bool = False
+    gpus_per_trial: float | None = None
+    cpus_per_trial: float = 1.0
+    max_concurrent: int | None = None
+    storage: str = "./ray_results"
+    resume: bool = False
+    tracking: tracking.TrackingContext | None = None
+    first_point: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def epochs(self) -> int:
+        return int(self.base_config["epochs"])
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    experiment_path: str
+    best_config: dict[str, Any] | None
+    best_metrics: dict[str, Any] | None
+    best_trial_id: str | None
+    trials: int
+    failed: int
+    stopped_early: int
+    trial_metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+def storage_uri(storage: str) -> str:
+    """Ray wants absolute local paths; URIs (s3://, gs://, ...) go to pyarrow's filesystems."""
+    if "://" in storage:
+        return storage
+    return str(Path(storage).expanduser().resolve())
+
+
+SAMPLERS: dict[str, Callable[[Param], Any]] = {
+    "uniform": lambda p: tune.uniform(p.low, p.high),
+    "loguniform": lambda p: tune.loguniform(p.low, p.high),
+    "int": lambda p: tune.randint(int(p.low), int(p.high) + 1),
+    "logint": lambda p: tune.lograndint(int(p.low), int(p.high) + 1),
+    "quniform": lambda p: tune.quniform(p.low, p.high, p.q),
+    "choice": lambda p: tune.choice(list(p.values)),
+}
+
+
+def param_space(spec: SweepSpec) -> dict[str, Any]:
+    """The fixed trial config plus a Tune distribution (or grid) for every searched key."""
+    space = dict(spec.base_config)
+    if spec.fixed:
+        return {**space, **spec.first_point}
+    for name, param in spec.space.params.items():
+        if spec.search_alg == "grid":
+            space[name] = tune.grid_search(param.grid())
+        else:
+            space[name] = SAMPLERS[param.distribution](param)
+    return space
+
+
+def _concurrency(spec: SweepSpec) -> int | None:
+    return spec.max_concurrent if spec.max_concurrent and spec.max_concurrent > 0 else None
+
+
+def searcher(spec: SweepSpec):
+    """Optuna's seeded multivariate TPE, starting from the paper's preset; or random/grid."""
+    points = [spec.first_point] if spec.first_point and spec.space.params else None
+    if spec.fixed or spec.search_alg == "grid":
+        return BasicVariantGenerator(max_concurrent=_concurrency(spec) or 0)
+    if spec.search_alg == "random":
+        return BasicVariantGenerator(points_to_evaluate=points, random_state=spec.seed,
+                                     max_concurrent=_concurrency(spec) or 0)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=spec.seed, multivariate=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # multivariate TPE is flagged experimental
+        alg = OptunaSearch(sampler=sampler, points_to_evaluate=points)
+    limit = _concurrency(spec)
+    return ConcurrencyLimiter(alg, max_concurrent=limit) if limit else alg
+
+
+def scheduler(spec: SweepSpec) -> ASHAScheduler:
+    """ASHA on the validation accuracy, with time measured in epochs."""
+    return ASHAScheduler(time_attr="epoch", max_t=spec.epochs,
+                         grace_period=min(spec.grace_period, spec.epochs), reduction_factor=2)
+
+
+def resources(spec: SweepSpec) -> dict[str, float]:
+    gpus = spec.gpus_per_trial
+    if gpus is None:
+        gpus = 0.25 if cluster_gpus() > 0 else 0.0
+    return {"cpu": spec.cpus_per_trial, "gpu": gpus}
+
+
+# ---------------------------------------------------------------- sharing the dataset
+
+
+def pack_dataset(dataset: data.Dataset) -> dict[str, Any]:
+    """Numpy arrays, so that trials read them zero-copy from the object store."""
+    def pack_split(split: data.Split) -> dict[str, Any]:
+        return {"images": split.images.numpy(), "labels": split.labels.numpy(),
+                "mean": split.mean, "std": split.std, "augment": split.augment}
+
+    return {"name": dataset.name, "num_classes": dataset.num_classes,
+            **{s: pack_split(getattr(dataset, s)) for s in ("train", "val", "test")}}
+
+
+def unpack_dataset(packed: Mapping[str, Any]) -> data.Dataset:
+    def unpack_split(p: Mapping[str, Any]) -> data.Split:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # read-only shared memory: loaders never write to it
+            images = torch.from_numpy(np.asarray(p["images"]))
+            labels = torch.from_numpy(np.asarray(p["labels"]))
+        return data.Split(images=images, labels=labels, mean=tuple(p["mean"]),
+                          std=tuple(p["std"]), augment=tuple(p["augment"]))
+
+    return data.Dataset(name=packed["name"], num_classes=packed["num_classes"],
+                        **{s: unpack_split(packed[s]) for s in ("train", "val", "test")})
+
+
+def load_dataset(config: Mapping[str, Any]) -> data.Dataset:
+    return data.load(config["dataset"], config["data_dir"], val_fraction=config["val_fraction"],
+                      seed=config["split_seed"], download=config["download"],
+                      fake_size=config["fake_size"])
+
+
+# ---------------------------------------------------------------- the trainable
+
+
+def _restore_point() -> tuple[str | None, str | None]:
+    """(local checkpoint folder, MLflow run id) when Tune restarts or resumes this trial."""
+    saved = tune.get_checkpoint()
+    if saved is None:
+        return None, None
+    folder = saved.to_directory(tempfile.mkdtemp(prefix="tfkd-resume-"))
+    return folder, tracking.run_id_in(folder)
+
+
+def trainable(config: dict[str, Any], packed_dataset: Mapping[str, Any],
+              tracking_context: tracking.TrackingContext | None, cpus: float) -> None:
+    """The thin Ray trainable: resume point in, run_trial, per-epoch tune.report out."""
+    config = config.get(GRID_KEY, config)  # run_configs nests each whole config under one key
+    torch.set_num_threads(max(1, int(cpus)))
+    context = tune.get_context()
+    resume_dir, run_id = _restore_point()
+    tracker = tracking.trial_tracker(tracking_context, config, context.get_trial_id(),
+                                     context.get_trial_name(), run_id)
+    uri = tracking_context.uri if tracking_context else None
+    config = {**config,
+              "teacher_checkpoint": tracking.local_path(config["teacher_checkpoint"], uri)}
+
+    def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        tracker.on_epoch(metrics, checkpoint_dir)
+        if metrics["epoch"] == config["epochs"]:
+            tracker.on_finish(metrics)  # before tune.report: Tune may end the actor there
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+
+    try:
+        run_trial(config, report, dataset=unpack_dataset(packed_dataset), resume_from=resume_dir)
+    except SystemExit:  # Tune stops a trial (ASHA, max_t) by ending its function here
+        tracker.on_stopped()
+        raise
+    except BaseException as exc:
+        tracker.on_failed(exc)
+        raise
+
+
+class _RunStatusCallback(tune.Callback):
+    """Closes MLflow runs whose trial died without saying so (killed actor, interrupted driver)."""
+
+    def __init__(self, context: tracking.TrackingContext | None) -> None:
+        self.context = context
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        tracking.close_trial_run(self.context, trial.trial_id, "FAILED")
+
+
+def _trainable_with_resources(spec: SweepSpec, packed: Mapping[str, Any]):
+    res = resources(spec)
+    return tune.with_resources(
+        tune.with_parameters(trainable, packed_dataset=packed, tracking_context=spec.tracking,
+                             cpus=res["cpu"]),
+        res,
+    )
+
+
+def _run_config(spec: SweepSpec) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=spec.name,
+        storage_path=storage_uri(spec.storage),
+        failure_config=tune.FailureConfig(max_failures=2),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT,
+                                                checkpoint_score_attribute=METRIC,
+                                                checkpoint_score_order=MODE),
+        callbacks=[_RunStatusCallback(spec.tracking)],
+        verbose=1,
+    )
+
+
+def _restored(spec: SweepSpec, fn) -> tune.Tuner:
+    experiment = f"{storage_uri(spec.storage).rstrip('/')}/{spec.name}"
+    if not tune.Tuner.can_restore(experiment):
+        raise UserError(f"--resume: no experiment to resume at {experiment}; run without "
+                        "--resume first (or fix --name / --storage)")
+    return tune.Tuner.restore(experiment, trainable=fn, resume_unfinished=True,
+                              resume_errored=True, restart_errored=False)
+
+
+def _tuner(spec: SweepSpec, packed: Mapping[str, Any]) -> tune.Tuner:
+    fn = _trainable_with_resources(spec, packed)
+    if spec.resume:
+        return _restored(spec, fn)
+    tune_config = tune.TuneConfig(
+        metric=METRIC,
+        mode=MODE,
+        search_alg=searcher(spec),
+        scheduler=scheduler(spec),
+        num_samples=1 if spec.fixed else spec.num_samples,
+        max_concurrent_trials=_concurrency(spec) if spec.search_alg != "optuna" else None,
+        reuse_actors=False,
+    )
+    return tune.Tuner(fn, param_space=param_space(spec), tune_config=tune_config,
+                      run_config=_run_config(spec))
+
+
+def _is_full_length(metrics: Mapping[str, Any], epochs: int) -> bool:
+    return int(metrics.get("epoch", 0)) >= epochs
+
+
+def _summarise(grid: tune.ResultGrid, spec: SweepSpec) -> SweepResult:
+    finished = [r for r in grid if r.error is None and r.metrics]
+    full = [r for r in finished if _is_full_length(r.metrics, spec.epochs)]
+    candidates = full or finished
+    best = max(candidates, key=lambda r: r.metrics.get(METRIC, -math.inf), default=None)
+    keep = ("trial_id", "epoch", METRIC, "test_accuracy")
+    return SweepResult(
+        experiment_path=grid.experiment_path,
+        best_config=dict(best.config.get(GRID_KEY, best.config)) if best else None,
+        best_metrics=dict(best.metrics) if best else None,
+        best_trial_id=best.metrics.get("trial_id") if best else None,
+        trials=len(grid),
+        failed=sum(1 for r in grid if r.error is not None),
+        stopped_early=len(finished) - len(full),
+        trial_metrics=[{k: r.metrics.get(k) for k in keep} for r in finished],
+    )
+
+
+def run_sweep(spec: SweepSpec, dataset: data.Dataset | None = None) -> SweepResult:
+    """Run (or resume) a sweep on the connected cluster and return its summary."""
+    dataset = dataset or load_dataset(spec.base_config)
+    grid = _tuner(spec, pack_dataset(dataset)).fit()
+    result = _summarise(grid, spec)
+    tracking.finish_sweep(spec.tracking, result.best_trial_id, result.best_metrics)
+    return result
+
+
+def run_configs(spec: SweepSpec, configs: list[dict[str, Any]],
+                dataset: data.Dataset | None = None) -> SweepResult:
+    """Run given trial configs (e.g. best configs x seeds) as one Tune run: no search, no ASHA.
+
+    `spec.base_config` names the dataset to share; `spec.resume` continues an interrupted run.
+    """
+    dataset = dataset or load_dataset(spec.base_config)
+    fn = _trainable_with_resources(spec, pack_dataset(dataset))
+    if spec.resume:
+        tuner = _restored(spec, fn)
+    else:
+        tuner = tune.Tuner(
+            fn,
+            param_space={GRID_KEY: tune.grid_search(configs)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=_concurrency(spec),
+                                        reuse_actors=False),
+            run_config=_run_config(spec),
+        )
+    grid = tuner.fit()
+    result = _summarise(grid, spec)
+    tracking.finish_sweep(spec.tracking, None, None)
+    return result
+
+
+@contextlib.contextmanager
+def session(address: str | None, *, num_cpus: int | None = None):
+    """Connect for the duration of a block, always disconnecting."""
+    where = connect(address, num_cpus=num_cpus)
+    try:
+        yield where
+    finally:
+        disconnect()

@@ -1,0 +1,14 @@
+#!/usr/bin/env python
+"""Hyper-parameter sweeps for Tf-KD and its comparison modes.
+
+    python tune_main.py --mode tfkd_reg --dataset cifar100 --model resnet18
+
+See `python tune_main.py --help` and README.md.
+"""
+
+import sys
+
+from tfkd.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
