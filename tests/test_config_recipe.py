@@ -22,8 +22,16 @@ def dataclasses_frozen_error():
 
 
 def test_values_from_yaml_ray_and_mlflow_are_coerced():
-    cfg = TrialConfig.from_dict({"mode": "kd", "epochs": 3.0, "alpha": 1, "amp": "false",
-                                 "teacher_checkpoint": None, "temperature": "4"})
+    cfg = TrialConfig.from_dict(
+        {
+            "mode": "kd",
+            "epochs": 3.0,
+            "alpha": 1,
+            "amp": "false",
+            "teacher_checkpoint": None,
+            "temperature": "4",
+        }
+    )
     assert cfg.epochs == 3 and cfg.alpha == 1.0 and cfg.amp is False
     assert cfg.teacher_checkpoint == "" and cfg.temperature == 4.0
 
@@ -91,7 +99,7 @@ def test_warmup_is_linear_within_the_first_epoch():
         seen.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    steps = [b - a for a, b in zip(seen, seen[1:])]
+    steps = [b - a for a, b in zip(seen, seen[1:], strict=False)]
     assert seen[0] == pytest.approx(0.1 / 4)  # starts at lr / warm-up steps
     assert steps == pytest.approx([steps[0]] * 4)  # equal increments: linear
     assert seen[4] == pytest.approx(0.1)  # full rate once the first epoch is over

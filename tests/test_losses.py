@@ -43,14 +43,27 @@ def test_kd_loss_matches_hand_computation(semantics):
     rows = kl_rows(softmax(TEACHER / T), softmax(STUDENT / T))
     expected_kl = reduce(rows, semantics, 4) * T * T * m
     expected = (1 - alpha) * ce(STUDENT, LABELS) + alpha * expected_kl
-    terms = losses.kd_loss_terms(t(STUDENT), torch.tensor(LABELS), t(TEACHER), temperature=T,
-                                 alpha=alpha, multiplier=m, semantics=semantics)
+    terms = losses.kd_loss_terms(
+        t(STUDENT),
+        torch.tensor(LABELS),
+        t(TEACHER),
+        temperature=T,
+        alpha=alpha,
+        multiplier=m,
+        semantics=semantics,
+    )
     assert terms.total.item() == pytest.approx(expected, rel=1e-5)
     assert terms.kl.item() == pytest.approx(expected_kl, rel=1e-5)
     assert terms.ce.item() == pytest.approx(ce(STUDENT, LABELS), rel=1e-5)
-    assert losses.kd_loss(t(STUDENT), torch.tensor(LABELS), t(TEACHER), temperature=T,
-                          alpha=alpha, multiplier=m, semantics=semantics).item() == pytest.approx(
-        expected, rel=1e-5)
+    assert losses.kd_loss(
+        t(STUDENT),
+        torch.tensor(LABELS),
+        t(TEACHER),
+        temperature=T,
+        alpha=alpha,
+        multiplier=m,
+        semantics=semantics,
+    ).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_reference_kl_is_paper_kl_divided_by_classes():
@@ -62,8 +75,14 @@ def test_reference_kl_is_paper_kl_divided_by_classes():
 
 @pytest.mark.parametrize("semantics", ["reference", "paper"])
 def test_kl_is_zero_for_identical_logits(semantics):
-    terms = losses.kd_loss_terms(t(STUDENT), torch.tensor(LABELS), t(STUDENT), temperature=5.0,
-                                 alpha=0.9, semantics=semantics)
+    terms = losses.kd_loss_terms(
+        t(STUDENT),
+        torch.tensor(LABELS),
+        t(STUDENT),
+        temperature=5.0,
+        alpha=0.9,
+        semantics=semantics,
+    )
     assert terms.kl.item() == pytest.approx(0.0, abs=1e-6)
 
 
@@ -78,9 +97,15 @@ def test_virtual_teacher_matches_hand_computation(semantics):
     rows = kl_rows(teacher, softmax(STUDENT / student_t))
     expected_kl = reduce(rows, semantics, k) * m
     expected = (1 - alpha) * ce(STUDENT, LABELS) + alpha * expected_kl
-    terms = losses.virtual_teacher_loss_terms(t(STUDENT), torch.tensor(LABELS), temperature=T,
-                                              alpha=alpha, correct_prob=p, multiplier=m,
-                                              semantics=semantics)
+    terms = losses.virtual_teacher_loss_terms(
+        t(STUDENT),
+        torch.tensor(LABELS),
+        temperature=T,
+        alpha=alpha,
+        correct_prob=p,
+        multiplier=m,
+        semantics=semantics,
+    )
     assert terms.kl.item() == pytest.approx(expected_kl, rel=1e-5)
     assert terms.total.item() == pytest.approx(expected, rel=1e-5)
 
@@ -101,7 +126,9 @@ def test_label_smoothing_matches_hand_computation_and_torch():
     got = losses.label_smoothing_loss(t(STUDENT), torch.tensor(LABELS), epsilon=eps)
     assert got.item() == pytest.approx(expected, rel=1e-5)
     # torch puts eps'/K everywhere; the definitions coincide for eps' = eps*K/(K-1)
-    torch_value = F.cross_entropy(t(STUDENT), torch.tensor(LABELS), label_smoothing=eps * k / (k - 1))
+    torch_value = F.cross_entropy(
+        t(STUDENT), torch.tensor(LABELS), label_smoothing=eps * k / (k - 1)
+    )
     assert got.item() == pytest.approx(torch_value.item(), rel=1e-5)
 
 
@@ -121,5 +148,11 @@ def test_losses_are_vectorised_and_device_agnostic():
 
 def test_unknown_semantics_is_rejected():
     with pytest.raises(ValueError, match="semantics"):
-        losses.kd_loss(t(STUDENT), torch.tensor(LABELS), t(TEACHER), temperature=1, alpha=0.5,
-                       semantics="other")
+        losses.kd_loss(
+            t(STUDENT),
+            torch.tensor(LABELS),
+            t(TEACHER),
+            temperature=1,
+            alpha=0.5,
+            semantics="other",
+        )

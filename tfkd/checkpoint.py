@@ -47,7 +47,9 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     try:
         state = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt or not a tfkd checkpoint
-        raise ValueError(f"cannot read checkpoint {file}: {exc.__class__.__name__}: {exc}") from None
+        raise ValueError(
+            f"cannot read checkpoint {file}: {exc.__class__.__name__}: {exc}"
+        ) from None
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"{file} is not a tfkd checkpoint (no 'model' weights)")
     return state

@@ -32,8 +32,12 @@ class Mode:
 _MODES: dict[str, Mode] = {}
 
 
-def register(*names: str, needs_teacher: bool = False, teacher_is_student: bool = False,
-             descriptions: dict[str, str]) -> Callable[[LossFn], LossFn]:
+def register(
+    *names: str,
+    needs_teacher: bool = False,
+    teacher_is_student: bool = False,
+    descriptions: dict[str, str],
+) -> Callable[[LossFn], LossFn]:
     """Register one loss function under one or more mode names."""
 
     def decorate(fn: LossFn) -> LossFn:

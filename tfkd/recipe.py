@@ -25,7 +25,9 @@ def build_optimizer(model: nn.Module, cfg: TrialConfig) -> torch.optim.Optimizer
 
 def milestone_epochs(cfg: TrialConfig) -> list[int]:
     """Epochs (counted from the start of training) after which the rate decays."""
-    return [max(cfg.warmup_epochs, round(f * cfg.epochs)) for f in parse_milestones(cfg.lr_milestones)]
+    return [
+        max(cfg.warmup_epochs, round(f * cfg.epochs)) for f in parse_milestones(cfg.lr_milestones)
+    ]
 
 
 def build_scheduler(

@@ -35,7 +35,6 @@ METRIC = "val_accuracy"
 MODE = "max"
 CHECKPOINTS_KEPT = 2
 GRID_KEY = "trial_config"
-RAY_AUTH_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 
 
 # ---------------------------------------------------------------- the cluster
@@ -44,14 +43,6 @@ RAY_AUTH_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 def cluster_address(address: str | None) -> str | None:
     """--address, else RAY_ADDRESS, else None (a local Ray started for this sweep)."""
     return address or os.environ.get("RAY_ADDRESS") or None
-
-
-def _auth_token_available() -> bool:
-    return bool(
-        os.environ.get("RAY_AUTH_TOKEN")
-        or os.environ.get("RAY_AUTH_TOKEN_PATH")
-        or RAY_AUTH_TOKEN_FILE.is_file()
-    )
 
 
 def check_reachable(address: str, timeout: float = 3.0) -> None:
@@ -73,13 +64,15 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> str:
     """Join an existing cluster (token authentication handled) or start a local Ray."""
     target = cluster_address(address)
     if target is None or target == "local":
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
-                 configure_logging=True, logging_level="WARNING")
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=True,
+            configure_logging=True,
+            logging_level="WARNING",
+        )
         return "local"
     check_reachable(target)
-    if "RAY_AUTH_MODE" not in os.environ and _auth_token_available():
-        # Ray >= 2.52 clusters started by `ray start` require a token from their drivers.
-        os.environ["RAY_AUTH_MODE"] = "token"
     try:
         ray.init(address=target, logging_level="WARNING")
     except Exception as exc:  # ConnectionError, AuthenticationError, RuntimeError...
@@ -180,8 +173,11 @@ def searcher(spec: SweepSpec):
     if spec.fixed or spec.search_alg == "grid":
         return BasicVariantGenerator(max_concurrent=_concurrency(spec) or 0)
     if spec.search_alg == "random":
-        return BasicVariantGenerator(points_to_evaluate=points, random_state=spec.seed,
-                                     max_concurrent=_concurrency(spec) or 0)
+        return BasicVariantGenerator(
+            points_to_evaluate=points,
+            random_state=spec.seed,
+            max_concurrent=_concurrency(spec) or 0,
+        )
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -195,8 +191,12 @@ def searcher(spec: SweepSpec):
 
 def scheduler(spec: SweepSpec) -> ASHAScheduler:
     """ASHA on the validation accuracy, with time measured in epochs."""
-    return ASHAScheduler(time_attr="epoch", max_t=spec.epochs,
-                         grace_period=min(spec.grace_period, spec.epochs), reduction_factor=2)
+    return ASHAScheduler(
+        time_attr="epoch",
+        max_t=spec.epochs,
+        grace_period=min(spec.grace_period, spec.epochs),
+        reduction_factor=2,
+    )
 
 
 def resources(spec: SweepSpec) -> dict[str, float]:
@@ -211,12 +211,21 @@ def resources(spec: SweepSpec) -> dict[str, float]:
 
 def pack_dataset(dataset: data.Dataset) -> dict[str, Any]:
     """Numpy arrays, so that trials read them zero-copy from the object store."""
-    def pack_split(split: data.Split) -> dict[str, Any]:
-        return {"images": split.images.numpy(), "labels": split.labels.numpy(),
-                "mean": split.mean, "std": split.std, "augment": split.augment}
 
-    return {"name": dataset.name, "num_classes": dataset.num_classes,
-            **{s: pack_split(getattr(dataset, s)) for s in ("train", "val", "test")}}
+    def pack_split(split: data.Split) -> dict[str, Any]:
+        return {
+            "images": split.images.numpy(),
+            "labels": split.labels.numpy(),
+            "mean": split.mean,
+            "std": split.std,
+            "augment": split.augment,
+        }
+
+    return {
+        "name": dataset.name,
+        "num_classes": dataset.num_classes,
+        **{s: pack_split(getattr(dataset, s)) for s in ("train", "val", "test")},
+    }
 
 
 def unpack_dataset(packed: Mapping[str, Any]) -> data.Dataset:
@@ -225,17 +234,30 @@ def unpack_dataset(packed: Mapping[str, Any]) -> data.Dataset:
             warnings.simplefilter("ignore")  # read-only shared memory: loaders never write to it
             images = torch.from_numpy(np.asarray(p["images"]))
             labels = torch.from_numpy(np.asarray(p["labels"]))
-        return data.Split(images=images, labels=labels, mean=tuple(p["mean"]),
-                          std=tuple(p["std"]), augment=tuple(p["augment"]))
+        return data.Split(
+            images=images,
+            labels=labels,
+            mean=tuple(p["mean"]),
+            std=tuple(p["std"]),
+            augment=tuple(p["augment"]),
+        )
 
-    return data.Dataset(name=packed["name"], num_classes=packed["num_classes"],
-                        **{s: unpack_split(packed[s]) for s in ("train", "val", "test")})
+    return data.Dataset(
+        name=packed["name"],
+        num_classes=packed["num_classes"],
+        **{s: unpack_split(packed[s]) for s in ("train", "val", "test")},
+    )
 
 
 def load_dataset(config: Mapping[str, Any]) -> data.Dataset:
-    return data.load(config["dataset"], config["data_dir"], val_fraction=config["val_fraction"],
-                      seed=config["split_seed"], download=config["download"],
-                      fake_size=config["fake_size"])
+    return data.load(
+        config["dataset"],
+        config["data_dir"],
+        val_fraction=config["val_fraction"],
+        seed=config["split_seed"],
+        download=config["download"],
+        fake_size=config["fake_size"],
+    )
 
 
 # ---------------------------------------------------------------- the trainable
@@ -250,18 +272,34 @@ def _restore_point() -> tuple[str | None, str | None]:
     return folder, tracking.run_id_in(folder)
 
 
-def trainable(config: dict[str, Any], packed_dataset: Mapping[str, Any],
-              tracking_context: tracking.TrackingContext | None, cpus: float) -> None:
+def _device_for(config: Mapping[str, Any], gpus: float) -> str:
+    """A trial given a GPU share asks for CUDA; run_trial falls back to CPU with a warning."""
+    return "cuda" if gpus > 0 and config.get("device", "auto") == "auto" else config["device"]
+
+
+def trainable(
+    config: dict[str, Any],
+    packed_dataset: Mapping[str, Any],
+    tracking_context: tracking.TrackingContext | None,
+    cpus: float,
+    gpus: float,
+) -> None:
     """The thin Ray trainable: resume point in, run_trial, per-epoch tune.report out."""
-    config = config.get(GRID_KEY, config)  # run_configs nests each whole config under one key
+    config = dict(config.get(GRID_KEY, config))  # run_configs nests each config under one key
     torch.set_num_threads(max(1, int(cpus)))
     context = tune.get_context()
     resume_dir, run_id = _restore_point()
-    tracker = tracking.trial_tracker(tracking_context, config, context.get_trial_id(),
-                                     context.get_trial_name(), run_id)
+    tracker = tracking.trial_tracker(
+        tracking_context,
+        config,
+        context.get_trial_id(),
+        context.get_trial_name(),
+        run_id,
+        node_id=ray.get_runtime_context().get_node_id(),
+    )
     uri = tracking_context.uri if tracking_context else None
-    config = {**config,
-              "teacher_checkpoint": tracking.local_path(config["teacher_checkpoint"], uri)}
+    config["teacher_checkpoint"] = tracking.local_path(config["teacher_checkpoint"], uri)
+    config["device"] = _device_for(config, gpus)
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         tracker.on_epoch(metrics, checkpoint_dir)
@@ -289,11 +327,21 @@ class _RunStatusCallback(tune.Callback):
         tracking.close_trial_run(self.context, trial.trial_id, "FAILED")
 
 
+def _trial_name(trial) -> str:
+    """Short names and folders (Ray's default folder name lists the whole config)."""
+    return f"trial_{trial.trial_id}"
+
+
 def _trainable_with_resources(spec: SweepSpec, packed: Mapping[str, Any]):
     res = resources(spec)
     return tune.with_resources(
-        tune.with_parameters(trainable, packed_dataset=packed, tracking_context=spec.tracking,
-                             cpus=res["cpu"]),
+        tune.with_parameters(
+            trainable,
+            packed_dataset=packed,
+            tracking_context=spec.tracking,
+            cpus=res["cpu"],
+            gpus=res["gpu"],
+        ),
         res,
     )
 
@@ -303,9 +351,11 @@ def _run_config(spec: SweepSpec) -> tune.RunConfig:
         name=spec.name,
         storage_path=storage_uri(spec.storage),
         failure_config=tune.FailureConfig(max_failures=2),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT,
-                                                checkpoint_score_attribute=METRIC,
-                                                checkpoint_score_order=MODE),
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=CHECKPOINTS_KEPT,
+            checkpoint_score_attribute=METRIC,
+            checkpoint_score_order=MODE,
+        ),
         callbacks=[_RunStatusCallback(spec.tracking)],
         verbose=1,
     )
@@ -314,10 +364,13 @@ def _run_config(spec: SweepSpec) -> tune.RunConfig:
 def _restored(spec: SweepSpec, fn) -> tune.Tuner:
     experiment = f"{storage_uri(spec.storage).rstrip('/')}/{spec.name}"
     if not tune.Tuner.can_restore(experiment):
-        raise UserError(f"--resume: no experiment to resume at {experiment}; run without "
-                        "--resume first (or fix --name / --storage)")
-    return tune.Tuner.restore(experiment, trainable=fn, resume_unfinished=True,
-                              resume_errored=True, restart_errored=False)
+        raise UserError(
+            f"--resume: no experiment to resume at {experiment}; run without "
+            "--resume first (or fix --name / --storage)"
+        )
+    return tune.Tuner.restore(
+        experiment, trainable=fn, resume_unfinished=True, resume_errored=True, restart_errored=False
+    )
 
 
 def _tuner(spec: SweepSpec, packed: Mapping[str, Any]) -> tune.Tuner:
@@ -332,9 +385,12 @@ def _tuner(spec: SweepSpec, packed: Mapping[str, Any]) -> tune.Tuner:
         num_samples=1 if spec.fixed else spec.num_samples,
         max_concurrent_trials=_concurrency(spec) if spec.search_alg != "optuna" else None,
         reuse_actors=False,
+        trial_name_creator=_trial_name,
+        trial_dirname_creator=_trial_name,
     )
-    return tune.Tuner(fn, param_space=param_space(spec), tune_config=tune_config,
-                      run_config=_run_config(spec))
+    return tune.Tuner(
+        fn, param_space=param_space(spec), tune_config=tune_config, run_config=_run_config(spec)
+    )
 
 
 def _is_full_length(metrics: Mapping[str, Any], epochs: int) -> bool:
@@ -368,8 +424,9 @@ def run_sweep(spec: SweepSpec, dataset: data.Dataset | None = None) -> SweepResu
     return result
 
 
-def run_configs(spec: SweepSpec, configs: list[dict[str, Any]],
-                dataset: data.Dataset | None = None) -> SweepResult:
+def run_configs(
+    spec: SweepSpec, configs: list[dict[str, Any]], dataset: data.Dataset | None = None
+) -> SweepResult:
     """Run given trial configs (e.g. best configs x seeds) as one Tune run: no search, no ASHA.
 
     `spec.base_config` names the dataset to share; `spec.resume` continues an interrupted run.
@@ -382,8 +439,12 @@ def run_configs(spec: SweepSpec, configs: list[dict[str, Any]],
         tuner = tune.Tuner(
             fn,
             param_space={GRID_KEY: tune.grid_search(configs)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=_concurrency(spec),
-                                        reuse_actors=False),
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=_concurrency(spec),
+                reuse_actors=False,
+                trial_name_creator=_trial_name,
+                trial_dirname_creator=_trial_name,
+            ),
             run_config=_run_config(spec),
         )
     grid = tuner.fit()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -43,9 +44,16 @@ def _mlflow():
     return mlflow
 
 
+def _quiet() -> None:
+    """MLflow and alembic log INFO lines (database creation, migrations) to stderr."""
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _client(uri: str):
     from mlflow import MlflowClient
 
+    _quiet()
     return MlflowClient(tracking_uri=uri)
 
 
@@ -104,8 +112,14 @@ def ensure_experiment(uri: str, name: str) -> str:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
+            check=True,
+        )
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -131,20 +145,31 @@ def registered_model_name(dataset: str, model: str) -> str:
     return f"tfkd-{dataset}-{model}"
 
 
-def start_sweep(uri: str, experiment: str, run_name: str, tags: Mapping[str, str],
-                register_teachers: bool, dataset: str, model: str,
-                snapshot_epochs: tuple[int, ...] = (), resume: bool = False,
-                kind: str = "sweep", child_kind: str = "trial",
-                child_tags: Mapping[str, str] | None = None) -> TrackingContext:
+def start_sweep(
+    uri: str,
+    experiment: str,
+    run_name: str,
+    tags: Mapping[str, str],
+    register_teachers: bool,
+    dataset: str,
+    model: str,
+    snapshot_epochs: tuple[int, ...] = (),
+    resume: bool = False,
+    kind: str = "sweep",
+    child_kind: str = "trial",
+    child_tags: Mapping[str, str] | None = None,
+) -> TrackingContext:
     """Create (or, on --resume, find again) the sweep's parent run."""
     experiment_id = ensure_experiment(uri, experiment)
     client = _client(uri)
     parent = _find_parent(client, experiment_id, run_name, kind) if resume else None
     if parent is None:
-        all_tags = {**tags, "mlflow.runName": run_name, KIND_TAG: kind,
-                    "git_commit": git_commit()}
-        parent = client.create_run(experiment_id, run_name=run_name,
-                                   tags={k: str(v) for k, v in all_tags.items() if v != ""})
+        all_tags = {**tags, "mlflow.runName": run_name, KIND_TAG: kind, "git_commit": git_commit()}
+        parent = client.create_run(
+            experiment_id,
+            run_name=run_name,
+            tags={k: str(v) for k, v in all_tags.items() if v != ""},
+        )
     else:
         client.update_run(parent.info.run_id, status="RUNNING")
     return TrackingContext(
@@ -159,10 +184,12 @@ def start_sweep(uri: str, experiment: str, run_name: str, tags: Mapping[str, str
 
 
 def _find_parent(client, experiment_id: str, run_name: str, kind: str):
-    runs = client.search_runs([experiment_id],
-                              filter_string=f"tags.`{KIND_TAG}` = '{kind}' and "
-                                            f"tags.`mlflow.runName` = '{run_name}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{KIND_TAG}` = '{kind}' and tags.`mlflow.runName` = '{run_name}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     return runs[0] if runs else None
 
 
@@ -171,8 +198,12 @@ def log_sweep_metrics(context: TrackingContext | None, metrics: Mapping[str, flo
         _log_metrics(_client(context.uri), context.parent_run_id, metrics, step=0)
 
 
-def finish_sweep(context: TrackingContext | None, best_trial_id: str | None,
-                 best_metrics: Mapping[str, Any] | None, status: str = "FINISHED") -> None:
+def finish_sweep(
+    context: TrackingContext | None,
+    best_trial_id: str | None,
+    best_metrics: Mapping[str, Any] | None,
+    status: str = "FINISHED",
+) -> None:
     """Record the best trial on the parent run, close runs left open, close the parent."""
     if context is None:
         return
@@ -183,8 +214,9 @@ def finish_sweep(context: TrackingContext | None, best_trial_id: str | None,
         client.set_tag(run_id, "best_trial_id", best_trial_id)
         if child is not None:
             client.set_tag(run_id, "best_run_id", child.info.run_id)
-        _log_metrics(client, run_id, {f"best_{k}": v for k, v in (best_metrics or {}).items()},
-                     step=0)
+        _log_metrics(
+            client, run_id, {f"best_{k}": v for k, v in (best_metrics or {}).items()}, step=0
+        )
     for run in _children(client, context):
         if run.info.status == "RUNNING":
             client.set_terminated(run.info.run_id, status="KILLED")
@@ -192,9 +224,11 @@ def finish_sweep(context: TrackingContext | None, best_trial_id: str | None,
 
 
 def _children(client, context: TrackingContext) -> list:
-    return client.search_runs([context.experiment_id],
-                              filter_string=f"tags.`mlflow.parentRunId` = '{context.parent_run_id}'",
-                              max_results=5000)
+    return client.search_runs(
+        [context.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{context.parent_run_id}'",
+        max_results=5000,
+    )
 
 
 def _trial_run(client, context: TrackingContext, trial_id: str):
@@ -217,8 +251,11 @@ def close_trial_run(context: TrackingContext | None, trial_id: str, status: str)
 
 
 def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 def _log_metrics(client, run_id: str, metrics: Mapping[str, Any], step: int) -> None:
@@ -251,8 +288,15 @@ class NullTracker:
 class TrialTracker:
     """The child run of one trial: params, per-epoch metrics, artifacts, status, teachers."""
 
-    def __init__(self, context: TrackingContext, config: Mapping[str, Any], trial_id: str,
-                 trial_name: str, run_id: str | None) -> None:
+    def __init__(
+        self,
+        context: TrackingContext,
+        config: Mapping[str, Any],
+        trial_id: str,
+        trial_name: str,
+        run_id: str | None,
+        node_id: str = "",
+    ) -> None:
         self.context = context
         self.client = _client(context.uri)
         self.config = dict(config)
@@ -263,10 +307,16 @@ class TrialTracker:
             run = self.client.create_run(
                 context.experiment_id,
                 run_name=trial_name,
-                tags={"mlflow.parentRunId": context.parent_run_id, TRIAL_TAG: trial_id,
-                      KIND_TAG: context.child_kind, "mode": config["mode"],
-                      "model": config["model"], "dataset": config["dataset"],
-                      "teacher": config.get("teacher", ""), **dict(context.child_tags)},
+                tags={
+                    "mlflow.parentRunId": context.parent_run_id,
+                    TRIAL_TAG: trial_id,
+                    KIND_TAG: context.child_kind,
+                    "mode": config["mode"],
+                    "model": config["model"],
+                    "dataset": config["dataset"],
+                    "teacher": config.get("teacher", ""),
+                    **dict(context.child_tags),
+                },
             )
             self.run_id = run.info.run_id
             self._log_config()
@@ -275,6 +325,8 @@ class TrialTracker:
             self.client.update_run(run_id, status="RUNNING")
             best = self.client.get_run(run_id).data.metrics.get("best_val_accuracy")
             self.best_accuracy = best if best is not None else -math.inf
+        if node_id:  # which Ray node ran (or resumed) the trial
+            self.client.set_tag(self.run_id, "ray_node_id", node_id)
 
     def _log_config(self) -> None:
         from mlflow.entities import Param
@@ -312,7 +364,9 @@ class TrialTracker:
             except Exception:  # another trial created it first
                 pass
         version = client.create_model_version(
-            name, source=f"runs:/{self.run_id}/{artifact_path}", run_id=self.run_id,
+            name,
+            source=f"runs:/{self.run_id}/{artifact_path}",
+            run_id=self.run_id,
             tags={k: str(v) for k, v in {**tags, "artifact_path": artifact_path}.items()},
         )
         if alias:
@@ -321,20 +375,25 @@ class TrialTracker:
     def _register_snapshot(self, checkpoint_dir: str, epoch: int, accuracy: float) -> None:
         path = f"{SNAPSHOT_ARTIFACT}/epoch-{epoch}"
         self._log_weights(checkpoint_dir, path)
-        self._register(path, f"epoch-{epoch}", {"kind": "snapshot", "epoch": epoch,
-                                                "val_accuracy": accuracy})
+        self._register(
+            path, f"epoch-{epoch}", {"kind": "snapshot", "epoch": epoch, "val_accuracy": accuracy}
+        )
 
     def _register_teacher(self, checkpoint_dir: str, epoch: int, accuracy: float) -> None:
         self._log_weights(checkpoint_dir, TEACHER_ARTIFACT)
-        self._register(TEACHER_ARTIFACT, None, {"kind": "final", "epoch": epoch,
-                                                "val_accuracy": accuracy})
+        self._register(
+            TEACHER_ARTIFACT, None, {"kind": "final", "epoch": epoch, "val_accuracy": accuracy}
+        )
         self._move_best_alias()
 
     def _move_best_alias(self) -> None:
         """Alias 'best' -> the final-weights version with the highest validation accuracy."""
         name = self.context.registered_model
-        finals = [v for v in self.client.search_model_versions(f"name = '{name}'")
-                  if v.tags.get("kind") == "final"]
+        finals = [
+            v
+            for v in self.client.search_model_versions(f"name = '{name}'")
+            if v.tags.get("kind") == "final"
+        ]
         if finals:
             best = max(finals, key=lambda v: float(v.tags.get("val_accuracy", "-inf")))
             self.client.set_registered_model_alias(name, BEST_ALIAS, best.version)
@@ -361,8 +420,9 @@ class TrialTracker:
     def _upload_best(self) -> None:
         if self.best_weights.is_file():
             self.client.log_artifact(self.run_id, str(self.best_weights), BEST_ARTIFACT)
-        self.client.log_text(self.run_id, yaml.safe_dump(self.config, sort_keys=True),
-                             "config.yaml")
+        self.client.log_text(
+            self.run_id, yaml.safe_dump(self.config, sort_keys=True), "config.yaml"
+        )
 
     def _close(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status=status)
@@ -370,11 +430,17 @@ class TrialTracker:
         shutil.rmtree(self.best_weights.parent, ignore_errors=True)
 
 
-def trial_tracker(context: TrackingContext | None, config: Mapping[str, Any], trial_id: str,
-                  trial_name: str, run_id: str | None) -> TrialTracker | NullTracker:
+def trial_tracker(
+    context: TrackingContext | None,
+    config: Mapping[str, Any],
+    trial_id: str,
+    trial_name: str,
+    run_id: str | None,
+    node_id: str = "",
+) -> TrialTracker | NullTracker:
     if context is None:
         return NullTracker()
-    return TrialTracker(context, config, trial_id, trial_name, run_id)
+    return TrialTracker(context, config, trial_id, trial_name, run_id, node_id)
 
 
 # ---------------------------------------------------------------- teachers
@@ -408,20 +474,26 @@ def teacher_uri_from_run(uri: str, run_id: str) -> str:
     for path in (TEACHER_ARTIFACT, BEST_ARTIFACT):
         if _client(uri).list_artifacts(run.info.run_id, path):
             return f"runs:/{run_id}/{path}"
-    raise UserError(f"--teacher-run {run_id}: the run has no '{TEACHER_ARTIFACT}' or "
-                    f"'{BEST_ARTIFACT}' weights artifact")
+    raise UserError(
+        f"--teacher-run {run_id}: the run has no '{TEACHER_ARTIFACT}' or "
+        f"'{BEST_ARTIFACT}' weights artifact"
+    )
 
 
 def local_path(value: str, uri: str | None = None) -> str:
     """A teacher location as a local file: MLflow URIs are downloaded once per node."""
     if not value.startswith(MLFLOW_SCHEMES):
         return value
-    cache = Path(tempfile.gettempdir()) / "tfkd-teachers" / hashlib.sha1(
-        f"{uri}|{value}".encode()).hexdigest()[:16]
+    cache = (
+        Path(tempfile.gettempdir())
+        / "tfkd-teachers"
+        / hashlib.sha1(f"{uri}|{value}".encode()).hexdigest()[:16]
+    )
     if not cache.is_dir():
         staging = Path(tempfile.mkdtemp(prefix="tfkd-teacher-"))
-        _mlflow().artifacts.download_artifacts(artifact_uri=value, dst_path=str(staging),
-                                               tracking_uri=uri)
+        _mlflow().artifacts.download_artifacts(
+            artifact_uri=value, dst_path=str(staging), tracking_uri=uri
+        )
         cache.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.replace(staging, cache)

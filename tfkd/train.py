@@ -40,8 +40,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        warnings.warn(f"device {name!r} requested but CUDA is not available here; using CPU",
-                      stacklevel=2)
+        warnings.warn(
+            f"device {name!r} requested but CUDA is not available here; using CPU", stacklevel=2
+        )
         return torch.device("cpu")
     return device
 
@@ -75,8 +76,11 @@ def load_teacher(cfg: TrialConfig, num_classes: int, device: torch.device) -> nn
         raise ValueError(f"mode {cfg.mode!r} needs a teacher: set config key 'teacher_checkpoint'")
     state = checkpoint.load(cfg.teacher_checkpoint)
     meta = state.get("meta", {})
-    name = meta.get("model") or cfg.teacher or (cfg.model if modes.get(cfg.mode).teacher_is_student
-                                                else "")
+    name = (
+        meta.get("model")
+        or cfg.teacher
+        or (cfg.model if modes.get(cfg.mode).teacher_is_student else "")
+    )
     if not name:
         raise ValueError(
             f"teacher checkpoint {cfg.teacher_checkpoint} does not say its model; set 'teacher'"
@@ -96,7 +100,9 @@ def load_teacher(cfg: TrialConfig, num_classes: int, device: torch.device) -> nn
     return _prepare(teacher, cfg, device).eval()
 
 
-def _batches(loader: Any, cfg: TrialConfig, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+def _batches(
+    loader: Any, cfg: TrialConfig, device: torch.device
+) -> Iterator[tuple[Tensor, Tensor]]:
     to_channels_last = device.type == "cuda" and cfg.channels_last
     for images, labels in loader:
         if to_channels_last:
@@ -120,11 +126,24 @@ def predict(model: nn.Module, loader: Any, cfg: TrialConfig, device: torch.devic
 class Evaluator:
     """Evaluates a split; the teacher's logits on it are computed once (they never change)."""
 
-    def __init__(self, split: data.Split, cfg: TrialConfig, device: torch.device,
-                 teacher: nn.Module | None, prefix: str) -> None:
+    def __init__(
+        self,
+        split: data.Split,
+        cfg: TrialConfig,
+        device: torch.device,
+        teacher: nn.Module | None,
+        prefix: str,
+    ) -> None:
         self.cfg, self.device, self.prefix = cfg, device, prefix
-        self.loader = data.make_loader(cfg.loader, split, batch_size=cfg.eval_batch_size,
-                                       train=False, device=device, seed=cfg.seed, augment="none")
+        self.loader = data.make_loader(
+            cfg.loader,
+            split,
+            batch_size=cfg.eval_batch_size,
+            train=False,
+            device=device,
+            seed=cfg.seed,
+            augment="none",
+        )
         self.labels = split.labels.to(device)
         self.teacher_logits = predict(teacher, self.loader, cfg, device) if teacher else None
 
@@ -152,9 +171,16 @@ def _check_finite(losses: list[Tensor], epoch: int, first_step: int) -> None:
         )
 
 
-def train_one_epoch(model: nn.Module, teacher: nn.Module | None, loader: Any,
-                    optimizer: torch.optim.Optimizer, scheduler: Any, cfg: TrialConfig,
-                    device: torch.device, epoch: int) -> dict[str, float]:
+def train_one_epoch(
+    model: nn.Module,
+    teacher: nn.Module | None,
+    loader: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    cfg: TrialConfig,
+    device: torch.device,
+    epoch: int,
+) -> dict[str, float]:
     """One pass over the training split; the teacher sees the same augmented batch."""
     mode = modes.get(cfg.mode)
     model.train()
@@ -174,8 +200,14 @@ def train_one_epoch(model: nn.Module, teacher: nn.Module | None, loader: Any,
         n = labels.shape[0]
         seen += n
         correct = (logits.detach().argmax(dim=1) == labels).sum()
-        sums += torch.stack([terms.total.detach() * n, terms.ce.detach() * n,
-                             terms.kl.detach() * n, correct.float()])
+        sums += torch.stack(
+            [
+                terms.total.detach() * n,
+                terms.ce.detach() * n,
+                terms.kl.detach() * n,
+                correct.float(),
+            ]
+        )
         window.append(terms.total.detach())
         if len(window) >= check_every:
             _check_finite(window, epoch, window_start)
@@ -183,8 +215,13 @@ def train_one_epoch(model: nn.Module, teacher: nn.Module | None, loader: Any,
     if window:
         _check_finite(window, epoch, window_start)
     loss, ce, kl, correct = (sums / max(seen, 1)).tolist()
-    return {"train_loss": loss, "train_ce": ce, "train_kl": kl,
-            "train_accuracy": 100.0 * correct, "train_images": seen}
+    return {
+        "train_loss": loss,
+        "train_ce": ce,
+        "train_kl": kl,
+        "train_accuracy": 100.0 * correct,
+        "train_images": seen,
+    }
 
 
 def _rng_state() -> dict[str, Any]:
@@ -200,9 +237,15 @@ def _restore_rng(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                      cfg: TrialConfig, epoch: int, num_classes: int,
-                      epoch_metrics: Mapping[str, float]) -> dict[str, Any]:
+def _checkpoint_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    cfg: TrialConfig,
+    epoch: int,
+    num_classes: int,
+    epoch_metrics: Mapping[str, float],
+) -> dict[str, Any]:
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -220,19 +263,19 @@ def _checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, schedu
     }
 
 
-def _report_epoch(report: Report | None, epoch_metrics: dict[str, Any], state_fn) -> None:
-    if report is None:
-        return
+def _report_epoch(report: Report, epoch_metrics: dict[str, Any], state: dict[str, Any]) -> None:
+    """Write the epoch's checkpoint to a fresh folder, hand both to `report`, then clean up."""
     folder = tempfile.mkdtemp(prefix="tfkd-ckpt-")
     try:
-        checkpoint.save_atomic(state_fn(), Path(folder) / checkpoint.CHECKPOINT_FILE)
+        checkpoint.save_atomic(state, Path(folder) / checkpoint.CHECKPOINT_FILE)
         report(epoch_metrics, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _resume(path: str, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-            cfg: TrialConfig) -> int:
+def _resume(
+    path: str, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, cfg: TrialConfig
+) -> int:
     state = checkpoint.load(path)
     saved_model = state.get("meta", {}).get("model", cfg.model)
     if saved_model != cfg.model:
@@ -255,8 +298,13 @@ def _log_epoch(cfg: TrialConfig, m: Mapping[str, Any]) -> None:
     )
 
 
-def run_trial(config: Mapping[str, Any], report: Report | None = None, *,
-              dataset: data.Dataset | None = None, resume_from: str | None = None) -> dict[str, Any]:
+def run_trial(
+    config: Mapping[str, Any],
+    report: Report | None = None,
+    *,
+    dataset: data.Dataset | None = None,
+    resume_from: str | None = None,
+) -> dict[str, Any]:
     """Train one configuration and return the final epoch's metrics (with the test metrics).
 
     `dataset` lets a caller share an already loaded dataset (the search loads it once per node);
@@ -267,20 +315,35 @@ def run_trial(config: Mapping[str, Any], report: Report | None = None, *,
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     if dataset is None:
-        dataset = data.load(cfg.dataset, cfg.data_dir, val_fraction=cfg.val_fraction,
-                            seed=cfg.split_seed, download=cfg.download, fake_size=cfg.fake_size)
+        dataset = data.load(
+            cfg.dataset,
+            cfg.data_dir,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.split_seed,
+            download=cfg.download,
+            fake_size=cfg.fake_size,
+        )
     teacher = load_teacher(cfg, dataset.num_classes, device) if mode.needs_teacher else None
     model = build_student(cfg, dataset.num_classes, device)
     train_model = torch.compile(model) if cfg.compile else model
-    train_loader = data.make_loader(cfg.loader, dataset.train, batch_size=cfg.batch_size,
-                                    train=True, device=device, seed=cfg.seed, augment=cfg.augment,
-                                    num_workers=cfg.num_workers)
+    train_loader = data.make_loader(
+        cfg.loader,
+        dataset.train,
+        batch_size=cfg.batch_size,
+        train=True,
+        device=device,
+        seed=cfg.seed,
+        augment=cfg.augment,
+        num_workers=cfg.num_workers,
+    )
     optimizer = recipe.build_optimizer(model, cfg)
     scheduler = recipe.build_scheduler(optimizer, cfg, steps_per_epoch=len(train_loader))
     start_epoch = _resume(resume_from, model, optimizer, scheduler, cfg) if resume_from else 0
-    evaluators = [Evaluator(split, cfg, device, teacher, prefix)
-                  for split, prefix in ((dataset.val, "val"), (dataset.test, "test"))
-                  if len(split)]
+    evaluators = [
+        Evaluator(split, cfg, device, teacher, prefix)
+        for split, prefix in ((dataset.val, "val"), (dataset.test, "test"))
+        if len(split)
+    ]
     validate = [e for e in evaluators if e.prefix == "val"]
     test = [e for e in evaluators if e.prefix == "test"]
 
@@ -290,8 +353,9 @@ def run_trial(config: Mapping[str, Any], report: Report | None = None, *,
         train_loader.set_epoch(epoch)
         _sync(device)
         started = time.perf_counter()
-        train_stats = train_one_epoch(train_model, teacher, train_loader, optimizer, scheduler,
-                                      cfg, device, epoch)
+        train_stats = train_one_epoch(
+            train_model, teacher, train_loader, optimizer, scheduler, cfg, device, epoch
+        )
         _sync(device)
         train_seconds = time.perf_counter() - started
         epoch_metrics = {"epoch": epoch, "lr": lr, **train_stats}
@@ -300,8 +364,14 @@ def run_trial(config: Mapping[str, Any], report: Report | None = None, *,
         epoch_metrics["epoch_seconds"] = time.perf_counter() - started
         epoch_metrics["images_per_second"] = train_stats["train_images"] / train_seconds
         _log_epoch(cfg, epoch_metrics)
-        _report_epoch(report, epoch_metrics, lambda: _checkpoint_state(
-            model, optimizer, scheduler, cfg, epoch, dataset.num_classes, epoch_metrics))
+        if report is not None:
+            _report_epoch(
+                report,
+                epoch_metrics,
+                _checkpoint_state(
+                    model, optimizer, scheduler, cfg, epoch, dataset.num_classes, epoch_metrics
+                ),
+            )
     return epoch_metrics
 
 
@@ -311,8 +381,15 @@ def teacher_accuracy(config: Mapping[str, Any], dataset: data.Dataset) -> float:
     device = resolve_device(cfg.device)
     teacher = load_teacher(cfg, dataset.num_classes, device)
     split = dataset.val if len(dataset.val) else dataset.test
-    loader = data.make_loader(cfg.loader, split, batch_size=cfg.eval_batch_size, train=False,
-                              device=device, seed=cfg.seed, augment="none")
+    loader = data.make_loader(
+        cfg.loader,
+        split,
+        batch_size=cfg.eval_batch_size,
+        train=False,
+        device=device,
+        seed=cfg.seed,
+        augment="none",
+    )
     return metrics.accuracy(predict(teacher, loader, cfg, device), split.labels.to(device))
 
 

@@ -1,0 +1,219 @@
+"""Shared fixtures: real Ray clusters and a real MLflow server, all on 127.0.0.1.
+
+Every process a test starts is stopped by that test through its own handle (the process and its
+descendants, found from /proc), never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TUNE_MAIN = REPO / "tune_main.py"
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def descendants(pid: int) -> list[int]:
+    """All processes below `pid` (read from /proc; no psutil needed)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def stop_process_tree(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """Stop a process we started and everything it started."""
+    tree = descendants(proc.pid)
+    for pid in [proc.pid, *tree]:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    for pid in [proc.pid, *tree, *descendants(proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=30)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_MODE", "MLFLOW_TRACKING_URI"))
+    }
+    env.update(
+        {
+            "PYTHONUNBUFFERED": "1",
+            "RAY_DEDUP_LOGS": "0",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def tune_main(
+    *args: str,
+    cwd: Path,
+    timeout: float = 600,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
+    """Run tune_main.py as a user would."""
+    return subprocess.run(
+        [sys.executable, str(TUNE_MAIN), *args],
+        cwd=cwd,
+        env=env or clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+class RayNode:
+    """`ray start --block` in its own process; stop() ends it and its descendants."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: unix socket paths
+        self.log_path = Path(self.temp_dir) / "ray_start.log"
+        self.log = open(self.log_path, "w")  # noqa: SIM115
+        command = ["ray", "start", "--block", "--disable-usage-stats",
+                   "--node-ip-address=127.0.0.1", f"--temp-dir={self.temp_dir}", *args]
+        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=env or clean_env(), start_new_session=True)
+
+    def wait_started(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while "Ray runtime started" not in self.log_path.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(self.log_path.read_text()[-2000:])
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        stop_process_tree(self.proc)
+        self.log.close()
+
+
+@contextmanager
+def ray_cluster(num_cpus: int, num_gpus: int = 0, workers: tuple[int, ...] = ()) -> Iterator[str]:
+    """A head node (and worker nodes with the given CPU counts) on 127.0.0.1; yields HOST:PORT."""
+    port = free_port()
+    head = RayNode(
+        "--head",
+        f"--port={port}",
+        f"--num-cpus={num_cpus}",
+        f"--num-gpus={num_gpus}",
+        "--include-dashboard=false",
+    )
+    nodes = [head]
+    try:
+        wait_for_port(port)
+        address = f"127.0.0.1:{port}"
+        for cpus in workers:
+            # a node joining a token-authenticated cluster needs RAY_AUTH_MODE=token, like a driver
+            nodes.append(RayNode(f"--address={address}", f"--num-cpus={cpus}",
+                                 env=clean_env(RAY_AUTH_MODE="token")))
+        for node in nodes:
+            node.wait_started()
+        yield address
+    finally:
+        for node in reversed(nodes):
+            node.stop()
+
+
+@contextmanager
+def mlflow_server(root: Path) -> Iterator[str]:
+    """A real `mlflow server` (SQLite backend, local artifacts) on 127.0.0.1."""
+    port = free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    log = open(root / "mlflow_server.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=clean_env(),
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((root / "mlflow_server.log").read_text()[-2000:]) from None
+                time.sleep(0.5)
+        yield uri
+    finally:
+        stop_process_tree(proc)
+        log.close()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path

@@ -1,0 +1,505 @@
+"""analysis/: best configs, reproductions, the report and the paper suite.
+
+End to end on digits (real data, 2 CPUs): a small sweep with tune_main.py, then best_configs,
+reproduce (2 seeds) and report, each run as a user would; rerunning reproduce skips what is done.
+Unit tests build MLflow stores and Ray folders by hand for the cases a real sweep cannot force
+(an early-stopped trial with the best validation accuracy) and for bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import REPO, TUNE_MAIN, clean_env
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+
+from analysis import best_configs, importance, paper, paper_suite, report, reproduce, sweeps
+from analysis.common import EXIT_USAGE, config_hash
+from tfkd.config import TrialConfig
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SWEEP = "baseline-digits-resnet8"
+SEEDS, REPRO_EPOCHS, SWEEP_EPOCHS = 2, 2, 3
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def run(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """A command run as a user would, from the repository root."""
+    return subprocess.run(
+        [sys.executable, *argv],
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def assert_one_line(err: str, *needles: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def sqlite_uri(folder: Path) -> str:
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def config(**values: Any) -> dict[str, Any]:
+    base = {"mode": "baseline", "model": "resnet8", "dataset": "digits", "epochs": 4}
+    return TrialConfig.from_dict({**base, **values}).to_dict()
+
+
+def add_trial(
+    client: MlflowClient,
+    experiment: str,
+    parent: str,
+    trial_id: str,
+    curve: list[float],
+    status: str = "FINISHED",
+    stopped_early: str | None = None,
+    **values: Any,
+) -> str:
+    """A child run like tfkd's: params = the config, metrics per epoch with step = epoch."""
+    tags = {"mlflow.parentRunId": parent, "tfkd.kind": "trial", "tfkd.ray_trial_id": trial_id}
+    if stopped_early is not None:
+        tags["stopped_early"] = stopped_early
+    run_id = client.create_run(experiment, run_name=f"trial_{trial_id}", tags=tags).info.run_id
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(key, value, now, epoch)
+        for epoch, accuracy in enumerate(curve, start=1)
+        for key, value in (("epoch", float(epoch)), ("val_accuracy", accuracy))
+    ]
+    params = [Param(k, str(v)) for k, v in config(**values).items()]
+    client.log_batch(run_id, metrics=metrics, params=params)
+    client.set_terminated(run_id, status=status)
+    return run_id
+
+
+def make_sweep(folder: Path, name: str = "hand-made", epochs: int = 4) -> tuple[str, Any, str]:
+    """An empty finished sweep (parent run) in a fresh SQLite store: (uri, client, parent id)."""
+    uri = sqlite_uri(folder)
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment(name, artifact_location=(folder / "art").as_uri())
+    tags = {"tfkd.kind": "sweep", "epochs": str(epochs), "mode": "baseline"}
+    parent = client.create_run(experiment, run_name=name, tags=tags).info.run_id
+    return uri, client, parent
+
+
+# ---------------------------------------------------------------- the paper's table
+
+
+@pytest.mark.parametrize(
+    ("mode", "teacher", "key"),
+    [
+        ("baseline", "", ""),
+        ("tfkd_reg", "anything", ""),
+        ("tfkd_self", "self", "self"),
+        ("tfkd_self", "resnet18@best", "self"),
+        ("kd", "resnet18", "resnet18"),
+        ("kd", "resnet18@best", "resnet18"),
+        ("dekd", "resnet18@epoch1(15.48%)", "resnet18@epoch-1"),
+        ("dekd", "resnet18@epoch-1", "resnet18@epoch-1"),
+        ("dekd", "resnet50@epoch50(45.82%)", "resnet50@epoch-50"),
+    ],
+)
+def test_teacher_normaliser(mode, teacher, key):
+    assert paper.teacher_key(mode, teacher) == key
+
+
+@pytest.mark.parametrize(
+    ("row", "accuracy"),
+    [
+        (("cifar100", "resnet18", "tfkd_reg", ""), 77.36),
+        (("cifar100", "resnet18", "tfkd_self", "resnet18@best"), 77.10),
+        (("cifar100", "mobilenet_v2", "dekd", "resnet18@epoch-1"), 70.65),
+        (("cifar100", "resnet18", "dekd", "resnext29@epoch-50"), 77.28),
+        (("cifar100", "resnet18", "kd", "resnext29@best"), 77.84),
+        (("cifar100", "googlenet", "baseline", ""), 78.72),  # the paper repeats it: first row
+        (("cifar10", "cnn", "rekd", "mobilenet_v2"), 87.45),
+    ],
+)
+def test_paper_match(row, accuracy):
+    assert paper.match(*row).accuracy == pytest.approx(accuracy)
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        ("digits", "resnet8", "baseline", ""),
+        ("cifar100", "mobilenet_v2", "dekd", "resnet18@epoch-50"),  # another snapshot
+        ("cifar100", "resnet18", "kd", "resnet50@epoch-1"),
+    ],
+)
+def test_paper_has_no_row(row):
+    assert paper.match(*row) is None
+
+
+def test_analysis_keeps_its_own_paper_table_with_comments():
+    text = paper.PAPER_CSV.read_text()
+    assert text.startswith("#") and "dataset,model,mode,teacher,accuracy,std,table" in text
+    assert len(paper.load()) == 91
+
+
+def test_config_hash_ignores_seed_and_place_not_hyperparameters():
+    a = config(seed=0, data_dir="/a")
+    assert config_hash(a) == config_hash(config(seed=5, data_dir="/b"))
+    assert config_hash(a) != config_hash(config(lr=0.2))
+    assert config_hash(a) == config_hash({k: str(v) for k, v in a.items()})  # MLflow params
+
+
+# ---------------------------------------------------------------- best configs
+
+
+def test_best_configs_excludes_early_stopped_trials(tmp_path):
+    uri, client, parent = make_sweep(tmp_path)
+    experiment = client.get_experiment_by_name("hand-made").experiment_id
+    full = add_trial(client, experiment, parent, "full", [20, 30, 40, 50], stopped_early="false")
+    add_trial(client, experiment, parent, "asha", [60, 90], stopped_early="true", lr=0.2)
+    add_trial(client, experiment, parent, "killed", [70, 80], status="KILLED", lr=0.3)
+    add_trial(client, experiment, parent, "failed", [1, 2, 3, 95], status="FAILED", lr=0.4)
+    second = add_trial(client, experiment, parent, "ok", [10, 20, 30, 45], lr=0.05)
+    out = tmp_path / "best.yaml"
+    code = best_configs.main(
+        ["--experiment", "hand-made", "--top", "5", "--mlflow-uri", uri, "--out", str(out)]
+    )
+    assert code == 0
+    document = yaml.safe_load(out.read_text())
+    assert [(d["rank"], d["run_id"], d["trial_id"]) for d in document] == [
+        (1, full, "full"),
+        (2, second, "ok"),
+    ]
+    assert document[0]["val_accuracy"] == 50 and document[0]["epoch"] == 4
+    assert document[0]["config"] == config()
+    assert document[1]["config"]["lr"] == 0.05
+
+
+def write_ray_trial(folder: Path, trial_id: str, curve: list[float], **values: Any) -> None:
+    """A trial folder as Ray Tune writes it: params.json and result.json (JSON lines)."""
+    folder.mkdir(parents=True)
+    (folder / "params.json").write_text(json.dumps(config(**values)))
+    lines = [
+        json.dumps({"trial_id": trial_id, "epoch": e, "val_accuracy": v})
+        for e, v in enumerate(curve, start=1)
+    ]
+    (folder / "result.json").write_text("\n".join(lines) + "\n")
+
+
+def test_best_configs_falls_back_to_the_ray_folder(tmp_path):
+    sweep = tmp_path / "ray_results" / "from-ray"
+    write_ray_trial(sweep / "trial_a", "a", [10, 20, 30, 40])
+    write_ray_trial(sweep / "trial_b", "b", [50, 99], lr=0.2)  # stopped early by ASHA
+    write_ray_trial(sweep / "trial_c", "c", [10, 20, 30, 44], lr=0.3)
+    code = best_configs.main(
+        [
+            "--experiment",
+            "from-ray",
+            "--top",
+            "3",
+            "--mlflow-uri",
+            sqlite_uri(tmp_path),
+            "--storage",
+            str(tmp_path / "ray_results"),
+        ]
+    )
+    assert code == 0
+    document = yaml.safe_load((sweep / "best_configs.yaml").read_text())
+    assert [d["trial_id"] for d in document] == ["c", "a"]
+    assert not (tmp_path / "mlflow.db").exists()  # reading never creates a store
+
+
+# ---------------------------------------------------------------- importances
+
+SPACE = """
+mode: baseline
+params:
+  lr: {distribution: loguniform, low: 0.01, high: 0.4}
+  weight_decay: {distribution: loguniform, low: 1.0e-05, high: 0.002}
+  semantics: {distribution: choice, values: [reference, paper]}
+"""
+
+
+def hand_sweep(curves: dict[str, list[float]], stopped: set[str] = frozenset()) -> sweeps.Sweep:
+    """A sweep of 4 epochs whose trials differ in lr (weight_decay and semantics fixed)."""
+    trials = tuple(
+        sweeps.Trial(
+            trial_id=name,
+            run_id="",
+            config=config(lr=0.01 * (i + 1)),
+            epoch=len(curve),
+            val_accuracy=curve[-1],
+            stopped_early=name in stopped,
+            val_history=dict(enumerate(curve, start=1)),
+        )
+        for i, (name, curve) in enumerate(curves.items())
+    )
+    tags = {"search_space": SPACE, "mode": "baseline"}
+    return sweeps.Sweep("hand", "hand", "", 4, tags, trials, "test")
+
+
+def test_importance_scores_full_schedule_trials_when_enough_ran_it():
+    sweep = hand_sweep({"a": [1, 2, 3, 40], "b": [1, 2, 3, 50], "c": [1, 2, 3, 45], "d": [9, 99]})
+    points = importance.sweep_points(sweep)
+    assert sorted(p.value for p in points.points) == [40, 45, 50]
+    assert list(points.distributions) == ["lr"]  # only lr varies
+    assert "epoch 4" in points.label
+    assert set(importance.importances(points)) == {"lr"}
+
+
+def test_importance_scores_at_the_last_common_epoch_otherwise():
+    sweep = hand_sweep({"a": [1, 2, 3, 40], "b": [5, 20], "c": [7, 30]}, stopped={"b", "c"})
+    points = importance.sweep_points(sweep)
+    assert sorted((p.trial_id, p.value, p.full_schedule) for p in points.points) == [
+        ("a", 2, True),
+        ("b", 20, False),
+        ("c", 30, False),
+    ]
+    assert "epoch 2" in points.label
+
+
+def test_sweep_plots_are_skipped_with_a_note_when_they_cannot_be_drawn():
+    files, note = report.sweep_figures(hand_sweep({"a": [1, 1, 1, 5], "b": [1, 1, 1, 5]}))
+    assert files == {} and "hand" in note
+    files, note = report.sweep_figures(hand_sweep({"a": [1, 2, 3, 40], "b": [1, 2, 3, 50]}))
+    assert note is None and sorted(files) == ["importance_hand.png", "parallel_hand.png"]
+    assert all(data.startswith(PNG_SIGNATURE) for data in files.values())
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_unknown_experiment_exits_2_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "best.yaml"
+    argv = ["--experiment", "nope", "--mlflow-uri", sqlite_uri(tmp_path)]
+    code = best_configs.main([*argv, "--storage", str(tmp_path), "--out", str(out)])
+    assert code == EXIT_USAGE
+    assert_one_line(capsys.readouterr().err, "no sweep 'nope'")
+    assert not out.exists()
+    code = reproduce.main([*argv, "--storage", str(tmp_path)])
+    assert code == EXIT_USAGE
+    assert_one_line(capsys.readouterr().err, "no sweep 'nope'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sweep_without_finished_trials_exits_2_and_writes_nothing(tmp_path, capsys):
+    uri, client, parent = make_sweep(tmp_path)
+    experiment = client.get_experiment_by_name("hand-made").experiment_id
+    add_trial(client, experiment, parent, "asha", [60, 90], stopped_early="true")
+    out = tmp_path / "best.yaml"
+    code = best_configs.main(["--experiment", "hand-made", "--mlflow-uri", uri, "--out", str(out)])
+    assert code == EXIT_USAGE
+    assert_one_line(capsys.readouterr().err, "hand-made", "full schedule")
+    assert not out.exists()
+
+
+def test_report_without_reproductions_exits_2_and_writes_nothing(tmp_path, capsys):
+    uri, _, _ = make_sweep(tmp_path)
+    out = tmp_path / "reports"
+    code = report.main(["--mlflow-uri", uri, "--out", str(out)])
+    assert code == EXIT_USAGE
+    assert_one_line(capsys.readouterr().err, "no finished reproductions")
+    code = report.main(["--mlflow-uri", uri, "--out", str(out), "--experiment", "other"])
+    assert code == EXIT_USAGE
+    assert_one_line(capsys.readouterr().err, "--experiment other")
+    assert not out.exists()
+    assert MlflowClient(tracking_uri=uri).get_experiment_by_name(report.REPORT_EXPERIMENT) is None
+
+
+def test_usage_error_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce.main(["--experiment", "x", "--seeds", "0"])
+    assert exit_info.value.code == EXIT_USAGE
+    assert_one_line(capsys.readouterr().err, "--seeds")
+
+
+# ---------------------------------------------------------------- the paper suite
+
+
+def test_paper_suite_dry_run_orders_and_skips(tmp_path, capsys):
+    uri, client, parent = make_sweep(tmp_path, name="baseline-cifar100-resnet18")
+    client.set_terminated(parent, status="FINISHED")
+    argv = ["--dataset", "cifar100", "--models", "resnet18", "mobilenet_v2"]
+    code = paper_suite.main([*argv, "--modes", "dekd", "kd", "--mlflow-uri", uri, "--dry-run"])
+    assert code == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if ". [" in line]
+    baselines = [i for i, line in enumerate(lines) if "--mode baseline" in line]
+    dekd = [line for line in lines if "--mode dekd" in line]
+    reproductions = [i for i, line in enumerate(lines) if "analysis.reproduce" in line]
+    assert baselines == list(range(len(baselines)))  # every teacher first...
+    assert min(reproductions) == len(lines) - len(reproductions)  # ...reproductions last
+    assert all("--snapshot-epochs 1,50" in lines[i] for i in baselines)
+    skipped = [line for line in lines if "[skip: done]" in line]
+    assert len(skipped) == 1 and "--name baseline-cifar100-resnet18 " in skipped[0] + " "
+    assert any("--teacher resnet18@epoch-1" in line for line in dekd)
+    assert any("--name dekd-cifar100-mobilenet_v2-resnet18-epoch-1" in line for line in dekd)
+    assert str(TUNE_MAIN) in lines[0]
+    assert len(reproductions) == len([line for line in lines if "--mode kd" in line]) + len(dekd)
+
+
+def test_paper_suite_bad_input(capsys, tmp_path):
+    assert paper_suite.main(["--dataset", "cifar100", "--models", "resnet9", "--dry-run"]) == 2
+    assert_one_line(capsys.readouterr().err, "resnet9")
+    argv = ["--dataset", "cifar10", "--modes", "lsr", "--dry-run"]
+    assert paper_suite.main([*argv, "--mlflow-uri", sqlite_uri(tmp_path)]) == 2
+    assert_one_line(capsys.readouterr().err, "no cifar10 rows")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- end to end on digits
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> dict[str, Any]:
+    """sweep -> best_configs -> reproduce -> report -> reproduce again, on real digits."""
+    root = tmp_path_factory.mktemp("pipeline")
+    uri, storage = sqlite_uri(root), str(root / "ray_results")
+    store = ["--mlflow-uri", uri, "--storage", storage]
+    sweep = run(
+        str(TUNE_MAIN),
+        "--mode",
+        "baseline",
+        "--dataset",
+        "digits",
+        "--model",
+        "resnet8",
+        "--epochs",
+        str(SWEEP_EPOCHS),
+        "--num-samples",
+        "4",
+        "--grace-period",
+        "1",
+        "--data-dir",
+        str(root / "data"),
+        *store,
+    )
+    assert_ok(sweep)
+    best = run("-m", "analysis.best_configs", "--experiment", SWEEP, "--top", "2", *store)
+    assert_ok(best)
+    repro_args = ["--experiment", SWEEP, "--seeds", str(SEEDS), "--epochs", str(REPRO_EPOCHS)]
+    first = run("-m", "analysis.reproduce", *repro_args, *store)
+    assert_ok(first)
+    out = root / "reports"
+    made = run("-m", "analysis.report", "--mlflow-uri", uri, "--out", str(out))
+    assert_ok(made)
+    again = run("-m", "analysis.reproduce", *repro_args, *store)
+    return {
+        "root": root,
+        "uri": uri,
+        "storage": storage,
+        "out": out,
+        "best": best,
+        "report": made,
+        "again": again,
+        "client": MlflowClient(tracking_uri=uri),
+    }
+
+
+def runs_of_kind(client: MlflowClient, experiment: str, kind: str) -> list:
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id], f"tags.`tfkd.kind` = '{kind}'")
+
+
+@pytest.mark.slow
+def test_best_configs_on_a_real_sweep(pipeline):
+    client = pipeline["client"]
+    trials = runs_of_kind(client, SWEEP, "trial")
+    full = [
+        r
+        for r in trials
+        if r.data.metrics.get("epoch") == SWEEP_EPOCHS and r.info.status == "FINISHED"
+    ]
+    document = yaml.safe_load((Path(pipeline["storage"]) / SWEEP / "best_configs.yaml").read_text())
+    assert 1 <= len(document) <= 2
+    assert document[0]["val_accuracy"] == max(r.data.metrics["val_accuracy"] for r in full)
+    assert {d["run_id"] for d in document} <= {r.info.run_id for r in full}
+    assert document[0]["config"]["epochs"] == SWEEP_EPOCHS
+    assert document[0]["config"]["val_fraction"] == 0.1
+    assert set(document[0]["config"]) == set(TrialConfig.__dataclass_fields__)
+
+
+@pytest.mark.slow
+def test_reproductions_are_logged_and_linked(pipeline):
+    client = pipeline["client"]
+    sweep_run = runs_of_kind(client, SWEEP, "sweep")[0]
+    runs = runs_of_kind(client, SWEEP, "reproduction")
+    assert len(runs) == SEEDS
+    assert {r.data.params["seed"] for r in runs} == {str(s) for s in range(SEEDS)}
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert r.data.params["val_fraction"] == "0.0"
+        assert r.data.params["epochs"] == str(REPRO_EPOCHS)
+        assert r.data.tags["sweep_run_id"] == sweep_run.info.run_id
+        assert r.data.tags["config_rank"] == "1"
+        assert r.data.tags["config_hash"] == config_hash(r.data.params)
+        assert "test_accuracy" in r.data.metrics and "val_accuracy" not in r.data.metrics
+    parent = runs_of_kind(client, SWEEP, "reproduction-set")
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent[0].info.run_id}
+
+
+@pytest.mark.slow
+def test_report_files_and_artifacts(pipeline):
+    out = pipeline["out"]
+    table = pq.read_table(out / "results.parquet").to_pylist()
+    assert len(table) == 1
+    row = table[0]
+    assert (row["dataset"], row["model"], row["mode"], row["teacher"]) == (
+        "digits",
+        "resnet8",
+        "baseline",
+        "",
+    )
+    assert row["seeds"] == SEEDS and 0 <= row["test_acc_mean"] <= 100
+    assert row["paper_acc"] is None and row["diff_vs_paper"] is None  # the paper lacks digits
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("dataset,model,mode,teacher") and len(csv_lines) == 2
+    markdown = (out / "results.md").read_text()
+    assert "| digits | resnet8 | baseline |" in markdown and " ± " in markdown
+    assert markdown.splitlines()[0] in pipeline["report"].stdout  # printed to the terminal
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    stem = SWEEP
+    assert pngs == sorted(
+        [
+            "accuracy_vs_paper.png",
+            "learning_curves.png",
+            f"importance_{stem}.png",
+            f"parallel_{stem}.png",
+        ]
+    )
+    for name in pngs:
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 5000, name
+    client = pipeline["client"]
+    (run,) = runs_of_kind(client, report.REPORT_EXPERIMENT, "report")
+    assert run.info.status == "FINISHED"
+    logged = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert logged == {p.name for p in out.iterdir()}
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+@pytest.mark.slow
+def test_rerunning_reproduce_skips_what_is_done(pipeline):
+    again = pipeline["again"]
+    assert_ok(again)
+    assert again.stdout.count("skip config #1") == SEEDS
+    assert "nothing left to reproduce" in again.stdout
+    assert len(runs_of_kind(pipeline["client"], SWEEP, "reproduction")) == SEEDS
+    assert "Ray" not in again.stdout + again.stderr  # nothing started
