@@ -107,7 +107,9 @@ def ensure_experiment(uri: str, name: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    return client.create_experiment(name, artifact_location=_artifact_root(uri))
+    # MLflow 3's UI opens an experiment on its GenAI overview unless told it trains models
+    return client.create_experiment(name, artifact_location=_artifact_root(uri),
+                                    tags={"mlflow.experimentKind": "custom_model_development"})
 
 
 def git_commit() -> str:
