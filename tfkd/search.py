@@ -115,6 +115,7 @@ class SweepSpec:
     resume: bool = False
     tracking: tracking.TrackingContext | None = None
     first_point: dict[str, Any] = field(default_factory=dict)
+    callbacks: tuple[tune.Callback, ...] = ()  # extra Tune callbacks (benchmarks, tooling)
 
     @property
     def epochs(self) -> int:
@@ -356,7 +357,7 @@ def _run_config(spec: SweepSpec) -> tune.RunConfig:
             checkpoint_score_attribute=METRIC,
             checkpoint_score_order=MODE,
         ),
-        callbacks=[_RunStatusCallback(spec.tracking)],
+        callbacks=[_RunStatusCallback(spec.tracking), *spec.callbacks],
         verbose=1,
     )
 
