@@ -124,10 +124,22 @@ class RayNode:
         self.temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: unix socket paths
         self.log_path = Path(self.temp_dir) / "ray_start.log"
         self.log = open(self.log_path, "w")  # noqa: SIM115
-        command = ["ray", "start", "--block", "--disable-usage-stats",
-                   "--node-ip-address=127.0.0.1", f"--temp-dir={self.temp_dir}", *args]
-        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=env or clean_env(), start_new_session=True)
+        command = [
+            "ray",
+            "start",
+            "--block",
+            "--disable-usage-stats",
+            "--node-ip-address=127.0.0.1",
+            f"--temp-dir={self.temp_dir}",
+            *args,
+        ]
+        self.proc = subprocess.Popen(
+            command,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env or clean_env(),
+            start_new_session=True,
+        )
 
     def wait_started(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -158,8 +170,13 @@ def ray_cluster(num_cpus: int, num_gpus: int = 0, workers: tuple[int, ...] = ())
         address = f"127.0.0.1:{port}"
         for cpus in workers:
             # a node joining a token-authenticated cluster needs RAY_AUTH_MODE=token, like a driver
-            nodes.append(RayNode(f"--address={address}", f"--num-cpus={cpus}",
-                                 env=clean_env(RAY_AUTH_MODE="token")))
+            nodes.append(
+                RayNode(
+                    f"--address={address}",
+                    f"--num-cpus={cpus}",
+                    env=clean_env(RAY_AUTH_MODE="token"),
+                )
+            )
         for node in nodes:
             node.wait_started()
         yield address

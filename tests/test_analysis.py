@@ -18,7 +18,6 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import REPO, TUNE_MAIN, clean_env
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
@@ -26,9 +25,11 @@ from analysis import best_configs, importance, paper, paper_suite, report, repro
 from analysis.common import EXIT_USAGE, config_hash
 from tfkd.config import TrialConfig
 
+from conftest import REPO, TUNE_MAIN, clean_env
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SWEEP = "baseline-digits-resnet8"
-SEEDS, REPRO_EPOCHS, SWEEP_EPOCHS = 2, 2, 3
+SEEDS, REPRO_EPOCHS, SWEEP_EPOCHS = 2, 1, 2
 
 
 # ---------------------------------------------------------------- helpers
@@ -157,6 +158,29 @@ def test_analysis_keeps_its_own_paper_table_with_comments():
     text = paper.PAPER_CSV.read_text()
     assert text.startswith("#") and "dataset,model,mode,teacher,accuracy,std,table" in text
     assert len(paper.load()) == 91
+
+
+def test_results_table_compares_with_the_paper():
+    def repro(mode: str, teacher: str, seed: int, accuracy: float) -> report.Reproduction:
+        return report.Reproduction(
+            experiment=mode, sweep=mode, config_hash=mode, rank="1", dataset="cifar100",
+            model="mobilenet_v2", mode=mode, teacher=teacher, epochs=200, seed=seed,
+            test_accuracy=accuracy, test_ece=2.0,
+        )  # fmt: skip
+
+    frame = report.results_table(
+        [
+            repro("dekd", "resnet18@epoch-1", 0, 70.0),
+            repro("dekd", "resnet18@epoch-1", 1, 72.0),
+            repro("lsr", "", 0, 60.0),
+        ]
+    )
+    dekd, lsr = frame.to_dict("records")
+    assert (dekd["seeds"], dekd["test_acc_mean"], dekd["paper_acc"]) == (2, 71.0, 70.65)
+    assert dekd["diff_vs_paper"] == pytest.approx(0.35) and dekd["paper_table"] == "T4"
+    assert lsr["paper_acc"] == 69.32 and lsr["test_acc_std"] != lsr["test_acc_std"]  # NaN
+    assert "| cifar100 | mobilenet_v2 | dekd | resnet18@epoch-1 |" in report.markdown(frame)
+    assert "71.00 ± 1.41" in report.markdown(frame) and "+0.35" in report.markdown(frame)
 
 
 def test_config_hash_ignores_seed_and_place_not_hyperparameters():
@@ -304,6 +328,7 @@ def test_sweep_without_finished_trials_exits_2_and_writes_nothing(tmp_path, caps
     experiment = client.get_experiment_by_name("hand-made").experiment_id
     add_trial(client, experiment, parent, "asha", [60, 90], stopped_early="true")
     out = tmp_path / "best.yaml"
+    capsys.readouterr()  # MLflow's own log lines from creating the store
     code = best_configs.main(["--experiment", "hand-made", "--mlflow-uri", uri, "--out", str(out)])
     assert code == EXIT_USAGE
     assert_one_line(capsys.readouterr().err, "hand-made", "full schedule")
@@ -313,6 +338,7 @@ def test_sweep_without_finished_trials_exits_2_and_writes_nothing(tmp_path, caps
 def test_report_without_reproductions_exits_2_and_writes_nothing(tmp_path, capsys):
     uri, _, _ = make_sweep(tmp_path)
     out = tmp_path / "reports"
+    capsys.readouterr()  # MLflow's own log lines from creating the store
     code = report.main(["--mlflow-uri", uri, "--out", str(out)])
     assert code == EXIT_USAGE
     assert_one_line(capsys.readouterr().err, "no finished reproductions")
@@ -321,6 +347,18 @@ def test_report_without_reproductions_exits_2_and_writes_nothing(tmp_path, capsy
     assert_one_line(capsys.readouterr().err, "--experiment other")
     assert not out.exists()
     assert MlflowClient(tracking_uri=uri).get_experiment_by_name(report.REPORT_EXPERIMENT) is None
+
+
+def test_resume_without_an_interrupted_reproduction_exits_2(tmp_path, capsys):
+    uri, client, parent = make_sweep(tmp_path)
+    experiment = client.get_experiment_by_name("hand-made").experiment_id
+    add_trial(client, experiment, parent, "full", [20, 30, 40, 50])
+    argv = ["--experiment", "hand-made", "--resume", "--storage", str(tmp_path / "ray")]
+    capsys.readouterr()  # MLflow's own log lines from creating the store
+    assert reproduce.main([*argv, "--mlflow-uri", uri]) == EXIT_USAGE
+    assert_one_line(capsys.readouterr().err, "--resume", "reproduce-hand-made")
+    assert client.search_runs([experiment], "tags.`tfkd.kind` = 'reproduction-set'") == []
+    assert not (tmp_path / "ray").exists()
 
 
 def test_usage_error_is_one_line(capsys):

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import clean_env, free_port, tune_main
 
 from tfkd import cli
 from tfkd.cli import EXIT_USAGE
+
+from conftest import clean_env, free_port, tune_main
 
 SPACE_ERRORS = [
     ("params: {alpha: {distribution: uniform, low: 0.9, high: 0.1}}", "low (0.9) > high (0.1)"),

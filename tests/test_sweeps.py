@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TUNE_MAIN, clean_env, ray_cluster, tune_main
 from mlflow import MlflowClient
+
+from conftest import TUNE_MAIN, clean_env, ray_cluster, tune_main
 
 pytestmark = pytest.mark.slow
 
@@ -250,3 +251,43 @@ def test_resume_after_the_driver_is_killed(workdir):
         if run.data.tags["tfkd.ray_trial_id"] in interrupted:
             assert steps.count(1) == 1, "a checkpointed trial restarted from epoch 0"
     assert interrupted
+
+
+def test_a_failing_trial_fails_alone_and_all_failing_exits_1(workdir):
+    uri = sqlite_uri(workdir)
+    space = workdir / "lr.yaml"
+    space.write_text(
+        "mode: baseline\nparams: {lr: {distribution: choice, values: [0.05, 1.0e+12]}}\n"
+    )
+    common = [
+        "--mode",
+        "baseline",
+        "--dataset",
+        "fake",
+        "--model",
+        "resnet8",
+        "--epochs",
+        "1",
+        "--set",
+        "fake_size=256",
+        "--set",
+        "warmup_epochs=0",
+        "--search-alg",
+        "grid",
+        "--search-space",
+        str(space),
+        "--mlflow-uri",
+        uri,
+    ]
+    done = tune_main(*common, "--num-samples", "1", cwd=workdir)
+    assert_ok(done)
+    assert "2 trials: 1 failed" in done.stdout
+    runs = {r.data.params["lr"]: r for r in child_runs(uri, "baseline-fake-resnet8")}
+    assert runs["1000000000000.0"].info.status == "FAILED"
+    assert "non-finite" in runs["1000000000000.0"].data.tags["error"]
+    assert runs["0.05"].info.status == "FINISHED"
+
+    space.write_text("mode: baseline\nparams: {lr: {distribution: choice, values: [1.0e+12]}}\n")
+    done = tune_main(*common, "--name", "all-fail", cwd=workdir)
+    assert done.returncode == 1
+    assert "every trial failed" in done.stderr

@@ -4,14 +4,16 @@ the MLflow UI in headless Chromium."""
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ARTIFACTS, mlflow_server, tune_main
 from tfkd import config as trial_config
+
+from conftest import ARTIFACTS, mlflow_server, tune_main
 
 pytestmark = pytest.mark.slow
 
@@ -47,8 +49,17 @@ def runs_of(uri: str, experiment: str) -> tuple:
 @pytest.fixture(scope="module")
 def teacher_sweep(server, workdir_m) -> str:
     """A baseline run that registers its weights, and its epoch-1 snapshot, as teachers."""
-    run_ok("--mode", "baseline", *FAKE, "--fixed", "--snapshot-epochs", "1",
-           "--mlflow-uri", server, cwd=workdir_m)
+    run_ok(
+        "--mode",
+        "baseline",
+        *FAKE,
+        "--fixed",
+        "--snapshot-epochs",
+        "1",
+        "--mlflow-uri",
+        server,
+        cwd=workdir_m,
+    )
     return "baseline-fake-resnet8"
 
 
@@ -59,7 +70,11 @@ def test_sweep_and_trial_runs_are_recorded(server, teacher_sweep):
     parent, child = parents[0], children[0]
     tags = parent.data.tags
     assert (tags["mode"], tags["dataset"], tags["model"], tags["search_alg"]) == (
-        "baseline", "fake", "resnet8", "fixed")
+        "baseline",
+        "fake",
+        "resnet8",
+        "fixed",
+    )
     assert "params:" in tags["search_space"] and tags["best_run_id"] == child.info.run_id
     assert parent.info.status == "FINISHED" and "best_val_accuracy" in parent.data.metrics
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -72,7 +87,8 @@ def test_sweep_and_trial_runs_are_recorded(server, teacher_sweep):
     artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
     assert {"config.yaml", "best_checkpoint", "teacher", "snapshots"} <= artifacts
     assert [a.path for a in client.list_artifacts(child.info.run_id, "best_checkpoint")] == [
-        "best_checkpoint/model.pt"]
+        "best_checkpoint/model.pt"
+    ]
 
 
 def test_baseline_registers_teacher_and_snapshot(server, teacher_sweep):
@@ -85,29 +101,50 @@ def test_baseline_registers_teacher_and_snapshot(server, teacher_sweep):
 
 
 def test_self_training_finds_its_teacher(server, teacher_sweep, workdir_m):
-    run_ok("--mode", "tfkd_self", *FAKE, "--num-samples", "2", "--mlflow-uri", server,
-           cwd=workdir_m)
+    run_ok(
+        "--mode", "tfkd_self", *FAKE, "--num-samples", "2", "--mlflow-uri", server, cwd=workdir_m
+    )
     (parent,), children = runs_of(server, "tfkd_self-fake-resnet8")
     best = MlflowClient(server).get_model_version_by_alias("tfkd-fake-resnet8", "best")
     assert parent.data.tags["teacher"] == "resnet8@best"
     assert parent.data.tags["teacher_location"] == f"runs:/{best.run_id}/teacher"
     assert 0 <= parent.data.metrics["teacher_val_accuracy"] <= 100
     assert len(children) == 2
-    assert all(c.data.params["teacher_checkpoint"] == f"runs:/{best.run_id}/teacher"
-               for c in children)
+    assert all(
+        c.data.params["teacher_checkpoint"] == f"runs:/{best.run_id}/teacher" for c in children
+    )
 
 
 def test_defective_kd_takes_the_epoch_snapshot(server, teacher_sweep, workdir_m):
-    run_ok("--mode", "dekd", *FAKE, "--teacher", "resnet8@epoch-1", "--fixed",
-           "--mlflow-uri", server, cwd=workdir_m)
+    run_ok(
+        "--mode",
+        "dekd",
+        *FAKE,
+        "--teacher",
+        "resnet8@epoch-1",
+        "--fixed",
+        "--mlflow-uri",
+        server,
+        cwd=workdir_m,
+    )
     (parent,), (child,) = runs_of(server, "dekd-fake-resnet8")
     assert parent.data.tags["teacher_location"].endswith("/snapshots/epoch-1")
     assert child.info.status == "FINISHED"
 
 
 def test_train_teacher_trains_a_missing_teacher_first(server, workdir_m):
-    stdout = run_ok("--mode", "kd", *FAKE, "--teacher", "resnet20", "--train-teacher", "--fixed",
-                    "--mlflow-uri", server, cwd=workdir_m)
+    stdout = run_ok(
+        "--mode",
+        "kd",
+        *FAKE,
+        "--teacher",
+        "resnet20",
+        "--train-teacher",
+        "--fixed",
+        "--mlflow-uri",
+        server,
+        cwd=workdir_m,
+    )
     assert "training the teacher resnet20 first" in stdout
     version = MlflowClient(server).get_model_version_by_alias("tfkd-fake-resnet20", "best")
     (parent,), _ = runs_of(server, "kd-fake-resnet8")
@@ -121,11 +158,18 @@ def chrome():
 
     options = Options()
     options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    profile = Path(ARTIFACTS.parent / ".chromium-profile")
-    shutil.rmtree(profile, ignore_errors=True)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", f"--user-data-dir={profile}", "--window-size=1400,900"):
+    profile = Path(tempfile.mkdtemp(prefix="tfkd-chromium-"))  # a fresh --user-data-dir
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1400,900",
+    ):
         options.add_argument(flag)
     driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
     return webdriver.Chrome(options=options, service=Service(driver_path)), profile
@@ -144,8 +188,16 @@ def test_mlflow_ui_lists_the_sweep_runs(server, teacher_sweep, workdir_m):
     client = MlflowClient(server)
     experiment = client.get_experiment_by_name("tfkd_self-fake-resnet8")
     if experiment is None:  # run on its own: make the sweep it shows
-        run_ok("--mode", "tfkd_self", *FAKE, "--num-samples", "2", "--mlflow-uri", server,
-               cwd=workdir_m)
+        run_ok(
+            "--mode",
+            "tfkd_self",
+            *FAKE,
+            "--num-samples",
+            "2",
+            "--mlflow-uri",
+            server,
+            cwd=workdir_m,
+        )
         experiment = client.get_experiment_by_name("tfkd_self-fake-resnet8")
     names = [r.info.run_name for r in client.search_runs([experiment.experiment_id])]
     driver, profile = chrome()

@@ -30,7 +30,7 @@ SMOKE_TEST = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (no usage dump) with exit status 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -100,10 +100,16 @@ def add_resource_args(parser: argparse.ArgumentParser) -> None:
         "--experiment", default=None, help="MLflow experiment name (default: the sweep's name)"
     )
     group.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    group.add_argument(
+        "--max-failures",
+        type=int,
+        default=2,
+        help="retries of a crashed trial from its last checkpoint (default 2)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="tune_main.py",
         description="Hyper-parameter search for Teacher-free Knowledge Distillation and its "
         "comparison modes (Ray Tune + Optuna + ASHA, tracked in MLflow).",

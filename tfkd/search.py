@@ -113,6 +113,7 @@ class SweepSpec:
     max_concurrent: int | None = None
     storage: str = "./ray_results"
     resume: bool = False
+    max_failures: int = 2
     tracking: tracking.TrackingContext | None = None
     first_point: dict[str, Any] = field(default_factory=dict)
     callbacks: tuple[tune.Callback, ...] = ()  # extra Tune callbacks (benchmarks, tooling)
@@ -327,6 +328,14 @@ class _RunStatusCallback(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         tracking.close_trial_run(self.context, trial.trial_id, "FAILED")
 
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        """Tune may end a stopped trial's process before the trial could close its run."""
+        epochs = trial.config.get(GRID_KEY, trial.config).get("epochs", 0)
+        last = (trial.last_result or {}).get("epoch", 0)
+        tracking.close_trial_run(
+            self.context, trial.trial_id, "FINISHED", stopped_early=last < epochs
+        )
+
 
 def _trial_name(trial) -> str:
     """Short names and folders (Ray's default folder name lists the whole config)."""
@@ -351,7 +360,7 @@ def _run_config(spec: SweepSpec) -> tune.RunConfig:
     return tune.RunConfig(
         name=spec.name,
         storage_path=storage_uri(spec.storage),
-        failure_config=tune.FailureConfig(max_failures=2),
+        failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(
             num_to_keep=CHECKPOINTS_KEPT,
             checkpoint_score_attribute=METRIC,

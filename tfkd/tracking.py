@@ -108,8 +108,11 @@ def ensure_experiment(uri: str, name: str) -> str:
     if found is not None:
         return found.experiment_id
     # MLflow 3's UI opens an experiment on its GenAI overview unless told it trains models
-    return client.create_experiment(name, artifact_location=_artifact_root(uri),
-                                    tags={"mlflow.experimentKind": "custom_model_development"})
+    return client.create_experiment(
+        name,
+        artifact_location=_artifact_root(uri),
+        tags={"mlflow.experimentKind": "custom_model_development"},
+    )
 
 
 def git_commit() -> str:
@@ -240,13 +243,21 @@ def _trial_run(client, context: TrackingContext, trial_id: str):
     return None
 
 
-def close_trial_run(context: TrackingContext | None, trial_id: str, status: str) -> None:
+def close_trial_run(
+    context: TrackingContext | None, trial_id: str, status: str, stopped_early: bool | None = None
+) -> None:
+    """Close a trial's run that its trial left open (driver side)."""
     if context is None:
         return
     client = _client(context.uri)
     run = _trial_run(client, context, trial_id)
-    if run is not None and run.info.status == "RUNNING":
-        client.set_terminated(run.info.run_id, status=status)
+    if run is None or run.info.status != "RUNNING":
+        return
+    if stopped_early is not None and "stopped_early" not in run.data.tags:
+        client.set_tag(run.info.run_id, "stopped_early", str(stopped_early).lower())
+        if stopped_early:
+            client.set_tag(run.info.run_id, "stopped_by", "scheduler (ASHA)")
+    client.set_terminated(run.info.run_id, status=status)
 
 
 # ---------------------------------------------------------------- a trial (child run)

@@ -148,8 +148,13 @@ class Evaluator:
         self.teacher_logits = predict(teacher, self.loader, cfg, device) if teacher else None
 
     @torch.no_grad()
-    def __call__(self, model: nn.Module) -> dict[str, float]:
+    def __call__(self, model: nn.Module, epoch: int) -> dict[str, float]:
         logits = predict(model, self.loader, self.cfg, self.device)
+        if not bool(torch.isfinite(logits).all()):
+            raise NonFiniteLossError(
+                f"non-finite outputs on the {self.prefix} split after epoch {epoch}: the weights "
+                "diverged; lower the learning rate, temperature or multiplier"
+            )
         terms = modes.get(self.cfg.mode).loss(logits, self.labels, self.teacher_logits, self.cfg)
         p = self.prefix
         return {
@@ -360,7 +365,7 @@ def run_trial(
         train_seconds = time.perf_counter() - started
         epoch_metrics = {"epoch": epoch, "lr": lr, **train_stats}
         for evaluate in validate + (test if epoch == cfg.epochs else []):
-            epoch_metrics.update(evaluate(model))
+            epoch_metrics.update(evaluate(model, epoch))
         epoch_metrics["epoch_seconds"] = time.perf_counter() - started
         epoch_metrics["images_per_second"] = train_stats["train_images"] / train_seconds
         _log_epoch(cfg, epoch_metrics)

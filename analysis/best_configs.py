@@ -1,0 +1,113 @@
+"""The best K configs of a sweep by validation accuracy at the full schedule, as YAML.
+
+    python -m analysis.best_configs --experiment tfkd_reg-cifar100-resnet18 --top 3
+
+Reads the sweep from MLflow (else from the Ray results folder `--storage/NAME`) and writes
+`<storage>/<NAME>/best_configs.yaml` (or `--out`): a list of {rank, sweep, run_id, trial_id,
+epoch, val_accuracy, test_accuracy, config}, where config is the full flat trial config. The test
+accuracy is recorded for information only; it never decides the ranking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from analysis import sweeps
+from analysis.common import (
+    EXIT_OK,
+    Parser,
+    add_store_args,
+    join,
+    positive_int,
+    run_main,
+    say,
+    tracking_uri,
+    write_atomic,
+)
+
+PROG = "python -m analysis.best_configs"
+FILE_NAME = "best_configs.yaml"
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog=PROG, description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--experiment",
+        required=True,
+        metavar="NAME",
+        help="the sweep's MLflow experiment (tune_main's --experiment, else its "
+        "name mode-dataset-model)",
+    )
+    parser.add_argument(
+        "--top", type=positive_int, default=1, metavar="K", help="how many configs (default 1)"
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="PATH",
+        help=f"output YAML (default <storage>/<NAME>/{FILE_NAME})",
+    )
+    add_store_args(parser)
+    return parser
+
+
+def choose(
+    experiment: str, uri: str, storage: str, top: int
+) -> tuple[sweeps.Sweep, list[sweeps.Trial]]:
+    """The sweep and its best `top` full-schedule trials (a UserError when there are none)."""
+    sweep = sweeps.load(experiment, uri, storage)
+    return sweep, sweeps.ranked(sweep, top)
+
+
+def document(sweep: sweeps.Sweep, best: Sequence[sweeps.Trial]) -> list[dict[str, Any]]:
+    """The YAML document: one entry per chosen config, best first."""
+    return [
+        {
+            "rank": rank,
+            "sweep": sweep.name,
+            "run_id": trial.run_id,
+            "trial_id": trial.trial_id,
+            "epoch": trial.epoch,
+            "val_accuracy": trial.val_accuracy,
+            "test_accuracy": trial.test_accuracy,
+            "config": trial.config,
+        }
+        for rank, trial in enumerate(best, start=1)
+    ]
+
+
+def default_out(storage: str, sweep: sweeps.Sweep) -> str:
+    return join(storage, sweep.name, FILE_NAME)
+
+
+def write(args: Any) -> int:
+    uri = tracking_uri(args.mlflow_uri)
+    sweep, best = choose(args.experiment, uri, args.storage, args.top)
+    text = yaml.safe_dump(document(sweep, best), sort_keys=False)
+    where = write_atomic(args.out or default_out(args.storage, sweep), text.encode())
+    full = len(sweeps.full_schedule_trials(sweep))
+    say(
+        f"sweep {sweep.name} (from {sweep.source}): {len(sweep.trials)} trials, {full} ran the "
+        f"full schedule of {sweep.epochs} epochs"
+    )
+    if len(best) < args.top:
+        say(
+            f"only {len(best)} of the {args.top} configs asked for: no more trials ran the "
+            "full schedule"
+        )
+    for rank, trial in enumerate(best, start=1):
+        say(f"#{rank} trial {trial.trial_id}: val_accuracy {trial.val_accuracy:.2f}%")
+    say(f"written to {where}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_main(PROG, lambda: write(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,150 @@
+"""A sweep's trials as points of its search space, and Optuna's hyper-parameter importances.
+
+The sweep's `search_space` tag (the YAML text tune_main used) gives the distributions; the trials'
+configs give the values. Every point needs a comparable score: the validation accuracy at the full
+schedule when enough trials ran it, else at the last epoch every trial reached (ASHA stops some
+trials early, and a short trial's final accuracy is not comparable with a long one's).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+from analysis import sweeps
+from tfkd import search_space
+
+MIN_FULL_TRIALS = 3  # fewer full-schedule trials than this: score every trial at a common epoch
+MIN_POINTS = 2
+
+OPTUNA_DISTRIBUTIONS: dict[str, Callable[[search_space.Param], BaseDistribution]] = {
+    "uniform": lambda p: FloatDistribution(p.low, p.high),
+    "loguniform": lambda p: FloatDistribution(p.low, p.high, log=True),
+    "int": lambda p: IntDistribution(int(p.low), int(p.high)),
+    "logint": lambda p: IntDistribution(int(p.low), int(p.high), log=True),
+    "quniform": lambda p: FloatDistribution(p.low, p.high, step=p.q),
+    "choice": lambda p: CategoricalDistribution(list(p.values)),
+}
+
+
+class NotEnoughTrials(Exception):
+    """The sweep cannot be analysed this way; the message says why (shown in the report)."""
+
+
+@dataclass(frozen=True)
+class Point:
+    trial_id: str
+    params: dict[str, Any]
+    value: float
+    full_schedule: bool
+
+
+@dataclass(frozen=True)
+class SweepPoints:
+    """The searched parameters that vary, one scored point per trial, and what the score is."""
+
+    sweep: str
+    distributions: dict[str, BaseDistribution]
+    points: tuple[Point, ...]
+    label: str
+
+
+def distributions(text: str, mode: str) -> dict[str, BaseDistribution]:
+    """Optuna distributions of the searched keys in a search-space YAML text."""
+    with tempfile.TemporaryDirectory() as folder:  # tfkd.search_space reads files only
+        path = Path(folder) / "search_space.yaml"
+        path.write_text(text)
+        try:
+            space = search_space.load(path, mode or None)
+        except search_space.SearchSpaceError as exc:
+            raise NotEnoughTrials(f"its search_space tag is not readable ({exc})") from None
+    return {name: OPTUNA_DISTRIBUTIONS[p.distribution](p) for name, p in space.params.items()}
+
+
+def scored_trials(sweep: sweeps.Sweep) -> tuple[list[tuple[sweeps.Trial, float]], str]:
+    """(trial, score) pairs and a label saying what the score is."""
+    full = sweeps.full_schedule_trials(sweep)
+    if len(full) >= MIN_FULL_TRIALS:
+        return (
+            [(t, t.val_accuracy) for t in full],
+            f"val accuracy at epoch {sweep.epochs} (full schedule, {len(full)} trials)",
+        )
+    ran = [t for t in sweep.trials if not t.failed and t.val_history]
+    if len(ran) < MIN_POINTS:
+        raise NotEnoughTrials(f"{len(ran)} trial(s) reported a validation accuracy")
+    epoch = min(max(t.val_history) for t in ran)
+    scored = [(t, t.val_history[epoch]) for t in ran if epoch in t.val_history]
+    return scored, (
+        f"val accuracy at epoch {epoch}, the last all {len(scored)} trials reached "
+        f"({len(full)} ran all {sweep.epochs})"
+    )
+
+
+def _varying(name: str, dist: BaseDistribution, values: list[Any]) -> bool:
+    """Searched and in range for every trial, with at least two distinct values."""
+    try:
+        inside = all(dist._contains(dist.to_internal_repr(v)) for v in values)
+    except (ValueError, TypeError):
+        return False
+    return inside and len({repr(v) for v in values}) > 1
+
+
+def sweep_points(sweep: sweeps.Sweep) -> SweepPoints:
+    """The sweep's trials as scored points over the searched parameters that vary."""
+    if not sweep.searched:
+        raise NotEnoughTrials("it has no search_space tag")
+    scored, label = scored_trials(sweep)
+    mode = sweep.tags.get("mode", "")
+    dists = {
+        name: dist
+        for name, dist in distributions(sweep.searched, mode).items()
+        if _varying(name, dist, [t.config.get(name) for t, _ in scored])
+    }
+    if not dists:
+        raise NotEnoughTrials("no searched parameter took two different values")
+    points = tuple(
+        Point(
+            t.trial_id,
+            {name: t.config[name] for name in dists},
+            float(value),
+            sweeps.completed_full_schedule(t, sweep.epochs),
+        )
+        for t, value in scored
+    )
+    return SweepPoints(sweep.name, dists, points, label)
+
+
+def study(points: SweepPoints) -> optuna.Study:
+    """An in-memory Optuna study holding the sweep's points as completed trials."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rebuilt = optuna.create_study(direction="maximize", study_name=points.sweep)
+    for point in points.points:
+        rebuilt.add_trial(
+            optuna.trial.create_trial(
+                params=point.params,
+                distributions=points.distributions,
+                value=point.value,
+                user_attrs={"trial_id": point.trial_id},
+            )
+        )
+    return rebuilt
+
+
+def importances(points: SweepPoints) -> dict[str, float]:
+    """Optuna's fANOVA importances (seeded, so a report is reproducible), largest first."""
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    try:
+        return optuna.importance.get_param_importances(study(points), evaluator=evaluator)
+    except (ValueError, RuntimeError) as exc:  # e.g. every score equal
+        raise NotEnoughTrials(f"Optuna could not rank the parameters ({exc})") from None

@@ -1,0 +1,330 @@
+"""Queue the whole comparison behind one of the paper's tables, skipping what is already done.
+
+    python -m analysis.paper_suite --dataset cifar100 [--models ...] [--modes ...] [--dry-run]
+
+The plan, from analysis/paper_results.csv:
+  1. a baseline sweep of every model that is a student or a teacher in the chosen rows, with
+     weight snapshots at epochs 1 and 50 registered (Defective-KD teachers);
+  2. a sweep of every other (model, mode, teacher) row, with the teacher the paper used;
+  3. a reproduction (analysis.reproduce) of every sweep that is a row of the table.
+A step is done when MLflow holds a FINISHED run of it: a sweep run named like the sweep
+(tfkd.kind=sweep), or a reproduction-set run named reproduce-<sweep>. --dry-run prints the exact
+commands in order, marking the done ones; otherwise they run in order, stopping at a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from analysis import paper, store
+from analysis.common import EXIT_OK, Parser, positive_int, run_main, say, tracking_uri
+from analysis.reproduce import SET_PREFIX
+from tfkd import data, models, modes
+from tfkd.errors import UserError
+
+PROG = "python -m analysis.paper_suite"
+TUNE_MAIN = Path(__file__).resolve().parent.parent / "tune_main.py"
+SNAPSHOT_EPOCHS = "1,50"
+BASELINE = "baseline"
+NO_TEACHER_FLAG = ("", paper.SELF)  # teacher-free modes; tfkd_self's teacher is its own baseline
+FORWARDED_RESOURCES = (
+    "gpus_per_trial",
+    "cpus_per_trial",
+    "max_concurrent",
+    "address",
+    "storage",
+    "mlflow_uri",
+)
+
+
+def build_parser() -> Parser:
+    from tfkd.cli import add_resource_args
+
+    datasets = sorted({row.dataset for row in paper.load()} & set(data.names()))
+    parser = Parser(prog=PROG, description=__doc__.split("\n")[0])
+    what = parser.add_argument_group("which comparison")
+    what.add_argument("--dataset", required=True, choices=datasets, help="the paper's dataset")
+    what.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        metavar="MODEL",
+        help="students to include (default: every model of the paper's rows)",
+    )
+    what.add_argument(
+        "--modes",
+        nargs="+",
+        default=None,
+        metavar="MODE",
+        help="modes to include (default: every mode of the paper's rows)",
+    )
+    what.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=None,
+        help="schedule length of every sweep (default: tune_main's, 200)",
+    )
+    what.add_argument(
+        "--num-samples",
+        type=positive_int,
+        default=None,
+        help="trials per sweep (default: tune_main's)",
+    )
+    what.add_argument("--seeds", type=positive_int, default=3, help="reproduction seeds")
+    what.add_argument("--top", type=positive_int, default=1, help="configs reproduced per sweep")
+    what.add_argument("--data-dir", default=None, help="dataset root (default: tune_main's)")
+    what.add_argument("--download", action="store_true", help="download the dataset if missing")
+    what.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (the exact commands, in order) and run nothing",
+    )
+    add_resource_args(parser)
+    return parser
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command of the plan; `marker` names the MLflow run that proves it done."""
+
+    stage: str
+    experiment: str
+    marker: str
+    kind: str
+    argv: tuple[str, ...]
+    done: bool = False
+
+    @property
+    def command(self) -> str:
+        return shlex.join(self.argv)
+
+
+# ---------------------------------------------------------------- choosing the rows
+
+
+def _check_known(kind: str, asked: Iterable[str], known: Iterable[str]) -> None:
+    unknown = sorted(set(asked) - set(known))
+    if unknown:
+        raise UserError(f"--{kind}s: unknown {kind} {unknown[0]!r}; known: {', '.join(known)}")
+
+
+def runnable(row: paper.PaperRow) -> bool:
+    """tfkd has the row's student and teacher architectures (the paper has a few it lacks)."""
+    return row.model in models.names() and teacher_model(row) in ("", *models.names())
+
+
+def wanted(row: paper.PaperRow, args: argparse.Namespace) -> bool:
+    return (args.models is None or row.model in args.models) and (
+        args.modes is None or row.mode in args.modes
+    )
+
+
+def chosen_rows(args: argparse.Namespace) -> list[paper.PaperRow]:
+    """The paper's rows of the dataset, for the models and modes asked for."""
+    _check_known("model", args.models or (), models.names())
+    _check_known("mode", args.modes or (), modes.names())
+    rows = [r for r in paper.rows_for(args.dataset) if runnable(r) and wanted(r, args)]
+    if not rows:
+        raise UserError(
+            f"the paper has no {args.dataset} rows for models "
+            f"{args.models or 'any'} and modes {args.modes or 'any'}"
+        )
+    return rows
+
+
+def teacher_model(row: paper.PaperRow) -> str:
+    """The architecture whose baseline the row needs as a teacher ('' for none)."""
+    key = paper.teacher_key(row.mode, row.teacher)
+    if key == paper.SELF:
+        return row.model
+    return key.partition("@")[0]
+
+
+def sweep_name(dataset: str, row: paper.PaperRow) -> str:
+    """tune_main's default name, plus the teacher where a (model, mode) has several."""
+    name = f"{row.mode}-{dataset}-{row.model}"
+    key = paper.teacher_key(row.mode, row.teacher)
+    return name if key in NO_TEACHER_FLAG else f"{name}-{key.replace('@', '-')}"
+
+
+# ---------------------------------------------------------------- the commands
+
+
+def forwarded(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    """The resource flags given on our command line, for tune_main and reproduce."""
+    flags = []
+    for dest in FORWARDED_RESOURCES:
+        value = getattr(args, dest)
+        if value is not None and value != parser.get_default(dest):
+            flags += [f"--{dest.replace('_', '-')}", str(value)]
+    return flags
+
+
+def tune_flags(args: argparse.Namespace) -> list[str]:
+    optional = {
+        "--epochs": args.epochs,
+        "--num-samples": args.num_samples,
+        "--data-dir": args.data_dir,
+    }
+    flags = [
+        part for flag, value in optional.items() if value is not None for part in (flag, str(value))
+    ]
+    return flags + (["--download"] if args.download else [])
+
+
+def tune_step(
+    stage: str, name: str, mode_args: list[str], args: argparse.Namespace, resources: list[str]
+) -> Step:
+    argv = (
+        sys.executable,
+        str(TUNE_MAIN),
+        *mode_args,
+        "--dataset",
+        args.dataset,
+        "--name",
+        name,
+        *tune_flags(args),
+        *resources,
+    )
+    return Step(stage, name, name, store.SWEEP, argv)
+
+
+def baseline_step(model: str, args: argparse.Namespace, resources: list[str]) -> Step:
+    name = f"{BASELINE}-{args.dataset}-{model}"
+    return tune_step(
+        "teacher/baseline",
+        name,
+        ["--mode", BASELINE, "--model", model, "--snapshot-epochs", SNAPSHOT_EPOCHS],
+        args,
+        resources,
+    )
+
+
+def mode_step(row: paper.PaperRow, args: argparse.Namespace, resources: list[str]) -> Step:
+    key = paper.teacher_key(row.mode, row.teacher)
+    teacher = [] if key in NO_TEACHER_FLAG else ["--teacher", key]
+    return tune_step(
+        "sweep",
+        sweep_name(args.dataset, row),
+        ["--mode", row.mode, "--model", row.model, *teacher],
+        args,
+        resources,
+    )
+
+
+def reproduce_step(sweep: Step, args: argparse.Namespace, resources: list[str]) -> Step:
+    argv = (
+        sys.executable,
+        "-m",
+        "analysis.reproduce",
+        "--experiment",
+        sweep.experiment,
+        "--seeds",
+        str(args.seeds),
+        "--top",
+        str(args.top),
+        *resources,
+    )
+    return Step(
+        "reproduce",
+        sweep.experiment,
+        f"{SET_PREFIX}{sweep.experiment}",
+        store.REPRODUCTION_SET,
+        argv,
+    )
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[Step]:
+    """Baselines (teachers first needed), then the other sweeps, then the reproductions."""
+    rows = chosen_rows(args)
+    resources = forwarded(args, parser)
+    baselines = _unique(
+        [r.model for r in rows if r.mode == BASELINE]
+        + [teacher_model(r) for r in rows if teacher_model(r)]
+    )
+    baseline_steps = {m: baseline_step(m, args, resources) for m in baselines}
+    sweeps = [mode_step(r, args, resources) for r in rows if r.mode != BASELINE]
+    compared = [baseline_steps[r.model] for r in rows if r.mode == BASELINE] + sweeps
+    return [
+        *baseline_steps.values(),
+        *sweeps,
+        *(reproduce_step(s, args, resources) for s in compared),
+    ]
+
+
+def finished(mlflow_client: Any, step: Step) -> bool:
+    """MLflow holds a FINISHED run of the step's kind and name in the step's experiment."""
+    experiment = store.experiment_id(mlflow_client, step.experiment)
+    if experiment is None:
+        return False
+    return bool(
+        store.runs_of_kind(
+            mlflow_client, [experiment], step.kind, status=store.FINISHED, name=step.marker
+        )
+    )
+
+
+def mark_done(steps: Sequence[Step], uri: str) -> list[Step]:
+    mlflow_client = store.client(uri)
+    if mlflow_client is None:
+        return list(steps)
+    return [replace(step, done=finished(mlflow_client, step)) for step in steps]
+
+
+# ---------------------------------------------------------------- running
+
+
+def show(steps: Sequence[Step], dataset: str) -> None:
+    done = sum(step.done for step in steps)
+    say(f"paper suite for {dataset}: {len(steps)} steps, {done} already done (skipped)")
+    for number, step in enumerate(steps, start=1):
+        print(f"{number:3d}. [{'skip: done' if step.done else 'run'}] {step.command}", flush=True)
+
+
+def execute(steps: Sequence[Step]) -> int:
+    """Run the steps not done, in order; the first failure stops the suite with its status."""
+    todo = [s for s in steps if not s.done]
+    for number, step in enumerate(todo, start=1):
+        say(f"({number}/{len(todo)}) {step.stage}: {step.command}")
+        code = subprocess.run(list(step.argv), check=False).returncode
+        if code != EXIT_OK:
+            print(
+                f"{PROG}: error: step {step.experiment} ({step.stage}) failed with exit status "
+                f"{code}; fix it and rerun: finished steps are skipped",
+                file=sys.stderr,
+            )
+            return code
+    say("paper suite complete")
+    return EXIT_OK
+
+
+def suite(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.experiment or args.no_tracking:
+        raise UserError(
+            "--experiment / --no-tracking: the suite gives every sweep its own "
+            "MLflow experiment and needs tracking to know what is done"
+        )
+    steps = mark_done(plan(args, parser), tracking_uri(args.mlflow_uri))
+    show(steps, args.dataset)
+    return EXIT_OK if args.dry_run else execute(steps)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run_main(PROG, lambda: suite(args, parser))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

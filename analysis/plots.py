@@ -1,0 +1,228 @@
+"""The report's figures, each rendered to PNG bytes (matplotlib's Agg backend, no display).
+
+Functions take plain data (a results table, sweeps, scored points) and know nothing of MLflow, so
+the report writes them the same atomic way as its tables.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import pandas as pd  # noqa: E402
+from optuna.distributions import (  # noqa: E402
+    BaseDistribution,
+    CategoricalDistribution,
+)
+
+from analysis import sweeps  # noqa: E402
+from analysis.importance import SweepPoints  # noqa: E402
+
+DPI = 110
+PANEL = (4.6, 3.4)  # inches per subplot
+
+
+def png(fig: plt.Figure) -> bytes:
+    """The figure as PNG bytes; the figure is closed (pyplot keeps every open figure)."""
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def panels(count: int, columns: int = 3) -> tuple[plt.Figure, list[plt.Axes]]:
+    """A grid of `count` subplots (the unused cells hidden)."""
+    cols = max(1, min(columns, count))
+    rows = math.ceil(count / cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(PANEL[0] * cols, PANEL[1] * rows), squeeze=False)
+    cells = [ax for row in grid for ax in row]
+    for ax in cells[count:]:
+        ax.set_visible(False)
+    return fig, cells[:count]
+
+
+def row_label(row: pd.Series) -> str:
+    """mode, its teacher, and the config's rank when more than the best one was reproduced."""
+    label = row["mode"] + (f"\n{row['teacher']}" if row["teacher"] else "")
+    return label + (f" #{row['rank']}" if str(row["rank"]) not in ("", "1") else "")
+
+
+# ---------------------------------------------------------------- learning curves
+
+
+def _curve_trial(sweep: sweeps.Sweep) -> sweeps.Trial | None:
+    """The trial whose curve stands for the sweep: its best full-schedule one, else its longest."""
+    full = sweeps.full_schedule_trials(sweep)
+    if full:
+        return max(full, key=lambda t: t.val_accuracy)
+    ran = [t for t in sweep.trials if t.val_history]
+    return max(ran, key=lambda t: (t.epoch, t.val_accuracy or 0.0), default=None)
+
+
+def learning_curves(table: pd.DataFrame, sweep_list: Sequence[sweeps.Sweep]) -> bytes:
+    """Per mode: each sweep's best trial's val accuracy per epoch (lines), and the reproductions'
+    test accuracy at their last epoch (mean ± std over seeds, squares)."""
+    by_mode = sorted(set(table["mode"]) | {s.tags.get("mode", "") for s in sweep_list} - {""})
+    fig, axes = panels(len(by_mode))
+    for ax, mode in zip(axes, by_mode, strict=True):
+        colors: dict[str, Any] = {}
+        for sweep in (s for s in sweep_list if s.tags.get("mode") == mode):
+            trial = _curve_trial(sweep)
+            if trial is not None:
+                epochs = sorted(trial.val_history)
+                (line,) = ax.plot(
+                    epochs, [trial.val_history[e] for e in epochs], label=f"{sweep.name} (val)"
+                )
+                colors[sweep.name] = line.get_color()
+        for _, row in table[table["mode"] == mode].iterrows():
+            ax.errorbar(
+                [row["epochs"]],
+                [row["test_acc_mean"]],
+                yerr=[0.0 if pd.isna(row["test_acc_std"]) else row["test_acc_std"]],
+                fmt="s",
+                capsize=3,
+                color=colors.get(row["sweep"]),
+                label=f"{row['sweep']} #{row['rank']} (test, {row['seeds']} seeds)",
+            )
+        ax.set_title(mode)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle(
+        "Learning curves\nlines: validation accuracy of each sweep's best trial\n"
+        "squares: the reproductions' test accuracy",
+        fontsize=8,
+    )
+    return png(fig)
+
+
+# ---------------------------------------------------------------- accuracy vs the paper
+
+
+def accuracy_vs_paper(table: pd.DataFrame) -> bytes:
+    """Per (dataset, model): our test accuracy (mean ± std) per mode, the paper's as a marker."""
+    groups = list(table.groupby(["dataset", "model"], sort=True))
+    fig, axes = panels(len(groups))
+    for ax, ((dataset, model), rows) in zip(axes, groups, strict=True):
+        xs = range(len(rows))
+        stds = rows["test_acc_std"].fillna(0.0)
+        bars = ax.bar(
+            xs,
+            rows["test_acc_mean"],
+            yerr=stds,
+            capsize=3,
+            color="tab:blue",
+            alpha=0.8,
+            width=0.6,
+            label="ours (test, mean ± std)",
+        )
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, label_type="center", color="white")
+        has_paper = rows["paper_acc"].notna()
+        if has_paper.any():
+            ax.scatter(
+                [x for x, p in zip(xs, has_paper, strict=True) if p],
+                rows.loc[has_paper, "paper_acc"],
+                marker="D",
+                color="tab:red",
+                zorder=3,
+                label="paper",
+            )
+        else:
+            ax.set_xlabel("(the paper has no rows for this dataset / model)", fontsize=7)
+        ax.set_xticks(list(xs), [row_label(r) for _, r in rows.iterrows()], fontsize=7)
+        ax.set_title(f"{dataset} / {model}")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Reproduced test accuracy vs the paper", fontsize=8)
+    return png(fig)
+
+
+# ---------------------------------------------------------------- one sweep
+
+
+def importance_bars(points: SweepPoints, scores: dict[str, float]) -> bytes:
+    """Horizontal bars: Optuna's importance of each searched parameter."""
+    names = list(scores)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.5 * len(names) + 1.6))
+    ax.barh(names, [scores[n] for n in names], color="tab:green")
+    ax.set_xlabel("importance (fANOVA, sums to 1)")
+    ax.set_title(
+        f"{points.sweep}: hyper-parameter importance\nobjective: {points.label}", fontsize=8
+    )
+    return png(fig)
+
+
+def _log_scale(dist: BaseDistribution) -> bool:
+    return bool(getattr(dist, "log", False))
+
+
+def _numeric_axis(dist: BaseDistribution) -> Callable[[Any], float]:
+    low, high = dist.low, dist.high
+    if _log_scale(dist):
+        low, high = math.log(low), math.log(high)
+        return lambda v: (math.log(v) - low) / ((high - low) or 1.0)
+    return lambda v: (v - low) / ((high - low) or 1.0)
+
+
+def _categorical_axis(dist: CategoricalDistribution) -> Callable[[Any], float]:
+    n = len(dist.choices)
+    return lambda v: dist.choices.index(v) / (n - 1) if n > 1 else 0.5
+
+
+def axis_scale(dist: BaseDistribution) -> Callable[[Any], float]:
+    """Maps a value of the distribution onto [0, 1] (log ranges on a log scale)."""
+    if isinstance(dist, CategoricalDistribution):
+        return _categorical_axis(dist)
+    return _numeric_axis(dist)
+
+
+def _axis_ticks(dist: BaseDistribution) -> list[tuple[float, str]]:
+    if isinstance(dist, CategoricalDistribution):
+        scale = axis_scale(dist)
+        return [(scale(c), str(c)) for c in dist.choices]
+    return [(0.0, f"{dist.low:.3g}"), (1.0, f"{dist.high:.3g}")]
+
+
+def parallel_coordinates(points: SweepPoints) -> bytes:
+    """One line per trial across the searched parameters to its score, coloured by the score;
+    dashed: the trial was stopped before the full schedule."""
+    names = list(points.distributions)
+    values = [p.value for p in points.points]
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    cmap = plt.get_cmap("viridis")
+    scales = [axis_scale(points.distributions[n]) for n in names]
+    fig, ax = plt.subplots(figsize=(1.7 * (len(names) + 1) + 1.5, 4))
+    for point in sorted(points.points, key=lambda p: p.value):
+        shade = (point.value - low) / span
+        ys = [scale(point.params[n]) for scale, n in zip(scales, names, strict=True)]
+        ax.plot(
+            range(len(names) + 1),
+            [*ys, shade],
+            color=cmap(shade),
+            alpha=0.85,
+            linestyle="-" if point.full_schedule else "--",
+            marker="o",
+            markersize=3,
+        )
+    for x, name in enumerate(names):
+        ax.axvline(x, color="0.6", linewidth=0.8)
+        for y, text in _axis_ticks(points.distributions[name]):
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(3, 0), fontsize=7)
+    ax.axvline(len(names), color="0.6", linewidth=0.8)
+    for y, text in ((0.0, f"{low:.2f}"), (1.0, f"{high:.2f}")):
+        ax.annotate(text, (len(names), y), textcoords="offset points", xytext=(3, 0), fontsize=7)
+    ax.set_xticks(range(len(names) + 1), [*names, "val acc (%)"], fontsize=8)
+    ax.set_yticks([])
+    ax.set_xlim(-0.2, len(names) + 0.5)
+    ax.set_title(f"{points.sweep}: {len(points.points)} trials\nscore: {points.label}", fontsize=8)
+    return png(fig)

@@ -1,0 +1,353 @@
+"""One results table over all reproductions, compared with the paper, plus plots.
+
+    python -m analysis.report [--experiment NAME ...] [--out DIR]
+
+A row per reproduced config: dataset, model, mode, teacher, seeds, test accuracy mean ± std,
+test ECE mean, the paper's number for the same (dataset, model, mode, teacher) and the
+difference (empty where the paper has no such row). Written to --out (default ./reports) as
+results.md, results.csv and results.parquet, with learning_curves.png, accuracy_vs_paper.png and,
+per sweep, importance_<sweep>.png and parallel_<sweep>.png; printed; and logged as artifacts of
+a run of kind "report" in the MLflow experiment "tfkd-reports".
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis import importance, paper, plots, store, sweeps
+from analysis.common import (
+    EXIT_OK,
+    Parser,
+    add_store_args,
+    config_hash,
+    run_main,
+    say,
+    tracking_uri,
+    trial_config,
+    write_atomic,
+)
+from analysis.reproduce import RANK_TAG, SWEEP_TAG, TEACHER_TAG
+from tfkd.errors import UserError
+
+PROG = "python -m analysis.report"
+REPORT_EXPERIMENT = "tfkd-reports"
+DEFAULT_OUT = "./reports"
+TABLE_NAME = "results"
+COLUMNS = [
+    "dataset",
+    "model",
+    "mode",
+    "teacher",
+    "rank",
+    "epochs",
+    "seeds",
+    "test_acc_mean",
+    "test_acc_std",
+    "test_ece_mean",
+    "paper_acc",
+    "paper_std",
+    "paper_table",
+    "diff_vs_paper",
+    "sweep",
+    "experiment",
+    "config_hash",
+]
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog=PROG, description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--experiment",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="an MLflow experiment to include (repeatable; default: all)",
+    )
+    parser.add_argument(
+        "--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT})"
+    )
+    add_store_args(parser)
+    return parser
+
+
+# ---------------------------------------------------------------- reading the reproductions
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """One finished, tested reproduction run."""
+
+    experiment: str
+    sweep: str
+    config_hash: str
+    rank: str
+    dataset: str
+    model: str
+    mode: str
+    teacher: str  # the sweep's teacher, e.g. resnet18@epoch-1 ('' without one)
+    epochs: int
+    seed: int
+    test_accuracy: float
+    test_ece: float
+
+
+def reproduction_from_run(run: Any, experiment: str) -> Reproduction:
+    tags, metrics = run.data.tags, run.data.metrics
+    config = trial_config(run.data.params, f"MLflow run {run.info.run_id}")
+    return Reproduction(
+        experiment=experiment,
+        sweep=tags.get(SWEEP_TAG, experiment),
+        config_hash=config_hash(config),
+        rank=tags.get(RANK_TAG, ""),
+        dataset=config["dataset"],
+        model=config["model"],
+        mode=config["mode"],
+        teacher=tags.get(TEACHER_TAG, tags.get("teacher", "")),
+        epochs=int(config["epochs"]),
+        seed=int(config["seed"]),
+        test_accuracy=float(metrics["test_accuracy"]),
+        test_ece=float(metrics.get("test_ece", math.nan)),
+    )
+
+
+def chosen_experiments(mlflow_client: Any, names: Sequence[str], uri: str) -> dict[str, str]:
+    """{experiment id: name} of the named experiments (all when none is named)."""
+    if mlflow_client is None:
+        raise UserError(
+            f"no MLflow store at {uri}; run tune_main.py and analysis.reproduce "
+            "first, or fix --mlflow-uri"
+        )
+    if not names:
+        return {e.experiment_id: e.name for e in mlflow_client.search_experiments()}
+    chosen = {}
+    for name in names:
+        experiment = store.experiment_id(mlflow_client, name)
+        if experiment is None:
+            raise UserError(f"--experiment {name}: no such MLflow experiment at {uri}")
+        chosen[experiment] = name
+    return chosen
+
+
+def reproductions(mlflow_client: Any, experiments: dict[str, str]) -> list[Reproduction]:
+    found = []
+    for experiment, name in experiments.items():
+        runs = store.runs_of_kind(
+            mlflow_client, [experiment], store.REPRODUCTION, status=store.FINISHED
+        )
+        found += [reproduction_from_run(r, name) for r in runs if "test_accuracy" in r.data.metrics]
+    return found
+
+
+# ---------------------------------------------------------------- the table
+
+
+def _std(values: Sequence[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def table_row(group: Sequence[Reproduction]) -> dict[str, Any]:
+    """One config's seeds summarised, with the paper's number for the same row."""
+    first = group[0]
+    accuracies = [r.test_accuracy for r in group]
+    mean = statistics.fmean(accuracies)
+    found = paper.match(first.dataset, first.model, first.mode, first.teacher)
+    return {
+        "dataset": first.dataset,
+        "model": first.model,
+        "mode": first.mode,
+        "teacher": first.teacher,
+        "rank": first.rank,
+        "epochs": first.epochs,
+        "seeds": len({r.seed for r in group}),
+        "test_acc_mean": mean,
+        "test_acc_std": _std(accuracies),
+        "test_ece_mean": statistics.fmean(r.test_ece for r in group),
+        "paper_acc": found.accuracy if found else math.nan,
+        "paper_std": found.std if found and found.std is not None else math.nan,
+        "paper_table": found.table if found else "",
+        "diff_vs_paper": mean - found.accuracy if found else math.nan,
+        "sweep": first.sweep,
+        "experiment": first.experiment,
+        "config_hash": first.config_hash,
+    }
+
+
+def results_table(runs: Sequence[Reproduction]) -> pd.DataFrame:
+    """A row per (experiment, sweep, config): its seeds' test accuracy next to the paper's."""
+    groups: dict[tuple[str, str, str], list[Reproduction]] = {}
+    for run in runs:
+        groups.setdefault((run.experiment, run.sweep, run.config_hash), []).append(run)
+    rows = [table_row(sorted(g, key=lambda r: r.seed)) for g in groups.values()]
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    return frame.sort_values(
+        ["dataset", "model", "mode", "teacher", "rank", "sweep"], ignore_index=True
+    )
+
+
+def _number(value: float, digits: int = 2, sign: bool = False) -> str:
+    if pd.isna(value):
+        return ""
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def _accuracy(row: pd.Series) -> str:
+    std = "" if pd.isna(row["test_acc_std"]) else f" ± {row['test_acc_std']:.2f}"
+    return f"{row['test_acc_mean']:.2f}{std}"
+
+
+MARKDOWN_COLUMNS: list[tuple[str, Callable[[pd.Series], str]]] = [
+    ("dataset", lambda r: r["dataset"]),
+    ("model", lambda r: r["model"]),
+    ("mode", lambda r: r["mode"]),
+    ("teacher", lambda r: r["teacher"]),
+    ("config", lambda r: f"#{r['rank']}" if r["rank"] else r["config_hash"]),
+    ("epochs", lambda r: str(r["epochs"])),
+    ("seeds", lambda r: str(r["seeds"])),
+    ("test acc (%)", _accuracy),
+    ("ECE (%)", lambda r: _number(r["test_ece_mean"])),
+    ("paper (%)", lambda r: _number(r["paper_acc"])),
+    ("diff", lambda r: _number(r["diff_vs_paper"], sign=True)),
+]
+
+
+def markdown(frame: pd.DataFrame, notes: Sequence[str] = ()) -> str:
+    """The table as GitHub Markdown, with notes (plots that could not be drawn) below it."""
+    header = [name for name, _ in MARKDOWN_COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in frame.iterrows():
+        lines.append("| " + " | ".join(cell(row) for _, cell in MARKDOWN_COLUMNS) + " |")
+    text = "\n".join(lines) + "\n"
+    text += (
+        "\nTest accuracy: mean ± sample std over seeds, each trained on the full training "
+        "set and tested once at the last epoch. paper: the paper's number for the same "
+        "(dataset, model, mode, teacher); empty where it has none.\n"
+    )
+    return text + "".join(f"\n- {note}" for note in notes) + ("\n" if notes else "")
+
+
+def parquet_bytes(frame: pd.DataFrame) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
+    return sink.getvalue().to_pybytes()
+
+
+# ---------------------------------------------------------------- plots
+
+
+def file_stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def sweep_figures(sweep: sweeps.Sweep) -> tuple[dict[str, bytes], str | None]:
+    """importance_<sweep>.png and parallel_<sweep>.png, or a note why they are missing."""
+    try:
+        points = importance.sweep_points(sweep)
+        scores = importance.importances(points)
+    except importance.NotEnoughTrials as exc:
+        return {}, f"{sweep.name}: no importance / parallel-coordinates plot: {exc}"
+    stem = file_stem(sweep.name)
+    return {
+        f"importance_{stem}.png": plots.importance_bars(points, scores),
+        f"parallel_{stem}.png": plots.parallel_coordinates(points),
+    }, None
+
+
+def load_sweeps(mlflow_client: Any, experiments: dict[str, str]) -> list[sweeps.Sweep]:
+    parents = store.runs_of_kind(mlflow_client, list(experiments), store.SWEEP)
+    return [sweeps.sweep_from_run(mlflow_client, p, with_history=True) for p in parents]
+
+
+def render(frame: pd.DataFrame, sweep_list: Sequence[sweeps.Sweep]) -> dict[str, bytes]:
+    """Every output file's bytes, in memory: nothing is written until all of them exist."""
+    figures: dict[str, bytes] = {}
+    notes = []
+    for sweep in sweep_list:
+        files, note = sweep_figures(sweep)
+        figures.update(files)
+        notes += [note] if note else []
+    return {
+        f"{TABLE_NAME}.md": markdown(frame, notes).encode(),
+        f"{TABLE_NAME}.csv": frame.to_csv(index=False).encode(),
+        f"{TABLE_NAME}.parquet": parquet_bytes(frame),
+        "learning_curves.png": plots.learning_curves(frame, sweep_list),
+        "accuracy_vs_paper.png": plots.accuracy_vs_paper(frame),
+        **figures,
+    }
+
+
+# ---------------------------------------------------------------- writing
+
+
+def write_files(out: str, files: dict[str, bytes]) -> list[Path]:
+    return [Path(write_atomic(Path(out) / name, data)) for name, data in files.items()]
+
+
+def log_report(uri: str, experiments: dict[str, str], paths: Sequence[Path]) -> str:
+    """A FINISHED MLflow run of kind 'report' holding every output file as an artifact."""
+    from tfkd import tracking
+
+    mlflow_client = store.client(uri)
+    experiment = tracking.ensure_experiment(uri, REPORT_EXPERIMENT)
+    run = mlflow_client.create_run(
+        experiment,
+        run_name="report",
+        tags={
+            tracking.KIND_TAG: store.REPORT,
+            "experiments": ",".join(sorted(experiments.values()))[:5000],
+        },
+    )
+    try:
+        for path in paths:
+            mlflow_client.log_artifact(run.info.run_id, str(path))
+    except BaseException:
+        mlflow_client.set_terminated(run.info.run_id, status="FAILED")
+        raise
+    mlflow_client.set_terminated(run.info.run_id, status=store.FINISHED)
+    return run.info.run_id
+
+
+def report(args: argparse.Namespace) -> int:
+    uri = tracking_uri(args.mlflow_uri)
+    mlflow_client = store.client(uri)
+    experiments = chosen_experiments(mlflow_client, args.experiment, uri)
+    runs = reproductions(mlflow_client, experiments)
+    if not runs:
+        where = ", ".join(sorted(experiments.values())) or "any experiment"
+        raise UserError(
+            f"no finished reproductions in {where} at {uri}; run "
+            "python -m analysis.reproduce --experiment NAME first"
+        )
+    frame = results_table(runs)
+    sweep_list = load_sweeps(
+        mlflow_client, {e: n for e, n in experiments.items() if n in set(frame["experiment"])}
+    )
+    files = render(frame, sweep_list)
+    paths = write_files(args.out, files)
+    run_id = log_report(uri, experiments, paths)
+    print(files[f"{TABLE_NAME}.md"].decode())
+    say(
+        f"{len(frame)} rows from {len(runs)} reproduction runs; {len(paths)} files in "
+        f"{args.out}; MLflow run {run_id} in experiment {REPORT_EXPERIMENT!r}"
+    )
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_main(PROG, lambda: report(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

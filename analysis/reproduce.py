@@ -1,0 +1,275 @@
+"""Retrain a sweep's best configs from scratch with several seeds, then test each once.
+
+    python -m analysis.reproduce --experiment tfkd_reg-cifar100-resnet18 --seeds 3 [--top 1]
+
+Each chosen config (see analysis.best_configs) is trained on the FULL training set
+(val_fraction=0: the validation split already did its job, choosing the config) for the full
+schedule (`--epochs` overrides) with seeds 0..N-1; the trainer evaluates the test split once, at
+the last epoch. All (config, seed) pairs run as ONE Ray Tune run through tfkd.search.run_configs,
+with tune_main's resource flags (fractional GPUs, --address, ...); `--resume` continues an
+interrupted one. Every pair is an MLflow run of kind "reproduction" under a "reproduction-set"
+run named reproduce-<sweep>, in the sweep's experiment, tagged with the sweep's run id, the config
+rank and a hash of the config. A rerun skips the pairs already FINISHED in MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from analysis import best_configs, store, sweeps
+from analysis.common import (
+    EXIT_OK,
+    Parser,
+    config_hash,
+    positive_int,
+    run_main,
+    say,
+    tracking_uri,
+    trial_config,
+)
+from tfkd.errors import UserError
+
+PROG = "python -m analysis.reproduce"
+EXIT_SOME_FAILED = 1
+SET_PREFIX = "reproduce-"
+RANK_TAG, HASH_TAG, SWEEP_RUN_TAG = "config_rank", "config_hash", "sweep_run_id"
+SWEEP_TAG, TEACHER_TAG = "sweep", "sweep_teacher"
+
+
+def build_parser() -> Parser:
+    from tfkd.cli import add_resource_args
+
+    parser = Parser(prog=PROG, description=__doc__.split("\n")[0])
+    what = parser.add_argument_group("what to reproduce")
+    what.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=3,
+        metavar="N",
+        help="train every config with seeds 0..N-1 (default 3)",
+    )
+    what.add_argument(
+        "--top",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="the sweep's best K configs (default 1)",
+    )
+    what.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=None,
+        help="schedule length (default: the sweep's full schedule)",
+    )
+    what.add_argument(
+        "--data-dir", default=None, help="dataset root on this cluster (default: the sweep's)"
+    )
+    what.add_argument(
+        "--resume", action="store_true", help="continue the interrupted reproduction of this sweep"
+    )
+    add_resource_args(parser)  # --experiment (required here), --storage, --mlflow-uri, ...
+    return parser
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (config, seed) pair to train."""
+
+    rank: int
+    seed: int
+    config: dict[str, Any]
+    config_hash: str
+
+
+def reproduction_config(
+    config: Mapping[str, Any], *, epochs: int, seed: int, data_dir: str | None
+) -> dict[str, Any]:
+    """The sweep's config on the full training set, for `epochs`, with `seed`."""
+    changes: dict[str, Any] = {"val_fraction": 0.0, "epochs": epochs, "seed": seed}
+    if data_dir:
+        changes["data_dir"] = str(Path(data_dir).expanduser().resolve())
+    return trial_config({**config, **changes}, "reproduction config")
+
+
+def plan_jobs(
+    best: Sequence[sweeps.Trial], seeds: int, epochs: int, data_dir: str | None
+) -> list[Job]:
+    jobs = []
+    for rank, trial in enumerate(best, start=1):
+        for seed in range(seeds):
+            config = reproduction_config(trial.config, epochs=epochs, seed=seed, data_dir=data_dir)
+            jobs.append(Job(rank, seed, config, config_hash(config)))
+    return jobs
+
+
+def finished_pairs(uri: str, experiment: str) -> dict[tuple[str, int], str]:
+    """{(config hash, seed): run id} of the experiment's FINISHED, tested reproductions.
+
+    The hash is computed from the run's params (its full config), so a run counts even when
+    the tags that `label_runs` adds are missing (an interrupted reproduce).
+    """
+    mlflow_client = store.client(uri)
+    experiment_id = store.experiment_id(mlflow_client, experiment)
+    if experiment_id is None:
+        return {}
+    runs = store.runs_of_kind(
+        mlflow_client, [experiment_id], store.REPRODUCTION, status=store.FINISHED
+    )
+    done = {}
+    for run in runs:
+        if "test_accuracy" in run.data.metrics:
+            config = trial_config(run.data.params, f"MLflow run {run.info.run_id}")
+            done[(config_hash(config), int(config["seed"]))] = run.info.run_id
+    return done
+
+
+def pending(jobs: Sequence[Job], done: Mapping[tuple[str, int], str]) -> list[Job]:
+    """The jobs not done yet; says which ones are skipped."""
+    todo = []
+    for job in jobs:
+        run_id = done.get((job.config_hash, job.seed))
+        if run_id is None:
+            todo.append(job)
+        else:
+            say(
+                f"skip config #{job.rank} ({job.config_hash}) seed {job.seed}: already "
+                f"FINISHED as MLflow run {run_id}"
+            )
+    return todo
+
+
+def set_name(sweep: sweeps.Sweep) -> str:
+    return f"{SET_PREFIX}{sweep.name}"
+
+
+def link_tags(sweep: sweeps.Sweep) -> dict[str, str]:
+    """Tags of every reproduction run that lead back to its sweep."""
+    return {
+        SWEEP_RUN_TAG: sweep.run_id,
+        SWEEP_TAG: sweep.name,
+        TEACHER_TAG: sweep.tags.get("teacher", ""),
+    }
+
+
+def start_tracking(
+    uri: str, experiment: str, sweep: sweeps.Sweep, jobs: Sequence[Job], args: argparse.Namespace
+):
+    """The reproduction-set parent run (found again on --resume)."""
+    from tfkd import tracking
+
+    first = jobs[0].config
+    tags = {
+        "mode": first["mode"],
+        "dataset": first["dataset"],
+        "model": first["model"],
+        "epochs": str(first["epochs"]),
+        "seeds": str(args.seeds),
+        "top": str(args.top),
+        **link_tags(sweep),
+    }
+    return tracking.start_sweep(
+        uri,
+        experiment,
+        set_name(sweep),
+        tags,
+        register_teachers=False,
+        dataset=first["dataset"],
+        model=first["model"],
+        resume=args.resume,
+        kind=store.REPRODUCTION_SET,
+        child_kind=store.REPRODUCTION,
+        child_tags=link_tags(sweep),
+    )
+
+
+def label_runs(uri: str, context: Any, jobs: Sequence[Job]) -> None:
+    """Tag each reproduction run with its config's rank and hash.
+
+    tfkd's child_tags are the same for every run of a Tune run, so the per-config tags are set
+    here, from each run's params, once the runs exist.
+    """
+    mlflow_client = store.client(uri)
+    ranks = {job.config_hash: job.rank for job in jobs}
+    runs = store.runs_of_kind(
+        mlflow_client, [context.experiment_id], store.REPRODUCTION, parent=context.parent_run_id
+    )
+    for run in runs:
+        digest = config_hash(trial_config(run.data.params, f"MLflow run {run.info.run_id}"))
+        mlflow_client.set_tag(run.info.run_id, HASH_TAG, digest)
+        if digest in ranks:
+            mlflow_client.set_tag(run.info.run_id, RANK_TAG, str(ranks[digest]))
+
+
+def run_jobs(
+    args: argparse.Namespace, uri: str, experiment: str, sweep: sweeps.Sweep, jobs: list[Job]
+) -> int:
+    """Train the jobs as one Ray Tune run and log them to MLflow."""
+    from tfkd import cli, search, tracking
+    from tfkd.search_space import SearchSpace
+
+    cli.check_storage(args.storage, set_name(sweep), args.resume)
+    if args.address:
+        search.check_reachable(args.address)
+    dataset = cli.load_data(jobs[0].config)
+    context = start_tracking(uri, experiment, sweep, jobs, args)
+    spec = search.SweepSpec(
+        name=set_name(sweep),
+        base_config=jobs[0].config,
+        space=SearchSpace(path=Path(""), mode=jobs[0].config["mode"], params={}),
+        gpus_per_trial=args.gpus_per_trial,
+        cpus_per_trial=args.cpus_per_trial,
+        max_concurrent=args.max_concurrent,
+        storage=args.storage,
+        resume=args.resume,
+        tracking=context,
+    )
+    try:
+        with search.session(args.address):
+            result = search.run_configs(spec, [job.config for job in jobs], dataset)
+    except BaseException:
+        tracking.finish_sweep(context, None, None, status="KILLED")
+        raise
+    finally:
+        label_runs(uri, context, jobs)
+    say(
+        f"{result.trials} reproduction runs, {result.failed} failed; MLflow run "
+        f"{set_name(sweep)} in experiment {experiment!r}"
+    )
+    return EXIT_SOME_FAILED if result.failed else EXIT_OK
+
+
+def reproduce(args: argparse.Namespace) -> int:
+    if not args.experiment:
+        raise UserError("--experiment NAME is required (the sweep to reproduce)")
+    if args.no_tracking:
+        raise UserError("--no-tracking: reproductions are MLflow runs; drop the flag")
+    uri = tracking_uri(args.mlflow_uri)
+    sweep, best = best_configs.choose(args.experiment, uri, args.storage, args.top)
+    experiment = sweep.experiment or args.experiment
+    jobs = plan_jobs(best, args.seeds, args.epochs or sweep.epochs, args.data_dir)
+    todo = jobs if args.resume else pending(jobs, finished_pairs(uri, experiment))
+    if not todo:
+        say(
+            f"nothing left to reproduce: all {len(jobs)} (config, seed) pairs of "
+            f"{sweep.name} are FINISHED in MLflow"
+        )
+        return EXIT_OK
+    say(
+        f"reproducing {len(todo)} of {len(jobs)} (config, seed) pairs of {sweep.name}: "
+        f"{len(best)} config(s) x seeds 0..{args.seeds - 1}, {todo[0].config['epochs']} epochs, "
+        "full training set, tested once at the end"
+    )
+    return run_jobs(args, uri, experiment, sweep, todo)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_main(PROG, lambda: reproduce(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,230 @@
+"""A sweep and its trials, read from MLflow or (when MLflow has no such experiment) Ray's folder.
+
+Both sources give the same `Sweep`, so choosing the best configs does not care where it came
+from. The full schedule is the sweep's `epochs` tag (the configs' `epochs` in the Ray folder):
+a trial that ASHA stopped early never reached it and cannot be chosen, however good its
+validation accuracy looked when it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from analysis import store
+from analysis.common import join, trial_config
+from tfkd.errors import UserError
+
+METRIC = "val_accuracy"
+GRID_KEY = "trial_config"  # tfkd.search.run_configs nests each config under this key
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial's config and where it ended (its last reported epoch)."""
+
+    trial_id: str
+    run_id: str  # "" when read from the Ray folder
+    config: dict[str, Any]
+    epoch: int
+    val_accuracy: float | None
+    test_accuracy: float | None = None
+    failed: bool = False
+    stopped_early: bool = False
+    val_history: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A sweep: its name (the Ray folder and MLflow run name), the full schedule, its trials."""
+
+    name: str
+    experiment: str  # the MLflow experiment's name ("" when read from the Ray folder)
+    run_id: str
+    epochs: int
+    tags: dict[str, str]
+    trials: tuple[Trial, ...]
+    source: str
+
+    @property
+    def searched(self) -> str:
+        return self.tags.get("search_space", "")
+
+
+def completed_full_schedule(trial: Trial, epochs: int) -> bool:
+    """Ran every epoch of the schedule, was not stopped or failed, and reported its metric."""
+    return (
+        not trial.failed
+        and not trial.stopped_early
+        and trial.epoch >= epochs
+        and trial.val_accuracy is not None
+        and math.isfinite(trial.val_accuracy)
+    )
+
+
+def full_schedule_trials(sweep: Sweep) -> list[Trial]:
+    return [t for t in sweep.trials if completed_full_schedule(t, sweep.epochs)]
+
+
+def ranked(sweep: Sweep, top: int) -> list[Trial]:
+    """The best `top` full-schedule trials by validation accuracy (ties: trial id)."""
+    full = full_schedule_trials(sweep)
+    if not full:
+        raise UserError(
+            f"sweep {sweep.name!r} has no finished trial that ran the full schedule "
+            f"({sweep.epochs} epochs; {len(sweep.trials)} trials, "
+            f"{sum(t.stopped_early or t.epoch < sweep.epochs for t in sweep.trials)} stopped "
+            "early or unfinished); let the sweep finish or resume it with tune_main.py --resume"
+        )
+    return sorted(full, key=lambda t: (-t.val_accuracy, t.trial_id))[:top]
+
+
+# ---------------------------------------------------------------- MLflow
+
+
+def _number(metrics: Mapping[str, float], key: str) -> float | None:
+    value = metrics.get(key)
+    return float(value) if value is not None else None
+
+
+def trial_from_run(run: Any, mlflow_client: Any = None) -> Trial:
+    """A child run as a Trial; with a client, also its validation-accuracy history."""
+    metrics, tags = run.data.metrics, run.data.tags
+    history = store.metric_history(mlflow_client, run.info.run_id, METRIC) if mlflow_client else {}
+    return Trial(
+        trial_id=tags.get("tfkd.ray_trial_id", run.info.run_id),
+        run_id=run.info.run_id,
+        config=trial_config(run.data.params, f"MLflow run {run.info.run_id}"),
+        epoch=int(metrics.get("epoch", 0)),
+        val_accuracy=_number(metrics, METRIC),
+        test_accuracy=_number(metrics, "test_accuracy"),
+        failed=run.info.status == "FAILED",
+        stopped_early=tags.get("stopped_early") == "true",
+        val_history=history,
+    )
+
+
+def _schedule(tags: Mapping[str, str], trials: tuple[Trial, ...]) -> int:
+    """The sweep's `epochs` tag; else the longest schedule its configs ask for."""
+    if str(tags.get("epochs", "")).isdigit():
+        return int(tags["epochs"])
+    return max((int(t.config["epochs"]) for t in trials), default=0)
+
+
+def sweep_from_run(mlflow_client: Any, parent: Any, with_history: bool = False) -> Sweep:
+    """The sweep whose parent run is `parent`, with all its trial runs."""
+    experiment = parent.info.experiment_id
+    children = store.runs_of_kind(
+        mlflow_client, [experiment], store.TRIAL, parent=parent.info.run_id
+    )
+    history_client = mlflow_client if with_history else None
+    trials = tuple(trial_from_run(run, history_client) for run in children)
+    tags = dict(parent.data.tags)
+    return Sweep(
+        name=store.run_name(parent),
+        experiment=store.experiment_name(mlflow_client, experiment),
+        run_id=parent.info.run_id,
+        epochs=_schedule(tags, trials),
+        tags=tags,
+        trials=trials,
+        source="mlflow",
+    )
+
+
+def sweep_from_mlflow(name: str, uri: str, storage: str) -> Sweep | None:
+    """The experiment's sweep named `name` (else its newest sweep), or None if there is none."""
+    mlflow_client = store.client(uri)
+    experiment = store.experiment_id(mlflow_client, name)
+    if experiment is None:
+        return None
+    parents = store.runs_of_kind(mlflow_client, [experiment], store.SWEEP)
+    if not parents:
+        return None
+    named = [p for p in parents if store.run_name(p) == name]
+    return sweep_from_run(mlflow_client, (named or parents)[0])
+
+
+# ---------------------------------------------------------------- the Ray results folder
+
+
+def _read_text(fs: Any, path: str) -> str | None:
+    import pyarrow.fs
+
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as stream:
+        return stream.read().decode()
+
+
+def _trial_from_folder(fs: Any, folder: str) -> Trial | None:
+    """A trial folder: params.json (its config) and result.json (one JSON line per epoch)."""
+    params = _read_text(fs, f"{folder}/params.json")
+    if params is None:
+        return None
+    config = json.loads(params)
+    config = config.get(GRID_KEY, config)
+    lines = (_read_text(fs, f"{folder}/result.json") or "").splitlines()
+    results = [json.loads(line) for line in lines if line.strip()]
+    last = results[-1] if results else {}
+    errored = any(
+        _read_text(fs, f"{folder}/{name}") is not None for name in ("error.txt", "error.pkl")
+    )
+    return Trial(
+        trial_id=str(last.get("trial_id", folder.rsplit("/", 1)[-1])),
+        run_id="",
+        config=trial_config(config, f"{folder}/params.json"),
+        epoch=int(last.get("epoch", 0)),
+        val_accuracy=last.get(METRIC),
+        test_accuracy=last.get("test_accuracy"),
+        failed=errored,
+        val_history={int(r["epoch"]): float(r[METRIC]) for r in results if METRIC in r},
+    )
+
+
+def sweep_from_ray_folder(name: str, uri: str, storage: str) -> Sweep | None:
+    """The sweep in `<storage>/<name>` (Ray Tune's experiment folder), or None if absent."""
+    import pyarrow.fs
+
+    root = join(storage, name)
+    try:
+        fs, path = pyarrow.fs.FileSystem.from_uri(root if "://" in root else _absolute(root))
+        entries = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    except (OSError, ValueError):
+        return None
+    folders = sorted(e.path for e in entries if e.type == pyarrow.fs.FileType.Directory)
+    trials = tuple(t for t in (_trial_from_folder(fs, f) for f in folders) if t is not None)
+    if not trials:
+        return None
+    return Sweep(
+        name=name,
+        experiment="",
+        run_id="",
+        epochs=_schedule({}, trials),
+        tags={},
+        trials=trials,
+        source="ray",
+    )
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+SweepSource = Callable[[str, str, str], "Sweep | None"]
+SOURCES: tuple[SweepSource, ...] = (sweep_from_mlflow, sweep_from_ray_folder)
+
+
+def load(name: str, uri: str, storage: str) -> Sweep:
+    """The sweep `name` from the first source that has it (MLflow, then the Ray folder)."""
+    for source in SOURCES:
+        sweep = source(name, uri, storage)
+        if sweep is not None:
+            return sweep
+    raise UserError(
+        f"no sweep {name!r}: no MLflow experiment of that name with a sweep run at {uri}, and "
+        f"no trials in {join(storage, name)}; check --experiment, --mlflow-uri and --storage"
+    )
