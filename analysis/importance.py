@@ -8,10 +8,8 @@ trials early, and a short trial's final accuracy is not comparable with a long o
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -62,13 +60,10 @@ class SweepPoints:
 
 def distributions(text: str, mode: str) -> dict[str, BaseDistribution]:
     """Optuna distributions of the searched keys in a search-space YAML text."""
-    with tempfile.TemporaryDirectory() as folder:  # tfkd.search_space reads files only
-        path = Path(folder) / "search_space.yaml"
-        path.write_text(text)
-        try:
-            space = search_space.load(path, mode or None)
-        except search_space.SearchSpaceError as exc:
-            raise NotEnoughTrials(f"its search_space tag is not readable ({exc})") from None
+    try:
+        space = search_space.loads(text, "the sweep's search_space tag", mode or None)
+    except search_space.SearchSpaceError as exc:
+        raise NotEnoughTrials(f"its search_space tag is not readable ({exc})") from None
     return {name: OPTUNA_DISTRIBUTIONS[p.distribution](p) for name, p in space.params.items()}
 
 

@@ -225,6 +225,7 @@ def run_jobs(
         max_concurrent=args.max_concurrent,
         storage=args.storage,
         resume=args.resume,
+        max_failures=args.max_failures,
         tracking=context,
     )
     try:

@@ -553,6 +553,7 @@ def run_prepared(prepared: Prepared) -> int:
         max_concurrent=args.max_concurrent,
         storage=args.storage,
         resume=args.resume,
+        max_failures=args.max_failures,
         tracking=context,
         first_point=plan.first_point,
     )

@@ -112,7 +112,12 @@ def load(path: str | Path, mode: str | None = None) -> SearchSpace:
     path = Path(path)
     if not path.is_file():
         raise SearchSpaceError(f"search space file not found: {path}")
-    text = path.read_text()
+    return loads(path.read_text(), path, mode)
+
+
+def loads(text: str, path: str | Path = "<text>", mode: str | None = None) -> SearchSpace:
+    """Check a search space given as YAML text (e.g. a sweep's tag); `path` names it in errors."""
+    path = Path(path)
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
