@@ -35,6 +35,8 @@ METRIC = "val_accuracy"
 MODE = "max"
 CHECKPOINTS_KEPT = 2
 GRID_KEY = "trial_config"
+# Per-epoch checkpoints with num_to_keep make Tune warn about state snapshots every few seconds.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 # ---------------------------------------------------------------- the cluster
