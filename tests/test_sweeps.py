@@ -103,6 +103,18 @@ def test_digits_sweep_asha_stops_bad_trials(workdir):
     assert f"{len(stopped)} stopped early by ASHA" in done.stdout
 
 
+FOUR_SHORT_TRIALS = (
+    "--num-samples",
+    "4",
+    "--search-alg",
+    "random",
+    "--epochs",
+    "2",
+    "--set",
+    "fake_size=1024",
+)
+
+
 def overlap(runs: list) -> bool:
     """Every run started before any run ended."""
     return max(r.info.start_time for r in runs) < min(r.info.end_time for r in runs)
@@ -122,14 +134,7 @@ def test_four_trials_share_one_gpu(workdir):
             address,
             "--gpus-per-trial",
             "0.25",
-            "--num-samples",
-            "4",
-            "--search-alg",
-            "random",
-            "--epochs",
-            "2",
-            "--set",
-            "fake_size=1024",
+            *FOUR_SHORT_TRIALS,
             "--mlflow-uri",
             uri,
             cwd=workdir,
@@ -179,14 +184,7 @@ def test_trials_run_on_two_nodes(workdir):
             "resnet8",
             "--address",
             address,
-            "--num-samples",
-            "4",
-            "--search-alg",
-            "random",
-            "--epochs",
-            "2",
-            "--set",
-            "fake_size=1024",
+            *FOUR_SHORT_TRIALS,
             "--mlflow-uri",
             uri,
             cwd=workdir,
