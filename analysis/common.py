@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tfkd.cli import Parser  # noqa: F401  (re-exported: one-line usage errors, exit 2)
+from tfkd.cli import MLFLOW_URI_HELP, Parser  # noqa: F401  (re-exported: one-line usage errors, exit 2)
 from tfkd.config import TrialConfig
 from tfkd.errors import UserError
 
@@ -49,8 +49,7 @@ def add_store_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--mlflow-uri",
         default=None,
-        help="MLflow tracking URI (default MLFLOW_TRACKING_URI, else "
-        "sqlite:///mlflow.db in the working directory)",
+        help=MLFLOW_URI_HELP,
     )
     group.add_argument(
         "--storage",

@@ -220,13 +220,8 @@ def run_jobs(
         name=set_name(sweep),
         base_config=jobs[0].config,
         space=SearchSpace(path=Path(""), mode=jobs[0].config["mode"], params={}),
-        gpus_per_trial=args.gpus_per_trial,
-        cpus_per_trial=args.cpus_per_trial,
-        max_concurrent=args.max_concurrent,
-        storage=args.storage,
-        resume=args.resume,
-        max_failures=args.max_failures,
         tracking=context,
+        **cli.resource_options(args),
     )
     try:
         with search.session(args.address):

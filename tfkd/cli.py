@@ -21,6 +21,10 @@ from tfkd import data, models, modes, search_space
 from tfkd.errors import UserError
 
 EXIT_OK, EXIT_ALL_FAILED, EXIT_USAGE = 0, 1, 2
+MLFLOW_URI_HELP = (
+    "MLflow tracking URI (default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working "
+    "directory)"
+)
 SMOKE_TEST = {
     "dataset": "fake",
     "model": "resnet8",
@@ -93,8 +97,7 @@ def add_resource_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--mlflow-uri",
         default=None,
-        help="MLflow tracking URI (default MLFLOW_TRACKING_URI, else "
-        "sqlite:///mlflow.db in the working directory)",
+        help=MLFLOW_URI_HELP,
     )
     group.add_argument(
         "--experiment", default=None, help="MLflow experiment name (default: the sweep's name)"
@@ -106,6 +109,18 @@ def add_resource_args(parser: argparse.ArgumentParser) -> None:
         default=2,
         help="retries of a crashed trial from its last checkpoint (default 2)",
     )
+
+
+def resource_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The SweepSpec fields that add_resource_args' flags set (tune_main and analysis.reproduce)."""
+    return {
+        "gpus_per_trial": args.gpus_per_trial,
+        "cpus_per_trial": args.cpus_per_trial,
+        "max_concurrent": args.max_concurrent,
+        "storage": args.storage,
+        "resume": args.resume,
+        "max_failures": args.max_failures,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -548,14 +563,9 @@ def run_prepared(prepared: Prepared) -> int:
         grace_period=args.grace_period,
         seed=args.seed,
         fixed=plan.fixed,
-        gpus_per_trial=args.gpus_per_trial,
-        cpus_per_trial=args.cpus_per_trial,
-        max_concurrent=args.max_concurrent,
-        storage=args.storage,
-        resume=args.resume,
-        max_failures=args.max_failures,
         tracking=context,
         first_point=plan.first_point,
+        **resource_options(args),
     )
     try:
         result = search.run_sweep(spec, prepared.dataset)
