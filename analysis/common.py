@@ -5,19 +5,23 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
-import uuid
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
-from tfkd.cli import MLFLOW_URI_HELP, Parser  # noqa: F401  (re-exported: one-line usage errors, exit 2)
+from tfkd import commands
+from tfkd.commands import (  # noqa: F401  (re-exported for the analysis commands)
+    DEFAULT_STORAGE,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Parser,
+    join,
+    positive_int,
+    write_atomic,
+)
 from tfkd.config import TrialConfig
 from tfkd.errors import UserError
-
-EXIT_OK, EXIT_USAGE = 0, 2
-DEFAULT_STORAGE = "./ray_results"
 
 # Keys that say where or how fast a run ran, not what it trains: two reproductions that differ
 # only here are the same (config, seed) pair.
@@ -46,15 +50,9 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
 def add_store_args(parser: argparse.ArgumentParser) -> None:
     """Where tune_main.py wrote: the MLflow tracking URI and the Ray results folder."""
     group = parser.add_argument_group("where the sweeps are")
-    group.add_argument(
-        "--mlflow-uri",
-        default=None,
-        help=MLFLOW_URI_HELP,
-    )
-    group.add_argument(
-        "--storage",
-        default=DEFAULT_STORAGE,
-        help="Ray results folder or URI, read when MLflow has no such "
+    commands.add_store_args(
+        group,
+        "Ray results folder or URI, read when MLflow has no such "
         f"experiment (default {DEFAULT_STORAGE})",
     )
 
@@ -68,17 +66,7 @@ def tracking_uri(value: str | None) -> str:
     return uri
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def trial_config(values: Mapping[str, Any], where: str) -> dict[str, Any]:
+def typed_config(values: Mapping[str, Any], where: str) -> dict[str, Any]:
     """A full, typed trial config from strings (MLflow params) or plain values (YAML, JSON).
 
     Keys the current TrialConfig does not know (runs from an older tfkd) are dropped.
@@ -92,37 +80,5 @@ def trial_config(values: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 def config_hash(config: Mapping[str, Any]) -> str:
     """A short, stable id of what a config trains (seed and machine-specific keys left out)."""
-    canonical = {k: v for k, v in trial_config(config, "config").items() if k not in NOT_IDENTITY}
+    canonical = {k: v for k, v in typed_config(config, "config").items() if k not in NOT_IDENTITY}
     return hashlib.sha1(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def write_atomic(target: str | Path, data: bytes) -> str:
-    """Write a whole file or nothing: a temp file beside the target, then os.replace.
-
-    URIs (s3://, gs://) go through pyarrow's filesystems, whose objects appear whole on close.
-    """
-    if "://" in str(target):
-        import pyarrow.fs
-
-        fs, path = pyarrow.fs.FileSystem.from_uri(str(target))
-        with fs.open_output_stream(path) as out:
-            out.write(data)
-        return str(target)
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as out:  # permissions as the umask says (mkstemp's are 0600)
-            out.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return str(target)
-
-
-def join(storage: str, *parts: str) -> str:
-    """A path under a local folder or a URI."""
-    if "://" in storage:
-        return "/".join([storage.rstrip("/"), *parts])
-    return str(Path(storage).expanduser().joinpath(*parts))

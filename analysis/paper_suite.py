@@ -45,7 +45,7 @@ FORWARDED_RESOURCES = (
 
 
 def build_parser() -> Parser:
-    from tfkd.cli import add_resource_args
+    from tfkd.commands import add_resource_args
 
     datasets = sorted({row.dataset for row in paper.load()} & set(data.names()))
     parser = Parser(prog=PROG, description=__doc__.split("\n")[0])

@@ -32,7 +32,7 @@ from analysis.common import (
     run_main,
     say,
     tracking_uri,
-    trial_config,
+    typed_config,
     write_atomic,
 )
 from analysis.reproduce import RANK_TAG, SWEEP_TAG, TEACHER_TAG
@@ -102,7 +102,7 @@ class Reproduction:
 
 def reproduction_from_run(run: Any, experiment: str) -> Reproduction:
     tags, metrics = run.data.tags, run.data.metrics
-    config = trial_config(run.data.params, f"MLflow run {run.info.run_id}")
+    config = typed_config(run.data.params, f"MLflow run {run.info.run_id}")
     return Reproduction(
         experiment=experiment,
         sweep=tags.get(SWEEP_TAG, experiment),

@@ -22,6 +22,7 @@ from typing import Any
 
 from analysis import best_configs, store, sweeps
 from analysis.common import (
+    EXIT_FAILED,
     EXIT_OK,
     Parser,
     config_hash,
@@ -29,19 +30,18 @@ from analysis.common import (
     run_main,
     say,
     tracking_uri,
-    trial_config,
+    typed_config,
 )
 from tfkd.errors import UserError
 
 PROG = "python -m analysis.reproduce"
-EXIT_SOME_FAILED = 1
 SET_PREFIX = "reproduce-"
 RANK_TAG, HASH_TAG, SWEEP_RUN_TAG = "config_rank", "config_hash", "sweep_run_id"
 SWEEP_TAG, TEACHER_TAG = "sweep", "sweep_teacher"
 
 
 def build_parser() -> Parser:
-    from tfkd.cli import add_resource_args
+    from tfkd.commands import add_resource_args
 
     parser = Parser(prog=PROG, description=__doc__.split("\n")[0])
     what = parser.add_argument_group("what to reproduce")
@@ -92,7 +92,7 @@ def reproduction_config(
     changes: dict[str, Any] = {"val_fraction": 0.0, "epochs": epochs, "seed": seed}
     if data_dir:
         changes["data_dir"] = str(Path(data_dir).expanduser().resolve())
-    return trial_config({**config, **changes}, "reproduction config")
+    return typed_config({**config, **changes}, "reproduction config")
 
 
 def plan_jobs(
@@ -122,7 +122,7 @@ def finished_pairs(uri: str, experiment: str) -> dict[tuple[str, int], str]:
     done = {}
     for run in runs:
         if "test_accuracy" in run.data.metrics:
-            config = trial_config(run.data.params, f"MLflow run {run.info.run_id}")
+            config = typed_config(run.data.params, f"MLflow run {run.info.run_id}")
             done[(config_hash(config), int(config["seed"]))] = run.info.run_id
     return done
 
@@ -155,12 +155,8 @@ def link_tags(sweep: sweeps.Sweep) -> dict[str, str]:
     }
 
 
-def start_tracking(
-    uri: str, experiment: str, sweep: sweeps.Sweep, jobs: Sequence[Job], args: argparse.Namespace
-):
-    """The reproduction-set parent run (found again on --resume)."""
-    from tfkd import tracking
-
+def tracking_options(sweep: sweeps.Sweep, jobs: Sequence[Job], args: argparse.Namespace):
+    """The reproduction-set parent run's name, tags and options (found again on --resume)."""
     first = jobs[0].config
     tags = {
         "mode": first["mode"],
@@ -171,19 +167,17 @@ def start_tracking(
         "top": str(args.top),
         **link_tags(sweep),
     }
-    return tracking.start_sweep(
-        uri,
-        experiment,
-        set_name(sweep),
-        tags,
-        register_teachers=False,
-        dataset=first["dataset"],
-        model=first["model"],
-        resume=args.resume,
-        kind=store.REPRODUCTION_SET,
-        child_kind=store.REPRODUCTION,
-        child_tags=link_tags(sweep),
-    )
+    return {
+        "run_name": set_name(sweep),
+        "tags": tags,
+        "register_teachers": False,
+        "dataset": first["dataset"],
+        "model": first["model"],
+        "resume": args.resume,
+        "kind": store.REPRODUCTION_SET,
+        "child_kind": store.REPRODUCTION,
+        "child_tags": link_tags(sweep),
+    }
 
 
 def label_runs(uri: str, context: Any, jobs: Sequence[Job]) -> None:
@@ -198,7 +192,7 @@ def label_runs(uri: str, context: Any, jobs: Sequence[Job]) -> None:
         mlflow_client, [context.experiment_id], store.REPRODUCTION, parent=context.parent_run_id
     )
     for run in runs:
-        digest = config_hash(trial_config(run.data.params, f"MLflow run {run.info.run_id}"))
+        digest = config_hash(typed_config(run.data.params, f"MLflow run {run.info.run_id}"))
         mlflow_client.set_tag(run.info.run_id, HASH_TAG, digest)
         if digest in ranks:
             mlflow_client.set_tag(run.info.run_id, RANK_TAG, str(ranks[digest]))
@@ -208,34 +202,31 @@ def run_jobs(
     args: argparse.Namespace, uri: str, experiment: str, sweep: sweeps.Sweep, jobs: list[Job]
 ) -> int:
     """Train the jobs as one Ray Tune run and log them to MLflow."""
-    from tfkd import cli, search, tracking
+    from tfkd import commands, search, tracking
     from tfkd.search_space import SearchSpace
 
-    cli.check_storage(args.storage, set_name(sweep), args.resume)
+    commands.check_storage(args.storage, set_name(sweep), args.resume)
     if args.address:
         search.check_reachable(args.address)
-    dataset = cli.load_data(jobs[0].config)
-    context = start_tracking(uri, experiment, sweep, jobs, args)
-    spec = search.SweepSpec(
-        name=set_name(sweep),
-        base_config=jobs[0].config,
-        space=SearchSpace(path=Path(""), mode=jobs[0].config["mode"], params={}),
-        tracking=context,
-        **cli.resource_options(args),
-    )
-    try:
-        with search.session(args.address):
-            result = search.run_configs(spec, [job.config for job in jobs], dataset)
-    except BaseException:
-        tracking.finish_sweep(context, None, None, status="KILLED")
-        raise
-    finally:
-        label_runs(uri, context, jobs)
+    dataset = commands.load_dataset(jobs[0].config)
+    with tracking.sweep_run(uri, experiment, **tracking_options(sweep, jobs, args)) as context:
+        spec = search.SweepSpec(
+            name=set_name(sweep),
+            base_config=jobs[0].config,
+            space=SearchSpace(path=Path(""), mode=jobs[0].config["mode"], params={}),
+            tracking=context,
+            **commands.resource_options(args),
+        )
+        try:
+            with search.session(args.address):
+                result = search.run_configs(spec, [job.config for job in jobs], dataset)
+        finally:
+            label_runs(uri, context, jobs)
     say(
         f"{result.trials} reproduction runs, {result.failed} failed; MLflow run "
         f"{set_name(sweep)} in experiment {experiment!r}"
     )
-    return EXIT_SOME_FAILED if result.failed else EXIT_OK
+    return EXIT_FAILED if result.failed else EXIT_OK
 
 
 def reproduce(args: argparse.Namespace) -> int:

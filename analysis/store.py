@@ -5,7 +5,6 @@ Every run carries the tag `tfkd.kind`; children point at their parent with `mlfl
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,7 @@ def client(uri: str):
     """
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return None
-    from mlflow import MlflowClient
-
-    for name in ("mlflow", "alembic"):  # database migrations log INFO lines to stderr
-        logging.getLogger(name).setLevel(logging.WARNING)
-    return MlflowClient(tracking_uri=uri)
+    return tracking.mlflow_client(uri)
 
 
 def experiment_id(mlflow_client: Any, name: str) -> str | None:

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from analysis import store
-from analysis.common import join, trial_config
+from analysis.common import join, typed_config
+from tfkd.commands import GRID_CONFIG_KEY
 from tfkd.errors import UserError
 
 METRIC = "val_accuracy"
-GRID_KEY = "trial_config"  # tfkd.search.run_configs nests each config under this key
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def trial_from_run(run: Any, mlflow_client: Any = None) -> Trial:
     return Trial(
         trial_id=tags.get("tfkd.ray_trial_id", run.info.run_id),
         run_id=run.info.run_id,
-        config=trial_config(run.data.params, f"MLflow run {run.info.run_id}"),
+        config=typed_config(run.data.params, f"MLflow run {run.info.run_id}"),
         epoch=int(metrics.get("epoch", 0)),
         val_accuracy=_number(metrics, METRIC),
         test_accuracy=_number(metrics, "test_accuracy"),
@@ -166,7 +166,7 @@ def _trial_from_folder(fs: Any, folder: str) -> Trial | None:
     if params is None:
         return None
     config = json.loads(params)
-    config = config.get(GRID_KEY, config)
+    config = config.get(GRID_CONFIG_KEY, config)
     lines = (_read_text(fs, f"{folder}/result.json") or "").splitlines()
     results = [json.loads(line) for line in lines if line.strip()]
     last = results[-1] if results else {}
@@ -176,7 +176,7 @@ def _trial_from_folder(fs: Any, folder: str) -> Trial | None:
     return Trial(
         trial_id=str(last.get("trial_id", folder.rsplit("/", 1)[-1])),
         run_id="",
-        config=trial_config(config, f"{folder}/params.json"),
+        config=typed_config(config, f"{folder}/params.json"),
         epoch=int(last.get("epoch", 0)),
         val_accuracy=last.get(METRIC),
         test_accuracy=last.get("test_accuracy"),

@@ -57,36 +57,16 @@ def trial_args(trials: int, epochs: int, workdir: Path, concurrency: int) -> lis
         f"mode: baseline\nparams: {{seed: {{distribution: choice, "
         f"values: {list(range(trials))}}}}}\n"
     )
-    return [
-        "--mode",
-        "baseline",
-        "--dataset",
-        "digits",
-        "--model",
-        "resnet8",
-        "--epochs",
-        str(epochs),
-        "--search-space",
-        str(space),
-        "--search-alg",
-        "grid",
-        "--num-samples",
-        "1",
-        "--max-concurrent",
-        str(concurrency),
-        "--cpus-per-trial",
-        "1",
-        "--grace-period",
-        str(epochs),
-        "--storage",
-        str(workdir / "ray_results"),
-        "--name",
-        "overhead",
-        "--mlflow-uri",
-        f"sqlite:///{workdir / 'mlflow.db'}",
-        "--data-dir",
-        str(workdir),
+    flags = (
+        f"--mode baseline --dataset digits --model resnet8 --epochs {epochs} --search-alg grid "
+        f"--num-samples 1 --max-concurrent {concurrency} --cpus-per-trial 1 "
+        f"--grace-period {epochs} --name overhead"
+    )
+    where = [
+        *("--search-space", str(space), "--storage", str(workdir / "ray_results")),
+        *("--mlflow-uri", f"sqlite:///{workdir / 'mlflow.db'}", "--data-dir", str(workdir)),
     ]
+    return [*flags.split(), *where]
 
 
 def run_direct(config: dict, seeds: list[int]) -> list[float]:

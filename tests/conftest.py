@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,15 +101,35 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def cli_args(*words: str, **options: Any) -> list[str]:
+    """A command line from a scenario: words are split on spaces, then each keyword is a flag.
+
+    cli_args("--mode lsr --fixed", num_samples=4, set=["a=1", "b=2"], resume=True) ->
+    ["--mode", "lsr", "--fixed", "--num-samples", "4", "--set", "a=1", "--set", "b=2", "--resume"].
+    True is a bare flag; False and None leave the flag out; a list or tuple repeats it.
+    """
+    args = [part for word in words for part in word.split()]
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for item in values:
+            if item is True:
+                args.append(flag)
+            elif item is not None and item is not False:
+                args += [flag, str(item)]
+    return args
+
+
 def tune_main(
-    *args: str,
+    *words: str,
     cwd: Path,
     timeout: float = 600,
     env: dict | None = None,
+    **options: Any,
 ) -> subprocess.CompletedProcess:
-    """Run tune_main.py as a user would."""
+    """Run tune_main.py as a user would; arguments as `cli_args` takes them."""
     return subprocess.run(
-        [sys.executable, str(TUNE_MAIN), *args],
+        [sys.executable, str(TUNE_MAIN), *cli_args(*words, **options)],
         cwd=cwd,
         env=env or clean_env(),
         capture_output=True,
@@ -229,6 +250,24 @@ def mlflow_server(root: Path) -> Iterator[str]:
     finally:
         stop_process_tree(proc)
         log.close()
+
+
+def sqlite_uri(folder: Path) -> str:
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def assert_ok(done: subprocess.CompletedProcess) -> None:
+    """The command exited 0; otherwise show the end of what it said."""
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+
+def assert_one_line(err: str, *needles: str) -> None:
+    """A user error: exactly one line, no traceback, naming every needle."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
 
 
 @pytest.fixture

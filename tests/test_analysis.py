@@ -25,7 +25,15 @@ from analysis import best_configs, importance, paper, paper_suite, report, repro
 from analysis.common import EXIT_USAGE, config_hash
 from tfkd.config import TrialConfig
 
-from conftest import REPO, TUNE_MAIN, clean_env
+from conftest import (
+    REPO,
+    TUNE_MAIN,
+    assert_ok,
+    assert_one_line,
+    clean_env,
+    cli_args,
+    sqlite_uri,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SWEEP = "baseline-digits-resnet8"
@@ -45,22 +53,6 @@ def run(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
         text=True,
         timeout=timeout,
     )
-
-
-def assert_ok(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
-
-def assert_one_line(err: str, *needles: str) -> None:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
-def sqlite_uri(folder: Path) -> str:
-    return f"sqlite:///{folder / 'mlflow.db'}"
 
 
 def config(**values: Any) -> dict[str, Any]:
@@ -412,20 +404,11 @@ def pipeline(tmp_path_factory) -> dict[str, Any]:
     store = ["--mlflow-uri", uri, "--storage", storage]
     sweep = run(
         str(TUNE_MAIN),
-        "--mode",
-        "baseline",
-        "--dataset",
-        "digits",
-        "--model",
-        "resnet8",
-        "--epochs",
-        str(SWEEP_EPOCHS),
-        "--num-samples",
-        "4",
-        "--grace-period",
-        "1",
-        "--data-dir",
-        str(root / "data"),
+        *cli_args(
+            "--mode baseline --dataset digits --model resnet8 --num-samples 4 --grace-period 1",
+            epochs=SWEEP_EPOCHS,
+            data_dir=root / "data",
+        ),
         *store,
     )
     assert_ok(sweep)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tfkd import cli
-from tfkd.cli import EXIT_USAGE
+from tfkd import cli, modes
+from tfkd.commands import EXIT_USAGE
 
-from conftest import clean_env, free_port, tune_main
+from conftest import assert_one_line, clean_env, cli_args, free_port, tune_main
 
 SPACE_ERRORS = [
     ("params: {alpha: {distribution: uniform, low: 0.9, high: 0.1}}", "low (0.9) > high (0.1)"),
@@ -32,29 +32,11 @@ SPACE_ERRORS = [
 ]
 
 
-def run_cli(capsys, workdir: Path, *args: str) -> tuple[int, str]:
+def run_cli(capsys, workdir: Path, *words: str, **options) -> tuple[int, str]:
     (workdir / "data").mkdir(exist_ok=True)
-    code = cli.main(
-        [
-            *args,
-            "--storage",
-            str(workdir / "ray_results"),
-            "--mlflow-uri",
-            f"sqlite:///{workdir / 'mlflow.db'}",
-            "--data-dir",
-            str(workdir / "data"),
-        ]
-    )
-    err = capsys.readouterr().err
-    return code, err
-
-
-def assert_one_line(err: str, *needles: str) -> None:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+    store = dict(storage=workdir / "ray_results", mlflow_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    code = cli.main(cli_args(*words, **options, **store, data_dir=workdir / "data"))
+    return code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("yaml_text", "needle"), SPACE_ERRORS)
@@ -62,16 +44,7 @@ def test_search_space_schema_errors(capsys, workdir, yaml_text, needle):
     path = workdir / "space.yaml"
     path.write_text(yaml_text)
     code, err = run_cli(
-        capsys,
-        workdir,
-        "--mode",
-        "tfkd_reg",
-        "--dataset",
-        "digits",
-        "--model",
-        "resnet8",
-        "--search-space",
-        str(path),
+        capsys, workdir, "--mode tfkd_reg --dataset digits --model resnet8", search_space=path
     )
     assert code == EXIT_USAGE
     assert_one_line(err, str(path), needle)
@@ -81,50 +54,32 @@ def test_search_space_schema_errors(capsys, workdir, yaml_text, needle):
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
-        (["--mode", "tfkd_reg", "--dataset", "digits", "--set", "alpha=2"], ["alpha"]),
+        ("--mode tfkd_reg --dataset digits --set alpha=2", ["alpha"]),
+        ("--mode tfkd_reg --dataset digits --set alpah=0.5", ["alpah", "unknown config key"]),
+        ("--mode tfkd_reg --dataset digits --set alpha", ["KEY=VALUE"]),
+        ("--mode lsr --dataset cifar100", ["cifar-100", "--download"]),
+        ("--mode kd --dataset digits --model resnet8", ["--teacher"]),
         (
-            ["--mode", "tfkd_reg", "--dataset", "digits", "--set", "alpah=0.5"],
-            ["alpah", "unknown config key"],
-        ),
-        (["--mode", "tfkd_reg", "--dataset", "digits", "--set", "alpha"], ["KEY=VALUE"]),
-        (["--mode", "lsr", "--dataset", "cifar100"], ["cifar-100", "--download"]),
-        (["--mode", "kd", "--dataset", "digits", "--model", "resnet8"], ["--teacher"]),
-        (
-            ["--mode", "tfkd_self", "--dataset", "digits", "--model", "resnet8"],
+            "--mode tfkd_self --dataset digits --model resnet8",
             [
                 "tfkd-digits-resnet8@best",
                 "python tune_main.py --mode baseline --dataset digits --model resnet8 --fixed",
             ],
         ),
         (
-            [
-                "--mode",
-                "dekd",
-                "--dataset",
-                "digits",
-                "--model",
-                "resnet8",
-                "--teacher",
-                "resnet20@epoch-1",
-            ],
+            "--mode dekd --dataset digits --model resnet8 --teacher resnet20@epoch-1",
             ["tfkd-digits-resnet20@epoch-1", "--snapshot-epochs 1"],
         ),
+        ("--mode kd --dataset digits --teacher-checkpoint /nope/t.pt", ["/nope/t.pt"]),
+        ("--mode lsr --dataset digits --resume --name never-ran", ["--resume", "never-ran"]),
         (
-            ["--mode", "kd", "--dataset", "digits", "--teacher-checkpoint", "/nope/t.pt"],
-            ["/nope/t.pt"],
-        ),
-        (
-            ["--mode", "lsr", "--dataset", "digits", "--resume", "--name", "never-ran"],
-            ["--resume", "never-ran"],
-        ),
-        (
-            ["--mode", "lsr", "--dataset", "digits", "--address", f"127.0.0.1:{free_port()}"],
+            f"--mode lsr --dataset digits --address 127.0.0.1:{free_port()}",
             ["no Ray cluster reachable"],
         ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(capsys, workdir, args, needles):
-    code, err = run_cli(capsys, workdir, *args)
+    code, err = run_cli(capsys, workdir, args)
     assert code == EXIT_USAGE
     assert_one_line(err, *needles)
     assert not (workdir / "ray_results").exists()
@@ -133,16 +88,7 @@ def test_bad_input_exits_2_with_one_line(capsys, workdir, args, needles):
 def test_unreachable_tracking_server(capsys, workdir):
     uri = f"http://127.0.0.1:{free_port()}"
     code = cli.main(
-        [
-            "--mode",
-            "lsr",
-            "--dataset",
-            "digits",
-            "--mlflow-uri",
-            uri,
-            "--storage",
-            str(workdir / "ray_results"),
-        ]
+        cli_args("--mode lsr --dataset digits", mlflow_uri=uri, storage=workdir / "ray_results")
     )
     assert code == EXIT_USAGE
     assert_one_line(capsys.readouterr().err, uri, "unreachable")
@@ -151,79 +97,48 @@ def test_unreachable_tracking_server(capsys, workdir):
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--mode", "nope", "--dataset", "digits"], "--mode"),
-        (["--mode", "lsr", "--dataset", "mnist"], "--dataset"),
-        (["--mode", "lsr", "--dataset", "digits", "--num-samples", "0"], "--num-samples"),
-        (["--mode", "lsr", "--dataset", "digits", "--gpus-per-trial", "-1"], "--gpus-per-trial"),
-        (["--mode", "lsr", "--dataset", "digits", "--snapshot-epochs", "x"], "--snapshot-epochs"),
+        ("--mode nope --dataset digits", "--mode"),
+        ("--mode lsr --dataset mnist", "--dataset"),
+        ("--mode lsr --dataset digits --num-samples 0", "--num-samples"),
+        ("--mode lsr --dataset digits --gpus-per-trial -1", "--gpus-per-trial"),
+        ("--mode lsr --dataset digits --snapshot-epochs x", "--snapshot-epochs"),
     ],
 )
 def test_bad_flags_exit_2_from_the_real_command(workdir, args, needle):
-    done = tune_main(*args, cwd=workdir, timeout=120, env=clean_env())
+    done = tune_main(args, cwd=workdir, timeout=120, env=clean_env())
     assert done.returncode == EXIT_USAGE
     assert_one_line(done.stderr, needle)
 
 
-def test_help_documents_every_flag():
+def test_help_documents_every_flag_and_mode():
     text = cli.build_parser().format_help()
-    for flag in (
-        "--mode",
-        "--dataset",
-        "--model",
-        "--teacher",
-        "--teacher-checkpoint",
-        "--search-space",
-        "--num-samples",
-        "--epochs",
-        "--grace-period",
-        "--search-alg",
-        "--fixed",
-        "--seed",
-        "--set",
-        "--gpus-per-trial",
-        "--cpus-per-trial",
-        "--max-concurrent",
-        "--address",
-        "--storage",
-        "--name",
-        "--resume",
-        "--data-dir",
-        "--download",
-        "--smoke-test",
-        "--mlflow-uri",
-        "--experiment",
-        "--snapshot-epochs",
-        "--teacher-run",
-        "--train-teacher",
-    ):
+    flags = (
+        "--mode --dataset --model --teacher --teacher-checkpoint --search-space --num-samples "
+        "--epochs --grace-period --search-alg --fixed --seed --set --gpus-per-trial "
+        "--cpus-per-trial --max-concurrent --address --storage --name --resume --data-dir "
+        "--download --smoke-test --mlflow-uri --experiment --snapshot-epochs --teacher-run "
+        "--train-teacher"
+    )
+    for flag in flags.split():
         assert flag in text
+    for name in modes.names():
+        assert f"{name}  " in text and modes.get(name).description in text
+
+
+def plan_of(*words: str, **options) -> cli.Plan:
+    return cli.make_plan(cli.build_parser().parse_args(cli_args(*words, **options)))
 
 
 def test_fixed_uses_the_original_preset():
-    args = cli.build_parser().parse_args(
-        ["--mode", "tfkd_reg", "--dataset", "cifar100", "--model", "googlenet", "--fixed"]
-    )
-    plan = cli.make_plan(args)
-    config = plan.trial_config()
+    plan = plan_of("--mode tfkd_reg --dataset cifar100 --model googlenet --fixed")
+    config = plan.first_trial()
     assert (config["temperature"], config["alpha"], config["multiplier"]) == (40, 0.1, 50.0)
     assert config["batch_size"] == 64  # an unsearched preset value is applied as well
     assert plan.fixed
 
 
 def test_set_fixes_a_searched_key():
-    args = cli.build_parser().parse_args(
-        [
-            "--mode",
-            "tfkd_reg",
-            "--dataset",
-            "digits",
-            "--set",
-            "alpha=0.3",
-            "--set",
-            "semantics=paper",
-        ]
-    )
-    plan = cli.make_plan(args)
+    plan = plan_of("--mode tfkd_reg --dataset digits", set=["alpha=0.3", "semantics=paper"])
     assert "alpha" not in plan.space.params and "semantics" not in plan.space.params
     assert plan.config["alpha"] == 0.3 and plan.config["semantics"] == "paper"
     assert "temperature" in plan.space.params

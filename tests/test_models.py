@@ -123,7 +123,7 @@ def test_register_and_duplicate() -> None:
     finally:
         from tfkd.models import registry
 
-        registry._FACTORIES.pop(name, None)
+        registry.MODELS.remove(name)
     assert name not in models.names()
 
 

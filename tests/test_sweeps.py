@@ -12,13 +12,17 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import TUNE_MAIN, clean_env, ray_cluster, tune_main
+from conftest import (
+    TUNE_MAIN,
+    assert_ok,
+    clean_env,
+    cli_args,
+    ray_cluster,
+    sqlite_uri,
+    tune_main,
+)
 
 pytestmark = pytest.mark.slow
-
-
-def sqlite_uri(workdir: Path) -> str:
-    return f"sqlite:///{workdir / 'mlflow.db'}"
 
 
 def child_runs(uri: str, experiment: str) -> list:
@@ -35,12 +39,8 @@ def epoch_steps(uri: str, run_id: str) -> list[int]:
     return sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, "epoch"))
 
 
-def assert_ok(done: subprocess.CompletedProcess) -> None:
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-
-
 def test_smoke_test_runs_end_to_end(workdir):
-    done = tune_main("--mode", "tfkd_reg", "--dataset", "fake", "--smoke-test", cwd=workdir)
+    done = tune_main("--mode tfkd_reg --dataset fake --smoke-test", cwd=workdir)
     assert_ok(done)
     best = yaml.safe_load(
         (workdir / "ray_results/tfkd_reg-fake-resnet8/best_config.yaml").read_text()
@@ -67,24 +67,10 @@ def test_digits_sweep_asha_stops_bad_trials(workdir):
     )
     uri = sqlite_uri(workdir)
     done = tune_main(
-        "--mode",
-        "baseline",
-        "--dataset",
-        "digits",
-        "--model",
-        "resnet8",
-        "--search-space",
-        str(space),
-        "--num-samples",
-        "4",
-        "--epochs",
-        "4",
-        "--grace-period",
-        "1",
-        "--max-concurrent",
-        "1",
-        "--mlflow-uri",
-        uri,
+        "--mode baseline --dataset digits --model resnet8 --num-samples 4 --epochs 4",
+        "--grace-period 1 --max-concurrent 1",
+        search_space=space,
+        mlflow_uri=uri,
         cwd=workdir,
     )
     assert_ok(done)
@@ -103,16 +89,7 @@ def test_digits_sweep_asha_stops_bad_trials(workdir):
     assert f"{len(stopped)} stopped early by ASHA" in done.stdout
 
 
-FOUR_SHORT_TRIALS = (
-    "--num-samples",
-    "4",
-    "--search-alg",
-    "random",
-    "--epochs",
-    "2",
-    "--set",
-    "fake_size=1024",
-)
+FOUR_SHORT_TRIALS = "--num-samples 4 --search-alg random --epochs 2 --set fake_size=1024"
 
 
 def overlap(runs: list) -> bool:
@@ -124,19 +101,10 @@ def test_four_trials_share_one_gpu(workdir):
     uri = sqlite_uri(workdir)
     with ray_cluster(num_cpus=4, num_gpus=1) as address:
         done = tune_main(
-            "--mode",
-            "lsr",
-            "--dataset",
-            "fake",
-            "--model",
-            "resnet8",
-            "--address",
-            address,
-            "--gpus-per-trial",
-            "0.25",
-            *FOUR_SHORT_TRIALS,
-            "--mlflow-uri",
-            uri,
+            "--mode lsr --dataset fake --model resnet8 --gpus-per-trial 0.25",
+            FOUR_SHORT_TRIALS,
+            address=address,
+            mlflow_uri=uri,
             cwd=workdir,
         )
     assert_ok(done)
@@ -153,16 +121,8 @@ def test_joining_a_token_cluster_without_the_token_is_one_clear_line(workdir):
         env.pop("RAY_AUTH_MODE", None)
         env.pop("RAY_AUTH_TOKEN", None)
         done = tune_main(
-            "--mode",
-            "lsr",
-            "--dataset",
-            "fake",
-            "--model",
-            "resnet8",
-            "--address",
-            address,
-            "--no-tracking",
-            "--smoke-test",
+            "--mode lsr --dataset fake --model resnet8 --no-tracking --smoke-test",
+            address=address,
             cwd=workdir,
             env=env,
             timeout=300,
@@ -176,17 +136,10 @@ def test_trials_run_on_two_nodes(workdir):
     uri = sqlite_uri(workdir)
     with ray_cluster(num_cpus=1, workers=(1,)) as address:
         done = tune_main(
-            "--mode",
-            "lsr",
-            "--dataset",
-            "fake",
-            "--model",
-            "resnet8",
-            "--address",
-            address,
-            *FOUR_SHORT_TRIALS,
-            "--mlflow-uri",
-            uri,
+            "--mode lsr --dataset fake --model resnet8",
+            FOUR_SHORT_TRIALS,
+            address=address,
+            mlflow_uri=uri,
             cwd=workdir,
         )
     assert_ok(done)
@@ -201,26 +154,11 @@ def checkpointed_trials(experiment: Path) -> set[str]:
 
 def test_resume_after_the_driver_is_killed(workdir):
     uri = sqlite_uri(workdir)
-    args = [
-        "--mode",
-        "baseline",
-        "--dataset",
-        "digits",
-        "--model",
-        "resnet8",
-        "--epochs",
-        "4",
-        "--num-samples",
-        "2",
-        "--max-concurrent",
-        "1",
-        "--grace-period",
-        "4",
-        "--mlflow-uri",
-        uri,
-        "--name",
-        "killed",
-    ]
+    args = cli_args(
+        "--mode baseline --dataset digits --model resnet8 --epochs 4 --num-samples 2",
+        "--max-concurrent 1 --grace-period 4 --name killed",
+        mlflow_uri=uri,
+    )
     experiment = workdir / "ray_results" / "killed"
     with ray_cluster(num_cpus=2) as address:
         driver = subprocess.Popen(
@@ -257,26 +195,12 @@ def test_a_failing_trial_fails_alone_and_all_failing_exits_1(workdir):
     space.write_text(
         "mode: baseline\nparams: {lr: {distribution: choice, values: [0.05, 1.0e+12]}}\n"
     )
-    common = [
-        "--mode",
-        "baseline",
-        "--dataset",
-        "fake",
-        "--model",
-        "resnet8",
-        "--epochs",
-        "1",
-        "--set",
-        "fake_size=256",
-        "--set",
-        "warmup_epochs=0",
-        "--search-alg",
-        "grid",
-        "--search-space",
-        str(space),
-        "--mlflow-uri",
-        uri,
-    ]
+    common = cli_args(
+        "--mode baseline --dataset fake --model resnet8 --epochs 1 --search-alg grid",
+        "--set fake_size=256 --set warmup_epochs=0",
+        search_space=space,
+        mlflow_uri=uri,
+    )
     done = tune_main(*common, "--num-samples", "1", cwd=workdir)
     assert_ok(done)
     assert "2 trials: 1 failed" in done.stdout

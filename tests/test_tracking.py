@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tfkd import config as trial_config
+from tfkd.config import TrialConfig
+from tfkd.config import keys as config_keys
 
-from conftest import ARTIFACTS, mlflow_server, tune_main
+from conftest import ARTIFACTS, assert_ok, mlflow_server, tune_main
 
 pytestmark = pytest.mark.slow
 
-FAKE = ["--dataset", "fake", "--model", "resnet8", "--set", "fake_size=512", "--epochs", "2"]
+FAKE = "--dataset fake --model resnet8 --set fake_size=512 --epochs 2"
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +32,9 @@ def workdir_m(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("sweeps")
 
 
-def run_ok(*args: str, cwd: Path) -> str:
-    done = tune_main(*args, cwd=cwd)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+def run_ok(*words: str, cwd: Path, **options) -> str:
+    done = tune_main(*words, cwd=cwd, **options)
+    assert_ok(done)
     return done.stdout
 
 
@@ -49,17 +50,7 @@ def runs_of(uri: str, experiment: str) -> tuple:
 @pytest.fixture(scope="module")
 def teacher_sweep(server, workdir_m) -> str:
     """A baseline run that registers its weights, and its epoch-1 snapshot, as teachers."""
-    run_ok(
-        "--mode",
-        "baseline",
-        *FAKE,
-        "--fixed",
-        "--snapshot-epochs",
-        "1",
-        "--mlflow-uri",
-        server,
-        cwd=workdir_m,
-    )
+    run_ok("--mode baseline --fixed --snapshot-epochs 1", FAKE, mlflow_uri=server, cwd=workdir_m)
     return "baseline-fake-resnet8"
 
 
@@ -79,8 +70,8 @@ def test_sweep_and_trial_runs_are_recorded(server, teacher_sweep):
     assert parent.info.status == "FINISHED" and "best_val_accuracy" in parent.data.metrics
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert child.info.status == "FINISHED" and child.data.tags["stopped_early"] == "false"
-    assert set(child.data.params) == set(trial_config.keys())
-    assert trial_config.TrialConfig.from_dict(child.data.params).epochs == 2
+    assert set(child.data.params) == set(config_keys())
+    assert TrialConfig.from_dict(child.data.params).epochs == 2
     for metric in ("val_accuracy", "train_loss", "val_ece", "lr", "images_per_second"):
         assert [m.step for m in client.get_metric_history(child.info.run_id, metric)] == [1, 2]
     assert {"test_accuracy", "test_ece", "test_nll"} <= set(child.data.metrics)
@@ -101,9 +92,7 @@ def test_baseline_registers_teacher_and_snapshot(server, teacher_sweep):
 
 
 def test_self_training_finds_its_teacher(server, teacher_sweep, workdir_m):
-    run_ok(
-        "--mode", "tfkd_self", *FAKE, "--num-samples", "2", "--mlflow-uri", server, cwd=workdir_m
-    )
+    run_ok("--mode tfkd_self --num-samples 2", FAKE, mlflow_uri=server, cwd=workdir_m)
     (parent,), children = runs_of(server, "tfkd_self-fake-resnet8")
     best = MlflowClient(server).get_model_version_by_alias("tfkd-fake-resnet8", "best")
     assert parent.data.tags["teacher"] == "resnet8@best"
@@ -116,17 +105,7 @@ def test_self_training_finds_its_teacher(server, teacher_sweep, workdir_m):
 
 
 def test_defective_kd_takes_the_epoch_snapshot(server, teacher_sweep, workdir_m):
-    run_ok(
-        "--mode",
-        "dekd",
-        *FAKE,
-        "--teacher",
-        "resnet8@epoch-1",
-        "--fixed",
-        "--mlflow-uri",
-        server,
-        cwd=workdir_m,
-    )
+    run_ok("--mode dekd --teacher resnet8@epoch-1 --fixed", FAKE, mlflow_uri=server, cwd=workdir_m)
     (parent,), (child,) = runs_of(server, "dekd-fake-resnet8")
     assert parent.data.tags["teacher_location"].endswith("/snapshots/epoch-1")
     assert child.info.status == "FINISHED"
@@ -134,15 +113,9 @@ def test_defective_kd_takes_the_epoch_snapshot(server, teacher_sweep, workdir_m)
 
 def test_train_teacher_trains_a_missing_teacher_first(server, workdir_m):
     stdout = run_ok(
-        "--mode",
-        "kd",
-        *FAKE,
-        "--teacher",
-        "resnet20",
-        "--train-teacher",
-        "--fixed",
-        "--mlflow-uri",
-        server,
+        "--mode kd --teacher resnet20 --train-teacher --fixed",
+        FAKE,
+        mlflow_uri=server,
         cwd=workdir_m,
     )
     assert "training the teacher resnet20 first" in stdout
@@ -188,16 +161,7 @@ def test_mlflow_ui_lists_the_sweep_runs(server, teacher_sweep, workdir_m):
     client = MlflowClient(server)
     experiment = client.get_experiment_by_name("tfkd_self-fake-resnet8")
     if experiment is None:  # run on its own: make the sweep it shows
-        run_ok(
-            "--mode",
-            "tfkd_self",
-            *FAKE,
-            "--num-samples",
-            "2",
-            "--mlflow-uri",
-            server,
-            cwd=workdir_m,
-        )
+        run_ok("--mode tfkd_self --num-samples 2", FAKE, mlflow_uri=server, cwd=workdir_m)
         experiment = client.get_experiment_by_name("tfkd_self-fake-resnet8")
     names = [r.info.run_name for r in client.search_runs([experiment.experiment_id])]
     driver, profile = chrome()

@@ -14,9 +14,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-SEMANTICS = ("reference", "paper")
-LOADERS = ("device", "classic")
-
 
 def _positive(value: float) -> bool:
     return value > 0
@@ -38,14 +35,6 @@ def _half_open_unit(value: float) -> bool:
     return 0 <= value < 1
 
 
-def _one_of(*choices: str) -> Callable[[str], bool]:
-    def check(value: str) -> bool:
-        return value in choices
-
-    check.__doc__ = "one of " + ", ".join(choices)
-    return check
-
-
 def _registered(kind: str) -> Callable[[str], bool]:
     """Validate a name against a registry, imported lazily to keep this module light."""
 
@@ -56,12 +45,20 @@ def _registered(kind: str) -> Callable[[str], bool]:
     return check
 
 
-_REGISTRY_MODULES = {"mode": "tfkd.modes", "model": "tfkd.models", "dataset": "tfkd.data"}
+# kind -> (module, Registry attribute); imported on first use so this module stays light.
+_REGISTRIES = {
+    "mode": ("tfkd.modes", "MODES"),
+    "model": ("tfkd.models", "MODELS"),
+    "dataset": ("tfkd.data", "DATASETS"),
+    "semantics": ("tfkd.losses", "KL_REDUCTIONS"),
+    "loader": ("tfkd.data", "LOADERS"),
+}
 
 
 def registry_names(kind: str) -> list[str]:
-    """Names registered for `kind` (mode, model or dataset)."""
-    return importlib.import_module(_REGISTRY_MODULES[kind]).names()
+    """Names registered for `kind` (mode, model, dataset, semantics or loader)."""
+    module, attribute = _REGISTRIES[kind]
+    return getattr(importlib.import_module(module), attribute).names()
 
 
 def _device_name(value: str) -> bool:
@@ -112,7 +109,9 @@ class TrialConfig:
     multiplier: float = field(default=1.0, metadata=_meta(_positive, "extra KL factor"))
     correct_prob: float = field(default=0.99, metadata=_meta(_unit_open, "virtual teacher p"))
     epsilon: float = field(default=0.1, metadata=_meta(_half_open_unit, "label smoothing"))
-    semantics: str = field(default="reference", metadata=_meta(_one_of(*SEMANTICS), "loss form"))
+    semantics: str = field(
+        default="reference", metadata=_meta(_registered("semantics"), "loss form")
+    )
     seed: int = field(default=0, metadata=_meta(_non_negative, "init/shuffle/augment seed"))
     teacher: str = field(default="", metadata=_meta(None, "teacher model name (informative)"))
     teacher_checkpoint: str = field(default="", metadata=_meta(None, "teacher weights file"))
@@ -120,7 +119,7 @@ class TrialConfig:
     amp: bool = field(default=True, metadata=_meta(None, "bf16 autocast on CUDA"))
     channels_last: bool = field(default=True, metadata=_meta(None, "channels_last on CUDA"))
     compile: bool = field(default=False, metadata=_meta(None, "torch.compile the student"))
-    loader: str = field(default="device", metadata=_meta(_one_of(*LOADERS), "input pipeline"))
+    loader: str = field(default="device", metadata=_meta(_registered("loader"), "input pipeline"))
     augment: str = field(default="default", metadata=_meta(None, "augmentations or 'default'"))
     num_workers: int = field(default=0, metadata=_meta(_non_negative, "classic loader workers"))
     eval_batch_size: int = field(default=1000, metadata=_meta(_positive, "evaluation batch"))

@@ -28,6 +28,10 @@ why the original needed multipliers such as 50 or 100 for some models.
 
 Label smoothing (lsr) is the same in both: q = 1-eps on the true class, eps/(K-1) elsewhere,
 L = -(1/N) sum_n sum_k q_k log softmax(z)_k.
+
+One function per loss; each returns `LossTerms(total, ce, kl)`: `total` is what is optimised,
+`ce` and `kl` its parts (logged separately; `kl` already carries alpha's partner factors m and T^2,
+so total = (1-a) ce + a kl).
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from tfkd.registry import Registry
 
 
 class LossTerms(NamedTuple):
@@ -61,19 +67,10 @@ def _kl_paper(student_log_probs: Tensor, teacher_probs: Tensor) -> Tensor:
     return F.kl_div(student_log_probs, teacher_probs, reduction="batchmean")
 
 
-KL_REDUCTIONS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "reference": _kl_reference,
-    "paper": _kl_paper,
-}
-
-
-def _kl(semantics: str) -> Callable[[Tensor, Tensor], Tensor]:
-    try:
-        return KL_REDUCTIONS[semantics]
-    except KeyError:
-        raise ValueError(
-            f"unknown semantics {semantics!r}; choose one of {', '.join(KL_REDUCTIONS)}"
-        ) from None
+KL_REDUCTIONS: Registry[Callable[[Tensor, Tensor], Tensor]] = Registry("semantics")
+KL_REDUCTIONS.add("reference", _kl_reference)
+KL_REDUCTIONS.add("paper", _kl_paper)
+_kl = KL_REDUCTIONS.get
 
 
 def _full_precision(x: Tensor) -> Tensor:
@@ -85,7 +82,7 @@ def _combine(ce: Tensor, kl: Tensor, alpha: float) -> LossTerms:
     return LossTerms(total=(1.0 - alpha) * ce + alpha * kl, ce=ce, kl=kl)
 
 
-def kd_loss_terms(
+def kd_loss(
     student_logits: Tensor,
     labels: Tensor,
     teacher_logits: Tensor,
@@ -109,28 +106,6 @@ def kd_loss_terms(
     return _combine(ce, kl, alpha)
 
 
-def kd_loss(
-    student_logits: Tensor,
-    labels: Tensor,
-    teacher_logits: Tensor,
-    *,
-    temperature: float,
-    alpha: float,
-    multiplier: float = 1.0,
-    semantics: str = "reference",
-) -> Tensor:
-    """The scalar of `kd_loss_terms`."""
-    return kd_loss_terms(
-        student_logits,
-        labels,
-        teacher_logits,
-        temperature=temperature,
-        alpha=alpha,
-        multiplier=multiplier,
-        semantics=semantics,
-    ).total
-
-
 def virtual_teacher_distribution(
     labels: Tensor, num_classes: int, correct_prob: float, dtype: torch.dtype = torch.float32
 ) -> Tensor:
@@ -140,7 +115,7 @@ def virtual_teacher_distribution(
     return dist.scatter_(1, labels.unsqueeze(1), correct_prob)
 
 
-def virtual_teacher_loss_terms(
+def virtual_teacher_loss(
     student_logits: Tensor,
     labels: Tensor,
     *,
@@ -167,29 +142,7 @@ def virtual_teacher_loss_terms(
     return _combine(ce, kl, alpha)
 
 
-def virtual_teacher_loss(
-    student_logits: Tensor,
-    labels: Tensor,
-    *,
-    temperature: float,
-    alpha: float,
-    correct_prob: float = 0.99,
-    multiplier: float = 1.0,
-    semantics: str = "reference",
-) -> Tensor:
-    """The scalar of `virtual_teacher_loss_terms`."""
-    return virtual_teacher_loss_terms(
-        student_logits,
-        labels,
-        temperature=temperature,
-        alpha=alpha,
-        correct_prob=correct_prob,
-        multiplier=multiplier,
-        semantics=semantics,
-    ).total
-
-
-def label_smoothing_loss_terms(
+def label_smoothing_loss(
     student_logits: Tensor, labels: Tensor, *, epsilon: float = 0.1
 ) -> LossTerms:
     """LSR (Szegedy et al. 2016) with eps/(K-1) on each wrong class and 1-eps on the true one.
@@ -207,12 +160,7 @@ def label_smoothing_loss_terms(
     return LossTerms(total=total, ce=ce, kl=total - ce)
 
 
-def label_smoothing_loss(student_logits: Tensor, labels: Tensor, *, epsilon: float = 0.1) -> Tensor:
-    """The scalar of `label_smoothing_loss_terms`."""
-    return label_smoothing_loss_terms(student_logits, labels, epsilon=epsilon).total
-
-
-def cross_entropy_terms(student_logits: Tensor, labels: Tensor) -> LossTerms:
+def cross_entropy_loss(student_logits: Tensor, labels: Tensor) -> LossTerms:
     """Plain cross-entropy (baseline); the KL part is zero."""
     ce = F.cross_entropy(_full_precision(student_logits), labels)
     return LossTerms(total=ce, ce=ce, kl=torch.zeros_like(ce))

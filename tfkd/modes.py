@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 
 from tfkd import losses
+from tfkd.registry import Registry
 
 if TYPE_CHECKING:
     from tfkd.config import TrialConfig
@@ -29,11 +30,13 @@ class Mode:
     teacher_is_student: bool = False  # tfkd_self: the teacher is a trained copy of the student
 
 
-_MODES: dict[str, Mode] = {}
+MODES: Registry[Mode] = Registry("mode")
+get = MODES.get
+names = MODES.names
 
 
 def register(
-    *names: str,
+    *mode_names: str,
     needs_teacher: bool = False,
     teacher_is_student: bool = False,
     descriptions: dict[str, str],
@@ -41,35 +44,25 @@ def register(
     """Register one loss function under one or more mode names."""
 
     def decorate(fn: LossFn) -> LossFn:
-        for name in names:
-            if name in _MODES:
-                raise ValueError(f"mode {name!r} is already registered")
-            _MODES[name] = Mode(
-                name=name,
-                loss=fn,
-                needs_teacher=needs_teacher,
-                description=descriptions[name],
-                teacher_is_student=teacher_is_student,
+        for name in mode_names:
+            MODES.add(
+                name,
+                Mode(
+                    name=name,
+                    loss=fn,
+                    needs_teacher=needs_teacher,
+                    description=descriptions[name],
+                    teacher_is_student=teacher_is_student,
+                ),
             )
         return fn
 
     return decorate
 
 
-def get(name: str) -> Mode:
-    try:
-        return _MODES[name]
-    except KeyError:
-        raise ValueError(f"unknown mode {name!r}; known modes: {', '.join(names())}") from None
-
-
-def names() -> list[str]:
-    return sorted(_MODES)
-
-
 @register("baseline", descriptions={"baseline": "plain cross-entropy; also trains teachers"})
 def _cross_entropy(logits: Tensor, labels: Tensor, teacher: Tensor | None, cfg: TrialConfig):
-    return losses.cross_entropy_terms(logits, labels)
+    return losses.cross_entropy_loss(logits, labels)
 
 
 @register(
@@ -84,7 +77,7 @@ def _cross_entropy(logits: Tensor, labels: Tensor, teacher: Tensor | None, cfg: 
     },
 )
 def _distillation(logits: Tensor, labels: Tensor, teacher: Tensor | None, cfg: TrialConfig):
-    return losses.kd_loss_terms(
+    return losses.kd_loss(
         logits,
         labels,
         teacher,
@@ -105,7 +98,7 @@ register(
 
 @register("tfkd_reg", descriptions={"tfkd_reg": "Tf-KD with a manually designed virtual teacher"})
 def _virtual_teacher(logits: Tensor, labels: Tensor, teacher: Tensor | None, cfg: TrialConfig):
-    return losses.virtual_teacher_loss_terms(
+    return losses.virtual_teacher_loss(
         logits,
         labels,
         temperature=cfg.temperature,
@@ -118,4 +111,4 @@ def _virtual_teacher(logits: Tensor, labels: Tensor, teacher: Tensor | None, cfg
 
 @register("lsr", descriptions={"lsr": "label smoothing regularisation"})
 def _label_smoothing(logits: Tensor, labels: Tensor, teacher: Tensor | None, cfg: TrialConfig):
-    return losses.label_smoothing_loss_terms(logits, labels, epsilon=cfg.epsilon)
+    return losses.label_smoothing_loss(logits, labels, epsilon=cfg.epsilon)

@@ -27,14 +27,15 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from tfkd import data, tracking
+from tfkd.commands import DEFAULT_STORAGE, GRID_CONFIG_KEY
+from tfkd.config import TrialConfig
 from tfkd.errors import UserError
 from tfkd.search_space import Param, SearchSpace
-from tfkd.train import run_trial
+from tfkd.train import load_dataset, run_trial
 
 METRIC = "val_accuracy"
 MODE = "max"
 CHECKPOINTS_KEPT = 2
-GRID_KEY = "trial_config"
 # Per-epoch checkpoints with num_to_keep make Tune warn about state snapshots every few seconds.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
@@ -113,7 +114,7 @@ class SweepSpec:
     gpus_per_trial: float | None = None
     cpus_per_trial: float = 1.0
     max_concurrent: int | None = None
-    storage: str = "./ray_results"
+    storage: str = DEFAULT_STORAGE
     resume: bool = False
     max_failures: int = 2
     tracking: tracking.TrackingContext | None = None
@@ -253,15 +254,9 @@ def unpack_dataset(packed: Mapping[str, Any]) -> data.Dataset:
     )
 
 
-def load_dataset(config: Mapping[str, Any]) -> data.Dataset:
-    return data.load(
-        config["dataset"],
-        config["data_dir"],
-        val_fraction=config["val_fraction"],
-        seed=config["split_seed"],
-        download=config["download"],
-        fake_size=config["fake_size"],
-    )
+def dataset_of(spec: SweepSpec) -> data.Dataset:
+    """The dataset that `spec.base_config` names (loaded by the driver, shared with trials)."""
+    return load_dataset(TrialConfig.from_dict(spec.base_config))
 
 
 # ---------------------------------------------------------------- the trainable
@@ -289,7 +284,7 @@ def trainable(
     gpus: float,
 ) -> None:
     """The thin Ray trainable: resume point in, run_trial, per-epoch tune.report out."""
-    config = dict(config.get(GRID_KEY, config))  # run_configs nests each config under one key
+    config = dict(config.get(GRID_CONFIG_KEY, config))  # run_configs nests each config
     torch.set_num_threads(max(1, int(cpus)))
     context = tune.get_context()
     resume_dir, run_id = _restore_point()
@@ -332,7 +327,7 @@ class _RunStatusCallback(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         """Tune may end a stopped trial's process before the trial could close its run."""
-        epochs = trial.config.get(GRID_KEY, trial.config).get("epochs", 0)
+        epochs = trial.config.get(GRID_CONFIG_KEY, trial.config).get("epochs", 0)
         last = (trial.last_result or {}).get("epoch", 0)
         tracking.close_trial_run(
             self.context, trial.trial_id, "FINISHED", stopped_early=last < epochs
@@ -417,7 +412,7 @@ def _summarise(grid: tune.ResultGrid, spec: SweepSpec) -> SweepResult:
     keep = ("trial_id", "epoch", METRIC, "test_accuracy")
     return SweepResult(
         experiment_path=grid.experiment_path,
-        best_config=dict(best.config.get(GRID_KEY, best.config)) if best else None,
+        best_config=dict(best.config.get(GRID_CONFIG_KEY, best.config)) if best else None,
         best_metrics=dict(best.metrics) if best else None,
         best_trial_id=best.metrics.get("trial_id") if best else None,
         trials=len(grid),
@@ -429,7 +424,7 @@ def _summarise(grid: tune.ResultGrid, spec: SweepSpec) -> SweepResult:
 
 def run_sweep(spec: SweepSpec, dataset: data.Dataset | None = None) -> SweepResult:
     """Run (or resume) a sweep on the connected cluster and return its summary."""
-    dataset = dataset or load_dataset(spec.base_config)
+    dataset = dataset or dataset_of(spec)
     grid = _tuner(spec, pack_dataset(dataset)).fit()
     result = _summarise(grid, spec)
     tracking.finish_sweep(spec.tracking, result.best_trial_id, result.best_metrics)
@@ -443,14 +438,14 @@ def run_configs(
 
     `spec.base_config` names the dataset to share; `spec.resume` continues an interrupted run.
     """
-    dataset = dataset or load_dataset(spec.base_config)
+    dataset = dataset or dataset_of(spec)
     fn = _trainable_with_resources(spec, pack_dataset(dataset))
     if spec.resume:
         tuner = _restored(spec, fn)
     else:
         tuner = tune.Tuner(
             fn,
-            param_space={GRID_KEY: tune.grid_search(configs)},
+            param_space={GRID_CONFIG_KEY: tune.grid_search(configs)},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=_concurrency(spec),
                 reuse_actors=False,

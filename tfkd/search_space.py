@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from tfkd import config as trial_config
+from tfkd.config import keys as config_keys
 
 SEARCH_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 TOP_LEVEL_KEYS = {"mode", "description", "params", "defaults", "presets"}
@@ -149,7 +149,7 @@ def _check_keys(path: Path, where: str, doc: Mapping, allowed: set[str]) -> None
 
 
 def _config_key(path: Path, where: str, key: str) -> None:
-    if key not in trial_config.keys():
+    if key not in config_keys():
         raise SearchSpaceError(f"{path}: {where}.{key}: not a trial config key")
 
 

@@ -7,6 +7,7 @@ and keeps logging into the same run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -18,7 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,8 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _client(uri: str):
+def mlflow_client(uri: str):
+    """An MlflowClient for `uri`, with MLflow's and alembic's INFO chatter silenced."""
     from mlflow import MlflowClient
 
     _quiet()
@@ -103,7 +105,7 @@ def _artifact_root(uri: str) -> str | None:
 
 
 def ensure_experiment(uri: str, name: str) -> str:
-    client = _client(uri)
+    client = mlflow_client(uri)
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
@@ -166,7 +168,7 @@ def start_sweep(
 ) -> TrackingContext:
     """Create (or, on --resume, find again) the sweep's parent run."""
     experiment_id = ensure_experiment(uri, experiment)
-    client = _client(uri)
+    client = mlflow_client(uri)
     parent = _find_parent(client, experiment_id, run_name, kind) if resume else None
     if parent is None:
         all_tags = {**tags, "mlflow.runName": run_name, KIND_TAG: kind, "git_commit": git_commit()}
@@ -188,6 +190,27 @@ def start_sweep(
     )
 
 
+@contextlib.contextmanager
+def sweep_run(
+    uri: str | None, experiment: str, run_name: str, tags: Mapping[str, str], **options: Any
+) -> Iterator[TrackingContext | None]:
+    """The parent run of a sweep (or reproduction set) for the duration of a block.
+
+    Yields None when `uri` is None (no tracking). `options` go to `start_sweep`. When the block
+    raises (an interrupt, a crash) the run is marked KILLED; otherwise the block has finished it
+    (search.run_sweep / run_configs do).
+    """
+    if uri is None:
+        yield None
+        return
+    context = start_sweep(uri, experiment, run_name, tags, **options)
+    try:
+        yield context
+    except BaseException:
+        finish_sweep(context, None, None, status="KILLED")
+        raise
+
+
 def _find_parent(client, experiment_id: str, run_name: str, kind: str):
     runs = client.search_runs(
         [experiment_id],
@@ -200,7 +223,7 @@ def _find_parent(client, experiment_id: str, run_name: str, kind: str):
 
 def log_sweep_metrics(context: TrackingContext | None, metrics: Mapping[str, float]) -> None:
     if context is not None:
-        _log_metrics(_client(context.uri), context.parent_run_id, metrics, step=0)
+        _log_metrics(mlflow_client(context.uri), context.parent_run_id, metrics, step=0)
 
 
 def finish_sweep(
@@ -212,7 +235,7 @@ def finish_sweep(
     """Record the best trial on the parent run, close runs left open, close the parent."""
     if context is None:
         return
-    client = _client(context.uri)
+    client = mlflow_client(context.uri)
     run_id = context.parent_run_id
     if best_trial_id:
         child = _trial_run(client, context, best_trial_id)
@@ -249,7 +272,7 @@ def close_trial_run(
     """Close a trial's run that its trial left open (driver side)."""
     if context is None:
         return
-    client = _client(context.uri)
+    client = mlflow_client(context.uri)
     run = _trial_run(client, context, trial_id)
     if run is None or run.info.status != "RUNNING":
         return
@@ -311,7 +334,7 @@ class TrialTracker:
         node_id: str = "",
     ) -> None:
         self.context = context
-        self.client = _client(context.uri)
+        self.client = mlflow_client(context.uri)
         self.config = dict(config)
         self.best_accuracy = -math.inf
         self.best_weights = Path(tempfile.mkdtemp(prefix="tfkd-best-")) / checkpoint.WEIGHTS_FILE
@@ -470,7 +493,7 @@ def teacher_uri_from_registry(uri: str, dataset: str, teacher: str, train_comman
     model, alias = parse_teacher(teacher)
     name = registered_model_name(dataset, model)
     try:
-        version = _client(uri).get_model_version_by_alias(name, alias)
+        version = mlflow_client(uri).get_model_version_by_alias(name, alias)
     except Exception:
         raise UserError(
             f"no teacher '{name}@{alias}' in the MLflow registry at {uri}; train one with: "
@@ -481,11 +504,11 @@ def teacher_uri_from_registry(uri: str, dataset: str, teacher: str, train_comman
 
 def teacher_uri_from_run(uri: str, run_id: str) -> str:
     try:
-        run = _client(uri).get_run(run_id)
+        run = mlflow_client(uri).get_run(run_id)
     except Exception:
         raise UserError(f"--teacher-run {run_id}: no such run at {uri}") from None
     for path in (TEACHER_ARTIFACT, BEST_ARTIFACT):
-        if _client(uri).list_artifacts(run.info.run_id, path):
+        if mlflow_client(uri).list_artifacts(run.info.run_id, path):
             return f"runs:/{run_id}/{path}"
     raise UserError(
         f"--teacher-run {run_id}: the run has no '{TEACHER_ARTIFACT}' or "

@@ -100,6 +100,31 @@ def load_teacher(cfg: TrialConfig, num_classes: int, device: torch.device) -> nn
     return _prepare(teacher, cfg, device).eval()
 
 
+def load_dataset(cfg: TrialConfig) -> data.Dataset:
+    """The one way from a trial config to its dataset (split and cached as the config says)."""
+    return data.load(
+        cfg.dataset,
+        cfg.data_dir,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.split_seed,
+        download=cfg.download,
+        fake_size=cfg.fake_size,
+    )
+
+
+def eval_loader(split: data.Split, cfg: TrialConfig, device: torch.device) -> Any:
+    """The one way to a loader that evaluates a split: in order, no augmentation."""
+    return data.make_loader(
+        cfg.loader,
+        split,
+        batch_size=cfg.eval_batch_size,
+        train=False,
+        device=device,
+        seed=cfg.seed,
+        augment="none",
+    )
+
+
 def _batches(
     loader: Any, cfg: TrialConfig, device: torch.device
 ) -> Iterator[tuple[Tensor, Tensor]]:
@@ -135,15 +160,7 @@ class Evaluator:
         prefix: str,
     ) -> None:
         self.cfg, self.device, self.prefix = cfg, device, prefix
-        self.loader = data.make_loader(
-            cfg.loader,
-            split,
-            batch_size=cfg.eval_batch_size,
-            train=False,
-            device=device,
-            seed=cfg.seed,
-            augment="none",
-        )
+        self.loader = eval_loader(split, cfg, device)
         self.labels = split.labels.to(device)
         self.teacher_logits = predict(teacher, self.loader, cfg, device) if teacher else None
 
@@ -320,14 +337,7 @@ def run_trial(
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     if dataset is None:
-        dataset = data.load(
-            cfg.dataset,
-            cfg.data_dir,
-            val_fraction=cfg.val_fraction,
-            seed=cfg.split_seed,
-            download=cfg.download,
-            fake_size=cfg.fake_size,
-        )
+        dataset = load_dataset(cfg)
     teacher = load_teacher(cfg, dataset.num_classes, device) if mode.needs_teacher else None
     model = build_student(cfg, dataset.num_classes, device)
     train_model = torch.compile(model) if cfg.compile else model
@@ -386,16 +396,8 @@ def teacher_accuracy(config: Mapping[str, Any], dataset: data.Dataset) -> float:
     device = resolve_device(cfg.device)
     teacher = load_teacher(cfg, dataset.num_classes, device)
     split = dataset.val if len(dataset.val) else dataset.test
-    loader = data.make_loader(
-        cfg.loader,
-        split,
-        batch_size=cfg.eval_batch_size,
-        train=False,
-        device=device,
-        seed=cfg.seed,
-        augment="none",
-    )
-    return metrics.accuracy(predict(teacher, loader, cfg, device), split.labels.to(device))
+    logits = predict(teacher, eval_loader(split, cfg, device), cfg, device)
+    return metrics.accuracy(logits, split.labels.to(device))
 
 
 def _sync(device: torch.device) -> None:

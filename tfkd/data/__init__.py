@@ -22,6 +22,7 @@ from .augment import (
     sample_params,
 )
 from .core import (
+    DATASETS,
     DataError,
     Dataset,
     DatasetNotFoundError,
@@ -39,6 +40,7 @@ from .loaders import LOADERS, ClassicLoader, DeviceLoader, make_loader
 
 __all__ = [
     "AUGMENTATIONS",
+    "DATASETS",
     "LOADERS",
     "AugmentParams",
     "ClassicLoader",

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from tfkd.registry import Registry
+
 __all__ = [
     "DataError",
     "Dataset",
@@ -124,7 +126,9 @@ class _Entry:
     sized: bool
 
 
-_REGISTRY: dict[str, _Entry] = {}
+DATASETS: Registry[_Entry] = Registry("dataset", error=DataError)
+names = DATASETS.names
+_entry = DATASETS.get
 
 
 def register(
@@ -137,24 +141,10 @@ def register(
     """
 
     def deco(fn: Callable[[Request], Source]) -> Callable[[Request], Source]:
-        if name in _REGISTRY:
-            raise ValueError(f"dataset {name!r} is already registered")
-        _REGISTRY[name] = _Entry(fn, needs_root, sized)
+        DATASETS.add(name, _Entry(fn, needs_root, sized))
         return fn
 
     return deco
-
-
-def names() -> list[str]:
-    """Registered dataset names, sorted."""
-    return sorted(_REGISTRY)
-
-
-def _entry(name: str) -> _Entry:
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(names())}") from None
 
 
 class _LRU:

@@ -13,6 +13,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from tfkd.registry import Registry
+
 from .augment import MAX_DEGREES, PAD, augment_batch, parse_augment
 from .core import Split, seed_from
 
@@ -224,13 +226,11 @@ class ClassicLoader(_BaseLoader):
             yield x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
 
 
-LOADERS: dict[str, type[_BaseLoader]] = {"device": DeviceLoader, "classic": ClassicLoader}
+LOADERS: Registry[type[_BaseLoader]] = Registry("loader")
+LOADERS.add("device", DeviceLoader)
+LOADERS.add("classic", ClassicLoader)
 
 
 def make_loader(kind: str, split: Split, **kwargs) -> DeviceLoader | ClassicLoader:  # noqa: ANN003
     """Build a loader by kind ("device" or "classic"); an unknown kind raises ValueError."""
-    try:
-        cls = LOADERS[kind]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown loader kind {kind!r}; known: {', '.join(LOADERS)}") from None
-    return cls(split, **kwargs)
+    return LOADERS.get(kind)(split, **kwargs)

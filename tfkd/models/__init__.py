@@ -17,6 +17,6 @@ from tfkd.models import (  # noqa: F401
     shufflenet_v2,
     small_resnet,
 )
-from tfkd.models.registry import build, names, register
+from tfkd.models.registry import MODELS, build, names, register
 
-__all__ = ["build", "names", "register"]
+__all__ = ["MODELS", "build", "names", "register"]

@@ -1,0 +1,171 @@
+"""What tfkd's commands share (tune_main.py and the analysis/ commands): the library under them.
+
+Architecture: `tfkd/cli.py` (tune_main) and `analysis/*` only parse, prepare and report; the
+pieces both need live here: exit codes, the parser whose usage errors are one line with exit
+status 2, the store and resource flag groups, the results-folder defaults, the storage checks and
+the dataset load that turns a bad dataset into a one-line `UserError`. Nothing here imports Ray
+or MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tfkd.errors import UserError
+
+if TYPE_CHECKING:
+    from tfkd import data
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_STORAGE = "./ray_results"
+# tfkd.search.run_configs nests each given config under this key of a Ray trial's config (and so
+# of its params.json); analysis reads it back from the results folder.
+GRID_CONFIG_KEY = "grid_config"
+MLFLOW_URI_HELP = (
+    "MLflow tracking URI (default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working "
+    "directory)"
+)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump) with exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def add_store_args(group: argparse._ArgumentGroup, storage_help: str) -> None:
+    """--mlflow-uri and --storage: where runs and results go (or are read from)."""
+    group.add_argument("--mlflow-uri", default=None, help=MLFLOW_URI_HELP)
+    group.add_argument("--storage", default=DEFAULT_STORAGE, help=storage_help)
+
+
+def add_resource_args(parser: argparse.ArgumentParser) -> None:
+    """Cluster, resources, storage and tracking flags (tune_main and analysis.reproduce)."""
+    group = parser.add_argument_group("cluster and resources")
+    group.add_argument(
+        "--gpus-per-trial",
+        type=non_negative_float,
+        default=None,
+        help="GPUs per trial, fractions allowed (default 0.25 when the cluster has GPUs, else 0)",
+    )
+    group.add_argument(
+        "--cpus-per-trial", type=non_negative_float, default=1.0, help="CPUs per trial (default 1)"
+    )
+    group.add_argument(
+        "--max-concurrent",
+        type=positive_int,
+        default=None,
+        help="at most this many trials at once (default: as resources allow)",
+    )
+    group.add_argument(
+        "--address",
+        default=None,
+        help="an existing Ray cluster HOST:PORT (default: RAY_ADDRESS, else a "
+        "local Ray); token authentication is handled (see README)",
+    )
+    add_store_args(group, f"results folder or URI (s3://, gs://) (default {DEFAULT_STORAGE})")
+    group.add_argument(
+        "--experiment", default=None, help="MLflow experiment name (default: the sweep's name)"
+    )
+    group.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    group.add_argument(
+        "--max-failures",
+        type=int,
+        default=2,
+        help="retries of a crashed trial from its last checkpoint (default 2)",
+    )
+
+
+def resource_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The SweepSpec fields that add_resource_args' flags set (tune_main and analysis.reproduce)."""
+    return {
+        "gpus_per_trial": args.gpus_per_trial,
+        "cpus_per_trial": args.cpus_per_trial,
+        "max_concurrent": args.max_concurrent,
+        "storage": args.storage,
+        "resume": args.resume,
+        "max_failures": args.max_failures,
+    }
+
+
+def check_storage(storage: str, name: str, resume: bool) -> None:
+    """A URI must name a filesystem pyarrow knows; --resume needs the experiment's folder."""
+    if "://" in storage:
+        import pyarrow.fs
+
+        try:
+            pyarrow.fs.FileSystem.from_uri(storage)
+        except Exception as exc:
+            raise UserError(f"--storage {storage}: not usable ({exc})") from None
+        return
+    if resume and not (Path(storage).expanduser() / name).is_dir():
+        raise UserError(
+            f"--resume: no experiment {name!r} under {storage}; run it without "
+            "--resume first (or fix --name / --storage)"
+        )
+
+
+def load_dataset(config: Mapping[str, Any]) -> data.Dataset:
+    """The dataset of a trial config; unreadable or missing data is a one-line UserError."""
+    from tfkd import train
+    from tfkd.config import TrialConfig
+
+    try:
+        return train.load_dataset(TrialConfig.from_dict(config))
+    except (OSError, ValueError) as exc:
+        raise UserError(str(exc).splitlines()[0]) from None
+
+
+def write_atomic(target: str | Path, content: bytes) -> str:
+    """Write a whole file or nothing: a temp file beside the target, then os.replace.
+
+    URIs (s3://, gs://) go through pyarrow's filesystems, whose objects appear whole on close.
+    """
+    if "://" in str(target):
+        import pyarrow.fs
+
+        fs, path = pyarrow.fs.FileSystem.from_uri(str(target))
+        with fs.open_output_stream(path) as out:
+            out.write(content)
+        return str(target)
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as out:  # permissions as the umask says (mkstemp's are 0600)
+            out.write(content)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return str(target)
+
+
+def join(storage: str, *parts: str) -> str:
+    """A path under a local folder or a URI."""
+    if "://" in storage:
+        return "/".join([storage.rstrip("/"), *parts])
+    return str(Path(storage).expanduser().joinpath(*parts))
