@@ -16,6 +16,7 @@ from typing import Any
 
 SEMANTICS = ("reference", "paper")
 LOADERS = ("device", "classic")
+CUDA_GRAPHS = ("auto", "off", "capture", "compile")  # training step kinds on CUDA (tfkd.step)
 
 
 def _positive(value: float) -> bool:
@@ -120,6 +121,12 @@ class TrialConfig:
     amp: bool = field(default=True, metadata=_meta(None, "bf16 autocast on CUDA"))
     channels_last: bool = field(default=True, metadata=_meta(None, "channels_last on CUDA"))
     compile: bool = field(default=False, metadata=_meta(None, "torch.compile the student"))
+    cuda_graphs: str = field(
+        default="auto", metadata=_meta(_one_of(*CUDA_GRAPHS), "graph-captured step on CUDA")
+    )
+    gpu_share: float = field(
+        default=1.0, metadata=_meta(_positive, "share of a GPU the trial holds (set by search)")
+    )
     loader: str = field(default="device", metadata=_meta(_one_of(*LOADERS), "input pipeline"))
     augment: str = field(default="default", metadata=_meta(None, "augmentations or 'default'"))
     num_workers: int = field(default=0, metadata=_meta(_non_negative, "classic loader workers"))
