@@ -186,6 +186,40 @@ class CompiledStep(EagerStep):
         super().__init__(dataclasses.replace(parts, model=compiled))
 
 
+class Replayable(Protocol):
+    def replay(self) -> None: ...
+
+
+class CudaGraphs:
+    """The CUDA side of `GraphedStep`: streams, RNG state and capture (torch.cuda.graph)."""
+
+    def check(self, device: torch.device) -> None:
+        if device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device, not {device}")
+
+    @contextlib.contextmanager
+    def side_stream(self, device: torch.device) -> Iterator[None]:
+        """Run the block on a fresh stream ordered after, and before, the current one."""
+        current = torch.cuda.current_stream(device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            yield
+        current.wait_stream(side)
+
+    def rng_state(self, device: torch.device) -> Tensor:
+        return torch.cuda.get_rng_state(device)
+
+    def set_rng_state(self, state: Tensor, device: torch.device) -> None:
+        torch.cuda.set_rng_state(state, device)
+
+    def capture(self, fn: Callable[[], None], device: torch.device) -> Replayable:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        return graph
+
+
 class GraphedStep:
     """The whole step captured into one CUDA graph on the first batch, then replayed.
 
@@ -196,20 +230,20 @@ class GraphedStep:
     So the trajectory is the eager one: the first replay trains on the first batch.
     Every call: copy the batch and the scheduled learning rates into their static tensors,
     replay. A batch of another shape raises ValueError.
+
+    `graphs` is the CUDA machinery; tests on a CPU pass a stand-in whose `capture` keeps the
+    function and whose `replay` calls it, which runs everything here but the graph itself.
     """
 
     drop_last: ClassVar[bool] = True
     WARMUP_STEPS: ClassVar[int] = 3
 
-    def __init__(self, parts: StepParts) -> None:
-        if parts.device.type != "cuda":
-            raise ValueError(f"CUDA graphs need a CUDA device, not {parts.device}")
+    def __init__(self, parts: StepParts, graphs: CudaGraphs | None = None) -> None:
+        self.graphs = graphs or CudaGraphs()
+        self.graphs.check(parts.device)
         self.parts, self.meter = parts, parts.meter
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.lrs = [
-            torch.zeros((), dtype=torch.float32, device=parts.device)
-            for _ in parts.optimizer.param_groups
-        ]
+        self.graph: Replayable | None = None
+        self.lrs = TensorLR(parts.optimizer, parts.device)
         self.images: Tensor | None = None
         self.labels: Tensor | None = None
 
@@ -224,51 +258,65 @@ class GraphedStep:
             )
         self.images.copy_(images)
         self.labels.copy_(labels)
-        self._load_lrs()
+        self.lrs.load()
         self.graph.replay()
 
-    def _load_lrs(self) -> None:
-        for lr, group in zip(self.lrs, self.parts.optimizer.param_groups, strict=True):
-            lr.fill_(group["lr"])  # a kernel with the value as its argument: no sync
+    def _body(self) -> None:
+        """One step as captured: the optimiser reads the learning rates from `self.lrs`.
+
+        The gradients are None when the backward is captured, so it allocates them from the
+        graph's pool and each replay overwrites them (no zero_grad between replays); after
+        the capture `.grad` points at those tensors.
+        """
+        self.parts.optimizer.zero_grad(set_to_none=True)
+        with self.lrs.installed():
+            _train_on(self.parts, self.images, self.labels, cache=False)
+
+    def _capture(self, images: Tensor, labels: Tensor) -> None:
+        p, graphs = self.parts, self.graphs
+        self.images, self.labels = images.clone(), labels.clone()
+        saved = _snapshot(p)
+        rng = graphs.rng_state(p.device)
+        self.lrs.load()
+        with graphs.side_stream(p.device):
+            for _ in range(self.WARMUP_STEPS):
+                self._body()
+        _restore(p, saved)
+        graphs.set_rng_state(rng, p.device)
+        p.optimizer.zero_grad(set_to_none=True)  # nothing of the warm-up is freed while capturing
+        self.graph = graphs.capture(self._body, p.device)
+
+
+class TensorLR:
+    """The learning rate of each parameter group as a float32 device tensor.
+
+    The schedule stays the torch scheduler's (it updates `param_groups[i]["lr"]`, a float, as
+    in the eager loop); `load` copies those floats into the tensors (a fill kernel with the value
+    as its argument: no sync) and `installed` lets the optimiser see the tensors while a step is
+    captured, so the fused SGD kernel reads the rate from device memory at every replay.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+        self.optimizer = optimizer
+        self.tensors = [
+            torch.zeros((), dtype=torch.float32, device=device) for _ in optimizer.param_groups
+        ]
+
+    def load(self) -> None:
+        for lr, group in zip(self.tensors, self.optimizer.param_groups, strict=True):
+            lr.fill_(group["lr"])
 
     @contextlib.contextmanager
-    def _tensor_lrs(self) -> Iterator[None]:
-        """The optimiser reads the device tensors while capturing; floats everywhere else."""
-        groups = self.parts.optimizer.param_groups
+    def installed(self) -> Iterator[None]:
+        groups = self.optimizer.param_groups
         floats = [group["lr"] for group in groups]
-        for group, lr in zip(groups, self.lrs, strict=True):
+        for group, lr in zip(groups, self.tensors, strict=True):
             group["lr"] = lr
         try:
             yield
         finally:
             for group, value in zip(groups, floats, strict=True):
                 group["lr"] = value
-
-    def _body(self) -> None:
-        _train_on(self.parts, self.images, self.labels, cache=False)
-
-    def _capture(self, images: Tensor, labels: Tensor) -> None:
-        p = self.parts
-        self.images, self.labels = images.clone(), labels.clone()
-        saved = _snapshot(p)
-        rng = torch.cuda.get_rng_state(p.device)
-        self._load_lrs()
-        current = torch.cuda.current_stream(p.device)
-        side = torch.cuda.Stream(p.device)
-        side.wait_stream(current)
-        with torch.cuda.stream(side), self._tensor_lrs():
-            for _ in range(self.WARMUP_STEPS):
-                p.optimizer.zero_grad(set_to_none=True)
-                self._body()
-        current.wait_stream(side)
-        _restore(p, saved)
-        torch.cuda.set_rng_state(rng, p.device)
-        # Gradients must be None here so that the captured backward allocates them from the
-        # graph's pool; each replay then overwrites them (no zero_grad between replays).
-        p.optimizer.zero_grad(set_to_none=True)
-        self.graph = torch.cuda.CUDAGraph()
-        with self._tensor_lrs(), torch.cuda.graph(self.graph):
-            self._body()
 
 
 @dataclass
