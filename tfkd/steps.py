@@ -185,6 +185,10 @@ class CompiledStep(EagerStep):
         compiled = torch.compile(parts.model, mode="reduce-overhead")
         super().__init__(dataclasses.replace(parts, model=compiled))
 
+    def __call__(self, images: Tensor, labels: Tensor) -> None:
+        torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs may be reused
+        super().__call__(images, labels)
+
 
 class Replayable(Protocol):
     def replay(self) -> None: ...
@@ -214,8 +218,10 @@ class CudaGraphs:
         torch.cuda.set_rng_state(state, device)
 
     def capture(self, fn: Callable[[], None], device: torch.device) -> Replayable:
+        """Capture `fn`'s kernels. "thread_local": other threads, such as the classic loader's
+        pin-memory thread, may keep allocating pinned memory while this one captures."""
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             fn()
         return graph
 
