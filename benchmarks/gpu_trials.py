@@ -3,7 +3,8 @@
 One run measures, with `run_trial` on CIFAR-100-format data (ResNet18 and MobileNetV2, batch 128,
 mode tfkd_reg, 45,000 training images), each configuration in fresh processes:
 
-- original-like: PIL/torchvision DataLoader with 4 workers, fp32, no channels_last, eager step;
+- original-like: PIL/torchvision DataLoader with 4 workers, fp32, no channels_last, eager step
+  (with tfkd's fused SGD, so a little faster than the 2019 script: the ratios err low);
 - eager default: DeviceLoader, bf16 autocast, channels_last, fused SGD, eager step;
 - graph-captured default: the same with the whole step captured into a CUDA graph;
 - 1, 2 and 4 concurrent graph-captured resnet18 trials (separate processes, as Ray runs them),

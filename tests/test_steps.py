@@ -375,10 +375,17 @@ def cuda_config(mode: str) -> TrialConfig:
     return config(mode, device="cuda")
 
 
+@pytest.fixture
+def deterministic_cudnn():
+    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
+
+
 @CUDA
 @pytest.mark.parametrize("mode", modes.names())
-def test_cuda_graph_and_eager_steps_agree_over_50_steps(mode):
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+def test_cuda_graph_and_eager_steps_agree_over_50_steps(mode, deterministic_cudnn):
     (_, lrs_e, terms_e), (_, lrs_g, terms_g) = eager_and_graphed(
         cuda_config(mode), EPOCHS * STEPS_PER_EPOCH, device="cuda"
     )
@@ -408,12 +415,11 @@ def test_cuda_graph_replays_without_host_syncs():
 
 
 @CUDA
-def test_cuda_trial_resumes_to_the_same_weights_with_graphs(tmp_path):
+def test_cuda_trial_resumes_to_the_same_weights_with_graphs(tmp_path, deterministic_cudnn):
     import shutil
 
     from tfkd import checkpoint
 
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     folders = []
 
     def recorder(name):
