@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+CUDA_GRAPHS = ("auto", "off", "capture", "compile")  # how CUDA runs the step (tfkd.steps)
+
 
 def _positive(value: float) -> bool:
     return value > 0
@@ -33,6 +35,14 @@ def _unit_closed(value: float) -> bool:
 
 def _half_open_unit(value: float) -> bool:
     return 0 <= value < 1
+
+
+def _one_of(*choices: str) -> Callable[[str], bool]:
+    def check(value: str) -> bool:
+        return value in choices
+
+    check.__doc__ = "one of " + ", ".join(choices)
+    return check
 
 
 def _registered(kind: str) -> Callable[[str], bool]:
@@ -119,6 +129,12 @@ class TrialConfig:
     amp: bool = field(default=True, metadata=_meta(None, "bf16 autocast on CUDA"))
     channels_last: bool = field(default=True, metadata=_meta(None, "channels_last on CUDA"))
     compile: bool = field(default=False, metadata=_meta(None, "torch.compile the student"))
+    cuda_graphs: str = field(
+        default="auto", metadata=_meta(_one_of(*CUDA_GRAPHS), "graph-captured step on CUDA")
+    )
+    gpu_share: float = field(
+        default=1.0, metadata=_meta(_positive, "share of a GPU the trial holds (set by search)")
+    )
     loader: str = field(default="device", metadata=_meta(_registered("loader"), "input pipeline"))
     augment: str = field(default="default", metadata=_meta(None, "augmentations or 'default'"))
     num_workers: int = field(default=0, metadata=_meta(_non_negative, "classic loader workers"))

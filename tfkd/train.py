@@ -21,17 +21,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tfkd import checkpoint, data, metrics, models, modes, recipe
+from tfkd import checkpoint, data, metrics, models, modes, packing, recipe, steps
 from tfkd.config import TrialConfig
+from tfkd.steps import NonFiniteLossError
 
 Report = Callable[[dict[str, Any], "str | None"], None]
 
 # How many steps may pass between two checks for a non-finite loss (each check syncs a GPU).
 FINITE_CHECK_INTERVAL = {"cpu": 1, "cuda": 25}
 
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training on it would be meaningless."""
+__all__ = ["NonFiniteLossError", "run_trial", "teacher_accuracy", "train_one_epoch"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -54,9 +53,7 @@ def seed_everything(seed: int) -> None:
 
 
 def _autocast(cfg: TrialConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type == "cuda" and cfg.amp:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return steps.autocast(cfg, device)
 
 
 def _prepare(module: nn.Module, cfg: TrialConfig, device: torch.device) -> nn.Module:
@@ -182,68 +179,31 @@ class Evaluator:
         }
 
 
-def _check_finite(losses: list[Tensor], epoch: int, first_step: int) -> None:
-    stacked = torch.stack(losses)
-    finite = torch.isfinite(stacked)
-    if not bool(finite.all()):
-        bad = int((~finite).nonzero()[0, 0])
-        raise NonFiniteLossError(
-            f"non-finite loss ({stacked[bad].item()}) at epoch {epoch}, step {first_step + bad}; "
-            "lower the learning rate, temperature or multiplier"
-        )
-
-
 def train_one_epoch(
-    model: nn.Module,
-    teacher: nn.Module | None,
+    step: steps.Step,
     loader: Any,
-    optimizer: torch.optim.Optimizer,
     scheduler: Any,
     cfg: TrialConfig,
     device: torch.device,
     epoch: int,
 ) -> dict[str, float]:
-    """One pass over the training split; the teacher sees the same augmented batch."""
-    mode = modes.get(cfg.mode)
-    model.train()
+    """One pass over the training split: `step` trains on each batch, the rate moves per batch.
+
+    Nothing here waits for the device except the non-finite-loss check, every
+    FINITE_CHECK_INTERVAL steps, and the epoch's sums read at the end.
+    """
+    step.meter.reset()
     check_every = FINITE_CHECK_INTERVAL.get(device.type, 1)
-    sums = torch.zeros(4, device=device)  # loss, ce, kl, correct (each summed over samples)
-    seen, window, window_start = 0, [], 1
-    for step, (images, labels) in enumerate(_batches(loader, cfg, device), start=1):
-        with _autocast(cfg, device):
-            logits = model(images)
-            with torch.no_grad():
-                teacher_logits = teacher(images) if teacher is not None else None
-        terms = mode.loss(logits, labels, teacher_logits, cfg)
-        optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
-        optimizer.step()
+    count = 0
+    for count, (images, labels) in enumerate(_batches(loader, cfg, device), start=1):
+        step(images, labels)
         scheduler.step()
-        n = labels.shape[0]
-        seen += n
-        correct = (logits.detach().argmax(dim=1) == labels).sum()
-        sums += torch.stack(
-            [
-                terms.total.detach() * n,
-                terms.ce.detach() * n,
-                terms.kl.detach() * n,
-                correct.float(),
-            ]
-        )
-        window.append(terms.total.detach())
-        if len(window) >= check_every:
-            _check_finite(window, epoch, window_start)
-            window, window_start = [], step + 1
-    if window:
-        _check_finite(window, epoch, window_start)
-    loss, ce, kl, correct = (sums / max(seen, 1)).tolist()
-    return {
-        "train_loss": loss,
-        "train_ce": ce,
-        "train_kl": kl,
-        "train_accuracy": 100.0 * correct,
-        "train_images": seen,
-    }
+        step.meter.seen += labels.shape[0]
+        if count % check_every == 0:
+            step.meter.check(epoch)
+    if count % check_every:
+        step.meter.check(epoch)
+    return step.meter.summary()
 
 
 def _rng_state() -> dict[str, Any]:
@@ -303,7 +263,10 @@ def _resume(
     if saved_model != cfg.model:
         raise ValueError(f"checkpoint {path} holds a {saved_model}, the trial trains a {cfg.model}")
     model.load_state_dict(state["model"])
+    kinds = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])
+    for group, kept in zip(optimizer.param_groups, kinds, strict=True):
+        group.update(kept)  # this device's SGD implementation, not the one that wrote the file
     scheduler.load_state_dict(state["scheduler"])
     _restore_rng(state["rng"])
     return int(state["epoch"])
@@ -341,6 +304,7 @@ def run_trial(
     teacher = load_teacher(cfg, dataset.num_classes, device) if mode.needs_teacher else None
     model = build_student(cfg, dataset.num_classes, device)
     train_model = torch.compile(model) if cfg.compile else model
+    step_kind = steps.kind_for(cfg, device, len(dataset.train))
     train_loader = data.make_loader(
         cfg.loader,
         dataset.train,
@@ -350,10 +314,17 @@ def run_trial(
         seed=cfg.seed,
         augment=cfg.augment,
         num_workers=cfg.num_workers,
+        drop_last=steps.STEPS[step_kind].drop_last,
     )
     optimizer = recipe.build_optimizer(model, cfg)
     scheduler = recipe.build_scheduler(optimizer, cfg, steps_per_epoch=len(train_loader))
     start_epoch = _resume(resume_from, model, optimizer, scheduler, cfg) if resume_from else 0
+    # Built after the resume: a captured step keeps pointing at the restored tensors.
+    parts = steps.StepParts(
+        train_model, teacher, optimizer, mode.loss, cfg, device, steps.Meter(device)
+    )
+    train_step = steps.build(step_kind, parts)
+    packing.warn_if_time_sliced(device, cfg.gpu_share)
     evaluators = [
         Evaluator(split, cfg, device, teacher, prefix)
         for split, prefix in ((dataset.val, "val"), (dataset.test, "test"))
@@ -368,9 +339,7 @@ def run_trial(
         train_loader.set_epoch(epoch)
         _sync(device)
         started = time.perf_counter()
-        train_stats = train_one_epoch(
-            train_model, teacher, train_loader, optimizer, scheduler, cfg, device, epoch
-        )
+        train_stats = train_one_epoch(train_step, train_loader, scheduler, cfg, device, epoch)
         _sync(device)
         train_seconds = time.perf_counter() - started
         epoch_metrics = {"epoch": epoch, "lr": lr, **train_stats}
