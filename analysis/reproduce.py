@@ -32,6 +32,7 @@ from analysis.common import (
     tracking_uri,
     typed_config,
 )
+from tfkd import commands
 from tfkd.errors import UserError
 
 PROG = "python -m analysis.reproduce"
@@ -177,6 +178,7 @@ def tracking_options(sweep: sweeps.Sweep, jobs: Sequence[Job], args: argparse.Na
         "kind": store.REPRODUCTION_SET,
         "child_kind": store.REPRODUCTION,
         "child_tags": link_tags(sweep),
+        "outbox_root": commands.local_experiment_dir(args.storage, set_name(sweep)),
     }
 
 
@@ -202,7 +204,7 @@ def run_jobs(
     args: argparse.Namespace, uri: str, experiment: str, sweep: sweeps.Sweep, jobs: list[Job]
 ) -> int:
     """Train the jobs as one Ray Tune run and log them to MLflow."""
-    from tfkd import commands, search, tracking
+    from tfkd import search, tracking
     from tfkd.search_space import SearchSpace
 
     commands.check_storage(args.storage, set_name(sweep), args.resume)

@@ -173,10 +173,24 @@ class RayNode:
         stop_process_tree(self.proc)
         self.log.close()
 
+    def kill(self) -> None:
+        """The node dies at once: SIGKILL to `ray start` and every process below it."""
+        for pid in [self.proc.pid, *descendants(self.proc.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(timeout=30)
+
 
 @contextmanager
-def ray_cluster(num_cpus: int, num_gpus: int = 0, workers: tuple[int, ...] = ()) -> Iterator[str]:
-    """A head node (and worker nodes with the given CPU counts) on 127.0.0.1; yields HOST:PORT."""
+def ray_cluster(
+    num_cpus: int, num_gpus: int = 0, workers: tuple[int, ...] = (), keep_handles: bool = False
+) -> Iterator[Any]:
+    """A head node (and worker nodes with the given CPU counts) on 127.0.0.1; yields HOST:PORT.
+
+    With keep_handles, yields (HOST:PORT, [head, *workers]) so a test can kill a node.
+    """
     port = free_port()
     head = RayNode(
         "--head",
@@ -200,7 +214,7 @@ def ray_cluster(num_cpus: int, num_gpus: int = 0, workers: tuple[int, ...] = ())
             )
         for node in nodes:
             node.wait_started()
-        yield address
+        yield (address, nodes) if keep_handles else address
     finally:
         for node in reversed(nodes):
             node.stop()

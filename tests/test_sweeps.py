@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pytest
 import yaml
 from mlflow import MlflowClient
 
 from conftest import (
-    TUNE_MAIN,
     assert_ok,
     clean_env,
     cli_args,
@@ -146,47 +139,6 @@ def test_trials_run_on_two_nodes(workdir):
     runs = child_runs(uri, "lsr-fake-resnet8")
     assert len(runs) == 4
     assert len({r.data.tags["ray_node_id"] for r in runs}) == 2
-
-
-def checkpointed_trials(experiment: Path) -> set[str]:
-    return {p.parent.name.removeprefix("trial_") for p in experiment.glob("trial_*/checkpoint_*")}
-
-
-def test_resume_after_the_driver_is_killed(workdir):
-    uri = sqlite_uri(workdir)
-    args = cli_args(
-        "--mode baseline --dataset digits --model resnet8 --epochs 4 --num-samples 2",
-        "--max-concurrent 1 --grace-period 4 --name killed",
-        mlflow_uri=uri,
-    )
-    experiment = workdir / "ray_results" / "killed"
-    with ray_cluster(num_cpus=2) as address:
-        driver = subprocess.Popen(
-            [sys.executable, str(TUNE_MAIN), *args, "--address", address],
-            cwd=workdir,
-            env=clean_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 300
-        while not any(experiment.glob("trial_*/checkpoint_000001")):
-            assert driver.poll() is None and time.monotonic() < deadline, "no checkpoint seen"
-            time.sleep(0.2)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
-        interrupted = checkpointed_trials(experiment)
-        time.sleep(2)
-        done = tune_main(*args, "--address", address, "--resume", cwd=workdir)
-    assert_ok(done)
-    runs = child_runs(uri, "killed")
-    assert len(runs) == 2, "a resumed trial opened a second MLflow run"
-    assert all(r.info.status == "FINISHED" for r in runs)
-    for run in runs:
-        steps = epoch_steps(uri, run.info.run_id)
-        assert steps[-1] == 4
-        if run.data.tags["tfkd.ray_trial_id"] in interrupted:
-            assert steps.count(1) == 1, "a checkpointed trial restarted from epoch 0"
-    assert interrupted
 
 
 def test_a_failing_trial_fails_alone_and_all_failing_exits_1(workdir):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -22,7 +23,14 @@ from typing import Any
 import yaml
 
 from tfkd import commands, data, models, modes, search_space, teachers
-from tfkd.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Parser, positive_int
+from tfkd.commands import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Parser,
+    positive_int,
+)
 from tfkd.config import TrialConfig
 from tfkd.config import keys as config_keys
 from tfkd.errors import UserError
@@ -254,7 +262,12 @@ def make_plan(args: argparse.Namespace) -> Plan:
     space = replace(space, params={k: v for k, v in space.params.items() if k not in overrides})
     config = _base_config(args, space, extra, overrides)
     first = space.first_point(args.model, teachers.TeacherRequest.from_args(args).architecture)
-    TrialConfig.from_dict({**config, **first})  # the first trial must be valid
+    first_trial = TrialConfig.from_dict({**config, **first})  # the first trial must be valid
+    if first_trial.val_fraction == 0:
+        raise UserError(
+            "--set val_fraction=0: a sweep chooses and stops trials on the validation split, so "
+            "it needs one (e.g. 0.1); val_fraction=0 is for reproductions (analysis.reproduce)"
+        )
     if not args.fixed:
         config = {k: v for k, v in config.items() if k not in space.params}
     name = args.name or f"{args.mode}-{config['dataset']}-{config['model']}"
@@ -297,6 +310,8 @@ class Prepared:
     dataset: data.Dataset
     mlflow_uri: str | None
     teacher: teachers.Teacher | None
+    teacher_accuracy: float | None  # on the validation split; None without a teacher (yet)
+    lock: commands.SweepLock
 
 
 def prepare(args: argparse.Namespace) -> Prepared:
@@ -316,17 +331,18 @@ def prepare(args: argparse.Namespace) -> Prepared:
         mlflow_uri = tracking.resolve_uri(args.mlflow_uri)
         tracking.check_reachable(mlflow_uri)
     teacher = teachers.resolve(teachers.TeacherRequest.from_args(args), mlflow_uri)
-    return Prepared(args, plan, dataset, mlflow_uri, teacher)
+    plan, teacher_accuracy = _attach_teacher(plan, teacher, dataset, mlflow_uri)
+    lock = commands.SweepLock(args.storage, plan.name)  # last: every check has passed
+    return Prepared(args, plan, dataset, mlflow_uri, teacher, teacher_accuracy, lock)
 
 
-def _with_teacher(prepared: Prepared) -> tuple[Plan, float | None]:
+def _attach_teacher(
+    plan: Plan, teacher: teachers.Teacher | None, dataset: data.Dataset, uri: str | None
+) -> tuple[Plan, float | None]:
     """The plan with the teacher's location in its config, and the teacher's accuracy."""
-    if prepared.teacher is None:
-        return prepared.plan, None
-    plan = prepared.plan
-    config, accuracy = teachers.attach(
-        prepared.teacher, plan.config, plan.first_trial(), prepared.dataset, prepared.mlflow_uri
-    )
+    if teacher is None or not teacher.location:
+        return plan, None
+    config, accuracy = teachers.attach(teacher, plan.config, plan.first_trial(), dataset, uri)
     return replace(plan, config=config), accuracy
 
 
@@ -353,12 +369,19 @@ def run_prepared(prepared: Prepared) -> int:
     args = prepared.args
     if prepared.teacher is not None and not prepared.teacher.location:
         print(f"[tfkd] training the teacher {prepared.teacher.model} first (--train-teacher)")
-        code = run_prepared(prepare(_teacher_args(args, prepared.teacher)))
+        teacher_sweep = prepare(_teacher_args(args, prepared.teacher))
+        try:
+            code = run_prepared(teacher_sweep)
+        finally:
+            teacher_sweep.lock.release()
         if code != EXIT_OK:
             return code
-        request = teachers.TeacherRequest.from_args(args)
-        prepared = replace(prepared, teacher=teachers.resolve(request, prepared.mlflow_uri))
-    plan, teacher_accuracy = _with_teacher(prepared)
+        teacher = teachers.resolve(teachers.TeacherRequest.from_args(args), prepared.mlflow_uri)
+        plan, accuracy = _attach_teacher(
+            prepared.plan, teacher, prepared.dataset, prepared.mlflow_uri
+        )
+        prepared = replace(prepared, plan=plan, teacher=teacher, teacher_accuracy=accuracy)
+    plan, teacher_accuracy = prepared.plan, prepared.teacher_accuracy
     with tracking.sweep_run(
         prepared.mlflow_uri,
         args.experiment or plan.name,
@@ -369,6 +392,7 @@ def run_prepared(prepared: Prepared) -> int:
         model=plan.config["model"],
         snapshot_epochs=args.snapshot_epochs,
         resume=args.resume,
+        outbox_root=commands.local_experiment_dir(args.storage, plan.name),
     ) as context:
         if teacher_accuracy is not None:
             tracking.log_sweep_metrics(context, {"teacher_val_accuracy": teacher_accuracy})
@@ -386,7 +410,7 @@ def run_prepared(prepared: Prepared) -> int:
             **commands.resource_options(args),
         )
         result = search.run_sweep(spec, prepared.dataset)
-    return _report_result(result, plan)
+    return _report_result(result, plan, args)
 
 
 def _best_config_document(result: Any, plan: Plan) -> dict[str, Any]:
@@ -410,13 +434,46 @@ def _percent(value: Any) -> str:
     return f"{value:.2f}%" if isinstance(value, float) else str(value)
 
 
-def _report_result(result: Any, plan: Plan) -> int:
+def _resume_command(args: argparse.Namespace, plan: Plan) -> str:
+    """The command that continues this sweep: the same flags, its --name, and --resume."""
+    argv = [a for a in sys.argv[1:] if a != "--resume"]
+    if args.name is None:
+        argv += ["--name", plan.name]
+    return " ".join(["python tune_main.py", *map(shlex.quote, argv), "--resume"])
+
+
+def _report_result(result: Any, plan: Plan, args: argparse.Namespace) -> int:
+    """The sweep's summary; exit 0 only when every trial ran to its end."""
+    if result.interrupted:
+        print(
+            f"tune_main.py: interrupted; the sweep {plan.name!r} is saved, resume it with: "
+            f"{_resume_command(args, plan)}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     print(
         f"[tfkd] {result.trials} trials: {result.failed} failed, "
         f"{result.stopped_early} stopped early by ASHA"
     )
+    for trial_id, reason in result.failures.items():
+        print(f"[tfkd] trial {trial_id} failed: {reason}")
+    if result.tracking_pending:
+        from tfkd import tracking
+
+        print(
+            f"[tfkd] MLflow lacks the last writes of {len(result.tracking_pending)} run(s) "
+            "(tracking server unreachable); send them when it is back with: "
+            f"{tracking.REPLAY_COMMAND} {shlex.quote(result.experiment_path)}"
+        )
     if result.best_config is None:
         print("tune_main.py: every trial failed; see the trial errors above", file=sys.stderr)
+        return EXIT_FAILED
+    if not result.complete:
+        print(
+            f"tune_main.py: {result.failed_by_infrastructure} trial(s) could not be completed "
+            f"(see above); retry them with: {_resume_command(args, plan)}",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     document = _best_config_document(result, plan)
     where = _write_best_config(result.experiment_path, document)
@@ -441,3 +498,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_prepared(prepared)
     except UserError as exc:
         return _user_error(str(exc).splitlines()[0])
+    except KeyboardInterrupt:  # a second Ctrl-C: Tune's graceful stop was cut short
+        print(
+            f"tune_main.py: interrupted; resume with: {_resume_command(args, prepared.plan)}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    finally:
+        prepared.lock.release()

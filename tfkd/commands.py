@@ -10,7 +10,10 @@ or MLflow.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
+import socket
+import tempfile
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +24,10 @@ from tfkd.errors import UserError
 if TYPE_CHECKING:
     from tfkd import data
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# 0: done; 1: the sweep ran but is incomplete (every trial failed, or a trial could not be
+# completed for reasons other than its hyper-parameters); 2: bad input, nothing started;
+# 130: interrupted (Ctrl-C), resumable with --resume.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_STORAGE = "./ray_results"
 # tfkd.search.run_configs nests each given config under this key of a Ray trial's config (and so
 # of its params.json); analysis reads it back from the results folder.
@@ -46,6 +52,19 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def retries(text: str) -> int:
+    """--max-failures: a count, or Ray's -1 for 'forever'."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < -1:
+        raise argparse.ArgumentTypeError(
+            f"must be >= 0, or -1 to retry infrastructure failures forever; got {text}"
+        )
     return value
 
 
@@ -93,9 +112,11 @@ def add_resource_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     group.add_argument(
         "--max-failures",
-        type=int,
+        type=retries,
         default=2,
-        help="retries of a crashed trial from its last checkpoint (default 2)",
+        help="retries, from its last checkpoint, of a trial that failed for reasons other than "
+        "its hyper-parameters (a lost node, a killed worker); -1: retry those forever "
+        "(default 2). A non-finite or diverged loss fails its trial once, never retried",
     )
 
 
@@ -126,6 +147,70 @@ def check_storage(storage: str, name: str, resume: bool) -> None:
             f"--resume: no experiment {name!r} under {storage}; run it without "
             "--resume first (or fix --name / --storage)"
         )
+    _check_writable(Path(storage).expanduser().resolve(), storage)
+
+
+def local_experiment_dir(storage: str, name: str) -> str:
+    """The experiment's folder when results are stored locally ('' for URI storages)."""
+    return "" if "://" in storage else str(Path(storage).expanduser().resolve() / name)
+
+
+def _check_writable(folder: Path, flag_value: str) -> None:
+    """The results folder (or the folder it would be created in) takes files."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(
+            f"--storage {flag_value}: {existing} is a file, not a folder; choose another --storage"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"--storage {flag_value}: cannot write in {existing} ({exc.strerror or exc}); "
+            "choose a writable --storage"
+        ) from None
+
+
+class SweepLock:
+    """Held while a sweep runs: a second sweep under the same name is refused.
+
+    An exclusive `flock` on `<storage>/<name>/.tfkd-sweep.lock`, which the kernel releases when
+    the holder exits, however it ends: a crashed or killed driver never leaves it stuck. The
+    file names the holder (pid, host) for the refusal message. URI storages are not locked.
+    """
+
+    FILE = ".tfkd-sweep.lock"
+
+    def __init__(self, storage: str, name: str) -> None:
+        self.handle = None
+        if "://" in storage:
+            return
+        path = Path(storage).expanduser().resolve() / name / self.FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")  # noqa: SIM115  (held until release)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UserError(
+                f"sweep {name!r} is already running ({holder}); wait for it to end, or choose "
+                "another --name"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        self.handle = handle
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.handle.close()  # closing the file releases the flock
+            self.handle = None
 
 
 def load_dataset(config: Mapping[str, Any]) -> data.Dataset:

@@ -25,6 +25,10 @@ def _non_negative(value: float) -> bool:
     return value >= 0
 
 
+def _above_one(value: float) -> bool:
+    return value > 1
+
+
 def _unit_open(value: float) -> bool:
     return 0 < value < 1
 
@@ -139,6 +143,9 @@ class TrialConfig:
     augment: str = field(default="default", metadata=_meta(None, "augmentations or 'default'"))
     num_workers: int = field(default=0, metadata=_meta(_non_negative, "classic loader workers"))
     eval_batch_size: int = field(default=1000, metadata=_meta(_positive, "evaluation batch"))
+    divergence_factor: float = field(
+        default=1000.0, metadata=_meta(_above_one, "loss / first epoch's loss that fails a trial")
+    )
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrialConfig:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import socket
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +28,31 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from tfkd import data, tracking
+from tfkd import checkpoint, data, tracking, watchdog
 from tfkd.commands import DEFAULT_STORAGE, GRID_CONFIG_KEY
 from tfkd.config import TrialConfig
 from tfkd.errors import UserError
 from tfkd.search_space import Param, SearchSpace
-from tfkd.train import load_dataset, run_trial
+from tfkd.train import TrainingFailure, load_dataset, run_trial
 
 METRIC = "val_accuracy"
 MODE = "max"
+# The latest checkpoints are kept (restore always finds the one the experiment state names);
+# the best weights travel inside every checkpoint (checkpoint.TrialRecord).
 CHECKPOINTS_KEPT = 2
+# Set when Ctrl-C interrupted the sweep in this process. Module-level: a resumed Tuner brings
+# back its own (unpickled) copy of the callback that sets it.
+INTERRUPTED = threading.Event()
+# The result a trial reports before failing because of its hyper-parameters. It has no
+# validation accuracy, so Tune's strict metric check is off (a sweep's trials always report it:
+# tune_main refuses val_fraction=0), ASHA passes over it and the Optuna searcher ignores it.
+os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+FAILED_BY_HYPERPARAMETERS = "tfkd_failed_by_hyperparameters"
 # Per-epoch checkpoints with num_to_keep make Tune warn about state snapshots every few seconds.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# The experiment state (which checkpoint each trial resumes from) is saved at least every second,
+# so it never names a checkpoint that the keep-the-latest rule has already deleted.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
 
 # ---------------------------------------------------------------- the cluster
@@ -74,6 +89,7 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> str:
             configure_logging=True,
             logging_level="WARNING",
         )
+        watchdog.start_for(os.getpid())  # a killed driver's local Ray is stopped with it
         return "local"
     check_reachable(target)
     try:
@@ -136,6 +152,22 @@ class SweepResult:
     failed: int
     stopped_early: int
     trial_metrics: list[dict[str, Any]] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)  # trial id -> reason, one line
+    failed_by_infrastructure: int = 0  # failures not caused by the hyper-parameters
+    interrupted: bool = False  # Ctrl-C: resumable with --resume
+    tracking_pending: list[str] = field(default_factory=list)  # outboxes not yet sent
+
+    @property
+    def complete(self) -> bool:
+        """Every trial ran to its end (finished, stopped by ASHA, or failed by its values)."""
+        return not self.interrupted and not self.failed_by_infrastructure
+
+    @property
+    def status(self) -> str:
+        """The sweep run's MLflow status."""
+        if self.interrupted:
+            return "KILLED"
+        return "FINISHED" if self.complete and self.failed < self.trials else "FAILED"
 
 
 def storage_uri(storage: str) -> str:
@@ -189,9 +221,17 @@ def searcher(spec: SweepSpec):
     sampler = optuna.samplers.TPESampler(seed=spec.seed, multivariate=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # multivariate TPE is flagged experimental
-        alg = OptunaSearch(sampler=sampler, points_to_evaluate=points)
+        alg = _OptunaSearch(sampler=sampler, points_to_evaluate=points)
     limit = _concurrency(spec)
     return ConcurrencyLimiter(alg, max_concurrent=limit) if limit else alg
+
+
+class _OptunaSearch(OptunaSearch):
+    """Optuna's searcher, deaf to the one result that only says a trial failed by its values."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self.metric in result:
+            super().on_trial_result(trial_id, result)
 
 
 def scheduler(spec: SweepSpec) -> ASHAScheduler:
@@ -262,13 +302,18 @@ def dataset_of(spec: SweepSpec) -> data.Dataset:
 # ---------------------------------------------------------------- the trainable
 
 
-def _restore_point() -> tuple[str | None, str | None]:
-    """(local checkpoint folder, MLflow run id) when Tune restarts or resumes this trial."""
+def _restore_point() -> str | None:
+    """The checkpoint folder to continue from when Tune restarts or resumes this trial.
+
+    The one Tune names, unless the trial's own folder holds a later whole one (Tune's record
+    of the experiment can lag behind the trial's last checkpoint when the driver is killed).
+    """
     saved = tune.get_checkpoint()
     if saved is None:
-        return None, None
-    folder = saved.to_directory(tempfile.mkdtemp(prefix="tfkd-resume-"))
-    return folder, tracking.run_id_in(folder)
+        return None
+    named = saved.to_directory(tempfile.mkdtemp(prefix="tfkd-resume-"))
+    written = Path(tune.get_context().get_trial_dir()).glob("checkpoint_*")
+    return str(checkpoint.newest_complete([named, *sorted(written)]) or named)
 
 
 def _device_for(config: Mapping[str, Any], gpus: float) -> str:
@@ -283,18 +328,26 @@ def trainable(
     cpus: float,
     gpus: float,
 ) -> None:
-    """The thin Ray trainable: resume point in, run_trial, per-epoch tune.report out."""
+    """The thin Ray trainable: resume point in, run_trial, per-epoch tune.report out.
+
+    Every checkpoint carries the trial's record (epoch history, best weights, nodes), so a
+    restarted or resumed trial keeps its best checkpoint and its tracking history. A failure
+    caused by the hyper-parameters (non-finite or diverged loss) is reported as such first, so
+    the driver does not retry it; anything else (a lost node, a killed worker) is retried.
+    """
     config = dict(config.get(GRID_CONFIG_KEY, config))  # run_configs nests each config
     torch.set_num_threads(max(1, int(cpus)))
     context = tune.get_context()
-    resume_dir, run_id = _restore_point()
+    resume_dir = _restore_point()
+    record = checkpoint.TrialRecord.restore(tempfile.mkdtemp(prefix="tfkd-record-"), resume_dir)
+    record.ran_on(ray.get_runtime_context().get_node_id())
     tracker = tracking.trial_tracker(
         tracking_context,
         config,
         context.get_trial_id(),
         context.get_trial_name(),
-        run_id,
-        node_id=ray.get_runtime_context().get_node_id(),
+        record,
+        Path(context.get_trial_dir()) / tracking.OUTBOX_DIR,
     )
     uri = tracking_context.uri if tracking_context else None
     config["teacher_checkpoint"] = tracking.local_path(config["teacher_checkpoint"], uri)
@@ -302,33 +355,61 @@ def trainable(
     if gpus > 0:
         config["gpu_share"] = gpus  # run_trial warns once if packed trials would time-slice
 
-    def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        tracker.on_epoch(metrics, checkpoint_dir)
+    def report(metrics: dict[str, Any], checkpoint_dir: str) -> None:
+        best = record.add_epoch(metrics, checkpoint_dir)
+        tracker.on_epoch(metrics, checkpoint_dir, best)  # queued: never waits on the server
         if metrics["epoch"] == config["epochs"]:
             tracker.on_finish(metrics)  # before tune.report: Tune may end the actor there
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
 
     try:
         run_trial(config, report, dataset=unpack_dataset(packed_dataset), resume_from=resume_dir)
-    except SystemExit:  # Tune stops a trial (ASHA, max_t) by ending its function here
-        tracker.on_stopped()
+    except TrainingFailure as exc:
+        tracker.on_failed(exc)
+        tune.report({FAILED_BY_HYPERPARAMETERS: str(exc)})
+        raise
+    except (SystemExit, KeyboardInterrupt):  # stopped (ASHA, max_t) or the sweep interrupted
+        tracker.on_stopped()  # the driver, which knows which, sets the run's status
         raise
     except BaseException as exc:
         tracker.on_failed(exc)
         raise
 
 
-class _RunStatusCallback(tune.Callback):
-    """Closes MLflow runs whose trial died without saying so (killed actor, interrupted driver)."""
+class _SweepCallback(tune.Callback):
+    """The driver's view of the trials: retries, interruption, and MLflow runs left open.
+
+    * A trial whose failure came from its hyper-parameters is not retried.
+    * Ctrl-C (SIGINT): Tune stops the sweep gracefully and saves its state; this notices it,
+      so the sweep is reported as interrupted (never as a success).
+    * Runs whose trial died or was stopped without closing them are closed here.
+    """
 
     def __init__(self, context: tracking.TrackingContext | None) -> None:
         self.context = context
+
+    def setup(self, **info) -> None:
+        tune_handler = signal.getsignal(signal.SIGINT)
+        if not callable(tune_handler):  # Tune installs its own handler only on the main thread
+            return
+
+        def notice_interrupt(signum, frame) -> None:
+            INTERRUPTED.set()
+            tune_handler(signum, frame)
+
+        signal.signal(signal.SIGINT, notice_interrupt)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if FAILED_BY_HYPERPARAMETERS in result:
+            trial.max_failures = 0  # retrying the same hyper-parameters fails the same way
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         tracking.close_trial_run(self.context, trial.trial_id, "FAILED")
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         """Tune may end a stopped trial's process before the trial could close its run."""
+        if INTERRUPTED.is_set():
+            return  # not finished: the sweep marks its run KILLED
         epochs = trial.config.get(GRID_CONFIG_KEY, trial.config).get("epochs", 0)
         last = (trial.last_result or {}).get("epoch", 0)
         tracking.close_trial_run(
@@ -360,12 +441,8 @@ def _run_config(spec: SweepSpec) -> tune.RunConfig:
         name=spec.name,
         storage_path=storage_uri(spec.storage),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-        checkpoint_config=tune.CheckpointConfig(
-            num_to_keep=CHECKPOINTS_KEPT,
-            checkpoint_score_attribute=METRIC,
-            checkpoint_score_order=MODE,
-        ),
-        callbacks=[_RunStatusCallback(spec.tracking), *spec.callbacks],
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+        callbacks=[_SweepCallback(spec.tracking), *spec.callbacks],
         verbose=1,
     )
 
@@ -406,11 +483,24 @@ def _is_full_length(metrics: Mapping[str, Any], epochs: int) -> bool:
     return int(metrics.get("epoch", 0)) >= epochs
 
 
-def _summarise(grid: tune.ResultGrid, spec: SweepSpec) -> SweepResult:
-    finished = [r for r in grid if r.error is None and r.metrics]
+def _trial_id(result: tune.Result) -> str:
+    return Path(result.path).name.removeprefix("trial_")
+
+
+def _failure_reason(result: tune.Result) -> str:
+    """One line: the reason a trial reported, else the last line of its error."""
+    if FAILED_BY_HYPERPARAMETERS in (result.metrics or {}):
+        return str(result.metrics[FAILED_BY_HYPERPARAMETERS])
+    lines = [line.strip() for line in str(result.error).splitlines() if line.strip()]
+    return lines[-1] if lines else result.error.__class__.__name__
+
+
+def _summarise(grid: tune.ResultGrid, spec: SweepSpec, interrupted: bool) -> SweepResult:
+    finished = [r for r in grid if r.error is None and r.metrics and METRIC in r.metrics]
     full = [r for r in finished if _is_full_length(r.metrics, spec.epochs)]
     candidates = full or finished
     best = max(candidates, key=lambda r: r.metrics.get(METRIC, -math.inf), default=None)
+    failed = [r for r in grid if r.error is not None]
     keep = ("trial_id", "epoch", METRIC, "test_accuracy")
     return SweepResult(
         experiment_path=grid.experiment_path,
@@ -418,19 +508,38 @@ def _summarise(grid: tune.ResultGrid, spec: SweepSpec) -> SweepResult:
         best_metrics=dict(best.metrics) if best else None,
         best_trial_id=best.metrics.get("trial_id") if best else None,
         trials=len(grid),
-        failed=sum(1 for r in grid if r.error is not None),
+        failed=len(failed),
         stopped_early=len(finished) - len(full),
         trial_metrics=[{k: r.metrics.get(k) for k in keep} for r in finished],
+        failures={_trial_id(r): _failure_reason(r) for r in failed},
+        failed_by_infrastructure=sum(
+            1 for r in failed if FAILED_BY_HYPERPARAMETERS not in (r.metrics or {})
+        ),
+        interrupted=interrupted,
     )
+
+
+def _fit(tuner: tune.Tuner, spec: SweepSpec, record_best: bool) -> SweepResult:
+    """Run the Tuner; close the sweep's run as what happened (never FINISHED when interrupted)."""
+    INTERRUPTED.clear()
+    grid = tuner.fit()
+    result = _summarise(grid, spec, interrupted=INTERRUPTED.is_set())
+    local = "://" not in result.experiment_path
+    # trials that ended while the tracking server was down: their writes go first, if it is back
+    pending = set(tracking.flush_pending(result.experiment_path)) if local else set()
+    best_id = result.best_trial_id if record_best and not result.interrupted else None
+    sent = tracking.finish_sweep(
+        spec.tracking, best_id, result.best_metrics if best_id else None, status=result.status
+    )
+    if not sent and spec.tracking is not None:
+        pending.add(tracking.sweep_outbox(spec.tracking))
+    return replace(result, tracking_pending=sorted(map(str, pending)))
 
 
 def run_sweep(spec: SweepSpec, dataset: data.Dataset | None = None) -> SweepResult:
     """Run (or resume) a sweep on the connected cluster and return its summary."""
     dataset = dataset or dataset_of(spec)
-    grid = _tuner(spec, pack_dataset(dataset)).fit()
-    result = _summarise(grid, spec)
-    tracking.finish_sweep(spec.tracking, result.best_trial_id, result.best_metrics)
-    return result
+    return _fit(_tuner(spec, pack_dataset(dataset)), spec, record_best=True)
 
 
 def run_configs(
@@ -456,10 +565,7 @@ def run_configs(
             ),
             run_config=_run_config(spec),
         )
-    grid = tuner.fit()
-    result = _summarise(grid, spec)
-    tracking.finish_sweep(spec.tracking, None, None)
-    return result
+    return _fit(tuner, spec, record_best=False)
 
 
 @contextlib.contextmanager

@@ -52,7 +52,11 @@ from tfkd.losses import LossTerms
 LossFn = Callable[[Tensor, Tensor, "Tensor | None", TrialConfig], LossTerms]
 
 
-class NonFiniteLossError(RuntimeError):
+class TrainingFailure(RuntimeError):
+    """Training failed because of its hyper-parameters: running it again fails the same way."""
+
+
+class NonFiniteLossError(TrainingFailure):
     """The loss became NaN or infinite; training on it would be meaningless."""
 
 

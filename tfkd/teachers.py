@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tfkd import data, modes
+from tfkd import checkpoint, data, modes
 from tfkd.errors import UserError
 
 
@@ -85,6 +85,10 @@ def resolve(request: TeacherRequest, mlflow_uri: str | None) -> Teacher | None:
         path = Path(request.checkpoint).expanduser().resolve()
         if not path.exists():
             raise UserError(f"--teacher-checkpoint {path}: no such file")
+        try:
+            checkpoint.load(path)  # before anything starts: readable, weights only
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--teacher-checkpoint {str(exc).splitlines()[0]}") from None
         return Teacher(model, alias, str(path))
     if not model:
         raise UserError(

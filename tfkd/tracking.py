@@ -8,6 +8,7 @@ and keeps logging into the same run.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -16,10 +17,11 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,6 @@ import yaml
 from tfkd import checkpoint
 from tfkd.errors import UserError
 
-RUN_ID_FILE = "mlflow_run.json"
 TEACHER_ARTIFACT = "teacher"
 BEST_ARTIFACT = "best_checkpoint"
 SNAPSHOT_ARTIFACT = "snapshots"
@@ -80,7 +81,13 @@ def is_server(uri: str) -> bool:
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """A tracking server must answer /health before any trial starts."""
+    """A tracking server must answer /health before any trial starts.
+
+    A new SQLite store is created here, once: concurrent sweeps creating the same database
+    would otherwise race on its tables.
+    """
+    if uri.startswith("sqlite:///"):
+        _initialise_sqlite(Path(uri.removeprefix("sqlite:///")))
     if not is_server(uri):
         return
     try:
@@ -97,6 +104,14 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     raise UserError(f"MLflow tracking server {uri} answered /health with an error")
 
 
+def _initialise_sqlite(database: Path) -> None:
+    """Create (or migrate) the store's tables under an exclusive lock beside the database."""
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        mlflow_client(f"sqlite:///{database}").search_experiments(max_results=1)
+
+
 def _artifact_root(uri: str) -> str | None:
     """Local backends keep artifacts beside the database, not in the trial's folder."""
     if uri.startswith("sqlite:///"):
@@ -109,12 +124,17 @@ def ensure_experiment(uri: str, name: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    # MLflow 3's UI opens an experiment on its GenAI overview unless told it trains models
-    return client.create_experiment(
-        name,
-        artifact_location=_artifact_root(uri),
-        tags={"mlflow.experimentKind": "custom_model_development"},
-    )
+    try:  # MLflow 3's UI opens an experiment on its GenAI overview unless told it trains models
+        return client.create_experiment(
+            name,
+            artifact_location=_artifact_root(uri),
+            tags={"mlflow.experimentKind": "custom_model_development"},
+        )
+    except Exception:  # a concurrent sweep created it first
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 def git_commit() -> str:
@@ -146,6 +166,7 @@ class TrackingContext:
     snapshot_epochs: tuple[int, ...] = ()
     child_kind: str = "trial"  # the tfkd.kind tag of the child runs ("reproduction", ...)
     child_tags: tuple[tuple[str, str], ...] = ()  # extra tags of every child run
+    outbox_root: str = ""  # local folder for the sweep run's unsent writes (the experiment's)
 
 
 def registered_model_name(dataset: str, model: str) -> str:
@@ -165,6 +186,7 @@ def start_sweep(
     kind: str = "sweep",
     child_kind: str = "trial",
     child_tags: Mapping[str, str] | None = None,
+    outbox_root: str = "",
 ) -> TrackingContext:
     """Create (or, on --resume, find again) the sweep's parent run."""
     experiment_id = ensure_experiment(uri, experiment)
@@ -187,6 +209,7 @@ def start_sweep(
         snapshot_epochs=tuple(snapshot_epochs),
         child_kind=child_kind,
         child_tags=tuple(sorted((child_tags or {}).items())),
+        outbox_root=outbox_root,
     )
 
 
@@ -231,24 +254,46 @@ def finish_sweep(
     best_trial_id: str | None,
     best_metrics: Mapping[str, Any] | None,
     status: str = "FINISHED",
-) -> None:
-    """Record the best trial on the parent run, close runs left open, close the parent."""
+) -> bool:
+    """Record the best trial on the parent run, close runs left open, close the parent.
+
+    Sent through the sweep's outbox: False when the tracking server did not take it in time
+    (it stays on disk for `replay`).
+    """
     if context is None:
-        return
-    client = mlflow_client(context.uri)
-    run_id = context.parent_run_id
-    if best_trial_id:
-        child = _trial_run(client, context, best_trial_id)
-        client.set_tag(run_id, "best_trial_id", best_trial_id)
-        if child is not None:
-            client.set_tag(run_id, "best_run_id", child.info.run_id)
-        _log_metrics(
-            client, run_id, {f"best_{k}": v for k, v in (best_metrics or {}).items()}, step=0
-        )
-    for run in _children(client, context):
-        if run.info.status == "RUNNING":
-            client.set_terminated(run.info.run_id, status="KILLED")
-    client.set_terminated(run_id, status=status)
+        return True
+    box = _sweep_box(context)
+    best = _numeric(best_metrics or {})
+    box.put(
+        {
+            "op": "finish_sweep",
+            "experiment_id": context.experiment_id,
+            "best_trial_id": best_trial_id,
+            "best_metrics": best,
+            "status": status,
+        }
+    )
+    del _SWEEP_BOXES[context.parent_run_id]
+    return box.close(SWEEP_FLUSH_SECONDS)
+
+
+def sweep_outbox(context: TrackingContext) -> Path:
+    """Where the sweep run's own writes wait: beside its trials in a local results folder."""
+    root = Path(context.outbox_root or Path(tempfile.gettempdir()) / "tfkd-outbox")
+    return root / OUTBOX_DIR / context.parent_run_id
+
+
+_SWEEP_BOXES: dict[str, Outbox] = {}  # parent run id -> the driver's outbox for that sweep
+
+
+def _sweep_box(context: TrackingContext) -> Outbox:
+    """The driver's outbox of a sweep run, opened on first use."""
+    box = _SWEEP_BOXES.get(context.parent_run_id)
+    if box is None:
+        box = Outbox(sweep_outbox(context), context.uri)
+        box.put({"op": "use_run", "run_id": context.parent_run_id})
+        _SWEEP_BOXES[context.parent_run_id] = box
+    return box
 
 
 def _children(client, context: TrackingContext) -> list:
@@ -269,18 +314,339 @@ def _trial_run(client, context: TrackingContext, trial_id: str):
 def close_trial_run(
     context: TrackingContext | None, trial_id: str, status: str, stopped_early: bool | None = None
 ) -> None:
-    """Close a trial's run that its trial left open (driver side)."""
-    if context is None:
-        return
-    client = mlflow_client(context.uri)
-    run = _trial_run(client, context, trial_id)
+    """Close a trial's run that its trial left open (driver side, through the sweep's outbox)."""
+    if context is not None:
+        _sweep_box(context).put(
+            {
+                "op": "close_trial",
+                "experiment_id": context.experiment_id,
+                "trial_id": trial_id,
+                "status": status,
+                "stopped_early": stopped_early,
+            }
+        )
+
+
+def _close_trial(box: Outbox, client, op: dict[str, Any]) -> None:
+    run = _trial_run(
+        client, TrackingContext(box.uri, op["experiment_id"], box._run_id), op["trial_id"]
+    )
     if run is None or run.info.status != "RUNNING":
         return
-    if stopped_early is not None and "stopped_early" not in run.data.tags:
-        client.set_tag(run.info.run_id, "stopped_early", str(stopped_early).lower())
-        if stopped_early:
+    if op["stopped_early"] is not None and "stopped_early" not in run.data.tags:
+        client.set_tag(run.info.run_id, "stopped_early", str(op["stopped_early"]).lower())
+        if op["stopped_early"]:
             client.set_tag(run.info.run_id, "stopped_by", "scheduler (ASHA)")
-    client.set_terminated(run.info.run_id, status=status)
+    client.set_terminated(run.info.run_id, status=op["status"])
+
+
+# ---------------------------------------------------------------- the outbox: tracking never blocks
+
+OUTBOX_DIR = "mlflow_outbox"
+OPS_FILE, SENT_FILE, URI_FILE = "ops.jsonl", "sent", "uri"
+REPLAY_COMMAND = "python -m tfkd.tracking replay"
+RETRY_SECONDS = (1.0, 30.0)  # back-off while the tracking server is unreachable: first, longest
+SWEEP_FLUSH_SECONDS = 30.0  # how long the driver waits for the sweep run's last writes
+SKIP_AFTER = 3  # a write the reachable store keeps refusing is skipped after this many tries
+# MLflow's own client retries a request for minutes with back-off; the outbox retries on its own
+# schedule instead, so each request gives up fast.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+logger = logging.getLogger("tfkd.tracking")
+
+
+class Outbox:
+    """One run's MLflow writes, sent in order by a background thread; the caller never waits.
+
+    Each write is appended to `<folder>/ops.jsonl` before it is sent (artifact files are copied
+    into the folder first) and `<folder>/sent` counts the writes done, so a tracking server that
+    is down loses nothing: the thread retries with back-off, `close(timeout)` waits a bounded
+    time, and what is still unsent when the process ends is sent by the next Outbox on the same
+    folder (a restarted trial) or by `python -m tfkd.tracking replay FOLDER`.
+
+    The first write opens the run: a trial's run is found by its trial id under its sweep's run
+    (so retries and resumes never open a second run) or created; every later per-epoch metrics
+    write whose step that run already has is skipped (an epoch is logged exactly once).
+    """
+
+    def __init__(self, folder: str | os.PathLike, uri: str) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / URI_FILE).write_text(uri)
+        self.uri = uri
+        self._lock = threading.Condition()
+        self._ops = _read_ops(self.folder)
+        self._sent = _read_sent(self.folder)
+        self._closing = False
+        self._client = None
+        self._run_id: str | None = None
+        self._logged_steps: set[int] = set()
+        self._thread = threading.Thread(target=self._drain, name="tfkd-outbox", daemon=True)
+        self._thread.start()
+
+    # -- the caller's side
+
+    def put(self, op: dict[str, Any], files: Mapping[str, str | os.PathLike] | None = None) -> None:
+        """Queue a write; `files` (name -> local path) are copied into the outbox first."""
+        with self._lock:
+            if files:
+                stash = self.folder / f"files-{len(self._ops)}"
+                stash.mkdir(exist_ok=True)
+                for name, path in files.items():
+                    shutil.copyfile(path, stash / name)
+                op = {**op, "stash": stash.name}
+            with open(self.folder / OPS_FILE, "a") as out:
+                out.write(json.dumps(op) + "\n")
+            self._ops.append(op)
+            self._lock.notify_all()
+
+    def close(self, timeout: float) -> bool:
+        """Wait at most `timeout` seconds for every write; True when all were sent."""
+        with self._lock:
+            self._closing = True
+            self._lock.notify_all()
+        self._thread.join(timeout)
+        return self.pending() == 0
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._ops) - self._sent
+
+    # -- the sending thread
+
+    def _drain(self) -> None:
+        if not self._reopen():
+            return
+        while True:
+            with self._lock:
+                while self._sent >= len(self._ops) and not self._closing:
+                    self._lock.wait()
+                if self._sent >= len(self._ops):
+                    return
+                op = self._ops[self._sent]
+            if self._send_with_retries(op):
+                with self._lock:
+                    self._sent += 1
+                    _write_atomic_text(self.folder / SENT_FILE, str(self._sent))
+            else:
+                return  # gave up for now (closing while unreachable): the rest stays on disk
+
+    def _reopen(self) -> bool:
+        """Writes left by an earlier process on this folder need their run: open it again."""
+        opened = [op for op in self._ops[: self._sent] if op["op"] in OPENING_OPS]
+        return not opened or self._send_with_retries(opened[-1])
+
+    def _send_with_retries(self, op: dict[str, Any]) -> bool:
+        """Send one write, retrying while the server is unreachable; False: left for later.
+
+        A write the reachable store keeps refusing is skipped (logged), except the one that
+        opens the run: nothing after it could be sent without it.
+        """
+        opening = op["op"] in OPENING_OPS
+        if not opening and self._run_id is None:
+            return False  # the run could not be opened: keep everything for a later try
+        delay, refused = RETRY_SECONDS[0], 0
+        while True:
+            try:
+                self._client = self._client or mlflow_client(self.uri)
+                _OPERATIONS[op["op"]](self, self._client, op)
+                return True
+            except Exception as exc:  # the store refused, or could not be reached
+                reachable = _reachable(self.uri)
+                refused += reachable
+                if refused >= SKIP_AFTER and not opening:
+                    logger.warning("MLflow refused %s (skipped): %s", op["op"], exc)
+                    return True
+                with self._lock:
+                    if self._closing and (not reachable or refused >= SKIP_AFTER):
+                        return False  # the rest waits on disk for a later outbox or replay
+                    self._lock.wait(delay)
+                delay = min(2 * delay, RETRY_SECONDS[1])
+
+    def _stashed(self, op: dict[str, Any], name: str) -> str:
+        return str(self.folder / op["stash"] / name)
+
+
+def _read_ops(folder: Path) -> list[dict[str, Any]]:
+    path = folder / OPS_FILE
+    if not path.is_file():
+        return []
+    ops = []
+    for line in path.read_text().splitlines():
+        try:
+            ops.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a kill: nothing after it was written
+            break
+    return ops
+
+
+def _read_sent(folder: Path) -> int:
+    path = folder / SENT_FILE
+    return int(path.read_text() or 0) if path.is_file() else 0
+
+
+def _write_atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _reachable(uri: str) -> bool:
+    """A tracking server answers /health (local stores are always there)."""
+    if not is_server(uri):
+        return True
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+# The writes an outbox knows. Each is idempotent given the run it resolved, so sending a write
+# again after a crash between "sent" and "counted" does no harm.
+
+
+def _open_run(box: Outbox, client, op: dict[str, Any]) -> None:
+    """Find the trial's run under its sweep run (or create it), mark it RUNNING, tag it."""
+    found = client.search_runs(
+        [op["experiment_id"]],
+        filter_string=f"tags.`mlflow.parentRunId` = '{op['parent_run_id']}' "
+        f"and tags.`{TRIAL_TAG}` = '{op['trial_id']}'",
+        max_results=1,
+    )
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+    else:
+        run_id = client.create_run(op["experiment_id"], run_name=op["name"], tags=op["tags"])
+        run_id = run_id.info.run_id
+        from mlflow.entities import Param
+
+        params = [Param(k, v) for k, v in sorted(op["params"].items())]
+        client.log_batch(run_id, params=params)
+    client.log_batch(run_id, tags=_tag_list(op["run_tags"]))
+    box._run_id = run_id
+    box._logged_steps = {int(m.step) for m in client.get_metric_history(run_id, "epoch")}
+
+
+def _log_epoch(box: Outbox, client, op: dict[str, Any]) -> None:
+    if op["step"] in box._logged_steps:
+        return
+    _log_metrics(client, box._run_id, op["metrics"], step=op["step"])
+    box._logged_steps.add(op["step"])
+
+
+def _log_other_metrics(box: Outbox, client, op: dict[str, Any]) -> None:
+    _log_metrics(client, box._run_id, op["metrics"], step=op["step"])
+
+
+def _set_tags(box: Outbox, client, op: dict[str, Any]) -> None:
+    client.log_batch(box._run_id, tags=_tag_list(op["tags"]))
+
+
+def _log_artifact(box: Outbox, client, op: dict[str, Any]) -> None:
+    client.log_artifact(box._run_id, box._stashed(op, op["name"]), op["artifact_path"])
+
+
+def _register(box: Outbox, client, op: dict[str, Any]) -> None:
+    """Log weights and register them as a version of the teacher model (with an alias)."""
+    _log_artifact(box, client, op)
+    name = op["model_name"]
+    if client.search_registered_models(filter_string=f"name = '{name}'") == []:
+        try:
+            client.create_registered_model(name)
+        except Exception:  # another trial created it first
+            pass
+    version = client.create_model_version(
+        name,
+        source=f"runs:/{box._run_id}/{op['artifact_path']}",
+        run_id=box._run_id,
+        tags={**op["version_tags"], "artifact_path": op["artifact_path"]},
+    )
+    if op["alias"]:
+        client.set_registered_model_alias(name, op["alias"], version.version)
+    if op["kind"] == "final":
+        _move_best_alias(client, name)
+
+
+def _terminate(box: Outbox, client, op: dict[str, Any]) -> None:
+    client.set_terminated(box._run_id, status=op["status"])
+
+
+def _use_run(box: Outbox, client, op: dict[str, Any]) -> None:
+    """The sweep's own outbox writes to its existing parent run."""
+    box._run_id = op["run_id"]
+
+
+def _finish_sweep(box: Outbox, client, op: dict[str, Any]) -> None:
+    """Record the best trial on the sweep run, close child runs left open, close the sweep run."""
+    context = TrackingContext(box.uri, op["experiment_id"], box._run_id)
+    if op["best_trial_id"]:
+        client.set_tag(box._run_id, "best_trial_id", op["best_trial_id"])
+        child = _trial_run(client, context, op["best_trial_id"])
+        if child is not None:
+            client.set_tag(box._run_id, "best_run_id", child.info.run_id)
+        best = {f"best_{k}": v for k, v in op["best_metrics"].items()}
+        _log_metrics(client, box._run_id, best, step=0)
+    for run in _children(client, context):
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, status="KILLED")
+    client.set_terminated(box._run_id, status=op["status"])
+
+
+_OPERATIONS: dict[str, Callable[[Outbox, Any, dict[str, Any]], None]] = {
+    "open": _open_run,
+    "epoch": _log_epoch,
+    "metrics": _log_other_metrics,
+    "tags": _set_tags,
+    "artifact": _log_artifact,
+    "register": _register,
+    "terminate": _terminate,
+    "use_run": _use_run,
+    "finish_sweep": _finish_sweep,
+    "close_trial": _close_trial,
+}
+OPENING_OPS = ("open", "use_run")
+
+
+def _tag_list(tags: Mapping[str, Any]) -> list:
+    from mlflow.entities import RunTag
+
+    return [RunTag(k, str(v)) for k, v in tags.items()]
+
+
+def _move_best_alias(client, name: str) -> None:
+    """Alias 'best' -> the final-weights version with the highest validation accuracy."""
+    finals = [
+        v for v in client.search_model_versions(f"name = '{name}'") if v.tags.get("kind") == "final"
+    ]
+    if finals:
+        best = max(finals, key=lambda v: float(v.tags.get("val_accuracy", "-inf")))
+        client.set_registered_model_alias(name, BEST_ALIAS, best.version)
+
+
+def pending_outboxes(root: str | os.PathLike) -> list[Path]:
+    """Outbox folders under `root` (or `root` itself) with writes not yet sent."""
+    return [
+        ops.parent
+        for ops in sorted(Path(root).rglob(OPS_FILE))
+        if OUTBOX_DIR in ops.parts and len(_read_ops(ops.parent)) > _read_sent(ops.parent)
+    ]
+
+
+def flush_pending(root: str | os.PathLike, timeout: float = 60.0) -> list[Path]:
+    """Send what outboxes under `root` still hold; returns those still not sent.
+
+    Trials that ended while the tracking server was down left their last writes on disk; the
+    driver sends them at the end of the sweep when the server is back (at once when it is not).
+    """
+    return [box for box in pending_outboxes(root) if not send_outbox(box, None, timeout)]
+
+
+def send_outbox(folder: str | os.PathLike, uri: str | None, timeout: float) -> bool:
+    """Send what an outbox still holds (to `uri`, else where it was bound); True when done."""
+    box = Outbox(folder, uri or (Path(folder) / URI_FILE).read_text().strip())
+    return box.close(timeout)
 
 
 # ---------------------------------------------------------------- a trial (child run)
@@ -303,26 +669,27 @@ def _log_metrics(client, run_id: str, metrics: Mapping[str, Any], step: int) -> 
         client.log_batch(run_id, metrics=batch)
 
 
-def run_id_in(folder: str | None) -> str | None:
-    """The MLflow run id a checkpoint carries, if any."""
-    if folder is None or not (Path(folder) / RUN_ID_FILE).is_file():
-        return None
-    return json.loads((Path(folder) / RUN_ID_FILE).read_text()).get("run_id")
-
-
 class NullTracker:
     """Used when a sweep is not tracked; every hook does nothing."""
 
-    run_id = None
+    def on_epoch(self, metrics: Mapping[str, Any], checkpoint_dir: str, best: bool) -> None: ...
+    def on_finish(self, metrics: Mapping[str, Any]) -> bool:
+        return True
 
-    def on_epoch(self, metrics: Mapping[str, Any], checkpoint_dir: str | None) -> None: ...
-    def on_finish(self, metrics: Mapping[str, Any]) -> None: ...
-    def on_stopped(self) -> None: ...
-    def on_failed(self, error: BaseException) -> None: ...
+    def on_stopped(self) -> bool:
+        return True
+
+    def on_failed(self, error: BaseException) -> bool:
+        return True
 
 
 class TrialTracker:
-    """The child run of one trial: params, per-epoch metrics, artifacts, status, teachers."""
+    """The child run of one trial: params, per-epoch metrics, artifacts, status, teachers.
+
+    Every write goes through the trial's `Outbox`: training never waits on the tracking server.
+    A restored trial hands in its `checkpoint.TrialRecord`: the epochs it already trained are
+    logged if the run lacks them (and never twice), and its best weights are the ones uploaded.
+    """
 
     def __init__(
         self,
@@ -330,140 +697,126 @@ class TrialTracker:
         config: Mapping[str, Any],
         trial_id: str,
         trial_name: str,
-        run_id: str | None,
-        node_id: str = "",
+        record: checkpoint.TrialRecord,
+        outbox_dir: str | os.PathLike,
+        flush_seconds: float = 30.0,
     ) -> None:
         self.context = context
-        self.client = mlflow_client(context.uri)
         self.config = dict(config)
-        self.best_accuracy = -math.inf
-        self.best_weights = Path(tempfile.mkdtemp(prefix="tfkd-best-")) / checkpoint.WEIGHTS_FILE
+        self.record = record
+        self.flush_seconds = flush_seconds
         self.closed = False
-        if run_id is None:
-            run = self.client.create_run(
-                context.experiment_id,
-                run_name=trial_name,
-                tags={
-                    "mlflow.parentRunId": context.parent_run_id,
-                    TRIAL_TAG: trial_id,
-                    KIND_TAG: context.child_kind,
-                    "mode": config["mode"],
-                    "model": config["model"],
-                    "dataset": config["dataset"],
-                    "teacher": config.get("teacher", ""),
-                    **dict(context.child_tags),
-                },
-            )
-            self.run_id = run.info.run_id
-            self._log_config()
-        else:  # a restarted or resumed trial: same run, never a duplicate
-            self.run_id = run_id
-            self.client.update_run(run_id, status="RUNNING")
-            best = self.client.get_run(run_id).data.metrics.get("best_val_accuracy")
-            self.best_accuracy = best if best is not None else -math.inf
-        if node_id:  # which Ray node ran (or resumed) the trial
-            self.client.set_tag(self.run_id, "ray_node_id", node_id)
+        self.outbox = Outbox(outbox_dir, context.uri)
+        tags = {
+            "mlflow.parentRunId": context.parent_run_id,
+            TRIAL_TAG: trial_id,
+            KIND_TAG: context.child_kind,
+            "mode": config["mode"],
+            "model": config["model"],
+            "dataset": config["dataset"],
+            "teacher": config.get("teacher", ""),
+            **dict(context.child_tags),
+        }
+        self.outbox.put(
+            {
+                "op": "open",
+                "experiment_id": context.experiment_id,
+                "parent_run_id": context.parent_run_id,
+                "trial_id": trial_id,
+                "name": trial_name,
+                "tags": tags,
+                "params": {k: str(v) for k, v in self.config.items()},
+                # which Ray node ran (or resumed) the trial: the latest, and all in order
+                "run_tags": {"ray_node_id": record.nodes[-1] if record.nodes else ""}
+                | {"ray_nodes": ",".join(record.nodes)},
+            }
+        )
+        for metrics in record.history:  # epochs trained before a restart, if the run lacks them
+            self._put_epoch(metrics)
+        if record.best_epoch:
+            self._put_best()
 
-    def _log_config(self) -> None:
-        from mlflow.entities import Param
-
-        params = [Param(k, str(v)) for k, v in sorted(self.config.items())]
-        self.client.log_batch(self.run_id, params=params)
-
-    def on_epoch(self, metrics: Mapping[str, Any], checkpoint_dir: str | None) -> None:
+    def _put_epoch(self, metrics: Mapping[str, Any]) -> None:
         epoch = int(metrics["epoch"])
-        _log_metrics(self.client, self.run_id, metrics, step=epoch)
-        if checkpoint_dir is None:
-            return
-        (Path(checkpoint_dir) / RUN_ID_FILE).write_text(json.dumps({"run_id": self.run_id}))
-        accuracy = metrics.get("val_accuracy", metrics.get("train_accuracy", -math.inf))
-        if accuracy > self.best_accuracy:
-            self.best_accuracy = accuracy
-            checkpoint.export_weights(checkpoint_dir, self.best_weights)
-            _log_metrics(self.client, self.run_id, {"best_val_accuracy": accuracy}, step=epoch)
+        self.outbox.put({"op": "epoch", "step": epoch, "metrics": _numeric(metrics)})
+
+    def _put_best(self) -> None:
+        best = {"best_val_accuracy": self.record.best_accuracy}
+        self.outbox.put({"op": "metrics", "step": self.record.best_epoch, "metrics": best})
+
+    def on_epoch(self, metrics: Mapping[str, Any], checkpoint_dir: str, best: bool) -> None:
+        """Queue the epoch's metrics (and new best, snapshot, teacher registrations)."""
+        epoch = int(metrics["epoch"])
+        self._put_epoch(metrics)
+        if best:
+            self._put_best()
+        accuracy = metrics.get("val_accuracy", metrics.get("train_accuracy"))
         if epoch in self.context.snapshot_epochs and self.context.registered_model:
-            self._register_snapshot(checkpoint_dir, epoch, accuracy)
+            tags = {"kind": "snapshot", "epoch": epoch, "val_accuracy": accuracy}
+            self._put_registration(checkpoint_dir, f"{SNAPSHOT_ARTIFACT}/epoch-{epoch}", tags)
         if epoch == int(self.config["epochs"]) and self.context.registered_model:
-            self._register_teacher(checkpoint_dir, epoch, accuracy)
+            tags = {"kind": "final", "epoch": epoch, "val_accuracy": accuracy}
+            self._put_registration(checkpoint_dir, TEACHER_ARTIFACT, tags)
 
-    def _log_weights(self, source: str | Path, artifact_path: str) -> None:
+    def _put_registration(self, checkpoint_dir: str, artifact_path: str, tags: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            weights = checkpoint.export_weights(source, Path(tmp) / checkpoint.WEIGHTS_FILE)
-            self.client.log_artifact(self.run_id, str(weights), artifact_path)
+            weights = checkpoint.export_weights(checkpoint_dir, Path(tmp) / checkpoint.WEIGHTS_FILE)
+            alias = artifact_path.rpartition("/")[2] if tags["kind"] == "snapshot" else None
+            self.outbox.put(
+                {
+                    "op": "register",
+                    "name": checkpoint.WEIGHTS_FILE,
+                    "artifact_path": artifact_path,
+                    "model_name": self.context.registered_model,
+                    "alias": alias,
+                    "kind": tags["kind"],
+                    "version_tags": {k: str(v) for k, v in tags.items()},
+                },
+                files={checkpoint.WEIGHTS_FILE: weights},
+            )
 
-    def _register(self, artifact_path: str, alias: str | None, tags: Mapping[str, Any]) -> None:
-        name = self.context.registered_model
-        client = self.client
-        if client.search_registered_models(filter_string=f"name = '{name}'") == []:
-            try:
-                client.create_registered_model(name)
-            except Exception:  # another trial created it first
-                pass
-        version = client.create_model_version(
-            name,
-            source=f"runs:/{self.run_id}/{artifact_path}",
-            run_id=self.run_id,
-            tags={k: str(v) for k, v in {**tags, "artifact_path": artifact_path}.items()},
-        )
-        if alias:
-            client.set_registered_model_alias(name, alias, version.version)
+    def on_finish(self, metrics: Mapping[str, Any]) -> bool:
+        return self._wrap_up("FINISHED", {"stopped_early": "false"})
 
-    def _register_snapshot(self, checkpoint_dir: str, epoch: int, accuracy: float) -> None:
-        path = f"{SNAPSHOT_ARTIFACT}/epoch-{epoch}"
-        self._log_weights(checkpoint_dir, path)
-        self._register(
-            path, f"epoch-{epoch}", {"kind": "snapshot", "epoch": epoch, "val_accuracy": accuracy}
-        )
+    def on_stopped(self) -> bool:
+        """Stopped by Tune (ASHA, the end of the sweep or Ctrl-C): upload what the run has.
 
-    def _register_teacher(self, checkpoint_dir: str, epoch: int, accuracy: float) -> None:
-        self._log_weights(checkpoint_dir, TEACHER_ARTIFACT)
-        self._register(
-            TEACHER_ARTIFACT, None, {"kind": "final", "epoch": epoch, "val_accuracy": accuracy}
-        )
-        self._move_best_alias()
+        Its status and stopped_early tag come from the driver, which knows why it stopped.
+        """
+        return self._wrap_up(None, {})
 
-    def _move_best_alias(self) -> None:
-        """Alias 'best' -> the final-weights version with the highest validation accuracy."""
-        name = self.context.registered_model
-        finals = [
-            v
-            for v in self.client.search_model_versions(f"name = '{name}'")
-            if v.tags.get("kind") == "final"
-        ]
-        if finals:
-            best = max(finals, key=lambda v: float(v.tags.get("val_accuracy", "-inf")))
-            self.client.set_registered_model_alias(name, BEST_ALIAS, best.version)
+    def on_failed(self, error: BaseException) -> bool:
+        return self._wrap_up("FAILED", {"error": f"{error.__class__.__name__}: {error}"[:5000]})
 
-    def on_finish(self, metrics: Mapping[str, Any]) -> None:
-        self._upload_best()
-        self.client.set_tag(self.run_id, "stopped_early", "false")
-        self._close("FINISHED")
+    def _wrap_up(self, status: str | None, tags: Mapping[str, str]) -> bool:
+        """Queue the best checkpoint, config, tags and status; wait a bounded time for them.
 
-    def on_stopped(self) -> None:
-        if self.closed:
-            return
-        self._upload_best()
-        self.client.set_tag(self.run_id, "stopped_early", "true")
-        self.client.set_tag(self.run_id, "stopped_by", "scheduler (ASHA)")
-        self._close("FINISHED")
+        Returns False when some writes are still unsent (they stay in the outbox on disk).
+        """
+        if not self.closed:
+            self.closed = True
+            self._put_results()
+            if tags:
+                self.outbox.put({"op": "tags", "tags": dict(tags)})
+            if status:
+                self.outbox.put({"op": "terminate", "status": status})
+        return self.outbox.close(self.flush_seconds)
 
-    def on_failed(self, error: BaseException) -> None:
-        if self.closed:
-            return
-        self.client.set_tag(self.run_id, "error", f"{error.__class__.__name__}: {error}"[:5000])
-        self._close("FAILED")
-
-    def _upload_best(self) -> None:
-        if self.best_weights.is_file():
-            self.client.log_artifact(self.run_id, str(self.best_weights), BEST_ARTIFACT)
-        self.client.log_text(
-            self.run_id, yaml.safe_dump(self.config, sort_keys=True), "config.yaml"
-        )
-
-    def _close(self, status: str) -> None:
-        self.client.set_terminated(self.run_id, status=status)
-        self.closed = True
-        shutil.rmtree(self.best_weights.parent, ignore_errors=True)
+    def _put_results(self) -> None:
+        """The best weights so far and the trial's config.yaml, as artifacts."""
+        if self.record.best_weights.is_file():
+            name = checkpoint.WEIGHTS_FILE
+            self.outbox.put(
+                {"op": "artifact", "name": name, "artifact_path": BEST_ARTIFACT},
+                files={name: self.record.best_weights},
+            )
+        with tempfile.TemporaryDirectory() as tmp:
+            config = Path(tmp) / "config.yaml"
+            config.write_text(yaml.safe_dump(self.config, sort_keys=True))
+            self.outbox.put(
+                {"op": "artifact", "name": config.name, "artifact_path": None},
+                files={config.name: config},
+            )
 
 
 def trial_tracker(
@@ -471,12 +824,12 @@ def trial_tracker(
     config: Mapping[str, Any],
     trial_id: str,
     trial_name: str,
-    run_id: str | None,
-    node_id: str = "",
+    record: checkpoint.TrialRecord,
+    outbox_dir: str | os.PathLike,
 ) -> TrialTracker | NullTracker:
     if context is None:
         return NullTracker()
-    return TrialTracker(context, config, trial_id, trial_name, run_id, node_id)
+    return TrialTracker(context, config, trial_id, trial_name, record, outbox_dir)
 
 
 # ---------------------------------------------------------------- teachers
@@ -539,3 +892,35 @@ def local_path(value: str, uri: str | None = None) -> str:
     if not files:
         raise FileNotFoundError(f"no weights (*.pt) in teacher artifact {value}")
     return str(files[0])
+
+
+# ---------------------------------------------------------------- python -m tfkd.tracking replay
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tfkd.tracking replay FOLDER...`: send what outboxes under FOLDER still hold."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m tfkd.tracking",
+        description="Send MLflow writes that a sweep could not deliver (tracking server down).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    replay_parser = commands.add_parser(
+        "replay", help="send the unsent writes of every outbox under the given folders"
+    )
+    replay_parser.add_argument("folders", nargs="+", help="experiment (or results) folders")
+    replay_parser.add_argument("--mlflow-uri", default=None, help="default: where each was bound")
+    replay_parser.add_argument("--timeout", type=float, default=300.0, help="seconds per outbox")
+    args = parser.parse_args(argv)
+    found = [box for folder in args.folders for box in pending_outboxes(folder)]
+    left = sum(not send_outbox(box, args.mlflow_uri, args.timeout) for box in found)
+    print(f"[tfkd] replayed {len(found) - left} of {len(found)} outbox(es)")
+    if left:
+        print(f"{REPLAY_COMMAND}: {left} outbox(es) still unsent (server unreachable?)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -23,14 +23,41 @@ from torch import Tensor, nn
 
 from tfkd import checkpoint, data, metrics, models, modes, packing, recipe, steps
 from tfkd.config import TrialConfig
-from tfkd.steps import NonFiniteLossError
+from tfkd.steps import NonFiniteLossError, TrainingFailure
 
 Report = Callable[[dict[str, Any], "str | None"], None]
 
 # How many steps may pass between two checks for a non-finite loss (each check syncs a GPU).
 FINITE_CHECK_INTERVAL = {"cpu": 1, "cuda": 25}
 
-__all__ = ["NonFiniteLossError", "run_trial", "teacher_accuracy", "train_one_epoch"]
+__all__ = [
+    "DivergedError",
+    "NonFiniteLossError",
+    "TrainingFailure",
+    "run_trial",
+    "teacher_accuracy",
+    "train_one_epoch",
+]
+
+
+class DivergedError(TrainingFailure):
+    """The training loss grew far above the first epoch's (see `check_divergence`)."""
+
+
+def check_divergence(loss: float, first_loss: float, cfg: TrialConfig, epoch: int) -> None:
+    """An epoch's mean training loss above divergence_factor x the first epoch's has diverged.
+
+    Training losses fall after the first epoch; one that rises a thousandfold (the default
+    factor) is a run whose weights blew up (e.g. far too high a learning rate) and would only
+    report meaningless, finite numbers.
+    """
+    bound = cfg.divergence_factor * abs(first_loss)
+    if epoch > 1 and loss > bound:
+        raise DivergedError(
+            f"diverged: training loss {loss:.4g} at epoch {epoch} is above {bound:.4g} "
+            f"(divergence_factor {cfg.divergence_factor:g} x the first epoch's {first_loss:.4g}); "
+            "lower the learning rate, temperature or multiplier"
+        )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -227,8 +254,10 @@ def _checkpoint_state(
     epoch: int,
     num_classes: int,
     epoch_metrics: Mapping[str, float],
+    first_loss: float,
 ) -> dict[str, Any]:
     return {
+        "first_train_loss": first_loss,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -257,7 +286,8 @@ def _report_epoch(report: Report, epoch_metrics: dict[str, Any], state: dict[str
 
 def _resume(
     path: str, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, cfg: TrialConfig
-) -> int:
+) -> tuple[int, float | None]:
+    """Restore the training state; returns (its epoch, the first epoch's training loss)."""
     state = checkpoint.load(path)
     saved_model = state.get("meta", {}).get("model", cfg.model)
     if saved_model != cfg.model:
@@ -269,7 +299,7 @@ def _resume(
         group.update(kept)  # this device's SGD implementation, not the one that wrote the file
     scheduler.load_state_dict(state["scheduler"])
     _restore_rng(state["rng"])
-    return int(state["epoch"])
+    return int(state["epoch"]), state.get("first_train_loss")
 
 
 def _log_epoch(cfg: TrialConfig, m: Mapping[str, Any]) -> None:
@@ -318,7 +348,9 @@ def run_trial(
     )
     optimizer = recipe.build_optimizer(model, cfg)
     scheduler = recipe.build_scheduler(optimizer, cfg, steps_per_epoch=len(train_loader))
-    start_epoch = _resume(resume_from, model, optimizer, scheduler, cfg) if resume_from else 0
+    start_epoch, first_loss = (
+        _resume(resume_from, model, optimizer, scheduler, cfg) if resume_from else (0, None)
+    )
     # Built after the resume: a captured step keeps pointing at the restored tensors.
     parts = steps.StepParts(
         train_model, teacher, optimizer, mode.loss, cfg, device, steps.Meter(device)
@@ -342,6 +374,8 @@ def run_trial(
         train_stats = train_one_epoch(train_step, train_loader, scheduler, cfg, device, epoch)
         _sync(device)
         train_seconds = time.perf_counter() - started
+        first_loss = train_stats["train_loss"] if first_loss is None else first_loss
+        check_divergence(train_stats["train_loss"], first_loss, cfg, epoch)
         epoch_metrics = {"epoch": epoch, "lr": lr, **train_stats}
         for evaluate in validate + (test if epoch == cfg.epochs else []):
             epoch_metrics.update(evaluate(model, epoch))
@@ -353,7 +387,14 @@ def run_trial(
                 report,
                 epoch_metrics,
                 _checkpoint_state(
-                    model, optimizer, scheduler, cfg, epoch, dataset.num_classes, epoch_metrics
+                    model,
+                    optimizer,
+                    scheduler,
+                    cfg,
+                    epoch,
+                    dataset.num_classes,
+                    epoch_metrics,
+                    first_loss,
                 ),
             )
     return epoch_metrics
