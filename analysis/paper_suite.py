@@ -190,6 +190,8 @@ def tune_step(
         args.dataset,
         "--name",
         name,
+        "--experiment",
+        name,
         *tune_flags(args),
         *resources,
     )
@@ -226,6 +228,8 @@ def reproduce_step(sweep: Step, args: argparse.Namespace, resources: list[str]) 
         "analysis.reproduce",
         "--experiment",
         sweep.experiment,
+        "--sweep",
+        sweep.marker,
         "--seeds",
         str(args.seeds),
         "--top",

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from tfkd import commands, data, models, modes, search_space, teachers
+from tfkd import commands, data, models, modes, progress, search_space, teachers
 from tfkd.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Parser, positive_int
 from tfkd.config import TrialConfig
 from tfkd.config import keys as config_keys
@@ -150,9 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a trial config key (repeatable); fixes a searched key",
     )
-    how.add_argument("--name", default=None, help="experiment name (default mode-dataset-model)")
     how.add_argument(
-        "--resume", action="store_true", help="continue the experiment --name after an interruption"
+        "--name",
+        default=None,
+        help="the sweep's name: its results folder and MLflow run (default "
+        "mode-dataset-model-YYYYMMDD-HHMMSS; an existing name needs --resume)",
+    )
+    how.add_argument(
+        "--resume", action="store_true", help="continue the sweep --name after an interruption"
+    )
+    how.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show every trial's own output (its per-epoch lines) besides the status table",
     )
     how.add_argument(
         "--smoke-test",
@@ -236,6 +246,7 @@ class Plan:
     """A validated sweep, ready to start."""
 
     name: str
+    experiment: str
     config: dict[str, Any]
     space: search_space.SearchSpace
     first_point: dict[str, Any]
@@ -247,6 +258,7 @@ class Plan:
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
+    teachers.check_request(teachers.TeacherRequest.from_args(args))
     extra = _apply_smoke_test(args) if args.smoke_test else {}
     overrides = _parse_overrides(args.set)
     path = args.search_space or search_space.default_path(args.mode)
@@ -257,8 +269,24 @@ def make_plan(args: argparse.Namespace) -> Plan:
     TrialConfig.from_dict({**config, **first})  # the first trial must be valid
     if not args.fixed:
         config = {k: v for k, v in config.items() if k not in space.params}
-    name = args.name or f"{args.mode}-{config['dataset']}-{config['model']}"
-    return Plan(name=name, config=config, space=space, first_point=first, fixed=args.fixed)
+    what = f"{args.mode}-{config['dataset']}-{config['model']}"
+    return Plan(
+        name=_sweep_name(args, what),
+        experiment=args.experiment or what,
+        config=config,
+        space=space,
+        first_point=first,
+        fixed=args.fixed,
+    )
+
+
+def _sweep_name(args: argparse.Namespace, what: str) -> str:
+    """--name, else a new unique mode-dataset-model-YYYYMMDD-HHMMSS: sweeps never mix."""
+    if args.name:
+        return args.name
+    if args.resume:
+        raise UserError("--resume needs --name NAME: the sweep to continue (tune_main printed it)")
+    return commands.timestamped(what, lambda name: commands.sweep_folder_exists(args.storage, name))
 
 
 def _user_error(message: str) -> int:
@@ -277,7 +305,6 @@ def _teacher_args(args: argparse.Namespace, teacher: teachers.Teacher) -> argpar
     return build_parser().parse_args(
         [
             *f"--mode baseline --dataset {args.dataset} --model {teacher.model} --fixed".split(),
-            *["--name", f"baseline-{args.dataset}-{teacher.model}-teacher"],
             *["--data-dir", args.data_dir, "--storage", args.storage, "--seed", str(args.seed)],
             *(["--epochs", str(args.epochs)] if args.epochs else []),
             *(["--snapshot-epochs", ",".join(map(str, snapshot))] if snapshot else []),
@@ -304,6 +331,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
     _enable_ray_token_auth(args.address)
     plan = make_plan(args)
     commands.check_storage(args.storage, plan.name, args.resume)
+    commands.check_system_metrics(args.system_metrics)
     if args.address:
         from tfkd import search
 
@@ -315,6 +343,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
 
         mlflow_uri = tracking.resolve_uri(args.mlflow_uri)
         tracking.check_reachable(mlflow_uri)
+        tracking.check_new_sweep(mlflow_uri, plan.experiment, plan.name, args.resume)
     teacher = teachers.resolve(teachers.TeacherRequest.from_args(args), mlflow_uri)
     return Prepared(args, plan, dataset, mlflow_uri, teacher)
 
@@ -359,9 +388,10 @@ def run_prepared(prepared: Prepared) -> int:
         request = teachers.TeacherRequest.from_args(args)
         prepared = replace(prepared, teacher=teachers.resolve(request, prepared.mlflow_uri))
     plan, teacher_accuracy = _with_teacher(prepared)
+    _announce(plan, prepared)
     with tracking.sweep_run(
         prepared.mlflow_uri,
-        args.experiment or plan.name,
+        plan.experiment,
         plan.name,
         _sweep_tags(args, plan, prepared.teacher),
         register_teachers=args.mode == "baseline",
@@ -369,6 +399,7 @@ def run_prepared(prepared: Prepared) -> int:
         model=plan.config["model"],
         snapshot_epochs=args.snapshot_epochs,
         resume=args.resume,
+        system_metrics=args.system_metrics,
     ) as context:
         if teacher_accuracy is not None:
             tracking.log_sweep_metrics(context, {"teacher_val_accuracy": teacher_accuracy})
@@ -383,10 +414,18 @@ def run_prepared(prepared: Prepared) -> int:
             fixed=plan.fixed,
             tracking=context,
             first_point=plan.first_point,
+            verbose=args.verbose,
             **commands.resource_options(args),
         )
         result = search.run_sweep(spec, prepared.dataset)
     return _report_result(result, plan)
+
+
+def _announce(plan: Plan, prepared: Prepared) -> None:
+    """Where the sweep goes: analysis commands and --resume take these names."""
+    tracked = f"MLflow experiment {plan.experiment}" if prepared.mlflow_uri else "not tracked"
+    where = commands.join(prepared.args.storage, plan.name)
+    print(f"[tfkd] sweep {plan.name} ({tracked}; results in {where})", flush=True)
 
 
 def _best_config_document(result: Any, plan: Plan) -> dict[str, Any]:
@@ -430,6 +469,7 @@ def _report_result(result: Any, plan: Plan) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    progress.configure_driver(args.verbose)
     try:
         prepared = prepare(args)
     except (UserError, ValueError, OSError) as exc:

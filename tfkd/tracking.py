@@ -146,6 +146,7 @@ class TrackingContext:
     snapshot_epochs: tuple[int, ...] = ()
     child_kind: str = "trial"  # the tfkd.kind tag of the child runs ("reproduction", ...)
     child_tags: tuple[tuple[str, str], ...] = ()  # extra tags of every child run
+    system_metrics: bool = False  # each trial logs CPU, memory (and GPU) use as system/...
 
 
 def registered_model_name(dataset: str, model: str) -> str:
@@ -165,6 +166,7 @@ def start_sweep(
     kind: str = "sweep",
     child_kind: str = "trial",
     child_tags: Mapping[str, str] | None = None,
+    system_metrics: bool = False,
 ) -> TrackingContext:
     """Create (or, on --resume, find again) the sweep's parent run."""
     experiment_id = ensure_experiment(uri, experiment)
@@ -187,6 +189,7 @@ def start_sweep(
         snapshot_epochs=tuple(snapshot_epochs),
         child_kind=child_kind,
         child_tags=tuple(sorted((child_tags or {}).items())),
+        system_metrics=system_metrics,
     )
 
 
@@ -221,6 +224,19 @@ def _find_parent(client, experiment_id: str, run_name: str, kind: str):
     return runs[0] if runs else None
 
 
+def check_new_sweep(uri: str, experiment: str, run_name: str, resume: bool) -> None:
+    """A new sweep must not take the name of a sweep run its experiment already has."""
+    if resume or (uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file()):
+        return  # a SQLite store that does not exist yet holds no runs (and is not created here)
+    client = mlflow_client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is not None and _find_parent(client, found.experiment_id, run_name, "sweep"):
+        raise UserError(
+            f"--name {run_name}: MLflow experiment {experiment!r} already has a sweep of that "
+            "name; continue it with --resume or choose another --name"
+        )
+
+
 def log_sweep_metrics(context: TrackingContext | None, metrics: Mapping[str, float]) -> None:
     if context is not None:
         _log_metrics(mlflow_client(context.uri), context.parent_run_id, metrics, step=0)
@@ -242,13 +258,34 @@ def finish_sweep(
         client.set_tag(run_id, "best_trial_id", best_trial_id)
         if child is not None:
             client.set_tag(run_id, "best_run_id", child.info.run_id)
-        _log_metrics(
-            client, run_id, {f"best_{k}": v for k, v in (best_metrics or {}).items()}, step=0
-        )
+        _log_metrics(client, run_id, best_of_sweep(best_metrics), step=0)
     for run in _children(client, context):
         if run.info.status == "RUNNING":
             client.set_terminated(run.info.run_id, status="KILLED")
     client.set_terminated(run_id, status=status)
+
+
+SWEEP_METRICS = ("val_accuracy", "test_accuracy")  # of the best trial, as best_<name>
+
+
+def best_of_sweep(best_metrics: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The sweep-level metrics of its best trial (not Ray's bookkeeping: pid, iterations...)."""
+    metrics = best_metrics or {}
+    return {f"best_{k}": metrics[k] for k in SWEEP_METRICS if k in metrics}
+
+
+def log_sweep_report(
+    context: TrackingContext | None, metrics: Mapping[str, float], files: Mapping[str, bytes]
+) -> None:
+    """The sweep run's counts and its comparison files (trials table, plot) as artifacts."""
+    if context is None:
+        return
+    client = mlflow_client(context.uri)
+    _log_metrics(client, context.parent_run_id, metrics, step=0)
+    with tempfile.TemporaryDirectory(prefix="tfkd-sweep-report-") as folder:
+        for name, content in files.items():
+            (Path(folder) / name).write_bytes(content)
+        client.log_artifacts(context.parent_run_id, folder)
 
 
 def _children(client, context: TrackingContext) -> list:
@@ -363,6 +400,7 @@ class TrialTracker:
             self.best_accuracy = best if best is not None else -math.inf
         if node_id:  # which Ray node ran (or resumed) the trial
             self.client.set_tag(self.run_id, "ray_node_id", node_id)
+        self.system_monitor = start_system_metrics(context, self.run_id, resumed=bool(run_id))
 
     def _log_config(self) -> None:
         from mlflow.entities import Param
@@ -461,9 +499,35 @@ class TrialTracker:
         )
 
     def _close(self, status: str) -> None:
+        stop_system_metrics(self.system_monitor)
         self.client.set_terminated(self.run_id, status=status)
         self.closed = True
         shutil.rmtree(self.best_weights.parent, ignore_errors=True)
+
+
+SYSTEM_METRICS_INTERVAL_S = 5.0
+
+
+def start_system_metrics(context: TrackingContext, run_id: str, resumed: bool = False):
+    """MLflow's own system-metrics logging (CPU, memory, disk, network; GPU utilisation and
+    memory where pynvml finds NVIDIA GPUs) into a trial's run, when the sweep asked for it."""
+    if not context.system_metrics:
+        return None
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(
+        run_id,
+        sampling_interval=SYSTEM_METRICS_INTERVAL_S,
+        resume_logging=resumed,
+        tracking_uri=context.uri,
+    )
+    monitor.start()
+    return monitor
+
+
+def stop_system_metrics(monitor: Any) -> None:
+    if monitor is not None:
+        monitor.finish()
 
 
 def trial_tracker(
