@@ -27,6 +27,7 @@ from analysis import paper, store
 from analysis.common import EXIT_OK, Parser, positive_int, run_main, say, tracking_uri
 from analysis.reproduce import SET_PREFIX
 from tfkd import data, models, modes
+from tfkd.commands import sweep_folder_exists
 from tfkd.errors import UserError
 
 PROG = "python -m analysis.paper_suite"
@@ -192,6 +193,7 @@ def tune_step(
         name,
         "--experiment",
         name,
+        *(["--resume"] if sweep_folder_exists(args.storage, name) else []),  # after a failure
         *tune_flags(args),
         *resources,
     )

@@ -520,6 +520,11 @@ def _summarise(grid: tune.ResultGrid, spec: SweepSpec) -> SweepResult:
     )
 
 
+def _searched(spec: SweepSpec) -> dict[str, Param]:
+    """The keys the sweep varies (none for --fixed: one trial at the preset)."""
+    return {} if spec.fixed else dict(spec.space.params)
+
+
 def _trial_state(result: tune.Result, epochs: int) -> str:
     if result.error is not None:
         return "FAILED"
@@ -528,7 +533,7 @@ def _trial_state(result: tune.Result, epochs: int) -> str:
 
 def trial_rows(grid: tune.ResultGrid, spec: SweepSpec) -> list[sweep_report.TrialRow]:
     """Every trial at its end: name, searched values, state and last metrics."""
-    keys = list(spec.space.params)
+    keys = list(_searched(spec))
     rows = []
     for result in grid:
         config = result.config.get(GRID_CONFIG_KEY, result.config) if result.config else {}
@@ -552,7 +557,7 @@ def _log_sweep_report(spec: SweepSpec, grid: tune.ResultGrid) -> None:
     if spec.tracking is None:
         return
     rows = trial_rows(grid, spec)
-    files = sweep_report.files(spec.name, rows, spec.space.params, spec.epochs)
+    files = sweep_report.files(spec.name, rows, _searched(spec), spec.epochs)
     tracking.log_sweep_report(spec.tracking, sweep_report.sweep_metrics(rows), files)
 
 
