@@ -278,3 +278,49 @@ def test_a_failing_trial_fails_alone_and_all_failing_exits_1(workdir):
     done = tune_main(*common, "--name", "all-fail", cwd=workdir)
     assert done.returncode == 1
     assert "every trial failed" in done.stderr
+
+
+STOPPED_TRIAL = """
+import sys, tempfile, time
+from pathlib import Path
+import ray, torch
+from ray import tune
+from tfkd import search
+
+marker = Path(sys.argv[1])
+
+def slow_to_stop(config):
+    torch.set_num_threads(1)
+    try:
+        tune.report({"epoch": 1})
+        tune.report({"epoch": 2})
+    except SystemExit:  # Tune stops the trial (as ASHA does): clean-up that takes a while
+        x = torch.randn(200, 200)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            x = torch.tanh(x @ x)  # inside torch, like a trial's last work
+        marker.write_text("done")
+        raise
+
+ray.init(num_cpus=1, include_dashboard=False)
+config = tune.RunConfig(stop={"epoch": 1}, storage_path=tempfile.mkdtemp(), verbose=0)
+tune.Tuner(search._stoppable(slow_to_stop), run_config=config).fit()
+ray.shutdown()
+"""
+
+
+def test_a_stopped_trial_ends_its_clean_up_before_its_process_exits(workdir):
+    """The cause of the SIGABRT traces at ASHA stops: Tune ended the trial's process while its
+    training thread was still running (torch, MLflow); that thread now finishes first."""
+    marker = workdir / "clean-up-finished"
+    done = subprocess.run(
+        [sys.executable, "-c", STOPPED_TRIAL, str(marker)],
+        cwd=workdir,
+        env=clean_env(PYTHONPATH=str(TUNE_MAIN.parent)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert_ok(done)
+    assert marker.is_file(), "the trial's process exited before its clean-up ended"
+    assert "Fatal Python error" not in done.stderr and "terminate called" not in done.stderr
