@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
+import pickle
+import sys
+import time
 
 import pytest
 
@@ -111,3 +114,11 @@ def test_the_sweep_files_and_counts():
     assert "parallel_coordinates.png" not in sweep_report.files("fixed", rows(), {}, epochs=4)
     counts = sweep_report.sweep_metrics(rows())
     assert counts == {"trials": 3.0, "failed": 1.0, "stopped_early": 1.0}
+
+
+def test_the_status_table_survives_pickling_for_resume():
+    status = progress.SweepStatus("s", total=2, epochs=4, out=io.StringIO())
+    status.on_start("a", "T1", 4)
+    restored = pickle.loads(pickle.dumps(status))
+    assert restored.out is sys.stdout and restored.rows["a"].name == "T1"
+    assert restored.started <= time.monotonic()

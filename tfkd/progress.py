@@ -139,6 +139,16 @@ class SweepStatus:
         self.rows: dict[str, TrialRow] = {}
         self.best: tuple[float, str] | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its callbacks with the experiment (--resume restores them)."""
+        return {k: v for k, v in self.__dict__.items() if k != "out"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A resumed sweep: this process' terminal and clock."""
+        self.__dict__.update(state)
+        self.out = sys.stdout
+        self.started, self.last_print = self.clock(), -math.inf
+
     # -- events
 
     def _row(self, trial_id: str, name: str, epochs: int | None = None) -> TrialRow:
