@@ -2,8 +2,9 @@
 
     python -m analysis.best_configs --experiment tfkd_reg-cifar100-resnet18 --top 3
 
-Reads the sweep from MLflow (else from the Ray results folder `--storage/NAME`) and writes
-`<storage>/<NAME>/best_configs.yaml` (or `--out`): a list of {rank, sweep, run_id, trial_id,
+Reads the experiment's newest finished sweep, or the sweep `--sweep NAME`, from MLflow (else from
+the Ray results folder `--storage/NAME`), says which one it read, and writes
+`<storage>/<SWEEP>/best_configs.yaml` (or `--out`): a list of {rank, sweep, run_id, trial_id,
 epoch, val_accuracy, test_accuracy, config}, where config is the full flat trial config. The test
 accuracy is recorded for information only; it never decides the ranking.
 """
