@@ -234,3 +234,16 @@ def test_gitignore_covers_what_runs_write():
     for output in ("mlflow.db", "/mlartifacts/", "/ray_results/", "/data/", "/reports/"):
         assert output in patterns
     assert "/test-artifacts/" in patterns
+
+
+def test_system_metrics_without_psutil_is_one_line(capsys, workdir, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "psutil" else real(name, *a)
+    )
+    code, err = run_cli(capsys, workdir, "--mode lsr --dataset digits --system-metrics")
+    assert code == EXIT_USAGE
+    assert_one_line(err, "--system-metrics", "pip install psutil")
+    assert not (workdir / "ray_results").exists()
