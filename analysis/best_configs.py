@@ -2,8 +2,9 @@
 
     python -m analysis.best_configs --experiment tfkd_reg-cifar100-resnet18 --top 3
 
-Reads the sweep from MLflow (else from the Ray results folder `--storage/NAME`) and writes
-`<storage>/<NAME>/best_configs.yaml` (or `--out`): a list of {rank, sweep, run_id, trial_id,
+Reads the experiment's newest finished sweep, or the sweep `--sweep NAME`, from MLflow (else from
+the Ray results folder `--storage/NAME`), says which one it read, and writes
+`<storage>/<SWEEP>/best_configs.yaml` (or `--out`): a list of {rank, sweep, run_id, trial_id,
 epoch, val_accuracy, test_accuracy, config}, where config is the full flat trial config. The test
 accuracy is recorded for information only; it never decides the ranking.
 """
@@ -38,9 +39,9 @@ def build_parser() -> Parser:
         "--experiment",
         required=True,
         metavar="NAME",
-        help="the sweep's MLflow experiment (tune_main's --experiment, else its "
-        "name mode-dataset-model)",
+        help="the sweep's MLflow experiment (tune_main's --experiment, else mode-dataset-model)",
     )
+    add_sweep_arg(parser)
     parser.add_argument(
         "--top", type=positive_int, default=1, metavar="K", help="how many configs (default 1)"
     )
@@ -54,11 +55,26 @@ def build_parser() -> Parser:
     return parser
 
 
+def add_sweep_arg(parser: Any) -> None:
+    """--sweep: which of the experiment's sweeps (best_configs and reproduce)."""
+    parser.add_argument(
+        "--sweep",
+        default=None,
+        metavar="NAME",
+        help="the sweep's name, as tune_main printed it (default: the experiment's newest "
+        "finished sweep)",
+    )
+
+
 def choose(
-    experiment: str, uri: str, storage: str, top: int
+    experiment: str, uri: str, storage: str, top: int, sweep_name: str | None = None
 ) -> tuple[sweeps.Sweep, list[sweeps.Trial]]:
-    """The sweep and its best `top` full-schedule trials (a UserError when there are none)."""
-    sweep = sweeps.load(experiment, uri, storage)
+    """The sweep and its best `top` full-schedule trials (a UserError when there are none).
+
+    Says which sweep it read: an experiment can hold several.
+    """
+    sweep = sweeps.load(experiment, uri, storage, sweep_name)
+    say(sweeps.describe(sweep))
     return sweep, sweeps.ranked(sweep, top)
 
 
@@ -85,7 +101,7 @@ def default_out(storage: str, sweep: sweeps.Sweep) -> str:
 
 def write(args: Any) -> int:
     uri = tracking_uri(args.mlflow_uri)
-    sweep, best = choose(args.experiment, uri, args.storage, args.top)
+    sweep, best = choose(args.experiment, uri, args.storage, args.top, args.sweep)
     text = yaml.safe_dump(document(sweep, best), sort_keys=False)
     where = write_atomic(args.out or default_out(args.storage, sweep), text.encode())
     full = len(sweeps.full_schedule_trials(sweep))

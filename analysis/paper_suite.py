@@ -27,6 +27,7 @@ from analysis import paper, store
 from analysis.common import EXIT_OK, Parser, positive_int, run_main, say, tracking_uri
 from analysis.reproduce import SET_PREFIX
 from tfkd import data, models, modes
+from tfkd.commands import sweep_folder_exists
 from tfkd.errors import UserError
 
 PROG = "python -m analysis.paper_suite"
@@ -190,6 +191,9 @@ def tune_step(
         args.dataset,
         "--name",
         name,
+        "--experiment",
+        name,
+        *(["--resume"] if sweep_folder_exists(args.storage, name) else []),  # after a failure
         *tune_flags(args),
         *resources,
     )
@@ -226,6 +230,8 @@ def reproduce_step(sweep: Step, args: argparse.Namespace, resources: list[str]) 
         "analysis.reproduce",
         "--experiment",
         sweep.experiment,
+        "--sweep",
+        sweep.marker,
         "--seeds",
         str(args.seeds),
         "--top",

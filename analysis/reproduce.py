@@ -1,6 +1,7 @@
 """Retrain a sweep's best configs from scratch with several seeds, then test each once.
 
     python -m analysis.reproduce --experiment tfkd_reg-cifar100-resnet18 --seeds 3 [--top 1]
+        [--sweep NAME]
 
 Each chosen config (see analysis.best_configs) is trained on the FULL training set
 (val_fraction=0: the validation split already did its job, choosing the config) for the full
@@ -72,7 +73,10 @@ def build_parser() -> Parser:
     what.add_argument(
         "--resume", action="store_true", help="continue the interrupted reproduction of this sweep"
     )
-    add_resource_args(parser)  # --experiment (required here), --storage, --mlflow-uri, ...
+    best_configs.add_sweep_arg(what)
+    add_resource_args(  # --experiment, --storage, --mlflow-uri, ...
+        parser, experiment_help="the sweep's MLflow experiment", experiment_required=True
+    )
     return parser
 
 
@@ -143,6 +147,11 @@ def pending(jobs: Sequence[Job], done: Mapping[tuple[str, int], str]) -> list[Jo
     return todo
 
 
+def run_name(job: Job) -> str:
+    """A reproduction run's name in MLflow: its config's rank and its seed."""
+    return f"#{job.rank} seed {job.seed}"
+
+
 def set_name(sweep: sweeps.Sweep) -> str:
     return f"{SET_PREFIX}{sweep.name}"
 
@@ -179,6 +188,7 @@ def tracking_options(sweep: sweeps.Sweep, jobs: Sequence[Job], args: argparse.Na
         "child_kind": store.REPRODUCTION,
         "child_tags": link_tags(sweep),
         "outbox_root": commands.local_experiment_dir(args.storage, set_name(sweep)),
+        "system_metrics": args.system_metrics,
     }
 
 
@@ -207,7 +217,9 @@ def run_jobs(
     from tfkd import search, tracking
     from tfkd.search_space import SearchSpace
 
-    commands.check_storage(args.storage, set_name(sweep), args.resume)
+    # a rerun trains the pairs still missing into the same folder
+    commands.check_storage(args.storage, set_name(sweep), args.resume, reuse=True)
+    commands.check_system_metrics(args.system_metrics)
     if args.address:
         search.check_reachable(args.address)
     dataset = commands.load_dataset(jobs[0].config)
@@ -217,6 +229,7 @@ def run_jobs(
             base_config=jobs[0].config,
             space=SearchSpace(path=Path(""), mode=jobs[0].config["mode"], params={}),
             tracking=context,
+            trial_names=tuple(run_name(job) for job in jobs),
             **commands.resource_options(args),
         )
         try:
@@ -228,16 +241,36 @@ def run_jobs(
         f"{result.trials} reproduction runs, {result.failed} failed; MLflow run "
         f"{set_name(sweep)} in experiment {experiment!r}"
     )
+    print_accuracy_table(uri, context, experiment)
     return EXIT_FAILED if result.failed else EXIT_OK
 
 
+def print_accuracy_table(uri: str, context: Any, experiment: str) -> None:
+    """What this reproduction ran, per config: test accuracy mean ± std over its seeds."""
+    from analysis import report
+
+    mlflow_client = store.client(uri)
+    runs = store.runs_of_kind(
+        mlflow_client,
+        [context.experiment_id],
+        store.REPRODUCTION,
+        parent=context.parent_run_id,
+        status=store.FINISHED,
+    )
+    done = [
+        report.reproduction_from_run(r, experiment)
+        for r in runs
+        if "test_accuracy" in r.data.metrics
+    ]
+    if done:
+        print(report.markdown(report.results_table(done)), flush=True)
+
+
 def reproduce(args: argparse.Namespace) -> int:
-    if not args.experiment:
-        raise UserError("--experiment NAME is required (the sweep to reproduce)")
     if args.no_tracking:
         raise UserError("--no-tracking: reproductions are MLflow runs; drop the flag")
     uri = tracking_uri(args.mlflow_uri)
-    sweep, best = best_configs.choose(args.experiment, uri, args.storage, args.top)
+    sweep, best = best_configs.choose(args.experiment, uri, args.storage, args.top, args.sweep)
     experiment = sweep.experiment or args.experiment
     jobs = plan_jobs(best, args.seeds, args.epochs or sweep.epochs, args.data_dir)
     todo = jobs if args.resume else pending(jobs, finished_pairs(uri, experiment))

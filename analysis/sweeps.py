@@ -49,6 +49,8 @@ class Sweep:
     tags: dict[str, str]
     trials: tuple[Trial, ...]
     source: str
+    status: str = ""  # the sweep run's MLflow status ("" when read from the Ray folder)
+    others: tuple[str, ...] = ()  # the other sweeps of the same MLflow experiment, newest first
 
     @property
     def searched(self) -> str:
@@ -115,7 +117,9 @@ def _schedule(tags: Mapping[str, str], trials: tuple[Trial, ...]) -> int:
     return max((int(t.config["epochs"]) for t in trials), default=0)
 
 
-def sweep_from_run(mlflow_client: Any, parent: Any, with_history: bool = False) -> Sweep:
+def sweep_from_run(
+    mlflow_client: Any, parent: Any, with_history: bool = False, others: tuple[str, ...] = ()
+) -> Sweep:
     """The sweep whose parent run is `parent`, with all its trial runs."""
     experiment = parent.info.experiment_id
     children = store.runs_of_kind(
@@ -132,20 +136,34 @@ def sweep_from_run(mlflow_client: Any, parent: Any, with_history: bool = False) 
         tags=tags,
         trials=trials,
         source="mlflow",
+        status=parent.info.status,
+        others=others,
     )
 
 
-def sweep_from_mlflow(name: str, uri: str, storage: str) -> Sweep | None:
-    """The experiment's sweep named `name` (else its newest sweep), or None if there is none."""
+def _chosen_parent(parents: list, name: str | None) -> Any | None:
+    """The sweep run named `name`; without a name the newest FINISHED one, else the newest."""
+    if name is not None:
+        return next((p for p in parents if store.run_name(p) == name), None)
+    finished = [p for p in parents if p.info.status == store.FINISHED]
+    return (finished or parents or [None])[0]
+
+
+def sweep_from_mlflow(experiment: str, sweep: str | None, uri: str, storage: str) -> Sweep | None:
+    """The experiment's sweep run named `sweep` (else its newest finished sweep), or None.
+
+    Several sweeps of one mode, dataset and model share an experiment as separate sweep runs.
+    """
     mlflow_client = store.client(uri)
-    experiment = store.experiment_id(mlflow_client, name)
-    if experiment is None:
+    experiment_id = store.experiment_id(mlflow_client, experiment)
+    if experiment_id is None:
         return None
-    parents = store.runs_of_kind(mlflow_client, [experiment], store.SWEEP)
-    if not parents:
+    parents = store.runs_of_kind(mlflow_client, [experiment_id], store.SWEEP)  # newest first
+    chosen = _chosen_parent(parents, sweep)
+    if chosen is None:
         return None
-    named = [p for p in parents if store.run_name(p) == name]
-    return sweep_from_run(mlflow_client, (named or parents)[0])
+    others = tuple(store.run_name(p) for p in parents if p.info.run_id != chosen.info.run_id)
+    return sweep_from_run(mlflow_client, chosen, others=others)
 
 
 # ---------------------------------------------------------------- the Ray results folder
@@ -185,10 +203,16 @@ def _trial_from_folder(fs: Any, folder: str) -> Trial | None:
     )
 
 
-def sweep_from_ray_folder(name: str, uri: str, storage: str) -> Sweep | None:
-    """The sweep in `<storage>/<name>` (Ray Tune's experiment folder), or None if absent."""
+def sweep_from_ray_folder(
+    experiment: str, sweep: str | None, uri: str, storage: str
+) -> Sweep | None:
+    """The sweep in `<storage>/<sweep>` (Ray Tune's experiment folder), or None if absent.
+
+    Without a sweep name the experiment's name is tried (sweeps named before names were unique).
+    """
     import pyarrow.fs
 
+    name = sweep or experiment
     root = join(storage, name)
     try:
         fs, path = pyarrow.fs.FileSystem.from_uri(root if "://" in root else _absolute(root))
@@ -214,17 +238,37 @@ def _absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-SweepSource = Callable[[str, str, str], "Sweep | None"]
+SweepSource = Callable[[str, "str | None", str, str], "Sweep | None"]
 SOURCES: tuple[SweepSource, ...] = (sweep_from_mlflow, sweep_from_ray_folder)
 
 
-def load(name: str, uri: str, storage: str) -> Sweep:
-    """The sweep `name` from the first source that has it (MLflow, then the Ray folder)."""
+def load(experiment: str, uri: str, storage: str, sweep: str | None = None) -> Sweep:
+    """The sweep `sweep` of the experiment (default: its newest finished sweep), from the first
+    source that has it (MLflow, then the Ray folder)."""
     for source in SOURCES:
-        sweep = source(name, uri, storage)
-        if sweep is not None:
-            return sweep
+        found = source(experiment, sweep, uri, storage)
+        if found is not None:
+            return found
+    what = f"no sweep {sweep or experiment!r}" + (f" in experiment {experiment!r}" if sweep else "")
     raise UserError(
-        f"no sweep {name!r}: no MLflow experiment of that name with a sweep run at {uri}, and "
-        f"no trials in {join(storage, name)}; check --experiment, --mlflow-uri and --storage"
+        f"{what}: no MLflow experiment of that name with a sweep run at {uri}, and no trials in "
+        f"{join(storage, sweep or experiment)}; check --experiment, --sweep, --mlflow-uri and "
+        "--storage"
     )
+
+
+def describe(sweep: Sweep) -> str:
+    """Which sweep an analysis command read, for the person at the terminal."""
+    where = (
+        f"MLflow experiment {sweep.experiment!r}, run {sweep.run_id}, {sweep.status}"
+        if sweep.source == "mlflow"
+        else "the Ray results folder"
+    )
+    text = f"reading sweep {sweep.name} ({where}; {len(sweep.trials)} trials)"
+    if sweep.others:
+        shown = ", ".join(sweep.others[:3]) + (", ..." if len(sweep.others) > 3 else "")
+        text += (
+            f"; the experiment has {len(sweep.others)} other sweep(s): {shown} "
+            "(pick one with --sweep NAME)"
+        )
+    return text

@@ -9,6 +9,7 @@ Unit tests build MLflow stores and Ray folders by hand for the cases a real swee
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -353,6 +354,41 @@ def test_resume_without_an_interrupted_reproduction_exits_2(tmp_path, capsys):
     assert not (tmp_path / "ray").exists()
 
 
+def test_reproduce_help_shows_experiment_as_required():
+    usage = " ".join(reproduce.build_parser().format_usage().split())
+    assert " --experiment NAME" in usage and "[--experiment" not in usage
+    assert "[--sweep NAME]" in usage
+
+
+def test_analysis_says_which_of_the_experiments_sweeps_it_reads(tmp_path, capsys):
+    """Two sweeps share an experiment: the newest finished one is read unless --sweep says."""
+    uri = sqlite_uri(tmp_path)
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("shared", artifact_location=(tmp_path / "a").as_uri())
+    sweeps_made = {}
+    for name, curve, status in (
+        ("older", [10, 20, 30, 40], "FINISHED"),
+        ("newer", [10, 20, 30, 90], "KILLED"),  # interrupted
+    ):
+        tags = {"tfkd.kind": "sweep", "epochs": "4", "mode": "baseline"}
+        parent = client.create_run(experiment, run_name=name, tags=tags).info.run_id
+        sweeps_made[name] = add_trial(client, experiment, parent, name[0], curve)
+        client.set_terminated(parent, status=status)
+        time.sleep(0.01)
+    capsys.readouterr()
+    argv = ["--experiment", "shared", "--mlflow-uri", uri, "--out", str(tmp_path / "b.yaml")]
+    assert best_configs.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "reading sweep older (MLflow experiment 'shared'" in out and "FINISHED" in out
+    assert "1 other sweep(s): newer (pick one with --sweep NAME)" in out
+    assert yaml.safe_load((tmp_path / "b.yaml").read_text())[0]["run_id"] == sweeps_made["older"]
+    assert best_configs.main([*argv, "--sweep", "newer"]) == 0
+    assert "reading sweep newer" in capsys.readouterr().out
+    assert yaml.safe_load((tmp_path / "b.yaml").read_text())[0]["run_id"] == sweeps_made["newer"]
+    assert best_configs.main([*argv, "--sweep", "nope"]) == EXIT_USAGE
+    assert_one_line(capsys.readouterr().err, "no sweep 'nope' in experiment 'shared'")
+
+
 def test_usage_error_is_one_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
         reproduce.main(["--experiment", "x", "--seeds", "0"])
@@ -408,6 +444,7 @@ def pipeline(tmp_path_factory) -> dict[str, Any]:
             "--mode baseline --dataset digits --model resnet8 --num-samples 4 --grace-period 1",
             epochs=SWEEP_EPOCHS,
             data_dir=root / "data",
+            name=SWEEP,  # a fixed folder for best_configs.yaml (the default name is unique)
         ),
         *store,
     )
@@ -427,6 +464,7 @@ def pipeline(tmp_path_factory) -> dict[str, Any]:
         "storage": storage,
         "out": out,
         "best": best,
+        "first": first,
         "report": made,
         "again": again,
         "client": MlflowClient(tracking_uri=uri),
@@ -452,6 +490,7 @@ def test_best_configs_on_a_real_sweep(pipeline):
     assert document[0]["val_accuracy"] == max(r.data.metrics["val_accuracy"] for r in full)
     assert {d["run_id"] for d in document} <= {r.info.run_id for r in full}
     assert document[0]["config"]["epochs"] == SWEEP_EPOCHS
+    assert f"reading sweep {SWEEP} (MLflow experiment {SWEEP!r}" in pipeline["best"].stdout
     assert document[0]["config"]["val_fraction"] == 0.1
     assert set(document[0]["config"]) == set(TrialConfig.__dataclass_fields__)
 
@@ -471,9 +510,24 @@ def test_reproductions_are_logged_and_linked(pipeline):
         assert r.data.tags["config_rank"] == "1"
         assert r.data.tags["config_hash"] == config_hash(r.data.params)
         assert "test_accuracy" in r.data.metrics and "val_accuracy" not in r.data.metrics
+        assert r.info.run_name == f"#1 seed {r.data.params['seed']}"
     parent = runs_of_kind(client, SWEEP, "reproduction-set")
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent[0].info.run_id}
+
+
+@pytest.mark.slow
+def test_reproduce_ends_with_the_accuracy_table_of_what_it_ran(pipeline):
+    runs = runs_of_kind(pipeline["client"], SWEEP, "reproduction")
+    accuracies = [r.data.metrics["test_accuracy"] for r in runs]
+    mean, std = sum(accuracies) / len(accuracies), statistics.stdev(accuracies)
+    lines = pipeline["first"].stdout.strip().splitlines()
+    rows = [line for line in lines if line.startswith("| digits | resnet8 | baseline |")]
+    assert rows == [
+        f"| digits | resnet8 | baseline |  | #1 | {REPRO_EPOCHS} | {SEEDS} | "
+        f"{mean:.2f} ± {std:.2f} | " + rows[0].split(" | ", 8)[-1]
+    ]
+    assert lines.index(rows[0]) > max(i for i, line in enumerate(lines) if "[analysis]" in line)
 
 
 @pytest.mark.slow

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from tfkd import cli, modes
+from tfkd import cli, commands, modes
 from tfkd.commands import EXIT_USAGE
 
-from conftest import assert_one_line, clean_env, cli_args, free_port, tune_main
+from conftest import REPO, assert_one_line, clean_env, cli_args, free_port, tune_main
 
 SPACE_ERRORS = [
     ("params: {alpha: {distribution: uniform, low: 0.9, high: 0.1}}", "low (0.9) > high (0.1)"),
@@ -54,7 +55,16 @@ def test_search_space_schema_errors(capsys, workdir, yaml_text, needle):
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
-        ("--mode tfkd_reg --dataset digits --set alpha=2", ["alpha"]),
+        ("--mode tfkd_reg --dataset digits --set alpha=2", ["alpha", "between 0 and 1"]),
+        ("--mode tfkd_reg --dataset digits --set epochs=x", ["epochs", "must be an integer"]),
+        ("--mode tfkd_reg --dataset digits --teacher resnet18", ["--teacher", "has no teacher"]),
+        ("--mode lsr --dataset digits --teacher-checkpoint t.pt", ["--teacher-checkpoint"]),
+        ("--mode baseline --dataset digits --train-teacher", ["--train-teacher", "no teacher"]),
+        (
+            "--mode kd --dataset digits --teacher resnet99",
+            ["unknown model 'resnet99'", "known models", "resnet18"],
+        ),
+        ("--mode lsr --dataset digits --resume", ["--resume needs --name"]),
         ("--mode tfkd_reg --dataset digits --set alpah=0.5", ["alpah", "unknown config key"]),
         ("--mode tfkd_reg --dataset digits --set alpha", ["KEY=VALUE"]),
         ("--mode lsr --dataset cifar100", ["cifar-100", "--download"]),
@@ -117,7 +127,7 @@ def test_help_documents_every_flag_and_mode():
         "--epochs --grace-period --search-alg --fixed --seed --set --gpus-per-trial "
         "--cpus-per-trial --max-concurrent --address --storage --name --resume --data-dir "
         "--download --smoke-test --mlflow-uri --experiment --snapshot-epochs --teacher-run "
-        "--train-teacher"
+        "--train-teacher --verbose --system-metrics"
     )
     for flag in flags.split():
         assert flag in text
@@ -142,3 +152,98 @@ def test_set_fixes_a_searched_key():
     assert "alpha" not in plan.space.params and "semantics" not in plan.space.params
     assert plan.config["alpha"] == 0.3 and plan.config["semantics"] == "paper"
     assert "temperature" in plan.space.params
+
+
+def test_an_unknown_teacher_suggests_no_training_command(capsys, workdir):
+    code, err = run_cli(capsys, workdir, "--mode kd --dataset digits --teacher resnet99")
+    assert code == EXIT_USAGE and "python tune_main.py" not in err
+
+
+# ---------------------------------------------------------------- sweeps never mix
+
+
+def test_a_new_sweep_gets_a_unique_name_in_the_shared_experiment(workdir):
+    storage = workdir / "ray_results"
+    first = plan_of("--mode lsr --dataset digits --model resnet8", storage=storage)
+    assert re.fullmatch(r"lsr-digits-resnet8-\d{8}-\d{6}", first.name), first.name
+    assert first.experiment == "lsr-digits-resnet8"
+    (storage / first.name).mkdir(parents=True)
+    second = plan_of("--mode lsr --dataset digits --model resnet8", storage=storage)
+    assert second.name != first.name and second.experiment == first.experiment
+    named = plan_of("--mode lsr --dataset digits --name mine --experiment shared")
+    assert (named.name, named.experiment) == ("mine", "shared")
+
+
+def test_timestamped_names_skip_taken_ones(monkeypatch):
+    monkeypatch.setattr(commands.time, "strftime", lambda fmt: "20261126-120000")
+    assert commands.timestamped("m", lambda name: False) == "m-20261126-120000"
+    taken = {"m-20261126-120000", "m-20261126-120000-2"}
+    assert commands.timestamped("m", taken.__contains__) == "m-20261126-120000-3"
+
+
+def test_an_existing_name_without_resume_is_refused(capsys, workdir):
+    (workdir / "ray_results" / "taken").mkdir(parents=True)
+    code, err = run_cli(capsys, workdir, "--mode lsr --dataset digits --name taken")
+    assert code == EXIT_USAGE
+    assert_one_line(err, "--name taken", "--resume", "another --name")
+    assert [p.name for p in (workdir / "ray_results").iterdir()] == ["taken"]
+
+
+def test_a_name_mlflow_already_has_is_refused(capsys, workdir):
+    from tfkd import tracking
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    context = tracking.start_sweep(
+        uri, "lsr-digits-resnet18", "earlier", {}, False, "digits", "resnet18"
+    )
+    tracking.finish_sweep(context, None, None)
+    capsys.readouterr()
+    code, err = run_cli(capsys, workdir, "--mode lsr --dataset digits --name earlier")
+    assert code == EXIT_USAGE
+    assert_one_line(err, "--name earlier", "lsr-digits-resnet18", "--resume")
+    assert not (workdir / "ray_results").exists()
+
+
+# ---------------------------------------------------------------- leftovers
+
+
+def test_a_failed_download_leaves_no_data_folder_behind(capsys, workdir, monkeypatch):
+    import torchvision.datasets.utils
+
+    def broken_download(url, download_root, **kwargs):
+        (Path(download_root) / "cifar-10-python.tar.gz.part").write_bytes(b"half")
+        raise OSError("connection reset")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", broken_download)
+    fresh = workdir / "fresh"
+    code = cli.main(
+        cli_args("--mode lsr --dataset cifar10 --download", data_dir=fresh, no_tracking=True)
+    )
+    assert code == EXIT_USAGE
+    assert_one_line(capsys.readouterr().err, "downloading", "connection reset")
+    assert not fresh.exists()
+    kept = workdir / "kept"
+    kept.mkdir()
+    (kept / "mine.txt").write_text("not ours to delete")
+    assert cli.main(cli_args("--mode lsr --dataset cifar10 --download", data_dir=kept)) == 2
+    assert [p.name for p in kept.iterdir()] == ["mine.txt"]
+
+
+def test_gitignore_covers_what_runs_write():
+    patterns = (REPO / ".gitignore").read_text().split()
+    for output in ("mlflow.db", "/mlartifacts/", "/ray_results/", "/data/", "/reports/"):
+        assert output in patterns
+    assert "/test-artifacts/" in patterns
+
+
+def test_system_metrics_without_psutil_is_one_line(capsys, workdir, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "psutil" else real(name, *a)
+    )
+    code, err = run_cli(capsys, workdir, "--mode lsr --dataset digits --system-metrics")
+    assert code == EXIT_USAGE
+    assert_one_line(err, "--system-metrics", "pip install psutil")
+    assert not (workdir / "ray_results").exists()

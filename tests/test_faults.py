@@ -196,7 +196,8 @@ def test_a_second_sweep_under_a_running_name_is_refused(workdir):
     first = start_driver(SWEEP, name="busy", mlflow_uri=uri, cwd=workdir, log=workdir / "7.log")
     try:
         wait_until(lambda: checkpoints(experiment, 1), "the first sweep's checkpoint", first)
-        second = tune_main(SWEEP, name="busy", mlflow_uri=uri, cwd=workdir, timeout=120)
+        # resuming it while it runs (a plain second start is refused earlier: the name exists)
+        second = tune_main(SWEEP, name="busy", resume=True, mlflow_uri=uri, cwd=workdir)
         assert second.returncode == 2
         assert_one_line(second.stderr, "'busy' is already running", f"pid {first.pid}")
         assert len(list(experiment.glob("trial_*"))) <= 2

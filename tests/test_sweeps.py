@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
 import pytest
 import yaml
 from mlflow import MlflowClient
 
 from conftest import (
+    TUNE_MAIN,
     assert_ok,
     clean_env,
     cli_args,
@@ -32,12 +37,54 @@ def epoch_steps(uri: str, run_id: str) -> list[int]:
     return sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, "epoch"))
 
 
-def test_smoke_test_runs_end_to_end(workdir):
-    done = tune_main("--mode tfkd_reg --dataset fake --smoke-test", cwd=workdir)
+def sweep_name(stdout: str) -> str:
+    """The sweep's name as tune_main announces it: '[tfkd] sweep NAME (...)'."""
+    found = re.search(r"^\[tfkd\] sweep (\S+) \(", stdout, re.MULTILINE)
+    assert found, stdout[-2000:]
+    return found.group(1)
+
+
+RAY_NOISE = (
+    "repeated",  # Ray's log de-duplication
+    "Current best trial",
+    "Token authentication",
+    "tensorboard",
+    "Trial status",
+    "Fatal Python error",  # a trial's process aborting (ASHA stop)
+    "SIGABRT",
+    "Aborted",
+)
+
+
+def assert_quiet(done: subprocess.CompletedProcess) -> None:
+    """No Ray noise, no native stack traces; nothing at all on stderr."""
+    for noise in RAY_NOISE:
+        assert noise not in done.stdout + done.stderr, noise
+    assert done.stderr.strip() == "", done.stderr[-3000:]
+
+
+def epoch_lines(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if re.search(r"\[tfkd\] \w+ \w+ epoch \d", line)]
+
+
+def test_smoke_test_runs_end_to_end_and_verbose_shows_every_epoch_line(workdir):
+    env = clean_env()
+    env.pop("RAY_DEDUP_LOGS")  # tune_main itself must turn Ray's de-duplication off
+    done = tune_main("--mode tfkd_reg --dataset fake --smoke-test --verbose", cwd=workdir, env=env)
     assert_ok(done)
-    best = yaml.safe_load(
-        (workdir / "ray_results/tfkd_reg-fake-resnet8/best_config.yaml").read_text()
-    )
+    lines = epoch_lines(done.stdout)
+    assert sorted(re.search(r"epoch \d/2", line).group() for line in lines) == [
+        "epoch 1/2",
+        "epoch 1/2",
+        "epoch 2/2",
+        "epoch 2/2",
+    ], done.stdout[-3000:]
+    assert "repeated" not in done.stdout
+    summary = done.stdout.index("[tfkd] 2 trials:")
+    assert all(done.stdout.index(line) < summary for line in lines), "an epoch line came late"
+    name = sweep_name(done.stdout)
+    assert name.startswith("tfkd_reg-fake-resnet8-")
+    best = yaml.safe_load((workdir / "ray_results" / name / "best_config.yaml").read_text())
     assert best["config"]["model"] == "resnet8" and best["config"]["epochs"] == 2
     assert set(best["searched"]) == {
         "temperature",
@@ -67,6 +114,8 @@ def test_digits_sweep_asha_stops_bad_trials(workdir):
         cwd=workdir,
     )
     assert_ok(done)
+    assert_quiet(done)
+    assert not epoch_lines(done.stdout), "epoch lines without --verbose"
     runs = child_runs(uri, "baseline-digits-resnet8")
     assert len(runs) == 4
     stopped = [r for r in runs if r.data.tags.get("stopped_early") == "true"]
@@ -76,10 +125,30 @@ def test_digits_sweep_asha_stops_bad_trials(workdir):
     assert all(r.data.params["lr"] == "0.0002" for r in stopped)
     assert all(max(epoch_steps(uri, r.info.run_id)) == 4 for r in full)
     best = yaml.safe_load(
-        (workdir / "ray_results/baseline-digits-resnet8/best_config.yaml").read_text()
+        (workdir / "ray_results" / sweep_name(done.stdout) / "best_config.yaml").read_text()
     )
     assert best["searched"] == {"lr": 0.1} and best["metrics"]["epoch"] == 4
     assert f"{len(stopped)} stopped early by ASHA" in done.stdout
+    assert {r.info.run_name for r in runs} <= {"lr.1", "lr.1 #2", "lr.1 #3", "lr2e-4", "lr2e-4 #2"}
+    assert_status_table(done.stdout, trials=4, stopped=len(stopped), epochs=4)
+
+
+def assert_status_table(stdout: str, trials: int, stopped: int, epochs: int) -> None:
+    """The last status table shows every trial's end; the final summary comes after it."""
+    tables = stdout.split("\n[tfkd] " + sweep_name(stdout) + ": ")
+    assert len(tables) >= 2, stdout[-3000:]  # at least one refresh and the final table
+    last = tables[-1].splitlines()
+    counts = f"{trials - stopped} done, 0 running, {stopped} stopped, 0 failed, 0 pending"
+    assert last[0].startswith(counts + f" of {trials} | best "), last[0]
+    assert "elapsed" in last[0]
+    assert last[1].split() == ["trial", "epoch", "val", "acc", "state"]
+    rows = last[2 : 2 + trials]
+    assert sum(row.endswith("STOPPED") for row in rows) == stopped
+    assert sum(row.endswith("DONE") and f" {epochs}/{epochs} " in row for row in rows) == (
+        trials - stopped
+    )
+    after = [line for line in last[2 + trials :] if line.strip()]
+    assert after[0].startswith(f"[tfkd] {trials} trials:") and len(after) == 4, after
 
 
 FOUR_SHORT_TRIALS = "--num-samples 4 --search-alg random --epochs 2 --set fake_size=1024"
@@ -165,3 +234,49 @@ def test_a_failing_trial_fails_alone_and_all_failing_exits_1(workdir):
     done = tune_main(*common, "--name", "all-fail", cwd=workdir)
     assert done.returncode == 1
     assert "every trial failed" in done.stderr
+
+
+STOPPED_TRIAL = """
+import sys, tempfile, time
+from pathlib import Path
+import ray, torch
+from ray import tune
+from tfkd import search
+
+marker = Path(sys.argv[1])
+
+def slow_to_stop(config):
+    torch.set_num_threads(1)
+    try:
+        tune.report({"epoch": 1})
+        tune.report({"epoch": 2})
+    except SystemExit:  # Tune stops the trial (as ASHA does): clean-up that takes a while
+        x = torch.randn(200, 200)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            x = torch.tanh(x @ x)  # inside torch, like a trial's last work
+        marker.write_text("done")
+        raise
+
+ray.init(num_cpus=1, include_dashboard=False)
+config = tune.RunConfig(stop={"epoch": 1}, storage_path=tempfile.mkdtemp(), verbose=0)
+tune.Tuner(search._stoppable(slow_to_stop), run_config=config).fit()
+ray.shutdown()
+"""
+
+
+def test_a_stopped_trial_ends_its_clean_up_before_its_process_exits(workdir):
+    """The cause of the SIGABRT traces at ASHA stops: Tune ended the trial's process while its
+    training thread was still running (torch, MLflow); that thread now finishes first."""
+    marker = workdir / "clean-up-finished"
+    done = subprocess.run(
+        [sys.executable, "-c", STOPPED_TRIAL, str(marker)],
+        cwd=workdir,
+        env=clean_env(PYTHONPATH=str(TUNE_MAIN.parent)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert_ok(done)
+    assert marker.is_file(), "the trial's process exited before its clean-up ended"
+    assert "Fatal Python error" not in done.stderr and "terminate called" not in done.stderr

@@ -3,6 +3,7 @@ the MLflow UI in headless Chromium."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -11,14 +12,16 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from tfkd import progress
 from tfkd.config import TrialConfig
 from tfkd.config import keys as config_keys
 
-from conftest import ARTIFACTS, assert_ok, mlflow_server, tune_main
+from conftest import ARTIFACTS, REPO, assert_ok, clean_env, mlflow_server, tune_main
 
 pytestmark = pytest.mark.slow
 
 FAKE = "--dataset fake --model resnet8 --set fake_size=512 --epochs 2"
+SWEEP_METRICS = {"best_val_accuracy", "best_test_accuracy", "trials", "failed", "stopped_early"}
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +70,11 @@ def test_sweep_and_trial_runs_are_recorded(server, teacher_sweep):
         "fixed",
     )
     assert "params:" in tags["search_space"] and tags["best_run_id"] == child.info.run_id
-    assert parent.info.status == "FINISHED" and "best_val_accuracy" in parent.data.metrics
+    assert parent.info.status == "FINISHED"
+    assert set(parent.data.metrics) == SWEEP_METRICS  # sweep-level only, no Ray bookkeeping
+    assert parent.data.metrics["trials"] == 1 and parent.data.metrics["failed"] == 0
+    sweep_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert sweep_files == {"trials.csv", "trials.html"}  # nothing searched: no plot
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert child.info.status == "FINISHED" and child.data.tags["stopped_early"] == "false"
     assert set(child.data.params) == set(config_keys())
@@ -92,7 +99,13 @@ def test_baseline_registers_teacher_and_snapshot(server, teacher_sweep):
 
 
 def test_self_training_finds_its_teacher(server, teacher_sweep, workdir_m):
-    run_ok("--mode tfkd_self --num-samples 2", FAKE, mlflow_uri=server, cwd=workdir_m)
+    run_ok(
+        "--mode tfkd_self --num-samples 2 --system-metrics",
+        FAKE,
+        mlflow_uri=server,
+        cwd=workdir_m,
+        env=clean_env(MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1"),
+    )
     (parent,), children = runs_of(server, "tfkd_self-fake-resnet8")
     best = MlflowClient(server).get_model_version_by_alias("tfkd-fake-resnet8", "best")
     assert parent.data.tags["teacher"] == "resnet8@best"
@@ -102,6 +115,40 @@ def test_self_training_finds_its_teacher(server, teacher_sweep, workdir_m):
     assert all(
         c.data.params["teacher_checkpoint"] == f"runs:/{best.run_id}/teacher" for c in children
     )
+    assert set(parent.data.metrics) == SWEEP_METRICS | {"teacher_val_accuracy"}
+
+
+def test_the_sweep_run_compares_its_trials(server, teacher_sweep, workdir_m):
+    """Trials named by their searched values; the sweep run holds the comparison."""
+    client = MlflowClient(server)
+    (parent,), children = runs_of(server, "tfkd_self-fake-resnet8")
+    searched = ["temperature", "alpha", "multiplier", "semantics"]
+    for child in children:
+        assert child.info.run_name == progress.short_name(
+            TrialConfig.from_dict(child.data.params).to_dict(), searched
+        )
+        assert len(child.info.run_name) <= 30 and child.info.run_name.startswith("T")
+    files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert files == {"trials.csv", "trials.html", "parallel_coordinates.png"}
+    folder = Path(tempfile.mkdtemp(prefix="tfkd-sweep-files-"))
+    try:
+        table = client.download_artifacts(parent.info.run_id, "trials.csv", str(folder))
+        rows = Path(table).read_text().splitlines()
+        plot = client.download_artifacts(
+            parent.info.run_id, "parallel_coordinates.png", str(folder)
+        )
+        assert Path(plot).read_bytes().startswith(b"\x89PNG")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert rows[0].split(",")[4:-2] == searched and len(rows) == 3
+    assert {row.split(",")[0] for row in rows[1:]} == {c.info.run_name for c in children}
+
+
+def test_system_metrics_are_logged_per_trial(server, teacher_sweep):
+    _, children = runs_of(server, "tfkd_self-fake-resnet8")
+    for child in children:
+        assert "system/cpu_utilization_percentage" in child.data.metrics, child.data.metrics
+        assert "system/system_memory_usage_megabytes" in child.data.metrics
 
 
 def test_defective_kd_takes_the_epoch_snapshot(server, teacher_sweep, workdir_m):
@@ -149,12 +196,51 @@ def chrome():
 
 
 EXPAND_BUTTON = "button[data-component-id*='runnamecellrenderer']"
+DOCS_SCREENSHOT = REPO / "docs" / "mlflow_runs.png"
 
 
-def wait_for(driver, condition, timeout: float = 60.0) -> None:
+def wait_for(driver, condition, timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        if condition():
+            return True
         time.sleep(0.5)
+    return condition()
+
+
+def expand_until_shown(driver, names: list[str], tries: int = 5) -> list[str]:
+    """Open the sweep's row until its trials show; the names still missing after `tries`.
+
+    The runs table renders, then gets its expand controls; on a loaded machine a click can land
+    before the control reacts, so the click is repeated until the nested rows appear.
+    """
+
+    def missing() -> list[str]:
+        return [n for n in names if n not in driver.page_source]
+
+    for _ in range(tries):
+        if not missing():
+            break
+        wait_for(driver, lambda: driver.find_elements("css selector", EXPAND_BUTTON))
+        for button in driver.find_elements("css selector", EXPAND_BUTTON):
+            button.click()
+        wait_for(driver, lambda: not missing(), timeout=15)
+    return missing()
+
+
+ASSISTANT_CLOSE = "button[data-component-id='mlflow.assistant.chat_panel.close']"
+RUN_NAME_RESIZE = ".ag-header-cell[col-id='attributes.`Run Name`'] .ag-header-cell-resize"
+
+
+def tidy_for_screenshot(driver) -> None:
+    """Close MLflow 3's assistant panel and widen the Run Name column, as a person would."""
+    from selenium.webdriver import ActionChains
+
+    for button in driver.find_elements("css selector", ASSISTANT_CLOSE):
+        button.click()
+    for handle in driver.find_elements("css selector", RUN_NAME_RESIZE)[:1]:
+        ActionChains(driver).click_and_hold(handle).move_by_offset(120, 0).release().perform()
+    time.sleep(1)
 
 
 def test_mlflow_ui_lists_the_sweep_runs(server, teacher_sweep, workdir_m):
@@ -165,18 +251,22 @@ def test_mlflow_ui_lists_the_sweep_runs(server, teacher_sweep, workdir_m):
         experiment = client.get_experiment_by_name("tfkd_self-fake-resnet8")
     names = [r.info.run_name for r in client.search_runs([experiment.experiment_id])]
     driver, profile = chrome()
+    screenshot = ARTIFACTS / "mlflow_ui_runs.png"
     try:
         driver.get(f"{server}/#/experiments/{experiment.experiment_id}/runs")
-        wait_for(driver, lambda: experiment.name in driver.page_source)
-        # trials are nested under their sweep's run: open the sweep's row once
-        for button in driver.find_elements("css selector", EXPAND_BUTTON):
-            button.click()
-        wait_for(driver, lambda: all(n in driver.page_source for n in names))
+        # the runs table first shows the sweep's run, with an expand control for its trials
+        assert wait_for(driver, lambda: driver.find_elements("css selector", EXPAND_BUTTON)), (
+            "the runs table never showed an expand control"
+        )
+        missing = expand_until_shown(driver, names)
+        tidy_for_screenshot(driver)
         ARTIFACTS.mkdir(exist_ok=True)
-        driver.save_screenshot(str(ARTIFACTS / "mlflow_ui_runs.png"))
-        missing = [n for n in names if n not in driver.page_source]
+        driver.save_screenshot(str(screenshot))
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
     assert len(names) == 3 and not missing, f"not on the page: {missing}"
-    assert (ARTIFACTS / "mlflow_ui_runs.png").stat().st_size > 10_000
+    assert screenshot.stat().st_size > 10_000
+    if os.environ.get("TFKD_UPDATE_DOCS") == "1":  # README's picture of the runs table
+        DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(screenshot, DOCS_SCREENSHOT)

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from tfkd import commands, data, models, modes, search_space, teachers
+from tfkd import commands, data, models, modes, progress, search_space, teachers
 from tfkd.commands import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -158,9 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a trial config key (repeatable); fixes a searched key",
     )
-    how.add_argument("--name", default=None, help="experiment name (default mode-dataset-model)")
     how.add_argument(
-        "--resume", action="store_true", help="continue the experiment --name after an interruption"
+        "--name",
+        default=None,
+        help="the sweep's name: its results folder and MLflow run (default "
+        "mode-dataset-model-YYYYMMDD-HHMMSS; an existing name needs --resume)",
+    )
+    how.add_argument(
+        "--resume", action="store_true", help="continue the sweep --name after an interruption"
+    )
+    how.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show every trial's own output (its per-epoch lines) besides the status table",
     )
     how.add_argument(
         "--smoke-test",
@@ -244,6 +254,7 @@ class Plan:
     """A validated sweep, ready to start."""
 
     name: str
+    experiment: str
     config: dict[str, Any]
     space: search_space.SearchSpace
     first_point: dict[str, Any]
@@ -255,6 +266,7 @@ class Plan:
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
+    teachers.check_request(teachers.TeacherRequest.from_args(args))
     extra = _apply_smoke_test(args) if args.smoke_test else {}
     overrides = _parse_overrides(args.set)
     path = args.search_space or search_space.default_path(args.mode)
@@ -270,8 +282,24 @@ def make_plan(args: argparse.Namespace) -> Plan:
         )
     if not args.fixed:
         config = {k: v for k, v in config.items() if k not in space.params}
-    name = args.name or f"{args.mode}-{config['dataset']}-{config['model']}"
-    return Plan(name=name, config=config, space=space, first_point=first, fixed=args.fixed)
+    what = f"{args.mode}-{config['dataset']}-{config['model']}"
+    return Plan(
+        name=_sweep_name(args, what),
+        experiment=args.experiment or what,
+        config=config,
+        space=space,
+        first_point=first,
+        fixed=args.fixed,
+    )
+
+
+def _sweep_name(args: argparse.Namespace, what: str) -> str:
+    """--name, else a new unique mode-dataset-model-YYYYMMDD-HHMMSS: sweeps never mix."""
+    if args.name:
+        return args.name
+    if args.resume:
+        raise UserError("--resume needs --name NAME: the sweep to continue (tune_main printed it)")
+    return commands.timestamped(what, lambda name: commands.sweep_folder_exists(args.storage, name))
 
 
 def _user_error(message: str) -> int:
@@ -290,7 +318,6 @@ def _teacher_args(args: argparse.Namespace, teacher: teachers.Teacher) -> argpar
     return build_parser().parse_args(
         [
             *f"--mode baseline --dataset {args.dataset} --model {teacher.model} --fixed".split(),
-            *["--name", f"baseline-{args.dataset}-{teacher.model}-teacher"],
             *["--data-dir", args.data_dir, "--storage", args.storage, "--seed", str(args.seed)],
             *(["--epochs", str(args.epochs)] if args.epochs else []),
             *(["--snapshot-epochs", ",".join(map(str, snapshot))] if snapshot else []),
@@ -319,6 +346,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
     _enable_ray_token_auth(args.address)
     plan = make_plan(args)
     commands.check_storage(args.storage, plan.name, args.resume)
+    commands.check_system_metrics(args.system_metrics)
     if args.address:
         from tfkd import search
 
@@ -330,6 +358,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
 
         mlflow_uri = tracking.resolve_uri(args.mlflow_uri)
         tracking.check_reachable(mlflow_uri)
+        tracking.check_new_sweep(mlflow_uri, plan.experiment, plan.name, args.resume)
     teacher = teachers.resolve(teachers.TeacherRequest.from_args(args), mlflow_uri)
     plan, teacher_accuracy = _attach_teacher(plan, teacher, dataset, mlflow_uri)
     lock = commands.SweepLock(args.storage, plan.name)  # last: every check has passed
@@ -382,9 +411,10 @@ def run_prepared(prepared: Prepared) -> int:
         )
         prepared = replace(prepared, plan=plan, teacher=teacher, teacher_accuracy=accuracy)
     plan, teacher_accuracy = prepared.plan, prepared.teacher_accuracy
+    _announce(plan, prepared)
     with tracking.sweep_run(
         prepared.mlflow_uri,
-        args.experiment or plan.name,
+        plan.experiment,
         plan.name,
         _sweep_tags(args, plan, prepared.teacher),
         register_teachers=args.mode == "baseline",
@@ -393,6 +423,7 @@ def run_prepared(prepared: Prepared) -> int:
         snapshot_epochs=args.snapshot_epochs,
         resume=args.resume,
         outbox_root=commands.local_experiment_dir(args.storage, plan.name),
+        system_metrics=args.system_metrics,
     ) as context:
         if teacher_accuracy is not None:
             tracking.log_sweep_metrics(context, {"teacher_val_accuracy": teacher_accuracy})
@@ -407,10 +438,18 @@ def run_prepared(prepared: Prepared) -> int:
             fixed=plan.fixed,
             tracking=context,
             first_point=plan.first_point,
+            verbose=args.verbose,
             **commands.resource_options(args),
         )
         result = search.run_sweep(spec, prepared.dataset)
     return _report_result(result, plan, args)
+
+
+def _announce(plan: Plan, prepared: Prepared) -> None:
+    """Where the sweep goes: analysis commands and --resume take these names."""
+    tracked = f"MLflow experiment {plan.experiment}" if prepared.mlflow_uri else "not tracked"
+    where = commands.join(prepared.args.storage, plan.name)
+    print(f"[tfkd] sweep {plan.name} ({tracked}; results in {where})", flush=True)
 
 
 def _best_config_document(result: Any, plan: Plan) -> dict[str, Any]:
@@ -487,6 +526,7 @@ def _report_result(result: Any, plan: Plan, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    progress.configure_driver(args.verbose)
     try:
         prepared = prepare(args)
     except (UserError, ValueError, OSError) as exc:

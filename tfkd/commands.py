@@ -14,8 +14,9 @@ import fcntl
 import os
 import socket
 import tempfile
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +82,12 @@ def add_store_args(group: argparse._ArgumentGroup, storage_help: str) -> None:
     group.add_argument("--storage", default=DEFAULT_STORAGE, help=storage_help)
 
 
-def add_resource_args(parser: argparse.ArgumentParser) -> None:
+def add_resource_args(
+    parser: argparse.ArgumentParser,
+    experiment_help: str = "MLflow experiment name (default: mode-dataset-model; the sweeps of "
+    "one mode, dataset and model share it as separate sweep runs)",
+    experiment_required: bool = False,
+) -> None:
     """Cluster, resources, storage and tracking flags (tune_main and analysis.reproduce)."""
     group = parser.add_argument_group("cluster and resources")
     group.add_argument(
@@ -107,9 +113,15 @@ def add_resource_args(parser: argparse.ArgumentParser) -> None:
     )
     add_store_args(group, f"results folder or URI (s3://, gs://) (default {DEFAULT_STORAGE})")
     group.add_argument(
-        "--experiment", default=None, help="MLflow experiment name (default: the sweep's name)"
+        "--experiment", required=experiment_required, metavar="NAME", help=experiment_help
     )
     group.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    group.add_argument(
+        "--system-metrics",
+        action="store_true",
+        help="each trial's MLflow run also logs CPU, memory and, on GPUs, utilisation and "
+        "memory (MLflow's system metrics; needs psutil, and nvidia-ml-py for GPUs)",
+    )
     group.add_argument(
         "--max-failures",
         type=retries,
@@ -118,6 +130,17 @@ def add_resource_args(parser: argparse.ArgumentParser) -> None:
         "its hyper-parameters (a lost node, a killed worker); -1: retry those forever "
         "(default 2). A non-finite or diverged loss fails its trial once, never retried",
     )
+
+
+def check_system_metrics(enabled: bool) -> None:
+    """--system-metrics needs psutil (MLflow's CPU and memory monitor) on every node."""
+    import importlib.util
+
+    if enabled and importlib.util.find_spec("psutil") is None:
+        raise UserError(
+            "--system-metrics needs psutil (and nvidia-ml-py for GPUs): "
+            "pip install psutil nvidia-ml-py, or drop the flag"
+        )
 
 
 def resource_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -132,22 +155,35 @@ def resource_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def check_storage(storage: str, name: str, resume: bool) -> None:
-    """A URI must name a filesystem pyarrow knows; --resume needs the experiment's folder."""
-    if "://" in storage:
-        import pyarrow.fs
+def sweep_folder_exists(storage: str, name: str) -> bool:
+    """Whether `<storage>/<name>` (a sweep's results folder) exists, locally or at a URI."""
+    if "://" not in storage:
+        return (Path(storage).expanduser() / name).is_dir()
+    import pyarrow.fs
 
-        try:
-            pyarrow.fs.FileSystem.from_uri(storage)
-        except Exception as exc:
-            raise UserError(f"--storage {storage}: not usable ({exc})") from None
-        return
-    if resume and not (Path(storage).expanduser() / name).is_dir():
+    try:
+        fs, path = pyarrow.fs.FileSystem.from_uri(join(storage, name))
+        return fs.get_file_info(path).type == pyarrow.fs.FileType.Directory
+    except Exception as exc:
+        raise UserError(f"--storage {storage}: not usable ({exc})") from None
+
+
+def check_storage(storage: str, name: str, resume: bool, *, reuse: bool = False) -> None:
+    """A URI must name a filesystem pyarrow knows; --resume needs the experiment's folder, and
+    a new sweep must not reuse the folder of another (unless `reuse`: reproduce's reruns)."""
+    exists = sweep_folder_exists(storage, name)
+    if resume and not exists:
         raise UserError(
             f"--resume: no experiment {name!r} under {storage}; run it without "
             "--resume first (or fix --name / --storage)"
         )
-    _check_writable(Path(storage).expanduser().resolve(), storage)
+    if not resume and exists and not reuse:
+        raise UserError(
+            f"--name {name}: a sweep of that name exists under {storage}; continue it with "
+            "--resume or choose another --name"
+        )
+    if "://" not in storage:
+        _check_writable(Path(storage).expanduser().resolve(), storage)
 
 
 def local_experiment_dir(storage: str, name: str) -> str:
@@ -211,6 +247,16 @@ class SweepLock:
         if self.handle is not None:
             self.handle.close()  # closing the file releases the flock
             self.handle = None
+
+
+def timestamped(base: str, taken: Callable[[str], bool]) -> str:
+    """`base-YYYYMMDD-HHMMSS`, with a -2, -3... suffix while `taken` says the name is used."""
+    name = f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, number = name, 1
+    while taken(candidate):
+        number += 1
+        candidate = f"{name}-{number}"
+    return candidate
 
 
 def load_dataset(config: Mapping[str, Any]) -> data.Dataset:

@@ -18,10 +18,12 @@ CUDA_GRAPHS = ("auto", "off", "capture", "compile")  # how CUDA runs the step (t
 
 
 def _positive(value: float) -> bool:
+    """greater than 0"""
     return value > 0
 
 
 def _non_negative(value: float) -> bool:
+    """0 or more"""
     return value >= 0
 
 
@@ -30,14 +32,17 @@ def _above_one(value: float) -> bool:
 
 
 def _unit_open(value: float) -> bool:
+    """strictly between 0 and 1"""
     return 0 < value < 1
 
 
 def _unit_closed(value: float) -> bool:
+    """between 0 and 1"""
     return 0 <= value <= 1
 
 
 def _half_open_unit(value: float) -> bool:
+    """at least 0 and below 1"""
     return 0 <= value < 1
 
 
@@ -76,10 +81,12 @@ def registry_names(kind: str) -> list[str]:
 
 
 def _device_name(value: str) -> bool:
+    """auto, cpu, cuda or cuda:N"""
     return value in ("auto", "cpu", "cuda") or value.startswith("cuda:")
 
 
 def _milestones(value: str) -> bool:
+    """increasing fractions between 0 and 1, e.g. 0.3,0.6,0.8"""
     try:
         fractions = parse_milestones(value)
     except ValueError:
@@ -115,7 +122,7 @@ class TrialConfig:
     weight_decay: float = field(default=5e-4, metadata=_meta(_non_negative, "SGD weight decay"))
     warmup_epochs: int = field(default=1, metadata=_meta(_non_negative, "linear warm-up"))
     lr_milestones: str = field(
-        default="0.3,0.6,0.8", metadata=_meta(_milestones, "fractions of epochs, increasing")
+        default="0.3,0.6,0.8", metadata=_meta(_milestones, "learning-rate milestones")
     )
     lr_gamma: float = field(default=0.2, metadata=_meta(_unit_open, "decay at each milestone"))
     temperature: float = field(default=20.0, metadata=_meta(_positive, "softmax temperature"))
@@ -129,7 +136,7 @@ class TrialConfig:
     seed: int = field(default=0, metadata=_meta(_non_negative, "init/shuffle/augment seed"))
     teacher: str = field(default="", metadata=_meta(None, "teacher model name (informative)"))
     teacher_checkpoint: str = field(default="", metadata=_meta(None, "teacher weights file"))
-    device: str = field(default="auto", metadata=_meta(_device_name, "auto, cpu, cuda[:N]"))
+    device: str = field(default="auto", metadata=_meta(_device_name, "device"))
     amp: bool = field(default=True, metadata=_meta(None, "bf16 autocast on CUDA"))
     channels_last: bool = field(default=True, metadata=_meta(None, "channels_last on CUDA"))
     compile: bool = field(default=False, metadata=_meta(None, "torch.compile the student"))
@@ -187,6 +194,9 @@ def _field_type(f: dataclasses.Field) -> type:
     return {"str": str, "int": int, "float": float, "bool": bool}[str(f.type)]
 
 
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
 def _coerce(f: dataclasses.Field, value: Any) -> Any:
     """Accept what YAML, Ray and MLflow hand back (ints for floats, numpy scalars, None for '')."""
     kind = _field_type(f)
@@ -219,7 +229,7 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
                 pass
     elif kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
-    raise ValueError(f"config key '{f.name}' must be a {kind.__name__}, got {value!r}")
+    raise ValueError(f"config key '{f.name}' must be {_TYPE_NAMES[kind]}, got {value!r}")
 
 
 def _check(f: dataclasses.Field, value: Any) -> None:

@@ -28,7 +28,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from tfkd import checkpoint, data, tracking, watchdog
+from tfkd import checkpoint, data, progress, sweep_report, tracking, watchdog
 from tfkd.commands import DEFAULT_STORAGE, GRID_CONFIG_KEY
 from tfkd.config import TrialConfig
 from tfkd.errors import UserError
@@ -53,6 +53,9 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 # The experiment state (which checkpoint each trial resumes from) is saved at least every second,
 # so it never names a checkpoint that the keep-the-latest rule has already deleted.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+# Ray's newer output engine prints its configuration box and a TensorBoard hint even when silent;
+# tfkd prints its own status table (tfkd.progress), so the classic engine at verbosity 0.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
 # ---------------------------------------------------------------- the cluster
@@ -85,7 +88,7 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> str:
         ray.init(
             num_cpus=num_cpus,
             include_dashboard=False,
-            log_to_driver=True,
+            log_to_driver=progress.forward_trial_output(),
             configure_logging=True,
             logging_level="WARNING",
         )
@@ -136,6 +139,8 @@ class SweepSpec:
     tracking: tracking.TrackingContext | None = None
     first_point: dict[str, Any] = field(default_factory=dict)
     callbacks: tuple[tune.Callback, ...] = ()  # extra Tune callbacks (benchmarks, tooling)
+    verbose: bool = False  # the trials' own output (epoch lines) on the terminal too
+    trial_names: tuple[str, ...] = ()  # run_configs: one name per given config
 
     @property
     def epochs(self) -> int:
@@ -418,32 +423,119 @@ class _SweepCallback(tune.Callback):
 
 
 def _trial_name(trial) -> str:
-    """Short names and folders (Ray's default folder name lists the whole config)."""
+    """Short folders (Ray's default folder name lists the whole config)."""
     return f"trial_{trial.trial_id}"
+
+
+def _trial_namer(spec: SweepSpec, configs: list[dict[str, Any]] | None = None):
+    """Trials named by what differs between them ('T7.5 a.89 p.98 m7.6 sref'), in the status
+    table and in MLflow; given configs by `spec.trial_names`."""
+    keys = list(spec.space.params)
+    seen: dict[str, int] = {}
+
+    def name(trial) -> str:
+        config = trial.config.get(GRID_CONFIG_KEY, trial.config)
+        if configs and spec.trial_names and config in configs:
+            return spec.trial_names[configs.index(config)]
+        short = progress.short_name(config, keys) or "trial"
+        seen[short] = seen.get(short, 0) + 1
+        return short if seen[short] == 1 else f"{short} #{seen[short]}"
+
+    return name
+
+
+def _epochs_of(trial) -> int:
+    return int(trial.config.get(GRID_CONFIG_KEY, trial.config).get("epochs", 0))
+
+
+class _ProgressCallback(tune.Callback):
+    """Feeds the sweep's status table (tfkd.progress) and prints it, throttled."""
+
+    def __init__(self, status: progress.SweepStatus) -> None:
+        self.status = status
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.status.on_start(trial.trial_id, str(trial), _epochs_of(trial))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.status.on_result(trial.trial_id, str(trial), result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.status.on_complete(trial.trial_id, str(trial))
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.status.on_error(trial.trial_id, str(trial))
+        print(f"[tfkd] trial {trial} failed; its error is in {trial.path}/error.txt", flush=True)
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        self.status.maybe_print()
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.status.finish()
+
+
+def _progress(spec: SweepSpec, total: int | None) -> _ProgressCallback:
+    status = progress.SweepStatus(spec.name, total or 0, spec.epochs, drain_s=spec.verbose * 2.0)
+    return _ProgressCallback(status)
+
+
+class _StopsCleanly:
+    """Mixin for the function trainable: stop() waits for the training thread to end.
+
+    Tune runs a function trainable in a daemon thread; when ASHA stops a trial, the actor's
+    stop() tells that thread to exit (tune.report raises SystemExit in it) and returns at once,
+    and the actor process exits. A daemon thread still running at interpreter exit is ended
+    by pthread_exit, whose forced unwinding through C++ frames (torch, MLflow's SQLite and HTTP
+    clients) aborts the process: a SIGABRT stack trace and "Fatal Python error: Aborted". Waiting
+    here lets the thread finish (the trainable closes its MLflow run) before the process exits.
+    """
+
+    STOP_GRACE_S = 120.0
+
+    def cleanup(self) -> None:
+        from ray.train._internal.session import get_session
+
+        session = get_session()
+        thread = getattr(session, "training_thread", None)
+        try:
+            super().cleanup()
+        finally:
+            if thread is not None and thread.is_alive():
+                thread.join(self.STOP_GRACE_S)
+
+
+def _stoppable(fn):
+    """The function trainable `fn` as a Tune trainable class whose stop() ends cleanly."""
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    base = wrap_function(fn)
+    return type(base.__name__, (_StopsCleanly, base), {})
 
 
 def _trainable_with_resources(spec: SweepSpec, packed: Mapping[str, Any]):
     res = resources(spec)
     return tune.with_resources(
-        tune.with_parameters(
-            trainable,
-            packed_dataset=packed,
-            tracking_context=spec.tracking,
-            cpus=res["cpu"],
-            gpus=res["gpu"],
+        _stoppable(
+            tune.with_parameters(
+                trainable,
+                packed_dataset=packed,
+                tracking_context=spec.tracking,
+                cpus=res["cpu"],
+                gpus=res["gpu"],
+            )
         ),
         res,
     )
 
 
-def _run_config(spec: SweepSpec) -> tune.RunConfig:
+def _run_config(spec: SweepSpec, total: int | None = None) -> tune.RunConfig:
     return tune.RunConfig(
         name=spec.name,
         storage_path=storage_uri(spec.storage),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
-        callbacks=[_SweepCallback(spec.tracking), *spec.callbacks],
-        verbose=1,
+        callbacks=[_SweepCallback(spec.tracking), *spec.callbacks, _progress(spec, total)],
+        verbose=0,  # tfkd's own status table (tfkd.progress) instead of Ray's
     )
 
 
@@ -471,11 +563,17 @@ def _tuner(spec: SweepSpec, packed: Mapping[str, Any]) -> tune.Tuner:
         num_samples=1 if spec.fixed else spec.num_samples,
         max_concurrent_trials=_concurrency(spec) if spec.search_alg != "optuna" else None,
         reuse_actors=False,
-        trial_name_creator=_trial_name,
+        trial_name_creator=_trial_namer(spec),
         trial_dirname_creator=_trial_name,
     )
+    total = 1 if spec.fixed else spec.num_samples
+    if spec.search_alg == "grid" and not spec.fixed:
+        total = spec.num_samples * math.prod(len(p.grid()) for p in spec.space.params.values())
     return tune.Tuner(
-        fn, param_space=param_space(spec), tune_config=tune_config, run_config=_run_config(spec)
+        fn,
+        param_space=param_space(spec),
+        tune_config=tune_config,
+        run_config=_run_config(spec, total),
     )
 
 
@@ -519,6 +617,47 @@ def _summarise(grid: tune.ResultGrid, spec: SweepSpec, interrupted: bool) -> Swe
     )
 
 
+def _searched(spec: SweepSpec) -> dict[str, Param]:
+    """The keys the sweep varies (none for --fixed: one trial at the preset)."""
+    return {} if spec.fixed else dict(spec.space.params)
+
+
+def _trial_state(result: tune.Result, epochs: int) -> str:
+    if result.error is not None:
+        return "FAILED"
+    return "DONE" if _is_full_length(result.metrics or {}, epochs) else "STOPPED"
+
+
+def trial_rows(grid: tune.ResultGrid, spec: SweepSpec) -> list[sweep_report.TrialRow]:
+    """Every trial at its end: name, searched values, state and last metrics."""
+    keys = list(_searched(spec))
+    rows = []
+    for result in grid:
+        config = result.config.get(GRID_CONFIG_KEY, result.config) if result.config else {}
+        metrics = result.metrics or {}
+        rows.append(
+            sweep_report.TrialRow(
+                name=progress.short_name(config, keys) or Path(result.path).name,
+                trial_id=str(metrics.get("trial_id", Path(result.path).name)),
+                state=_trial_state(result, spec.epochs),
+                epoch=int(metrics.get("epoch", 0)),
+                val_accuracy=metrics.get(METRIC),
+                test_accuracy=metrics.get("test_accuracy"),
+                values={k: config[k] for k in keys if k in config},
+            )
+        )
+    return rows
+
+
+def _log_sweep_report(spec: SweepSpec, grid: tune.ResultGrid) -> None:
+    """The sweep run's trials table, parallel-coordinates plot and counts (tfkd.sweep_report)."""
+    if spec.tracking is None:
+        return
+    rows = trial_rows(grid, spec)
+    files = sweep_report.files(spec.name, rows, _searched(spec), spec.epochs)
+    tracking.log_sweep_report(spec.tracking, sweep_report.sweep_metrics(rows), files)
+
+
 def _fit(tuner: tune.Tuner, spec: SweepSpec, record_best: bool) -> SweepResult:
     """Run the Tuner; close the sweep's run as what happened (never FINISHED when interrupted)."""
     INTERRUPTED.clear()
@@ -528,6 +667,8 @@ def _fit(tuner: tune.Tuner, spec: SweepSpec, record_best: bool) -> SweepResult:
     # trials that ended while the tracking server was down: their writes go first, if it is back
     pending = set(tracking.flush_pending(result.experiment_path)) if local else set()
     best_id = result.best_trial_id if record_best and not result.interrupted else None
+    if best_id is not None:
+        _log_sweep_report(spec, grid)
     sent = tracking.finish_sweep(
         spec.tracking, best_id, result.best_metrics if best_id else None, status=result.status
     )
@@ -560,10 +701,10 @@ def run_configs(
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=_concurrency(spec),
                 reuse_actors=False,
-                trial_name_creator=_trial_name,
+                trial_name_creator=_trial_namer(spec, configs),
                 trial_dirname_creator=_trial_name,
             ),
-            run_config=_run_config(spec),
+            run_config=_run_config(spec, len(configs)),
         )
     return _fit(tuner, spec, record_best=False)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tfkd import checkpoint, data, modes
+from tfkd import checkpoint, data, models, modes
 from tfkd.errors import UserError
 
 
@@ -51,6 +51,33 @@ class TeacherRequest:
         if modes.get(self.mode).teacher_is_student and not self.teacher:
             return self.model
         return (self.teacher or "").partition("@")[0]
+
+
+def _teacher_flags(request: TeacherRequest) -> list[str]:
+    given = {
+        "--teacher": request.teacher,
+        "--teacher-checkpoint": request.checkpoint,
+        "--teacher-run": request.run_id,
+        "--train-teacher": request.train,
+    }
+    return [flag for flag, value in given.items() if value]
+
+
+def check_request(request: TeacherRequest) -> None:
+    """Teacher flags only for a mode with a teacher, and --teacher naming a known model."""
+    flags = _teacher_flags(request)
+    if flags and not modes.get(request.mode).needs_teacher:
+        with_teacher = [name for name in modes.names() if modes.get(name).needs_teacher]
+        raise UserError(
+            f"{flags[0]}: --mode {request.mode} has no teacher; drop the flag or choose a "
+            f"mode with a teacher ({', '.join(with_teacher)})"
+        )
+    model = request.architecture
+    if request.teacher and model not in models.names():
+        raise UserError(
+            f"--teacher {request.teacher}: unknown model {model!r}; known models: "
+            f"{', '.join(models.names())}"
+        )
 
 
 @dataclass(frozen=True)

@@ -167,6 +167,7 @@ class TrackingContext:
     child_kind: str = "trial"  # the tfkd.kind tag of the child runs ("reproduction", ...)
     child_tags: tuple[tuple[str, str], ...] = ()  # extra tags of every child run
     outbox_root: str = ""  # local folder for the sweep run's unsent writes (the experiment's)
+    system_metrics: bool = False  # each trial logs CPU, memory (and GPU) use as system/...
 
 
 def registered_model_name(dataset: str, model: str) -> str:
@@ -187,6 +188,7 @@ def start_sweep(
     child_kind: str = "trial",
     child_tags: Mapping[str, str] | None = None,
     outbox_root: str = "",
+    system_metrics: bool = False,
 ) -> TrackingContext:
     """Create (or, on --resume, find again) the sweep's parent run."""
     experiment_id = ensure_experiment(uri, experiment)
@@ -210,6 +212,7 @@ def start_sweep(
         child_kind=child_kind,
         child_tags=tuple(sorted((child_tags or {}).items())),
         outbox_root=outbox_root,
+        system_metrics=system_metrics,
     )
 
 
@@ -244,6 +247,19 @@ def _find_parent(client, experiment_id: str, run_name: str, kind: str):
     return runs[0] if runs else None
 
 
+def check_new_sweep(uri: str, experiment: str, run_name: str, resume: bool) -> None:
+    """A new sweep must not take the name of a sweep run its experiment already has."""
+    if resume or (uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file()):
+        return  # a SQLite store that does not exist yet holds no runs (and is not created here)
+    client = mlflow_client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is not None and _find_parent(client, found.experiment_id, run_name, "sweep"):
+        raise UserError(
+            f"--name {run_name}: MLflow experiment {experiment!r} already has a sweep of that "
+            "name; continue it with --resume or choose another --name"
+        )
+
+
 def log_sweep_metrics(context: TrackingContext | None, metrics: Mapping[str, float]) -> None:
     if context is not None:
         _log_metrics(mlflow_client(context.uri), context.parent_run_id, metrics, step=0)
@@ -263,7 +279,7 @@ def finish_sweep(
     if context is None:
         return True
     box = _sweep_box(context)
-    best = _numeric(best_metrics or {})
+    best = _numeric(best_of_sweep(best_metrics))
     box.put(
         {
             "op": "finish_sweep",
@@ -294,6 +310,35 @@ def _sweep_box(context: TrackingContext) -> Outbox:
         box.put({"op": "use_run", "run_id": context.parent_run_id})
         _SWEEP_BOXES[context.parent_run_id] = box
     return box
+
+
+SWEEP_METRICS = ("val_accuracy", "test_accuracy")  # of the best trial, as best_<name>
+
+
+def best_of_sweep(best_metrics: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The sweep-level metrics of its best trial (not Ray's bookkeeping: pid, iterations...)."""
+    metrics = best_metrics or {}
+    return {f"best_{k}": metrics[k] for k in SWEEP_METRICS if k in metrics}
+
+
+def log_sweep_report(
+    context: TrackingContext | None, metrics: Mapping[str, float], files: Mapping[str, bytes]
+) -> None:
+    """The sweep run's counts and its comparison files (trials table, plot) as artifacts.
+
+    Queued in the sweep's outbox, like every write of the driver: sent with finish_sweep.
+    """
+    if context is None:
+        return
+    box = _sweep_box(context)
+    box.put({"op": "metrics", "step": 0, "metrics": _numeric(metrics)})
+    with tempfile.TemporaryDirectory(prefix="tfkd-sweep-report-") as folder:
+        for name, content in files.items():
+            (Path(folder) / name).write_bytes(content)
+            box.put(
+                {"op": "artifact", "name": name, "artifact_path": None},
+                files={name: Path(folder) / name},
+            )
 
 
 def _children(client, context: TrackingContext) -> list:
@@ -379,6 +424,7 @@ class Outbox:
         self._sent = _read_sent(self.folder)
         self._closing = False
         self._client = None
+        self.run_opened = threading.Event()  # set once the run is found or created
         self._run_id: str | None = None
         self._logged_steps: set[int] = set()
         self._thread = threading.Thread(target=self._drain, name="tfkd-outbox", daemon=True)
@@ -407,6 +453,10 @@ class Outbox:
             self._lock.notify_all()
         self._thread.join(timeout)
         return self.pending() == 0
+
+    @property
+    def run_id(self) -> str | None:
+        return self._run_id
 
     def pending(self) -> int:
         with self._lock:
@@ -527,6 +577,7 @@ def _open_run(box: Outbox, client, op: dict[str, Any]) -> None:
     client.log_batch(run_id, tags=_tag_list(op["run_tags"]))
     box._run_id = run_id
     box._logged_steps = {int(m.step) for m in client.get_metric_history(run_id, "epoch")}
+    box.run_opened.set()
 
 
 def _log_epoch(box: Outbox, client, op: dict[str, Any]) -> None:
@@ -586,8 +637,7 @@ def _finish_sweep(box: Outbox, client, op: dict[str, Any]) -> None:
         child = _trial_run(client, context, op["best_trial_id"])
         if child is not None:
             client.set_tag(box._run_id, "best_run_id", child.info.run_id)
-        best = {f"best_{k}": v for k, v in op["best_metrics"].items()}
-        _log_metrics(client, box._run_id, best, step=0)
+        _log_metrics(client, box._run_id, op["best_metrics"], step=0)
     for run in _children(client, context):
         if run.info.status == "RUNNING":
             client.set_terminated(run.info.run_id, status="KILLED")
@@ -735,6 +785,9 @@ class TrialTracker:
             self._put_epoch(metrics)
         if record.best_epoch:
             self._put_best()
+        self.system_monitor = None
+        if context.system_metrics:  # once the outbox has opened the run
+            threading.Thread(target=self._start_system_metrics, daemon=True).start()
 
     def _put_epoch(self, metrics: Mapping[str, Any]) -> None:
         epoch = int(metrics["epoch"])
@@ -795,6 +848,7 @@ class TrialTracker:
         """
         if not self.closed:
             self.closed = True
+            stop_system_metrics(self.system_monitor)
             self._put_results()
             if tags:
                 self.outbox.put({"op": "tags", "tags": dict(tags)})
@@ -817,6 +871,37 @@ class TrialTracker:
                 {"op": "artifact", "name": config.name, "artifact_path": None},
                 files={config.name: config},
             )
+
+    def _start_system_metrics(self) -> None:
+        if self.outbox.run_opened.wait(timeout=SYSTEM_METRICS_WAIT_S):
+            resumed = bool(self.record.history)
+            self.system_monitor = start_system_metrics(self.context, self.outbox.run_id, resumed)
+
+
+SYSTEM_METRICS_INTERVAL_S = 5.0
+SYSTEM_METRICS_WAIT_S = 600.0  # how long a trial waits for its run before giving up on them
+
+
+def start_system_metrics(context: TrackingContext, run_id: str, resumed: bool = False):
+    """MLflow's own system-metrics logging (CPU, memory, disk, network; GPU utilisation and
+    memory where pynvml finds NVIDIA GPUs) into a trial's run, when the sweep asked for it."""
+    if not context.system_metrics:
+        return None
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(
+        run_id,
+        sampling_interval=SYSTEM_METRICS_INTERVAL_S,
+        resume_logging=resumed,
+        tracking_uri=context.uri,
+    )
+    monitor.start()
+    return monitor
+
+
+def stop_system_metrics(monitor: Any) -> None:
+    if monitor is not None:
+        monitor.finish()
 
 
 def trial_tracker(

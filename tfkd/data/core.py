@@ -8,11 +8,13 @@ worker) decodes a dataset once and every trial reuses the same tensors.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,7 +223,9 @@ def load(
         if entry.needs_root and not download and not root_path.is_dir():
             raise DatasetNotFoundError(root_path, "data root")
         if entry.needs_root and download:
-            root_path.mkdir(parents=True, exist_ok=True)
+            with _undone_on_failure(root_path):
+                root_path.mkdir(parents=True, exist_ok=True)
+                return entry.fn(Request(root_path, True, size_key))
         return entry.fn(Request(root_path, bool(download), size_key))
 
     def make_dataset() -> Dataset:
@@ -229,6 +233,23 @@ def load(
         return _assemble(name, src, float(val_fraction), int(seed))
 
     return _DATASETS.get(key, make_dataset)
+
+
+@contextlib.contextmanager
+def _undone_on_failure(root: Path) -> Iterator[None]:
+    """A failed download removes what it created: the root folder, or the new entries in it."""
+    existed = root.is_dir()
+    before = set(root.iterdir()) if existed else set()
+    try:
+        yield
+    except BaseException:
+        created = [root] if not existed else [p for p in root.iterdir() if p not in before]
+        for path in created:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        raise
 
 
 def _assemble(name: str, src: Source, val_fraction: float, seed: int) -> Dataset:

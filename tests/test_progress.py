@@ -1,0 +1,124 @@
+"""The sweep status table, trial names, the sweep run comparison files (no Ray, no MLflow)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import pickle
+import sys
+import time
+
+import pytest
+
+from tfkd import progress, sweep_report
+from tfkd.search_space import Param
+
+TFKD_REG = ["temperature", "alpha", "correct_prob", "multiplier", "semantics"]
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(0.891, ".89"), (7.55, "7.5"), (2e-4, "2e-4"), (120.4, "120"), (3, "3"), (50.0, "50")]
+    + [(0.05, ".05"), ("reference", "ref"), (True, "on")],
+)
+def test_short_numbers(value, shown):
+    assert progress.short_number(value) == shown
+
+
+def test_a_trial_is_named_by_its_searched_values():
+    config = {"temperature": 7.5, "alpha": 0.891, "correct_prob": 0.98, "multiplier": 7.6}
+    config |= {"semantics": "reference", "lr": 0.1, "seed": 0}
+    assert progress.short_name(config, TFKD_REG) == "T7.5 a.89 p.98 m7.6 sref"
+    assert progress.short_name(config, []) == ""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_status_table_counts_states_best_and_time_left():
+    clock, out = Clock(), io.StringIO()
+    status = progress.SweepStatus("s", total=4, epochs=4, out=out, refresh_s=10, clock=clock)
+    status.maybe_print()
+    assert out.getvalue() == ""  # nothing to show before a trial starts
+    status.on_start("a", "T1 a.5", 4)
+    status.on_start("b", "T2 a.9", 4)
+    for epoch, (acc_a, acc_b) in enumerate([(10.0, 30.0), (20.0, 31.0)], start=1):
+        clock.now += 10
+        status.on_result("a", "T1 a.5", {"epoch": epoch, "val_accuracy": acc_a})
+        status.on_result("b", "T2 a.9", {"epoch": epoch, "val_accuracy": acc_b})
+    status.on_complete("a", "T1 a.5")  # stopped by ASHA at epoch 2 of 4
+    status.maybe_print()
+    text = out.getvalue()
+    first, header, row_a, row_b = text.strip().splitlines()
+    assert "0 done, 1 running, 1 stopped, 0 failed, 2 pending of 4" in first
+    assert "best 31.00% (T2 a.9)" in first and "20s elapsed" in first
+    # 4 epochs done in 20 s; left: 2 of b and 2 pending x 4 = 10 epochs -> 50 s
+    assert "at most ~50s left" in first
+    assert header.split() == ["trial", "epoch", "val", "acc", "state"]
+    assert row_a.split() == ["T1", "a.5", "2/4", "20.00%", "STOPPED"]
+    assert row_b.split() == ["T2", "a.9", "2/4", "31.00%", "RUNNING"]
+    clock.now += 5
+    status.maybe_print()  # throttled: less than refresh_s since the last table
+    assert out.getvalue() == text
+    status.on_result("b", "T2 a.9", {"epoch": 4, "val_accuracy": 33.0})
+    status.on_complete("b", "T2 a.9")
+    status.on_error("c", "T3 a.1")
+    status.finish()
+    last = out.getvalue()[len(text) :].splitlines()[0]
+    assert "1 done, 0 running, 1 stopped, 1 failed, 1 pending of 4" in last
+
+
+def test_durations():
+    assert [progress.duration(s) for s in (5, 185, 7620)] == ["5s", "3m05s", "2h07m"]
+
+
+SPACE = {
+    "temperature": Param("temperature", "loguniform", 1.0, 100.0),
+    "semantics": Param("semantics", "choice", values=("reference", "paper")),
+}
+
+
+def rows() -> list[sweep_report.TrialRow]:
+    def row(name, state, epoch, val, test, t, s):
+        values = {"temperature": t, "semantics": s}
+        return sweep_report.TrialRow(name, name.lower(), state, epoch, val, test, values)
+
+    return [
+        row("A", "STOPPED", 1, 20.0, None, 2.0, "paper"),
+        row("B", "DONE", 4, 60.0, 58.5, 20.0, "reference"),
+        row("C", "FAILED", 0, None, None, 50.0, "paper"),
+    ]
+
+
+def test_the_trials_table_lists_searched_values_and_final_metrics_best_first():
+    table = list(csv.reader(io.StringIO(sweep_report.table_csv(rows(), list(SPACE)).decode())))
+    assert table[0] == ["trial", "trial_id", "state", "epoch", *SPACE, "val_accuracy"] + [
+        "test_accuracy"
+    ]
+    assert [r[0] for r in table[1:]] == ["B", "A", "C"]
+    assert table[1] == ["B", "b", "DONE", "4", "20.0", "reference", "60.0", "58.5"]
+    page = sweep_report.table_html("sweep-x", rows(), list(SPACE)).decode()
+    assert page.count("<tr>") == 4 and "sweep-x" in page and "<td>58.5</td>" in page
+
+
+def test_the_sweep_files_and_counts():
+    files = sweep_report.files("sweep-x", rows(), SPACE, epochs=4)
+    assert set(files) == {"trials.csv", "trials.html", "parallel_coordinates.png"}
+    assert files["parallel_coordinates.png"].startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(files["parallel_coordinates.png"]) > 5000
+    assert "parallel_coordinates.png" not in sweep_report.files("fixed", rows(), {}, epochs=4)
+    counts = sweep_report.sweep_metrics(rows())
+    assert counts == {"trials": 3.0, "failed": 1.0, "stopped_early": 1.0}
+
+
+def test_the_status_table_survives_pickling_for_resume():
+    status = progress.SweepStatus("s", total=2, epochs=4, out=io.StringIO())
+    status.on_start("a", "T1", 4)
+    restored = pickle.loads(pickle.dumps(status))
+    assert restored.out is sys.stdout and restored.rows["a"].name == "T1"
+    assert restored.started <= time.monotonic()
