@@ -333,7 +333,7 @@ def test_a_tracking_server_back_during_the_sweep_gets_everything(workdir):
         assert "MLflow lacks" not in log.read_text()
         runs = trial_runs(uri, "lsr-fake-resnet8")
         assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
-        assert_complete_history(uri, runs, epochs=8)
+        assert_complete_history(uri, runs, epochs=12)
 
 
 # ------------------------------------------------------------ 6 and 8: checked before Ray starts
