@@ -81,13 +81,7 @@ def is_server(uri: str) -> bool:
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """A tracking server must answer /health before any trial starts.
-
-    A new SQLite store is created here, once: concurrent sweeps creating the same database
-    would otherwise race on its tables.
-    """
-    if uri.startswith("sqlite:///"):
-        _initialise_sqlite(Path(uri.removeprefix("sqlite:///")))
+    """A tracking server must answer /health before any trial starts."""
     if not is_server(uri):
         return
     try:
@@ -120,6 +114,10 @@ def _artifact_root(uri: str) -> str | None:
 
 
 def ensure_experiment(uri: str, name: str) -> str:
+    """The experiment's id, created if needed (a new SQLite store is created first, once:
+    concurrent sweeps creating the same database would otherwise race on its tables)."""
+    if uri.startswith("sqlite:///"):
+        _initialise_sqlite(Path(uri.removeprefix("sqlite:///")))
     client = mlflow_client(uri)
     found = client.get_experiment_by_name(name)
     if found is not None:
@@ -392,6 +390,7 @@ OPS_FILE, SENT_FILE, URI_FILE = "ops.jsonl", "sent", "uri"
 REPLAY_COMMAND = "python -m tfkd.tracking replay"
 RETRY_SECONDS = (1.0, 30.0)  # back-off while the tracking server is unreachable: first, longest
 SWEEP_FLUSH_SECONDS = 30.0  # how long the driver waits for the sweep run's last writes
+END_OF_SWEEP_GRACE_S = 60.0  # how long a sweep's end waits for a tracking server to come back
 SKIP_AFTER = 3  # a write the reachable store keeps refusing is skipped after this many tries
 # MLflow's own client retries a request for minutes with back-off; the outbox retries on its own
 # schedule instead, so each request gives up fast.
@@ -684,13 +683,21 @@ def pending_outboxes(root: str | os.PathLike) -> list[Path]:
     ]
 
 
-def flush_pending(root: str | os.PathLike, timeout: float = 60.0) -> list[Path]:
+def flush_pending(root: str | os.PathLike, grace: float = END_OF_SWEEP_GRACE_S) -> list[Path]:
     """Send what outboxes under `root` still hold; returns those still not sent.
 
-    Trials that ended while the tracking server was down left their last writes on disk; the
-    driver sends them at the end of the sweep when the server is back (at once when it is not).
+    Trials that ended while the tracking server was down left their last writes on disk. At the
+    end of a sweep the driver waits up to `grace` seconds for the server to answer, then sends
+    them; a server that stays down leaves them for `replay`.
     """
-    return [box for box in pending_outboxes(root) if not send_outbox(box, None, timeout)]
+    boxes = pending_outboxes(root)
+    if not boxes:
+        return []
+    uri = (boxes[0] / URI_FILE).read_text().strip()
+    deadline = time.monotonic() + grace
+    while not _reachable(uri) and time.monotonic() < deadline:
+        time.sleep(1.0)
+    return [box for box in boxes if not send_outbox(box, None, timeout=grace)]
 
 
 def send_outbox(folder: str | os.PathLike, uri: str | None, timeout: float) -> bool:
