@@ -249,7 +249,17 @@ def run_one(
         callbacks=(log,),
     )
     started = time.perf_counter()
-    search.run_sweep(spec, dataset)
+    result = search.run_sweep(spec, dataset)
+    expected = (
+        math.prod(len(p.values) for p in plan.space.params.values())
+        if method == "grid"
+        else samples
+    )
+    if result.trials < expected:  # Tune ends a sweep early on Ctrl-C; its numbers would mislead
+        raise SystemExit(
+            f"search_efficiency.py: sweep {plan.name} ran {result.trials} of {expected} "
+            "trials; stopping"
+        )
     return log.reports, time.perf_counter() - started
 
 
