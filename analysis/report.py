@@ -231,7 +231,7 @@ def compare_with_baseline(row: SeedStats, baseline: SeedStats) -> dict[str, Any]
     if abs(diff) <= spread:
         verdict = "within the seeds' spread"
     elif p < SIGNIFICANCE:
-        verdict = f"beyond the spread, p = {p:.3f}"
+        verdict = f"beyond the spread, p {'< 0.001' if p < 0.001 else f'= {p:.3f}'}"
     else:
         verdict = f"beyond the spread, not significant (p = {p:.2f})"
     return {
