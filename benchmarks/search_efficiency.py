@@ -134,6 +134,11 @@ def summarise(
     )
 
 
+def json_curve(curve: Sequence[tuple[int, float]]) -> list[tuple[int, float | None]]:
+    """NaN (nothing found yet) as None, which JSON can hold."""
+    return [(spent, None if math.isnan(best) else best) for spent, best in curve]
+
+
 def target_met(summaries: Iterable[SweepSummary], grid_compute: int) -> bool:
     """Every seed of the method reached the grid's best within 1/3 of the grid's compute."""
     return all(
@@ -299,7 +304,8 @@ def run_mode(
         "target_val": target,
         "summaries": [asdict(s) for s in summaries],
         "curves": [
-            {"method": m, "seed": s, "curve": best_so_far(r, setting.epochs)} for m, s, r, _ in runs
+            {"method": m, "seed": s, "curve": json_curve(best_so_far(r, setting.epochs))}
+            for m, s, r, _ in runs
         ],
         "tpe_target_met": target_met(
             [s for s in summaries if s.method == "tpe"], len(grid_reports)
@@ -382,7 +388,7 @@ def plot(results: Sequence[Mapping[str, Any]], path: Path) -> None:
     for ax, result in zip(axes[0], results, strict=True):
         labelled = set()
         for run in result["curves"]:
-            points = [(x, y) for x, y in run["curve"] if not math.isnan(y)]
+            points = [(x, y) for x, y in run["curve"] if y is not None]
             if not points:
                 continue
             xs, ys = zip(*points, strict=True)
@@ -409,7 +415,7 @@ def plot(results: Sequence[Mapping[str, Any]], path: Path) -> None:
         ax.set_xlabel("trial-epochs spent")
         ax.set_ylabel("validation accuracy (%)")
         low = min(
-            (y for run in result["curves"] for _, y in run["curve"] if not math.isnan(y)),
+            (y for run in result["curves"] for _, y in run["curve"] if y is not None),
             default=0.0,
         )
         ax.set_ylim(max(low - 1, 0), 100.5)
@@ -488,7 +494,8 @@ def smoke_grid(grid: Mapping[str, list[float]]) -> dict[str, list[float]]:
     return {k: v[:2] if k == "temperature" else v[:1] for k, v in grid.items()}
 
 
-def run(opts: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def run(opts: argparse.Namespace, workdir: Path, out: Path) -> dict[str, Any]:
+    """Every mode's sweeps; the outputs are rewritten after each mode (a long run shows early)."""
     samples = samples_per_mode(opts.num_samples)
     seeds, epochs, extra, dataset = opts.seeds, opts.epochs, (), "digits"
     if opts.smoke_test:
@@ -504,31 +511,34 @@ def run(opts: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         workdir,
         extra,
     )
-    started = time.perf_counter()
-    results = []
-    with search.session(None, num_cpus=opts.concurrency):
-        for mode in opts.modes:
-            grid = smoke_grid(GRIDS[mode]) if opts.smoke_test else GRIDS[mode]
-            wide = (
-                Path(opts.wide_spaces).resolve() if opts.wide_spaces else None,
-                seeds if opts.wide_seeds is None or opts.smoke_test else opts.wide_seeds,
-            )
-            results.append(
-                run_mode(setting, mode, grid, samples.get(mode, 12), seeds, opts.tolerance, wide)
-            )
-    return {
+    document = {
         "machine": machine(),
         "dataset": dataset,
         "model": "resnet8",
         "epochs": epochs,
         "batch_size": opts.batch_size,
         "grace_period": setting.grace_period,
+        "num_samples": {mode: samples.get(mode, 12) for mode in opts.modes},
         "concurrency": opts.concurrency,
         "seeds": seeds,
         "tolerance": opts.tolerance,
-        "wall_seconds": round(time.perf_counter() - started, 1),
-        "results": results,
+        "wall_seconds": 0.0,
+        "results": [],
     }
+    wide = (
+        Path(opts.wide_spaces).resolve() if opts.wide_spaces else None,
+        seeds if opts.wide_seeds is None or opts.smoke_test else opts.wide_seeds,
+    )
+    started = time.perf_counter()
+    with search.session(None, num_cpus=opts.concurrency):
+        for mode in opts.modes:
+            grid = smoke_grid(GRIDS[mode]) if opts.smoke_test else GRIDS[mode]
+            document["results"].append(
+                run_mode(setting, mode, grid, samples.get(mode, 12), seeds, opts.tolerance, wide)
+            )
+            document["wall_seconds"] = round(time.perf_counter() - started, 1)
+            write_outputs(document, out)
+    return document
 
 
 def write_outputs(document: Mapping[str, Any], out: Path) -> str:
@@ -542,15 +552,15 @@ def write_outputs(document: Mapping[str, Any], out: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     opts = build_parser().parse_args(argv)
+    out = Path(opts.out)
     if opts.workdir:
         workdir = Path(opts.workdir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
-        document = run(opts, workdir)
+        document = run(opts, workdir, out)
     else:
         with tempfile.TemporaryDirectory(prefix="tfkd-search-efficiency-") as tmp:
-            document = run(opts, Path(tmp))
-    table = write_outputs(document, Path(opts.out))
-    print(table)
+            document = run(opts, Path(tmp), out)
+    print(markdown(document["results"], document["tolerance"]))
     print(f"wall time {document['wall_seconds']} s on {document['machine']['cpus']} CPUs")
     if opts.json:
         print(json.dumps(document, indent=1))
