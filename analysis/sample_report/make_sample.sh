@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Regenerates the sample report shown in README: scikit-learn's digits, resnet8 students, every
-# mode that runs offline, 20 epochs at batch 64 (the baseline's test accuracy is ~96% there, near
-# its ~98% plateau at 30 epochs). Per mode a 3-trial Optuna + ASHA sweep (grace period 5, the
+# mode that runs offline, 20 epochs at batch 64 (the baseline reached 97.4 ± 0.2% there, near
+# its plateau on digits). Per mode a 3-trial Optuna + ASHA sweep (grace period 5, the
 # paper's preset or the mode's defaults first), then its best config reproduced with 3 seeds.
 # Teachers: resnet8@best (the baseline sweep's best trial) for tfkd_self, resnet20 for kd,
 # resnet20@epoch-1 (a snapshot after one epoch) for dekd, the plain 5-layer cnn for rekd.
-# Two trials at a time, one CPU thread each; about 30 minutes on 2 idle CPU cores.
+# Two trials at a time, one CPU thread each; 42 minutes on 2 CPU cores shared with other jobs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=${WORK:-$(mktemp -d)}
