@@ -3,11 +3,13 @@
     python -m analysis.report [--experiment NAME ...] [--out DIR]
 
 A row per reproduced config: dataset, model, mode, teacher, seeds, test accuracy mean ± std,
-test ECE mean, the paper's number for the same (dataset, model, mode, teacher) and the
-difference (empty where the paper has no such row). Written to --out (default ./reports) as
-results.md, results.csv and results.parquet, with learning_curves.png, accuracy_vs_paper.png and,
-per sweep, importance_<sweep>.png and parallel_<sweep>.png; printed; and logged as artifacts of
-a run of kind "report" in the MLflow experiment "tfkd-reports".
+test ECE mean, the difference to the baseline of the same dataset and model with a note saying
+whether it exceeds the seeds' spread (and Welch's t-test p-value), the paper's number for the
+same (dataset, model, mode, teacher) and the difference (empty where the paper has no such
+row). Written to --out (default ./reports) as results.md, results.csv and results.parquet, with
+learning_curves.png, accuracy_vs_paper.png and, per sweep, importance_<sweep>.png and
+parallel_<sweep>.png; printed; and logged as artifacts of a run of kind "report" in the MLflow
+experiment "tfkd-reports".
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import argparse
 import math
 import re
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,10 @@ COLUMNS = [
     "paper_std",
     "paper_table",
     "diff_vs_paper",
+    "diff_vs_baseline",
+    "diff_spread",
+    "p_vs_baseline",
+    "vs_baseline",
     "sweep",
     "experiment",
     "config_hash",
@@ -175,19 +181,105 @@ def table_row(group: Sequence[Reproduction]) -> dict[str, Any]:
         "paper_std": found.std if found and found.std is not None else math.nan,
         "paper_table": found.table if found else "",
         "diff_vs_paper": mean - found.accuracy if found else math.nan,
+        "diff_vs_baseline": math.nan,
+        "diff_spread": math.nan,
+        "p_vs_baseline": math.nan,
+        "vs_baseline": "",
         "sweep": first.sweep,
         "experiment": first.experiment,
         "config_hash": first.config_hash,
     }
 
 
+BASELINE_MODE = "baseline"
+SIGNIFICANCE = 0.05
+
+
+@dataclass(frozen=True)
+class SeedStats:
+    """Mean, sample std and number of seeds of one row's test accuracy."""
+
+    mean: float
+    std: float
+    n: int
+
+
+def welch_p(a: SeedStats, b: SeedStats) -> float:
+    """Two-sided p-value of Welch's t-test that the two rows' means are equal."""
+    from scipy import stats
+
+    if a.std == 0 and b.std == 0:
+        return 1.0 if a.mean == b.mean else 0.0
+    return float(
+        stats.ttest_ind_from_stats(a.mean, a.std, a.n, b.mean, b.std, b.n, equal_var=False).pvalue
+    )
+
+
+def compare_with_baseline(row: SeedStats, baseline: SeedStats) -> dict[str, Any]:
+    """The difference of means, the seeds' spread of a difference and a one-phrase verdict.
+
+    The spread is sqrt(std_row^2 + std_baseline^2): how far apart one run of each typically
+    lands by the seed alone. A difference within it is noise, whatever its sign; one beyond it
+    is called significant only when Welch's t-test agrees (p < 0.05), which with 2-3 seeds
+    needs a gap of several spreads.
+    """
+    diff = row.mean - baseline.mean
+    if row.n < 2 or baseline.n < 2:
+        return {"diff_vs_baseline": diff, "vs_baseline": "one seed: no spread"}
+    spread = math.hypot(row.std, baseline.std)
+    p = welch_p(row, baseline)
+    if abs(diff) <= spread:
+        verdict = "within the seeds' spread"
+    elif p < SIGNIFICANCE:
+        verdict = f"beyond the spread, p {'< 0.001' if p < 0.001 else f'= {p:.3f}'}"
+    else:
+        verdict = f"beyond the spread, not significant (p = {p:.2f})"
+    return {
+        "diff_vs_baseline": diff,
+        "diff_spread": spread,
+        "p_vs_baseline": p,
+        "vs_baseline": verdict,
+    }
+
+
+def _stats(row: Mapping[str, Any]) -> SeedStats:
+    std = row["test_acc_std"]
+    return SeedStats(row["test_acc_mean"], 0.0 if pd.isna(std) else std, int(row["seeds"]))
+
+
+def baseline_rows(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per (dataset, model), the baseline row to compare with: rank 1 first, then most seeds."""
+    chosen: dict[tuple[str, str], dict[str, Any]] = {}
+    ordered = sorted(
+        (r for r in rows if r["mode"] == BASELINE_MODE),
+        key=lambda r: (str(r["rank"]) != "1", -r["seeds"]),
+    )
+    for row in ordered:
+        chosen.setdefault((row["dataset"], row["model"]), row)
+    return chosen
+
+
+def with_baseline_comparison(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each non-baseline row with its difference to its (dataset, model)'s baseline row."""
+    baselines = baseline_rows(rows)
+    out = []
+    for row in rows:
+        base = baselines.get((row["dataset"], row["model"]))
+        if base is None or row["mode"] == BASELINE_MODE:
+            out.append(dict(row))
+            continue
+        out.append({**row, **compare_with_baseline(_stats(row), _stats(base))})
+    return out
+
+
 def results_table(runs: Sequence[Reproduction]) -> pd.DataFrame:
-    """A row per (experiment, sweep, config): its seeds' test accuracy next to the paper's."""
+    """A row per (experiment, sweep, config): its seeds' test accuracy next to the baseline's
+    and the paper's."""
     groups: dict[tuple[str, str, str], list[Reproduction]] = {}
     for run in runs:
         groups.setdefault((run.experiment, run.sweep, run.config_hash), []).append(run)
     rows = [table_row(sorted(g, key=lambda r: r.seed)) for g in groups.values()]
-    frame = pd.DataFrame(rows, columns=COLUMNS)
+    frame = pd.DataFrame(with_baseline_comparison(rows), columns=COLUMNS)
     return frame.sort_values(
         ["dataset", "model", "mode", "teacher", "rank", "sweep"], ignore_index=True
     )
@@ -204,6 +296,12 @@ def _accuracy(row: pd.Series) -> str:
     return f"{row['test_acc_mean']:.2f}{std}"
 
 
+def _vs_baseline(row: pd.Series) -> str:
+    if pd.isna(row["diff_vs_baseline"]):
+        return ""
+    return f"{row['diff_vs_baseline']:+.2f} ({row['vs_baseline']})"
+
+
 MARKDOWN_COLUMNS: list[tuple[str, Callable[[pd.Series], str]]] = [
     ("dataset", lambda r: r["dataset"]),
     ("model", lambda r: r["model"]),
@@ -214,6 +312,7 @@ MARKDOWN_COLUMNS: list[tuple[str, Callable[[pd.Series], str]]] = [
     ("seeds", lambda r: str(r["seeds"])),
     ("test acc (%)", _accuracy),
     ("ECE (%)", lambda r: _number(r["test_ece_mean"])),
+    ("vs baseline", _vs_baseline),
     ("paper (%)", lambda r: _number(r["paper_acc"])),
     ("diff", lambda r: _number(r["diff_vs_paper"], sign=True)),
 ]
@@ -228,8 +327,11 @@ def markdown(frame: pd.DataFrame, notes: Sequence[str] = ()) -> str:
     text = "\n".join(lines) + "\n"
     text += (
         "\nTest accuracy: mean ± sample std over seeds, each trained on the full training "
-        "set and tested once at the last epoch. paper: the paper's number for the same "
-        "(dataset, model, mode, teacher); empty where it has none.\n"
+        "set and tested once at the last epoch. vs baseline: the difference of means to the "
+        "baseline row of the same dataset and model; 'within the seeds' spread' when it is no "
+        "larger than sqrt(std^2 + std_baseline^2), else with Welch's t-test p-value (with 2-3 "
+        "seeds only a gap of several spreads is significant). paper: the paper's number for "
+        "the same (dataset, model, mode, teacher); empty where it has none.\n"
     )
     return text + "".join(f"\n- {note}" for note in notes) + ("\n" if notes else "")
 

@@ -176,6 +176,46 @@ def test_results_table_compares_with_the_paper():
     assert "71.00 ± 1.41" in report.markdown(frame) and "+0.35" in report.markdown(frame)
 
 
+def test_results_table_says_whether_a_row_differs_from_the_baseline_beyond_the_seeds():
+    def repro(
+        mode: str, seed: int, accuracy: float, dataset: str = "digits"
+    ) -> report.Reproduction:
+        return report.Reproduction(
+            experiment=f"{mode}-{dataset}", sweep=mode, config_hash=mode, rank="1",
+            dataset=dataset, model="resnet8", mode=mode, teacher="", epochs=30, seed=seed,
+            test_accuracy=accuracy, test_ece=1.0,
+        )  # fmt: skip
+
+    accuracies = {
+        "baseline": [96.0, 96.1, 96.2],  # std 0.1
+        "tfkd_reg": [97.4, 97.5, 97.6],  # +1.4, spread 0.14: far beyond, t = 17 (df 4)
+        "lsr": [96.0, 96.6, 96.0],  # +0.1, spread 0.36: noise
+        "kd": [95.0, 98.6],  # +0.7 ... std 2.5: within
+        "dekd": [97.2, 98.6],  # +1.8, spread 0.99, but 2 seeds: t = 1.8, not significant
+    }
+    runs = [repro(m, s, a) for m, values in accuracies.items() for s, a in enumerate(values)]
+    runs += [repro("rekd", 0, 99.0), repro("lsr", 0, 90.0, dataset="fake")]
+    frame = report.results_table(runs)
+    rows = {(r["dataset"], r["mode"]): r for r in frame.to_dict("records")}
+    reg = rows["digits", "tfkd_reg"]
+    assert reg["diff_vs_baseline"] == pytest.approx(1.4)
+    assert reg["diff_spread"] == pytest.approx(0.1 * 2**0.5)
+    assert reg["p_vs_baseline"] < 1e-3 and reg["vs_baseline"] == "beyond the spread, p < 0.001"
+    assert rows["digits", "lsr"]["vs_baseline"] == "within the seeds' spread"
+    assert rows["digits", "kd"]["vs_baseline"] == "within the seeds' spread"
+    dekd = rows["digits", "dekd"]
+    assert dekd["diff_vs_baseline"] == pytest.approx(1.8) and 0.05 < dekd["p_vs_baseline"] < 0.5
+    assert "not significant" in dekd["vs_baseline"]
+    assert rows["digits", "rekd"]["vs_baseline"] == "one seed: no spread"
+    no_baseline, baseline = rows["fake", "lsr"], rows["digits", "baseline"]
+    assert no_baseline["vs_baseline"] == baseline["vs_baseline"] == ""
+    assert no_baseline["diff_vs_baseline"] != no_baseline["diff_vs_baseline"]  # NaN
+    text = report.markdown(frame)
+    assert "| vs baseline |" in text.splitlines()[0]
+    assert "| +0.10 (within the seeds' spread) |" in text
+    assert "| +1.40 (beyond the spread, p < 0.001) |" in text
+
+
 def test_config_hash_ignores_seed_and_place_not_hyperparameters():
     a = config(seed=0, data_dir="/a")
     assert config_hash(a) == config_hash(config(seed=5, data_dir="/b"))
