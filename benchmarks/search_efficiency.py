@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
-from tfkd import cli, search, tracking  # noqa: E402
+from tfkd import cli, modes, search, tracking  # noqa: E402
 
 # The values the original authors used across models (reference/original_hparams.csv).
 GRIDS: dict[str, dict[str, list[float]]] = {
@@ -207,7 +207,7 @@ def tune_main_args(
         *("--storage", str(setting.workdir / "ray_results"), "--data-dir", str(setting.workdir)),
         *("--name", f"{mode}-{method}-{seed}", "--mlflow-uri", setting.mlflow_uri),
         *("--max-concurrent", str(setting.concurrency), "--cpus-per-trial", "1"),
-        "--train-teacher",
+        *(["--train-teacher"] if modes.get(mode).needs_teacher else []),
     ]
     for pair in setting.extra_sets:
         args += ["--set", pair]
@@ -216,12 +216,14 @@ def tune_main_args(
 
 def prepare(args: list[str]) -> tuple[cli.Plan, Any]:
     """tune_main's own validation and teacher resolution (training the teacher if missing)."""
-    parsed = cli.build_parser().parse_args(args)
-    prepared = cli.prepare(parsed)
-    if prepared.teacher is not None and not prepared.teacher.location:
-        cli.run_prepared(cli.prepare(cli.teacher_args(parsed, prepared.teacher)))
-        prepared = replace(prepared, teacher=cli.resolve_teacher(parsed, prepared.mlflow_uri))
-    plan, _ = cli.with_teacher(prepared)
+    prepared = cli.prepare(cli.build_parser().parse_args(args))
+    try:
+        code, prepared = cli.train_missing_teacher(prepared)
+    finally:
+        prepared.lock.release()  # run_one runs the sweep itself, under its own name
+    if code != cli.EXIT_OK:
+        raise SystemExit(f"training the teacher failed (exit {code})")
+    plan = prepared.plan
     location = plan.config.get("teacher_checkpoint", "")
     if location:  # trials run without tracking: give them the downloaded file
         config = {

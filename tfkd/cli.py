@@ -392,24 +392,34 @@ def _sweep_tags(
     }
 
 
+def train_missing_teacher(prepared: Prepared) -> tuple[int, Prepared]:
+    """--train-teacher: train a teacher the registry lacks (a baseline run), then attach it.
+
+    Returns the baseline run's exit status and the prepared sweep with its teacher in place.
+    """
+    if prepared.teacher is None or prepared.teacher.location:
+        return EXIT_OK, prepared
+    args = prepared.args
+    print(f"[tfkd] training the teacher {prepared.teacher.model} first (--train-teacher)")
+    teacher_sweep = prepare(_teacher_args(args, prepared.teacher))
+    try:
+        code = run_prepared(teacher_sweep)
+    finally:
+        teacher_sweep.lock.release()
+    if code != EXIT_OK:
+        return code, prepared
+    teacher = teachers.resolve(teachers.TeacherRequest.from_args(args), prepared.mlflow_uri)
+    plan, accuracy = _attach_teacher(prepared.plan, teacher, prepared.dataset, prepared.mlflow_uri)
+    return EXIT_OK, replace(prepared, plan=plan, teacher=teacher, teacher_accuracy=accuracy)
+
+
 def run_prepared(prepared: Prepared) -> int:
     from tfkd import search, tracking
 
+    code, prepared = train_missing_teacher(prepared)
+    if code != EXIT_OK:
+        return code
     args = prepared.args
-    if prepared.teacher is not None and not prepared.teacher.location:
-        print(f"[tfkd] training the teacher {prepared.teacher.model} first (--train-teacher)")
-        teacher_sweep = prepare(_teacher_args(args, prepared.teacher))
-        try:
-            code = run_prepared(teacher_sweep)
-        finally:
-            teacher_sweep.lock.release()
-        if code != EXIT_OK:
-            return code
-        teacher = teachers.resolve(teachers.TeacherRequest.from_args(args), prepared.mlflow_uri)
-        plan, accuracy = _attach_teacher(
-            prepared.plan, teacher, prepared.dataset, prepared.mlflow_uri
-        )
-        prepared = replace(prepared, plan=plan, teacher=teacher, teacher_accuracy=accuracy)
     plan, teacher_accuracy = prepared.plan, prepared.teacher_accuracy
     _announce(plan, prepared)
     with tracking.sweep_run(
