@@ -270,6 +270,16 @@ def sqlite_uri(folder: Path) -> str:
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
+def runs_of_kind(uri: str, experiment: str, kind: str = "trial") -> list:
+    """The MLflow runs of one tfkd kind (trial, sweep, reproduction...) in an experiment."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id]) if found else []
+    return [r for r in runs if r.data.tags.get("tfkd.kind") == kind]
+
+
 def assert_ok(done: subprocess.CompletedProcess) -> None:
     """The command exited 0; otherwise show the end of what it said."""
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]

@@ -30,6 +30,7 @@ from conftest import (
     descendants,
     free_port,
     ray_cluster,
+    runs_of_kind,
     sqlite_uri,
     stop_process_tree,
     tune_main,
@@ -89,20 +90,11 @@ def alive(pids: list[int]) -> list[int]:
 
 
 def trial_runs(uri: str, experiment: str) -> list:
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([found.experiment_id]) if found else []
-    return [r for r in runs if r.data.tags.get("tfkd.kind") == "trial"]
+    return runs_of_kind(uri, experiment, "trial")
 
 
 def sweep_runs(uri: str, experiment: str) -> list:
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    return [
-        r
-        for r in client.search_runs([found.experiment_id])
-        if r.data.tags.get("tfkd.kind") == "sweep"
-    ]
+    return runs_of_kind(uri, experiment, "sweep")
 
 
 def steps(uri: str, run_id: str, metric: str = "epoch") -> list[int]:

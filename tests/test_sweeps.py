@@ -16,21 +16,12 @@ from conftest import (
     clean_env,
     cli_args,
     ray_cluster,
+    runs_of_kind,
     sqlite_uri,
     tune_main,
 )
 
 pytestmark = pytest.mark.slow
-
-
-def child_runs(uri: str, experiment: str) -> list:
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    return [
-        r
-        for r in client.search_runs([exp.experiment_id])
-        if r.data.tags.get("tfkd.kind") == "trial"
-    ]
 
 
 def epoch_steps(uri: str, run_id: str) -> list[int]:
@@ -95,7 +86,7 @@ def test_smoke_test_runs_end_to_end_and_verbose_shows_every_epoch_line(workdir):
     }
     assert 0 <= best["metrics"]["val_accuracy"] <= 100
     assert best["metrics"]["test_accuracy"] is not None
-    runs = child_runs(f"sqlite:///{workdir / 'mlflow.db'}", "tfkd_reg-fake-resnet8")
+    runs = runs_of_kind(f"sqlite:///{workdir / 'mlflow.db'}", "tfkd_reg-fake-resnet8")
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
 
 
@@ -116,7 +107,7 @@ def test_digits_sweep_asha_stops_bad_trials(workdir):
     assert_ok(done)
     assert_quiet(done)
     assert not epoch_lines(done.stdout), "epoch lines without --verbose"
-    runs = child_runs(uri, "baseline-digits-resnet8")
+    runs = runs_of_kind(uri, "baseline-digits-resnet8")
     assert len(runs) == 4
     stopped = [r for r in runs if r.data.tags.get("stopped_early") == "true"]
     full = [r for r in runs if r.data.tags.get("stopped_early") == "false"]
@@ -170,7 +161,7 @@ def test_four_trials_share_one_gpu(workdir):
             cwd=workdir,
         )
     assert_ok(done)
-    runs = child_runs(uri, "lsr-fake-resnet8")
+    runs = runs_of_kind(uri, "lsr-fake-resnet8")
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
     assert overlap(runs), "the 4 trials of 0.25 GPU did not run at the same time"
     # this machine has no CUDA: each trial says so once and trains on the CPU
@@ -205,7 +196,7 @@ def test_trials_run_on_two_nodes(workdir):
             cwd=workdir,
         )
     assert_ok(done)
-    runs = child_runs(uri, "lsr-fake-resnet8")
+    runs = runs_of_kind(uri, "lsr-fake-resnet8")
     assert len(runs) == 4
     assert len({r.data.tags["ray_node_id"] for r in runs}) == 2
 
@@ -225,7 +216,7 @@ def test_a_failing_trial_fails_alone_and_all_failing_exits_1(workdir):
     done = tune_main(*common, "--num-samples", "1", cwd=workdir)
     assert_ok(done)
     assert "2 trials: 1 failed" in done.stdout
-    runs = {r.data.params["lr"]: r for r in child_runs(uri, "baseline-fake-resnet8")}
+    runs = {r.data.params["lr"]: r for r in runs_of_kind(uri, "baseline-fake-resnet8")}
     assert runs["1000000000000.0"].info.status == "FAILED"
     assert "non-finite" in runs["1000000000000.0"].data.tags["error"]
     assert runs["0.05"].info.status == "FINISHED"
