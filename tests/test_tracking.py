@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tfkd import progress
+from tfkd import progress, search_space
 from tfkd.config import TrialConfig
 from tfkd.config import keys as config_keys
 
@@ -122,7 +122,8 @@ def test_the_sweep_run_compares_its_trials(server, teacher_sweep, workdir_m):
     """Trials named by their searched values; the sweep run holds the comparison."""
     client = MlflowClient(server)
     (parent,), children = runs_of(server, "tfkd_self-fake-resnet8")
-    searched = ["temperature", "alpha", "multiplier", "semantics"]
+    space = search_space.load(search_space.default_path("tfkd_self"), "tfkd_self")
+    searched = list(space.params)  # the shipped space's searched keys, in its order
     for child in children:
         assert child.info.run_name == progress.short_name(
             TrialConfig.from_dict(child.data.params).to_dict(), searched
