@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import pickle
-import platform
 import shutil
 import subprocess
 import sys
@@ -40,6 +39,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other benchmarks, when imported
+from data_pipeline import cpu_name  # noqa: E402  (one way to name the machine's CPU)
 
 REPO = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("ray", "mlflow", "optuna")
@@ -123,7 +125,7 @@ def worker(spec: dict) -> None:
         epochs.append({k: metrics[k] for k in keep} | {"reported_at": time.time()})
 
     run_trial(cfg.to_dict(), report, dataset=dataset)
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     result = {
         "device": gpu,
         "torch": torch.__version__,
@@ -136,16 +138,6 @@ def worker(spec: dict) -> None:
         "forbidden_imported": [m for m in FORBIDDEN if m in sys.modules],
     }
     Path(spec["out"]).write_text(json.dumps(result))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "CPU"
 
 
 # ------------------------------------------------------------------------------------- parent
@@ -350,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             "device": first.get("device"),
             "torch": first.get("torch"),
             "cuda": first.get("cuda"),
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "cpu_count": os.cpu_count(),
         },
         "settings": {"batch_size": args.batch_size, "mode": "tfkd_reg", "smoke": args.smoke},
