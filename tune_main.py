@@ -8,7 +8,7 @@ See `python tune_main.py --help` and README.md.
 
 import sys
 
-from tfkd.cli import main
+from tfkd.cli.tune import main
 
 if __name__ == "__main__":
     sys.exit(main())

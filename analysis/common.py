@@ -9,19 +9,12 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tfkd import commands
-from tfkd.commands import (  # noqa: F401  (re-exported for the analysis commands)
-    DEFAULT_STORAGE,
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_USAGE,
-    Parser,
-    join,
-    positive_int,
-    write_atomic,
-)
-from tfkd.config import TrialConfig
-from tfkd.errors import UserError
+from tfkd.cli import flags
+from tfkd.cli.flags import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Parser, positive_int  # noqa: F401
+from tfkd.core.atomic import write_bytes as write_atomic  # noqa: F401
+from tfkd.core.config import TrialConfig
+from tfkd.core.errors import UserError
+from tfkd.sweep.storage import DEFAULT_STORAGE, join  # noqa: F401
 
 # Keys that say where or how fast a run ran, not what it trains: two reproductions that differ
 # only here are the same (config, seed) pair.
@@ -50,7 +43,7 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
 def add_store_args(parser: argparse.ArgumentParser) -> None:
     """Where tune_main.py wrote: the MLflow tracking URI and the Ray results folder."""
     group = parser.add_argument_group("where the sweeps are")
-    commands.add_store_args(
+    flags.add_store_args(
         group,
         "Ray results folder or URI, read when MLflow has no such "
         f"experiment (default {DEFAULT_STORAGE})",

@@ -21,7 +21,7 @@ from optuna.distributions import (
 )
 
 from analysis import sweeps
-from tfkd import search_space
+from tfkd.sweep import search_space
 
 MIN_FULL_TRIALS = 3  # fewer full-schedule trials than this: score every trial at a common epoch
 MIN_POINTS = 2

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tfkd import modes
+from tfkd.core import modes
 
 PAPER_CSV = Path(__file__).resolve().with_name("paper_results.csv")
 SELF = "self"

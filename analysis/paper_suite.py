@@ -26,9 +26,9 @@ from typing import Any
 from analysis import paper, store
 from analysis.common import EXIT_OK, Parser, positive_int, run_main, say, tracking_uri
 from analysis.reproduce import SET_PREFIX
-from tfkd import data, models, modes
-from tfkd.commands import sweep_folder_exists
-from tfkd.errors import UserError
+from tfkd.core import data, models, modes
+from tfkd.core.errors import UserError
+from tfkd.sweep.storage import sweep_folder_exists
 
 PROG = "python -m analysis.paper_suite"
 TUNE_MAIN = Path(__file__).resolve().parent.parent / "tune_main.py"
@@ -46,7 +46,7 @@ FORWARDED_RESOURCES = (
 
 
 def build_parser() -> Parser:
-    from tfkd.commands import add_resource_args
+    from tfkd.cli.flags import add_resource_args
 
     datasets = sorted({row.dataset for row in paper.load()} & set(data.names()))
     parser = Parser(prog=PROG, description=__doc__.split("\n")[0])

@@ -38,7 +38,7 @@ from analysis.common import (
     write_atomic,
 )
 from analysis.reproduce import RANK_TAG, SWEEP_TAG, TEACHER_TAG
-from tfkd.errors import UserError
+from tfkd.core.errors import UserError
 
 PROG = "python -m analysis.report"
 REPORT_EXPERIMENT = "tfkd-reports"

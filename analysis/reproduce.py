@@ -6,7 +6,8 @@
 Each chosen config (see analysis.best_configs) is trained on the FULL training set
 (val_fraction=0: the validation split already did its job, choosing the config) for the full
 schedule (`--epochs` overrides) with seeds 0..N-1; the trainer evaluates the test split once, at
-the last epoch. All (config, seed) pairs run as ONE Ray Tune run through tfkd.search.run_configs,
+the last epoch. All (config, seed) pairs run as ONE Ray Tune run through
+tfkd.sweep.tuner.run_configs,
 with tune_main's resource flags (fractional GPUs, --address, ...); `--resume` continues an
 interrupted one. Every pair is an MLflow run of kind "reproduction" under a "reproduction-set"
 run named reproduce-<sweep>, in the sweep's experiment, tagged with the sweep's run id, the config
@@ -33,8 +34,9 @@ from analysis.common import (
     tracking_uri,
     typed_config,
 )
-from tfkd import commands
-from tfkd.errors import UserError
+from tfkd.cli import flags
+from tfkd.core.errors import UserError
+from tfkd.sweep import storage
 
 PROG = "python -m analysis.reproduce"
 SET_PREFIX = "reproduce-"
@@ -43,7 +45,7 @@ SWEEP_TAG, TEACHER_TAG = "sweep", "sweep_teacher"
 
 
 def build_parser() -> Parser:
-    from tfkd.commands import add_resource_args
+    from tfkd.cli.flags import add_resource_args
 
     parser = Parser(prog=PROG, description=__doc__.split("\n")[0])
     what = parser.add_argument_group("what to reproduce")
@@ -187,7 +189,7 @@ def tracking_options(sweep: sweeps.Sweep, jobs: Sequence[Job], args: argparse.Na
         "kind": store.REPRODUCTION_SET,
         "child_kind": store.REPRODUCTION,
         "child_tags": link_tags(sweep),
-        "outbox_root": commands.local_experiment_dir(args.storage, set_name(sweep)),
+        "outbox_root": storage.local_experiment_dir(args.storage, set_name(sweep)),
         "system_metrics": args.system_metrics,
     }
 
@@ -214,15 +216,16 @@ def run_jobs(
     args: argparse.Namespace, uri: str, experiment: str, sweep: sweeps.Sweep, jobs: list[Job]
 ) -> int:
     """Train the jobs as one Ray Tune run and log them to MLflow."""
-    from tfkd import search, tracking
-    from tfkd.search_space import SearchSpace
+    from tfkd import tracking
+    from tfkd.sweep import tuner as search
+    from tfkd.sweep.search_space import SearchSpace
 
     # a rerun trains the pairs still missing into the same folder
-    commands.check_storage(args.storage, set_name(sweep), args.resume, reuse=True)
-    commands.check_system_metrics(args.system_metrics)
+    storage.check_storage(args.storage, set_name(sweep), args.resume, reuse=True)
+    flags.check_system_metrics(args.system_metrics)
     if args.address:
         search.check_reachable(args.address)
-    dataset = commands.load_dataset(jobs[0].config)
+    dataset = flags.load_dataset(jobs[0].config)
     with tracking.sweep_run(uri, experiment, **tracking_options(sweep, jobs, args)) as context:
         spec = search.SweepSpec(
             name=set_name(sweep),
@@ -230,7 +233,7 @@ def run_jobs(
             space=SearchSpace(path=Path(""), mode=jobs[0].config["mode"], params={}),
             tracking=context,
             trial_names=tuple(run_name(job) for job in jobs),
-            **commands.resource_options(args),
+            **flags.resource_options(args),
         )
         try:
             with search.session(args.address):

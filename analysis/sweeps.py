@@ -17,8 +17,8 @@ from typing import Any
 
 from analysis import store
 from analysis.common import join, typed_config
-from tfkd.commands import GRID_CONFIG_KEY
-from tfkd.errors import UserError
+from tfkd.core.errors import UserError
+from tfkd.sweep.storage import GIVEN_CONFIG_KEY
 
 METRIC = "val_accuracy"
 
@@ -184,7 +184,7 @@ def _trial_from_folder(fs: Any, folder: str) -> Trial | None:
     if params is None:
         return None
     config = json.loads(params)
-    config = config.get(GRID_CONFIG_KEY, config)
+    config = config.get(GIVEN_CONFIG_KEY, config)
     lines = (_read_text(fs, f"{folder}/result.json") or "").splitlines()
     results = [json.loads(line) for line in lines if line.strip()]
     last = results[-1] if results else {}

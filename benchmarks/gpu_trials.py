@@ -107,9 +107,9 @@ def worker(spec: dict) -> None:
     """One trial in this process: import, load the data, run_trial; write the timings."""
     import torch
 
-    from tfkd import data, steps
-    from tfkd.config import TrialConfig
-    from tfkd.train import resolve_device, run_trial
+    from tfkd.core import data, steps
+    from tfkd.core.config import TrialConfig
+    from tfkd.core.train import resolve_device, run_trial
 
     imported = time.time()
     if spec["threads"]:
@@ -364,7 +364,7 @@ def measure(
 ) -> list[Run]:
     """Every planned run, then (with --mps-control, MPS not yet running) the MPS runs."""
     sys.path.insert(0, str(REPO))
-    from tfkd import packing
+    from tfkd.sweep import cluster as packing
 
     def go(run: Run, run_env: dict) -> None:
         if time.monotonic() - started > args.budget:

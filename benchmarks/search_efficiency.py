@@ -4,7 +4,7 @@
         [--modes tfkd_self tfkd_reg] [--out DIR] [--json] [--smoke-test]
 
 For tfkd_self and tfkd_reg on scikit-learn's digits (resnet8, real data, offline), three ways of
-choosing the hyper-parameters, each a sweep through `tfkd.search.run_sweep` (the code path of
+choosing the hyper-parameters, each a sweep through `tfkd.sweep.tuner.run_sweep` (the code path of
 tune_main), one CPU thread per trial, two trials at a time:
 
   grid    the paper's protocol: every combination of the values the original authors used across
@@ -43,7 +43,10 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
-from tfkd import cli, modes, search, tracking  # noqa: E402
+from tfkd import tracking  # noqa: E402
+from tfkd.cli import tune as cli  # noqa: E402
+from tfkd.core import modes  # noqa: E402
+from tfkd.sweep import tuner as search  # noqa: E402
 
 # The values the original authors used across models (reference/original_hparams.csv).
 GRIDS: dict[str, dict[str, list[float]]] = {

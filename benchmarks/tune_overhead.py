@@ -29,8 +29,9 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from tfkd import cli, search  # noqa: E402
-from tfkd.train import run_trial  # noqa: E402
+from tfkd.cli import tune as cli  # noqa: E402
+from tfkd.core.train import run_trial  # noqa: E402
+from tfkd.sweep import tuner as search  # noqa: E402
 
 
 class Timeline(search.tune.Callback):

@@ -24,7 +24,7 @@ from mlflow.entities import Metric, Param
 
 from analysis import best_configs, importance, paper, paper_suite, report, reproduce, sweeps
 from analysis.common import EXIT_USAGE, config_hash
-from tfkd.config import TrialConfig
+from tfkd.core.config import TrialConfig
 
 from conftest import (
     REPO,

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tfkd import cli, commands, modes
-from tfkd.commands import EXIT_USAGE
+from tfkd.cli import tune as cli
+from tfkd.cli.flags import EXIT_USAGE
+from tfkd.core import modes
+from tfkd.sweep import storage
 
 from conftest import REPO, assert_one_line, clean_env, cli_args, free_port, tune_main
 
@@ -175,10 +177,10 @@ def test_a_new_sweep_gets_a_unique_name_in_the_shared_experiment(workdir):
 
 
 def test_timestamped_names_skip_taken_ones(monkeypatch):
-    monkeypatch.setattr(commands.time, "strftime", lambda fmt: "20261126-120000")
-    assert commands.timestamped("m", lambda name: False) == "m-20261126-120000"
+    monkeypatch.setattr(storage.time, "strftime", lambda fmt: "20261126-120000")
+    assert storage.timestamped("m", lambda name: False) == "m-20261126-120000"
     taken = {"m-20261126-120000", "m-20261126-120000-2"}
-    assert commands.timestamped("m", taken.__contains__) == "m-20261126-120000-3"
+    assert storage.timestamped("m", taken.__contains__) == "m-20261126-120000-3"
 
 
 def test_an_existing_name_without_resume_is_refused(capsys, workdir):

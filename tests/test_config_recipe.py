@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from tfkd import recipe
-from tfkd.config import TrialConfig
+from tfkd.core import recipe
+from tfkd.core.config import TrialConfig
 
 
 def test_defaults_and_round_trip():

@@ -1,4 +1,4 @@
-"""Tests for tfkd.data: on-disk formats, splits, errors, augmentation, loaders (CPU, offline)."""
+"""tfkd.core.data: on-disk formats, splits, errors, augmentation, loaders (CPU, offline)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import tfkd.data as D
-from tfkd.data.augment import AugmentParams
+import tfkd.core.data as D
+from tfkd.core.data.augment import AugmentParams
 
 try:
     from fixtures_data import (
@@ -231,7 +231,7 @@ def test_tiny_imagenet_format_and_cache(tiny_root, monkeypatch):
     assert (tiny_root / "tiny-imagenet-200.cache.npz").is_file()
     assert sorted(tiny_wnids(4)) != tiny_wnids(4)  # the fixture's wnids.txt is unsorted
 
-    import tfkd.data.sources as sources
+    import tfkd.core.data.sources as sources
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded JPEGs although the cache is valid")

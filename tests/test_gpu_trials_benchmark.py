@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tfkd import data
+from tfkd.core import data
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_trials.py"
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tfkd import losses
+from tfkd.core import losses
 
 STUDENT = np.array([[1.0, 2.0, 0.5, -1.0], [0.3, -0.2, 2.5, 1.0]])
 TEACHER = np.array([[2.0, 0.5, 0.1, 0.0], [-1.0, 0.0, 3.0, 0.2]])

@@ -1,4 +1,4 @@
-"""Tests for the tfkd.models registry and the CIFAR model zoo."""
+"""Tests for the tfkd.core.models registry and the CIFAR model zoo."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-import tfkd.models as models
+import tfkd.core.models as models
 
 # Parameter counts at num_classes=100. The first nine are those of the authors' reference
 # implementation (yuanli2333/Teacher-free-Knowledge-Distillation, model/); cnn, resnet8 and
@@ -121,7 +121,7 @@ def test_register_and_duplicate() -> None:
         with pytest.raises(ValueError, match="already registered"):
             models.register("resnet18")
     finally:
-        from tfkd.models import registry
+        from tfkd.core.models import registry
 
         registry.MODELS.remove(name)
     assert name not in models.names()

@@ -10,7 +10,8 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from tfkd import checkpoint, tracking
+from tfkd import tracking
+from tfkd.core import checkpoint
 
 from conftest import free_port, sqlite_uri
 

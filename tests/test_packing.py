@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from tfkd import packing
+from tfkd.sweep import cluster as packing
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 

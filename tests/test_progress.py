@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from tfkd import progress, sweep_report
-from tfkd.search_space import Param
+from tfkd.sweep import status as progress
+from tfkd.sweep.search_space import Param
+from tfkd.tracking import sweep_files as sweep_report
 
 TFKD_REG = ["temperature", "alpha", "correct_prob", "multiplier", "semantics"]
 

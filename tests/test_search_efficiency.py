@@ -80,7 +80,7 @@ def test_summary_and_target():
 
 
 def test_grid_space_file_is_a_valid_space_of_choices(tmp_path):
-    from tfkd import search_space
+    from tfkd.sweep import search_space
 
     path = bench.grid_space_file("tfkd_reg", bench.GRIDS["tfkd_reg"], tmp_path)
     space = search_space.load(path, "tfkd_reg")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tfkd import search_space
+from tfkd.sweep import search_space
 
 KD_MODES = ("kd", "rekd", "dekd", "tfkd_self")
 NUM_CLASSES = 10  # digits, CIFAR-10; CIFAR-100's K = 100 only lowers the weights

@@ -14,10 +14,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tfkd import data, models, modes, recipe, steps
-from tfkd.config import TrialConfig
-from tfkd.losses import LossTerms
-from tfkd.train import run_trial
+from tfkd.core import data, models, modes, recipe, steps
+from tfkd.core.config import TrialConfig
+from tfkd.core.losses import LossTerms
+from tfkd.core.train import run_trial
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 STEPS_PER_EPOCH, EPOCHS = 5, 10  # 50 steps: warm-up in epoch 1, milestones at epochs 3, 6, 8
@@ -419,7 +419,7 @@ def test_cuda_graph_replays_without_host_syncs():
 def test_cuda_trial_resumes_to_the_same_weights_with_graphs(tmp_path, deterministic_cudnn):
     import shutil
 
-    from tfkd import checkpoint
+    from tfkd.core import checkpoint
 
     folders = []
 

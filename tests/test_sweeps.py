@@ -232,7 +232,7 @@ import sys, tempfile, time
 from pathlib import Path
 import ray, torch
 from ray import tune
-from tfkd import search
+from tfkd.sweep import tuner as search
 
 marker = Path(sys.argv[1])
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tfkd import progress, search_space
-from tfkd.config import TrialConfig
-from tfkd.config import keys as config_keys
+from tfkd.core.config import TrialConfig
+from tfkd.core.config import keys as config_keys
+from tfkd.sweep import search_space
+from tfkd.sweep import status as progress
 
 from conftest import ARTIFACTS, REPO, assert_ok, clean_env, mlflow_server, tune_main
 

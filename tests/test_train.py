@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tfkd import checkpoint, modes
-from tfkd.config import TrialConfig
-from tfkd.train import NonFiniteLossError, load_teacher, run_trial
+from tfkd.core import checkpoint, modes
+from tfkd.core.config import TrialConfig
+from tfkd.core.train import NonFiniteLossError, load_teacher, run_trial
 
 REPORTED = {
     "epoch",
@@ -140,7 +140,7 @@ def test_teacher_with_other_classes_is_rejected(teacher, tmp_path):
 
 
 def _hundred_class_dataset():
-    from tfkd import data
+    from tfkd.core import data
 
     fake = data.load("fake", "unused", fake_size=256)
 

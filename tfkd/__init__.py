@@ -1,8 +1,9 @@
 """tfkd: Teacher-free Knowledge Distillation as hyper-parameter searches.
 
-Library entry points: `tfkd.train.run_trial`, `tfkd.losses`, `tfkd.models.build`,
-`tfkd.data.load` / `tfkd.data.DeviceLoader`, `tfkd.modes`. Ray lives only in `tfkd.search`,
-MLflow only in `tfkd.tracking`.
+Layers, each a package that imports only those below it: `tfkd.core` (torch only: config,
+registries, losses, modes, models, data, `tfkd.core.train.run_trial`), `tfkd.tracking` (the only
+package importing MLflow), `tfkd.sweep` (the only package importing Ray), `tfkd.cli` (the command
+line). See README, "Layout".
 """
 
 __version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The command line: tune_main's parse -> plan -> run -> report, flag groups, teacher options."""

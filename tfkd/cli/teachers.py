@@ -1,0 +1,163 @@
+"""Where a sweep's teacher comes from, checked before anything starts.
+
+Architecture: tune_main (tfkd/cli.py) builds a `TeacherRequest` from its flags; `resolve` finds the
+teacher's weights (--teacher-checkpoint > --teacher-run > the MLflow registry entry
+tfkd-<dataset>-<model>@alias) or, with --train-teacher, says that a baseline run must train it
+first; `attach` puts the teacher's location into the trial config and measures its validation
+accuracy. Registry lookups go through tfkd.tracking (the only module that imports MLflow).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tfkd.core import checkpoint, data, models, modes
+from tfkd.core.errors import UserError
+
+
+@dataclass(frozen=True)
+class TeacherRequest:
+    """What the user asked for: a mode, a student, and the teacher flags."""
+
+    mode: str
+    dataset: str
+    model: str
+    teacher: str | None = None  # MODEL or MODEL@ALIAS
+    checkpoint: str | None = None
+    run_id: str | None = None
+    train: bool = False
+    epochs: int | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TeacherRequest:
+        return cls(
+            mode=args.mode,
+            dataset=args.dataset,
+            model=args.model,
+            teacher=args.teacher,
+            checkpoint=args.teacher_checkpoint,
+            run_id=args.teacher_run,
+            train=args.train_teacher,
+            epochs=args.epochs,
+        )
+
+    @property
+    def architecture(self) -> str:
+        """The teacher's model: the student's own for tfkd_self, else --teacher's model."""
+        if modes.get(self.mode).teacher_is_student and not self.teacher:
+            return self.model
+        return (self.teacher or "").partition("@")[0]
+
+
+def _teacher_flags(request: TeacherRequest) -> list[str]:
+    given = {
+        "--teacher": request.teacher,
+        "--teacher-checkpoint": request.checkpoint,
+        "--teacher-run": request.run_id,
+        "--train-teacher": request.train,
+    }
+    return [flag for flag, value in given.items() if value]
+
+
+def check_request(request: TeacherRequest) -> None:
+    """Teacher flags only for a mode with a teacher, and --teacher naming a known model."""
+    flags = _teacher_flags(request)
+    if flags and not modes.get(request.mode).needs_teacher:
+        with_teacher = [name for name in modes.names() if modes.get(name).needs_teacher]
+        raise UserError(
+            f"{flags[0]}: --mode {request.mode} has no teacher; drop the flag or choose a "
+            f"mode with a teacher ({', '.join(with_teacher)})"
+        )
+    model = request.architecture
+    if request.teacher and model not in models.names():
+        raise UserError(
+            f"--teacher {request.teacher}: unknown model {model!r}; known models: "
+            f"{', '.join(models.names())}"
+        )
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """A resolved teacher; `location` is '' until a --train-teacher run has trained it."""
+
+    model: str
+    alias: str
+    location: str
+
+
+def train_command(request: TeacherRequest, model: str, alias: str) -> str:
+    """The tune_main command that trains (and registers) a missing teacher."""
+    parts = ["python tune_main.py --mode baseline", f"--dataset {request.dataset}"]
+    parts += [f"--model {model}", "--fixed"]
+    if request.epochs:
+        parts.append(f"--epochs {request.epochs}")
+    if alias.startswith("epoch-"):
+        parts.append(f"--snapshot-epochs {alias.removeprefix('epoch-')}")
+    return " ".join(parts)
+
+
+def resolve(request: TeacherRequest, mlflow_uri: str | None) -> Teacher | None:
+    """--teacher-checkpoint > --teacher-run > the MLflow registry (tfkd-<dataset>-<model>)."""
+    if not modes.get(request.mode).needs_teacher:
+        return None
+    from tfkd import tracking
+
+    model = request.architecture
+    alias = tracking.parse_teacher(request.teacher)[1] if request.teacher else tracking.BEST_ALIAS
+    if request.checkpoint:
+        path = Path(request.checkpoint).expanduser().resolve()
+        if not path.exists():
+            raise UserError(f"--teacher-checkpoint {path}: no such file")
+        try:
+            checkpoint.load(path)  # before anything starts: readable, weights only
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--teacher-checkpoint {str(exc).splitlines()[0]}") from None
+        return Teacher(model, alias, str(path))
+    if not model:
+        raise UserError(
+            f"--mode {request.mode} needs a teacher: pass --teacher MODEL (found in "
+            "the MLflow registry) or --teacher-checkpoint PATH"
+        )
+    if mlflow_uri is None:
+        raise UserError(
+            f"--mode {request.mode}: without MLflow tracking the teacher must be "
+            "given as --teacher-checkpoint PATH"
+        )
+    if request.run_id:
+        return Teacher(model, alias, tracking.teacher_uri_from_run(mlflow_uri, request.run_id))
+    command = train_command(request, model, alias)
+    try:
+        location = tracking.teacher_uri_from_registry(
+            mlflow_uri, request.dataset, f"{model}@{alias}", command
+        )
+    except UserError:
+        if not request.train:
+            raise
+        location = ""
+    return Teacher(model, alias, location)
+
+
+def attach(
+    teacher: Teacher,
+    config: Mapping[str, Any],
+    probe_config: Mapping[str, Any],
+    dataset: data.Dataset,
+    mlflow_uri: str | None,
+) -> tuple[dict[str, Any], float]:
+    """The sweep's config with the teacher's location, and the teacher's validation accuracy.
+
+    `probe_config` is a complete trial config (the first trial's) used to load and evaluate it.
+    """
+    from tfkd import tracking
+    from tfkd.core import train
+
+    local = tracking.local_path(teacher.location, mlflow_uri)
+    try:
+        accuracy = train.teacher_accuracy({**probe_config, "teacher_checkpoint": local}, dataset)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"teacher {teacher.location}: {str(exc).splitlines()[0]}") from None
+    return {**config, "teacher_checkpoint": teacher.location, "teacher": teacher.model}, accuracy

@@ -1,0 +1,63 @@
+"""Checkpoints: written atomically, read with weights_only=True (never unpickling objects)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tfkd.core import atomic
+
+CHECKPOINT_FILE = "checkpoint.pt"
+WEIGHTS_FILE = "model.pt"
+
+
+def save_atomic(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """torch.save `state` as the whole of `path` (tfkd.core.atomic)."""
+    path = Path(path)
+    with atomic.replacing(path) as out:
+        torch.save(state, out)
+    return path
+
+
+def resolve_file(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a folder holding checkpoint.pt or model.pt."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for name in (CHECKPOINT_FILE, WEIGHTS_FILE):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"no {CHECKPOINT_FILE} or {WEIGHTS_FILE} in folder {path}")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return path
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint (file or folder) with weights_only=True."""
+    file = resolve_file(path)
+    try:
+        state = torch.load(file, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # it holds Python objects: never unpickled here
+        raise ValueError(
+            f"{file} is not a weights-only checkpoint: it stores Python objects, and tfkd only "
+            "loads tensors (weights_only=True) so that no file can run code; save the weights "
+            "alone, e.g. torch.save({'model': model.state_dict()}, PATH), or use a tfkd run's "
+            f"{WEIGHTS_FILE}"
+        ) from None
+    except Exception as exc:  # corrupt or not a tfkd checkpoint
+        raise ValueError(
+            f"cannot read checkpoint {file}: {exc.__class__.__name__}: {exc}"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"{file} is not a tfkd checkpoint (no 'model' weights)")
+    return state
+
+
+def export_weights(path: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write only the model weights and metadata (what a teacher needs), atomically."""
+    state = load(path)
+    return save_atomic({"model": state["model"], "meta": state.get("meta", {})}, out)

@@ -1,0 +1,242 @@
+"""The trial configuration: one flat dict of plain values, validated once into a frozen object.
+
+The same dict travels through YAML, Ray Tune's param space and MLflow params, so every value is a
+plain str/int/float/bool. `TrialConfig.from_dict` rejects unknown keys and out-of-range values with
+a `ValueError` that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+CUDA_GRAPHS = ("auto", "off", "capture", "compile")  # how CUDA runs the step (tfkd.core.steps)
+
+
+def _positive(value: float) -> bool:
+    """greater than 0"""
+    return value > 0
+
+
+def _non_negative(value: float) -> bool:
+    """0 or more"""
+    return value >= 0
+
+
+def _above_one(value: float) -> bool:
+    return value > 1
+
+
+def _unit_open(value: float) -> bool:
+    """strictly between 0 and 1"""
+    return 0 < value < 1
+
+
+def _unit_closed(value: float) -> bool:
+    """between 0 and 1"""
+    return 0 <= value <= 1
+
+
+def _half_open_unit(value: float) -> bool:
+    """at least 0 and below 1"""
+    return 0 <= value < 1
+
+
+def _one_of(*choices: str) -> Callable[[str], bool]:
+    def check(value: str) -> bool:
+        return value in choices
+
+    check.__doc__ = "one of " + ", ".join(choices)
+    return check
+
+
+def _registered(kind: str) -> Callable[[str], bool]:
+    """Validate a name against a registry, imported lazily to keep this module light."""
+
+    def check(value: str) -> bool:
+        return value in registry_names(kind)
+
+    check.__doc__ = f"a registered {kind}"
+    return check
+
+
+# kind -> (module, Registry attribute); imported on first use so this module stays light.
+_REGISTRIES = {
+    "mode": ("tfkd.core.modes", "MODES"),
+    "model": ("tfkd.core.models", "MODELS"),
+    "dataset": ("tfkd.core.data", "DATASETS"),
+    "semantics": ("tfkd.core.losses", "KL_REDUCTIONS"),
+    "loader": ("tfkd.core.data", "LOADERS"),
+}
+
+
+def registry_names(kind: str) -> list[str]:
+    """Names registered for `kind` (mode, model, dataset, semantics or loader)."""
+    module, attribute = _REGISTRIES[kind]
+    return getattr(importlib.import_module(module), attribute).names()
+
+
+def _device_name(value: str) -> bool:
+    """auto, cpu, cuda or cuda:N"""
+    return value in ("auto", "cpu", "cuda") or value.startswith("cuda:")
+
+
+def _milestones(value: str) -> bool:
+    """increasing fractions between 0 and 1, e.g. 0.3,0.6,0.8"""
+    try:
+        fractions = parse_milestones(value)
+    except ValueError:
+        return False
+    return all(0 < f < 1 for f in fractions) and fractions == sorted(fractions)
+
+
+def parse_milestones(value: str) -> list[float]:
+    """'0.3,0.6,0.8' -> [0.3, 0.6, 0.8] (fractions of the schedule)."""
+    return [float(part) for part in str(value).split(",") if part.strip()]
+
+
+def _meta(check: Callable[[Any], bool] | None = None, doc: str = "") -> dict:
+    return {"check": check, "doc": doc}
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one trial needs. Defaults follow the paper's CIFAR recipe."""
+
+    mode: str = field(metadata=_meta(_registered("mode"), "teacher mode"))
+    model: str = field(default="resnet18", metadata=_meta(_registered("model"), "student model"))
+    dataset: str = field(default="cifar100", metadata=_meta(_registered("dataset"), "dataset"))
+    data_dir: str = field(default="./data", metadata=_meta(None, "dataset root folder"))
+    download: bool = field(default=False, metadata=_meta(None, "download CIFAR if missing"))
+    val_fraction: float = field(default=0.1, metadata=_meta(_half_open_unit, "held-out share"))
+    split_seed: int = field(default=0, metadata=_meta(_non_negative, "seed of the val split"))
+    fake_size: int = field(default=2048, metadata=_meta(_positive, "size of the fake set"))
+    epochs: int = field(default=200, metadata=_meta(_positive, "full schedule length"))
+    batch_size: int = field(default=128, metadata=_meta(_positive, "training batch size"))
+    lr: float = field(default=0.1, metadata=_meta(_positive, "learning rate at batch size 128"))
+    momentum: float = field(default=0.9, metadata=_meta(_half_open_unit, "SGD momentum"))
+    weight_decay: float = field(default=5e-4, metadata=_meta(_non_negative, "SGD weight decay"))
+    warmup_epochs: int = field(default=1, metadata=_meta(_non_negative, "linear warm-up"))
+    lr_milestones: str = field(
+        default="0.3,0.6,0.8", metadata=_meta(_milestones, "learning-rate milestones")
+    )
+    lr_gamma: float = field(default=0.2, metadata=_meta(_unit_open, "decay at each milestone"))
+    temperature: float = field(default=20.0, metadata=_meta(_positive, "softmax temperature"))
+    alpha: float = field(default=0.95, metadata=_meta(_unit_closed, "weight of the KL term"))
+    multiplier: float = field(default=1.0, metadata=_meta(_positive, "extra KL factor"))
+    correct_prob: float = field(default=0.99, metadata=_meta(_unit_open, "virtual teacher p"))
+    epsilon: float = field(default=0.1, metadata=_meta(_half_open_unit, "label smoothing"))
+    semantics: str = field(
+        default="reference", metadata=_meta(_registered("semantics"), "loss form")
+    )
+    seed: int = field(default=0, metadata=_meta(_non_negative, "init/shuffle/augment seed"))
+    teacher: str = field(default="", metadata=_meta(None, "teacher model name (informative)"))
+    teacher_checkpoint: str = field(default="", metadata=_meta(None, "teacher weights file"))
+    device: str = field(default="auto", metadata=_meta(_device_name, "device"))
+    amp: bool = field(default=True, metadata=_meta(None, "bf16 autocast on CUDA"))
+    channels_last: bool = field(default=True, metadata=_meta(None, "channels_last on CUDA"))
+    compile: bool = field(default=False, metadata=_meta(None, "torch.compile the student"))
+    cuda_graphs: str = field(
+        default="auto", metadata=_meta(_one_of(*CUDA_GRAPHS), "graph-captured step on CUDA")
+    )
+    gpu_share: float = field(
+        default=1.0, metadata=_meta(_positive, "share of a GPU the trial holds (set by search)")
+    )
+    loader: str = field(default="device", metadata=_meta(_registered("loader"), "input pipeline"))
+    augment: str = field(default="default", metadata=_meta(None, "augmentations or 'default'"))
+    num_workers: int = field(default=0, metadata=_meta(_non_negative, "classic loader workers"))
+    eval_batch_size: int = field(default=1000, metadata=_meta(_positive, "evaluation batch"))
+    divergence_factor: float = field(
+        default=1000.0, metadata=_meta(_above_one, "loss / first epoch's loss that fails a trial")
+    )
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrialConfig:
+        """Validate a flat dict; unknown keys, wrong types and out-of-range values raise."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(
+                f"unknown config key(s): {', '.join(unknown)}; known keys: {', '.join(known)}"
+            )
+        if "mode" not in values:
+            raise ValueError("config key 'mode' is required")
+        coerced = {name: _coerce(known[name], value) for name, value in values.items()}
+        for name, value in coerced.items():
+            _check(known[name], value)
+        return cls(**coerced)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrialConfig:
+        return TrialConfig.from_dict({**self.to_dict(), **changes})
+
+    @property
+    def scaled_lr(self) -> float:
+        """The paper's rule: lr x batch_size / 128."""
+        return self.lr * self.batch_size / 128
+
+
+def keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrialConfig)]
+
+
+def key_types() -> dict[str, type]:
+    return {f.name: _field_type(f) for f in dataclasses.fields(TrialConfig)}
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    return {"str": str, "int": int, "float": float, "bool": bool}[str(f.type)]
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """Accept what YAML, Ray and MLflow hand back (ints for floats, numpy scalars, None for '')."""
+    kind = _field_type(f)
+    if value is None and kind is str:
+        return ""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"config key '{f.name}' must be {_TYPE_NAMES[kind]}, got {value!r}")
+
+
+def _check(f: dataclasses.Field, value: Any) -> None:
+    check = f.metadata.get("check")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"config key '{f.name}' must be finite, got {value!r}")
+    if check is not None and not check(value):
+        expected = f.metadata.get("doc", "")
+        rule = check.__doc__ or check.__name__.strip("_").replace("_", " ")
+        raise ValueError(f"config key '{f.name}' = {value!r} is out of range ({expected}: {rule})")

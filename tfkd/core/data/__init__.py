@@ -1,0 +1,65 @@
+"""tfkd.core.data: datasets as uint8 tensors, seeded stratified splits, and fast batch loaders.
+
+    ds = load("cifar100", "./data", val_fraction=0.1, seed=0)
+    loader = DeviceLoader(ds.train, batch_size=128, train=True, device="cuda", seed=0)
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for images, labels in loader: ...
+
+Datasets are registered in `sources.py` (one decorated function each); `names()` lists them.
+`DeviceLoader` keeps the data on the accelerator and augments whole batches there;
+`ClassicLoader` is the original PIL + torchvision-transforms + DataLoader pipeline (for
+comparison and benchmarks). `make_loader("device" | "classic", split, ...)` picks one.
+"""
+
+from . import sources as _sources  # noqa: F401  (registers the built-in datasets)
+from .augment import (
+    AUGMENTATIONS,
+    AugmentParams,
+    apply_params,
+    augment_batch,
+    parse_augment,
+    sample_params,
+)
+from .core import (
+    DATASETS,
+    DataError,
+    Dataset,
+    DatasetNotFoundError,
+    Request,
+    Source,
+    Split,
+    channel_stats,
+    clear_cache,
+    load,
+    names,
+    register,
+    stratified_split,
+)
+from .loaders import LOADERS, ClassicLoader, DeviceLoader, make_loader
+
+__all__ = [
+    "AUGMENTATIONS",
+    "DATASETS",
+    "LOADERS",
+    "AugmentParams",
+    "ClassicLoader",
+    "DataError",
+    "Dataset",
+    "DatasetNotFoundError",
+    "DeviceLoader",
+    "Request",
+    "Source",
+    "Split",
+    "apply_params",
+    "augment_batch",
+    "channel_stats",
+    "clear_cache",
+    "load",
+    "make_loader",
+    "names",
+    "parse_augment",
+    "register",
+    "sample_params",
+    "stratified_split",
+]

@@ -1,0 +1,236 @@
+"""Batch loaders over a `Split`: the device-resident DeviceLoader and the original ClassicLoader.
+
+Both yield (images float32 N x C x H x W normalised with split.mean/std, labels int64) on
+`device`, with the same augmentation distributions, and both are seeded per epoch: the batches
+of epoch e depend only on (seed, e), which is what exact checkpoint resume needs. Iterating
+without calling `set_epoch` advances the epoch by one per pass (like a fresh epoch each time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from tfkd.core.registry import Registry
+
+from .augment import MAX_DEGREES, PAD, augment_batch, parse_augment
+from .core import Split, seed_from
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class _BaseLoader:
+    def __init__(
+        self,
+        split: Split,
+        *,
+        batch_size: int,
+        train: bool,
+        device: str | torch.device,
+        seed: int,
+        augment: str | Sequence[str] | None,
+        drop_last: bool | None,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.split = split
+        self.batch_size = batch_size
+        self.train = bool(train)
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        names = parse_augment(augment, split)  # validated even when unused
+        self.augment: tuple[str, ...] = names if self.train else ()
+        self.drop_last = bool(drop_last) if (drop_last is not None and self.train) else False
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose batches the next iteration yields."""
+        self.epoch = int(epoch)
+
+    def _next_epoch(self) -> int:
+        epoch = self.epoch
+        self.epoch += 1
+        return epoch
+
+    def __len__(self) -> int:
+        n = len(self.split)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+
+class DeviceLoader(_BaseLoader):
+    """Keeps the uint8 split on `device` and augments whole batches there.
+
+    The images are moved to `device` once, at construction. Each epoch draws a permutation
+    (train=True) and the augmentation parameters from one `torch.Generator` on `device`, seeded
+    from (seed, epoch). train=False: fixed order, no augmentation, all samples. drop_last
+    defaults to False (the last, smaller batch is kept) and only applies when train=True.
+    `num_workers` is accepted so both loader kinds share a signature; it is unused here.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        *,
+        batch_size: int,
+        train: bool,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        augment: str | Sequence[str] | None = "default",
+        drop_last: bool | None = None,
+        num_workers: int = 0,
+        pad: int = PAD,
+        max_degrees: float = MAX_DEGREES,
+    ) -> None:
+        super().__init__(
+            split,
+            batch_size=batch_size,
+            train=train,
+            device=device,
+            seed=seed,
+            augment=augment,
+            drop_last=drop_last,
+        )
+        self.pad, self.max_degrees = pad, max_degrees
+        self.images = split.images.to(self.device)
+        self.labels = split.labels.to(self.device)
+        std = torch.tensor(split.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        mean = torch.tensor(split.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self._scale = 1.0 / (255.0 * std)  # (x / 255 - mean) / std == x * scale + shift
+        self._shift = -mean / std
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch = self._next_epoch()
+        n, bs = self.images.shape[0], self.batch_size
+        stop = n - n % bs if self.drop_last else n
+        if not self.train:
+            for start in range(0, stop, bs):
+                x = self.images[start : start + bs]
+                yield self._normalise(x.float()), self.labels[start : start + bs]
+            return
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(seed_from("device-loader", self.seed, epoch))
+        perm = torch.randperm(n, generator=gen, device=self.device)
+        for start in range(0, stop, bs):
+            idx = perm[start : start + bs]
+            x = self.images.index_select(0, idx)
+            x = augment_batch(x, self.augment, gen, pad=self.pad, max_degrees=self.max_degrees)
+            yield self._normalise(x), self.labels.index_select(0, idx)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mul_(self._scale).add_(self._shift)
+
+
+class _PILDataset(torch.utils.data.Dataset):
+    """Per-sample PIL images from a uint8 split, as the original CIFAR pipeline served them."""
+
+    def __init__(self, split: Split, transform) -> None:  # noqa: ANN001 - torchvision Compose
+        hwc = split.images.permute(0, 2, 3, 1)
+        self.images = np.ascontiguousarray(hwc[..., 0] if hwc.shape[-1] == 1 else hwc)
+        self.labels = split.labels.numpy()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+class ClassicLoader(_BaseLoader):
+    """The original implementation's pipeline: PIL + torchvision transforms + torch DataLoader.
+
+    Transforms: RandomCrop(size, padding=4), RandomHorizontalFlip(), RandomRotation(15) (those
+    in `augment`), ToTensor(), Normalize(mean, std); batches are moved to `device`. Shuffling
+    and the workers' seeds come from a generator seeded from (seed, epoch). With num_workers=0
+    the transforms draw from a private copy of torch's CPU RNG state, seeded the same way, so
+    the global RNG is left untouched and epochs are reproducible (results differ between
+    num_workers=0 and > 0, as the sample-to-RNG assignment differs).
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        *,
+        batch_size: int,
+        train: bool,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        augment: str | Sequence[str] | None = "default",
+        drop_last: bool | None = None,
+        num_workers: int = 0,
+        pad: int = PAD,
+        max_degrees: float = MAX_DEGREES,
+    ) -> None:
+        super().__init__(
+            split,
+            batch_size=batch_size,
+            train=train,
+            device=device,
+            seed=seed,
+            augment=augment,
+            drop_last=drop_last,
+        )
+        from torchvision import transforms as T
+
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be a non-negative int, got {num_workers!r}")
+        self.num_workers = num_workers
+        size = tuple(split.images.shape[2:])
+        steps = []
+        if "crop" in self.augment:
+            steps.append(T.RandomCrop(size, padding=pad))
+        if "flip" in self.augment:
+            steps.append(T.RandomHorizontalFlip())
+        if "rotate" in self.augment:
+            steps.append(T.RandomRotation(max_degrees))
+        steps += [T.ToTensor(), T.Normalize(split.mean, split.std)]
+        self.transform = T.Compose(steps)
+        self.dataset = _PILDataset(split, self.transform)
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch = self._next_epoch()
+        seed = seed_from("classic-loader", self.seed, epoch)
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            shuffle=self.train,
+            drop_last=self.drop_last,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(seed),
+            pin_memory=self.device.type == "cuda",
+        )
+        isolate = self.num_workers == 0
+        if isolate:
+            outer = torch.get_rng_state()
+            torch.default_generator.manual_seed(seed_from("classic-transforms", seed))
+            ours = torch.get_rng_state()
+            torch.set_rng_state(outer)
+        it = iter(loader)
+        while True:
+            if isolate:
+                outer = torch.get_rng_state()
+                torch.set_rng_state(ours)
+            try:
+                x, y = next(it)
+            except StopIteration:
+                return
+            finally:
+                if isolate:
+                    ours = torch.get_rng_state()
+                    torch.set_rng_state(outer)
+            nb = self.device.type == "cuda"
+            yield x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
+
+
+LOADERS: Registry[type[_BaseLoader]] = Registry("loader")
+LOADERS.add("device", DeviceLoader)
+LOADERS.add("classic", ClassicLoader)
+
+
+def make_loader(kind: str, split: Split, **kwargs) -> DeviceLoader | ClassicLoader:  # noqa: ANN003
+    """Build a loader by kind ("device" or "classic"); an unknown kind raises ValueError."""
+    return LOADERS.get(kind)(split, **kwargs)

@@ -1,0 +1,166 @@
+"""Losses of every teacher mode, as pure, vectorised functions of tensors.
+
+Notation: z = student logits (N x K), y = labels, T = temperature, a = alpha, m = multiplier,
+CE = cross-entropy with the hard labels, KL(p || q) = sum_k p_k (log p_k - log q_k).
+
+Two semantics (see README, "Loss semantics"):
+
+* ``semantics="reference"`` reproduces the original Tf-KD implementation, which produced the
+  paper's tables. Its KL term is PyTorch's ``KLDivLoss(reduction="mean")``: the element-wise mean
+  over batch x classes, i.e. the per-sample KL divided by N*K (not by N).
+
+  - KD (kd, rekd, dekd, tfkd_self):
+    L = (1-a) CE(z, y) + a * m * T^2 * mean_{n,k}[ p^t_T (log p^t_T - log softmax(z/T)) ]
+  - virtual teacher (tfkd_reg): the teacher is u = softmax(p^d / T) where p^d puts correct_prob on
+    the true class and (1-correct_prob)/(K-1) elsewhere; the student side has *no* temperature and
+    there is no T^2:
+    L = (1-a) CE(z, y) + a * m * mean_{n,k}[ u (log u - log softmax(z)) ]
+
+* ``semantics="paper"`` follows the paper's equations: the KL is summed over classes and averaged
+  over the batch (``reduction="batchmean"``).
+
+  - KD:    L = (1-a) CE(z, y) + a * m * T^2 * (1/N) sum_n KL(p^t_T || softmax(z/T))     (Hinton)
+  - Tf-KD_reg (paper, Eq. 9): L = (1-a) CE(z, y) + a * m * (1/N) sum_n KL(p^d_T || softmax(z/T)),
+    with the temperature on both sides, p^d_T = softmax(p^d / T).
+
+Because "mean" divides by K as well, the reference KL is K times smaller than the paper's; that is
+why the original needed multipliers such as 50 or 100 for some models.
+
+Label smoothing (lsr) is the same in both: q = 1-eps on the true class, eps/(K-1) elsewhere,
+L = -(1/N) sum_n sum_k q_k log softmax(z)_k.
+
+One function per loss; each returns `LossTerms(total, ce, kl)`: `total` is what is optimised,
+`ce` and `kl` its parts (logged separately; `kl` already carries alpha's partner factors m and T^2,
+so total = (1-a) ce + a kl).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tfkd.core.registry import Registry
+
+
+class LossTerms(NamedTuple):
+    """A loss and its named parts, so they can be logged separately."""
+
+    total: Tensor
+    ce: Tensor
+    kl: Tensor
+
+
+def _kl_reference(student_log_probs: Tensor, teacher_probs: Tensor) -> Tensor:
+    """KLDivLoss(reduction='mean') of PyTorch 1.x: element-wise mean over batch x classes.
+
+    Written as sum / numel because PyTorch has announced that 'mean' will become 'batchmean'.
+    """
+    return F.kl_div(student_log_probs, teacher_probs, reduction="sum") / student_log_probs.numel()
+
+
+def _kl_paper(student_log_probs: Tensor, teacher_probs: Tensor) -> Tensor:
+    """KL summed over classes, averaged over the batch."""
+    return F.kl_div(student_log_probs, teacher_probs, reduction="batchmean")
+
+
+KL_REDUCTIONS: Registry[Callable[[Tensor, Tensor], Tensor]] = Registry("semantics")
+KL_REDUCTIONS.add("reference", _kl_reference)
+KL_REDUCTIONS.add("paper", _kl_paper)
+_kl = KL_REDUCTIONS.get
+
+
+def _full_precision(x: Tensor) -> Tensor:
+    """Losses are computed in at least float32, also under bf16 autocast."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _combine(ce: Tensor, kl: Tensor, alpha: float) -> LossTerms:
+    return LossTerms(total=(1.0 - alpha) * ce + alpha * kl, ce=ce, kl=kl)
+
+
+def kd_loss(
+    student_logits: Tensor,
+    labels: Tensor,
+    teacher_logits: Tensor,
+    *,
+    temperature: float,
+    alpha: float,
+    multiplier: float = 1.0,
+    semantics: str = "reference",
+) -> LossTerms:
+    """Knowledge distillation (Hinton et al. 2015) as used by kd, rekd, dekd and tfkd_self.
+
+    L = (1-alpha) CE(z, y) + alpha * multiplier * T^2 * KL(softmax(t/T) || softmax(z/T)),
+    with the KL reduced per `semantics` (module docstring). The returned ``kl`` part already
+    includes T^2 and the multiplier.
+    """
+    t = temperature
+    teacher_probs = F.softmax(_full_precision(teacher_logits.detach()) / t, dim=1)
+    student_log_probs = F.log_softmax(_full_precision(student_logits) / t, dim=1)
+    kl = _kl(semantics)(student_log_probs, teacher_probs) * (t * t * multiplier)
+    ce = F.cross_entropy(_full_precision(student_logits), labels)
+    return _combine(ce, kl, alpha)
+
+
+def virtual_teacher_distribution(
+    labels: Tensor, num_classes: int, correct_prob: float, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """p^d: correct_prob on the true class, (1-correct_prob)/(K-1) on every other class."""
+    off = (1.0 - correct_prob) / (num_classes - 1)
+    dist = torch.full((labels.shape[0], num_classes), off, device=labels.device, dtype=dtype)
+    return dist.scatter_(1, labels.unsqueeze(1), correct_prob)
+
+
+def virtual_teacher_loss(
+    student_logits: Tensor,
+    labels: Tensor,
+    *,
+    temperature: float,
+    alpha: float,
+    correct_prob: float = 0.99,
+    multiplier: float = 1.0,
+    semantics: str = "reference",
+) -> LossTerms:
+    """Tf-KD_reg: distillation from a manually designed "virtual teacher" (Yuan et al. 2020).
+
+    The teacher is softmax(p^d / T) with p^d from `virtual_teacher_distribution`.
+    reference: L = (1-a) CE + a * m * KL_mean(softmax(p^d/T) || softmax(z))  (no T on the student)
+    paper:     L = (1-a) CE + a * m * KL_batchmean(softmax(p^d/T) || softmax(z/T))
+    """
+    logits = _full_precision(student_logits)
+    num_classes = logits.shape[1]
+    design = virtual_teacher_distribution(labels, num_classes, correct_prob, logits.dtype)
+    teacher_probs = F.softmax(design / temperature, dim=1)
+    student_temperature = temperature if semantics == "paper" else 1.0
+    student_log_probs = F.log_softmax(logits / student_temperature, dim=1)
+    kl = _kl(semantics)(student_log_probs, teacher_probs) * multiplier
+    ce = F.cross_entropy(logits, labels)
+    return _combine(ce, kl, alpha)
+
+
+def label_smoothing_loss(
+    student_logits: Tensor, labels: Tensor, *, epsilon: float = 0.1
+) -> LossTerms:
+    """LSR (Szegedy et al. 2016) with eps/(K-1) on each wrong class and 1-eps on the true one.
+
+    L = -(1/N) sum_n sum_k q_k log softmax(z)_k. This equals
+    ``F.cross_entropy(z, y, label_smoothing=eps * K / (K-1))``. The ``ce`` part is the plain
+    hard-label cross-entropy and ``kl`` what smoothing adds to it (L - CE).
+    """
+    num_classes = student_logits.shape[1]
+    log_probs = F.log_softmax(_full_precision(student_logits), dim=1)
+    targets = torch.full_like(log_probs, epsilon / (num_classes - 1))
+    targets.scatter_(1, labels.unsqueeze(1), 1.0 - epsilon)
+    total = -(targets * log_probs).sum(dim=1).mean()
+    ce = F.nll_loss(log_probs, labels)
+    return LossTerms(total=total, ce=ce, kl=total - ce)
+
+
+def cross_entropy_loss(student_logits: Tensor, labels: Tensor) -> LossTerms:
+    """Plain cross-entropy (baseline); the KL part is zero."""
+    ce = F.cross_entropy(_full_precision(student_logits), labels)
+    return LossTerms(total=ce, ce=ce, kl=torch.zeros_like(ce))

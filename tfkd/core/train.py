@@ -1,0 +1,414 @@
+"""Train one configuration: `run_trial(config, report) -> metrics`.
+
+This module knows nothing of Ray or MLflow. It calls `report(metrics, checkpoint_dir)` once per
+epoch; the caller decides what to do with the metrics and the checkpoint folder (which is deleted
+after `report` returns).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from tfkd.core import checkpoint, data, metrics, models, modes, recipe, steps
+from tfkd.core.config import TrialConfig
+from tfkd.core.steps import NonFiniteLossError, TrainingFailure
+
+Report = Callable[[dict[str, Any], "str | None"], None]
+
+# How many steps may pass between two checks for a non-finite loss (each check syncs a GPU).
+FINITE_CHECK_INTERVAL = {"cpu": 1, "cuda": 25}
+
+__all__ = [
+    "DivergedError",
+    "NonFiniteLossError",
+    "TrainingFailure",
+    "run_trial",
+    "teacher_accuracy",
+    "train_one_epoch",
+]
+
+
+class DivergedError(TrainingFailure):
+    """The training loss grew far above the first epoch's (see `check_divergence`)."""
+
+
+def check_divergence(loss: float, first_loss: float, cfg: TrialConfig, epoch: int) -> None:
+    """An epoch's mean training loss above divergence_factor x the first epoch's has diverged.
+
+    Training losses fall after the first epoch; one that rises a thousandfold (the default
+    factor) is a run whose weights blew up (e.g. far too high a learning rate) and would only
+    report meaningless, finite numbers.
+    """
+    bound = cfg.divergence_factor * abs(first_loss)
+    if epoch > 1 and loss > bound:
+        raise DivergedError(
+            f"diverged: training loss {loss:.4g} at epoch {epoch} is above {bound:.4g} "
+            f"(divergence_factor {cfg.divergence_factor:g} x the first epoch's {first_loss:.4g}); "
+            "lower the learning rate, temperature or multiplier"
+        )
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available; a CUDA request on a node without CUDA falls back to CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        warnings.warn(
+            f"device {name!r} requested but CUDA is not available here; using CPU", stacklevel=2
+        )
+        return torch.device("cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _autocast(cfg: TrialConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    return steps.autocast(cfg, device)
+
+
+def _prepare(module: nn.Module, cfg: TrialConfig, device: torch.device) -> nn.Module:
+    module = module.to(device)
+    if device.type == "cuda" and cfg.channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    return module
+
+
+def build_student(cfg: TrialConfig, num_classes: int, device: torch.device) -> nn.Module:
+    return _prepare(models.build(cfg.model, num_classes), cfg, device)
+
+
+def load_teacher(cfg: TrialConfig, num_classes: int, device: torch.device) -> nn.Module:
+    """The teacher of kd/rekd/dekd/tfkd_self: frozen, in eval mode, never in the optimiser."""
+    if not cfg.teacher_checkpoint:
+        raise ValueError(f"mode {cfg.mode!r} needs a teacher: set config key 'teacher_checkpoint'")
+    state = checkpoint.load(cfg.teacher_checkpoint)
+    meta = state.get("meta", {})
+    name = (
+        meta.get("model")
+        or cfg.teacher
+        or (cfg.model if modes.get(cfg.mode).teacher_is_student else "")
+    )
+    if not name:
+        raise ValueError(
+            f"teacher checkpoint {cfg.teacher_checkpoint} does not say its model; set 'teacher'"
+        )
+    if cfg.teacher and cfg.teacher != name:
+        raise ValueError(
+            f"teacher checkpoint {cfg.teacher_checkpoint} holds a {name}, not a {cfg.teacher}"
+        )
+    if meta.get("num_classes", num_classes) != num_classes:
+        raise ValueError(
+            f"teacher checkpoint {cfg.teacher_checkpoint} has {meta['num_classes']} classes, "
+            f"the dataset has {num_classes}"
+        )
+    teacher = models.build(name, num_classes)
+    teacher.load_state_dict(state["model"])
+    teacher.requires_grad_(False)
+    return _prepare(teacher, cfg, device).eval()
+
+
+def load_dataset(cfg: TrialConfig) -> data.Dataset:
+    """The one way from a trial config to its dataset (split and cached as the config says)."""
+    return data.load(
+        cfg.dataset,
+        cfg.data_dir,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.split_seed,
+        download=cfg.download,
+        fake_size=cfg.fake_size,
+    )
+
+
+def eval_loader(split: data.Split, cfg: TrialConfig, device: torch.device) -> Any:
+    """The one way to a loader that evaluates a split: in order, no augmentation."""
+    return data.make_loader(
+        cfg.loader,
+        split,
+        batch_size=cfg.eval_batch_size,
+        train=False,
+        device=device,
+        seed=cfg.seed,
+        augment="none",
+    )
+
+
+def _batches(
+    loader: Any, cfg: TrialConfig, device: torch.device
+) -> Iterator[tuple[Tensor, Tensor]]:
+    to_channels_last = device.type == "cuda" and cfg.channels_last
+    for images, labels in loader:
+        if to_channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        yield images, labels
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: Any, cfg: TrialConfig, device: torch.device) -> Tensor:
+    """Logits (float32) for a whole split, in loader order."""
+    was_training = model.training
+    model.eval()
+    outputs = []
+    with _autocast(cfg, device):
+        for images, _ in _batches(loader, cfg, device):
+            outputs.append(model(images).float())
+    model.train(was_training)
+    return torch.cat(outputs)
+
+
+class Evaluator:
+    """Evaluates a split; the teacher's logits on it are computed once (they never change)."""
+
+    def __init__(
+        self,
+        split: data.Split,
+        cfg: TrialConfig,
+        device: torch.device,
+        teacher: nn.Module | None,
+        prefix: str,
+    ) -> None:
+        self.cfg, self.device, self.prefix = cfg, device, prefix
+        self.loader = eval_loader(split, cfg, device)
+        self.labels = split.labels.to(device)
+        self.teacher_logits = predict(teacher, self.loader, cfg, device) if teacher else None
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module, epoch: int) -> dict[str, float]:
+        logits = predict(model, self.loader, self.cfg, self.device)
+        if not bool(torch.isfinite(logits).all()):
+            raise NonFiniteLossError(
+                f"non-finite outputs on the {self.prefix} split after epoch {epoch}: the weights "
+                "diverged; lower the learning rate, temperature or multiplier"
+            )
+        terms = modes.get(self.cfg.mode).loss(logits, self.labels, self.teacher_logits, self.cfg)
+        p = self.prefix
+        return {
+            f"{p}_loss": terms.total.item(),
+            f"{p}_accuracy": metrics.accuracy(logits, self.labels),
+            f"{p}_ece": metrics.expected_calibration_error(logits, self.labels),
+            f"{p}_nll": metrics.nll(logits, self.labels),
+        }
+
+
+def train_one_epoch(
+    step: steps.Step,
+    loader: Any,
+    scheduler: Any,
+    cfg: TrialConfig,
+    device: torch.device,
+    epoch: int,
+) -> dict[str, float]:
+    """One pass over the training split: `step` trains on each batch, the rate moves per batch.
+
+    Nothing here waits for the device except the non-finite-loss check, every
+    FINITE_CHECK_INTERVAL steps, and the epoch's sums read at the end.
+    """
+    step.meter.reset()
+    check_every = FINITE_CHECK_INTERVAL.get(device.type, 1)
+    count = 0
+    for count, (images, labels) in enumerate(_batches(loader, cfg, device), start=1):
+        step(images, labels)
+        scheduler.step()
+        step.meter.seen += labels.shape[0]
+        if count % check_every == 0:
+            step.meter.check(epoch)
+    if count % check_every:
+        step.meter.check(epoch)
+    return step.meter.summary()
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _checkpoint_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    cfg: TrialConfig,
+    epoch: int,
+    num_classes: int,
+    epoch_metrics: Mapping[str, float],
+    first_loss: float,
+) -> dict[str, Any]:
+    return {
+        "first_train_loss": first_loss,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": _rng_state(),
+        "epoch": epoch,
+        "meta": {
+            "model": cfg.model,
+            "num_classes": num_classes,
+            "dataset": cfg.dataset,
+            "mode": cfg.mode,
+            "epoch": epoch,
+            "val_accuracy": float(epoch_metrics.get("val_accuracy", float("nan"))),
+        },
+    }
+
+
+def _report_epoch(report: Report, epoch_metrics: dict[str, Any], state: dict[str, Any]) -> None:
+    """Write the epoch's checkpoint to a fresh folder, hand both to `report`, then clean up."""
+    folder = tempfile.mkdtemp(prefix="tfkd-ckpt-")
+    try:
+        checkpoint.save_atomic(state, Path(folder) / checkpoint.CHECKPOINT_FILE)
+        report(epoch_metrics, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _resume(
+    path: str, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, cfg: TrialConfig
+) -> tuple[int, float | None]:
+    """Restore the training state; returns (its epoch, the first epoch's training loss)."""
+    state = checkpoint.load(path)
+    saved_model = state.get("meta", {}).get("model", cfg.model)
+    if saved_model != cfg.model:
+        raise ValueError(f"checkpoint {path} holds a {saved_model}, the trial trains a {cfg.model}")
+    model.load_state_dict(state["model"])
+    kinds = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state["optimizer"])
+    for group, kept in zip(optimizer.param_groups, kinds, strict=True):
+        group.update(kept)  # this device's SGD implementation, not the one that wrote the file
+    scheduler.load_state_dict(state["scheduler"])
+    _restore_rng(state["rng"])
+    return int(state["epoch"]), state.get("first_train_loss")
+
+
+def _log_epoch(cfg: TrialConfig, m: Mapping[str, Any]) -> None:
+    val = f" val_acc {m['val_accuracy']:.2f}%" if "val_accuracy" in m else ""
+    test = f" test_acc {m['test_accuracy']:.2f}%" if "test_accuracy" in m else ""
+    print(
+        f"[tfkd] {cfg.mode} {cfg.model} epoch {m['epoch']}/{cfg.epochs} "
+        f"loss {m['train_loss']:.4f} train_acc {m['train_accuracy']:.2f}%{val}{test} "
+        f"lr {m['lr']:.4g} {m['epoch_seconds']:.1f}s {m['images_per_second']:.0f} img/s",
+        flush=True,
+    )
+
+
+def run_trial(
+    config: Mapping[str, Any],
+    report: Report | None = None,
+    *,
+    dataset: data.Dataset | None = None,
+    resume_from: str | None = None,
+) -> dict[str, Any]:
+    """Train one configuration and return the final epoch's metrics (with the test metrics).
+
+    `dataset` lets a caller share an already loaded dataset (the search loads it once per node);
+    `resume_from` is a checkpoint written by an earlier call (a file or its folder).
+    """
+    cfg = TrialConfig.from_dict(config)
+    mode = modes.get(cfg.mode)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    if dataset is None:
+        dataset = load_dataset(cfg)
+    teacher = load_teacher(cfg, dataset.num_classes, device) if mode.needs_teacher else None
+    model = build_student(cfg, dataset.num_classes, device)
+    train_model = torch.compile(model) if cfg.compile else model
+    step_kind = steps.kind_for(cfg, device, len(dataset.train))
+    train_loader = data.make_loader(
+        cfg.loader,
+        dataset.train,
+        batch_size=cfg.batch_size,
+        train=True,
+        device=device,
+        seed=cfg.seed,
+        augment=cfg.augment,
+        num_workers=cfg.num_workers,
+        drop_last=steps.STEPS[step_kind].drop_last,
+    )
+    optimizer = recipe.build_optimizer(model, cfg)
+    scheduler = recipe.build_scheduler(optimizer, cfg, steps_per_epoch=len(train_loader))
+    start_epoch, first_loss = (
+        _resume(resume_from, model, optimizer, scheduler, cfg) if resume_from else (0, None)
+    )
+    # Built after the resume: a captured step keeps pointing at the restored tensors.
+    parts = steps.StepParts(
+        train_model, teacher, optimizer, mode.loss, cfg, device, steps.Meter(device)
+    )
+    train_step = steps.build(step_kind, parts)
+    evaluators = [
+        Evaluator(split, cfg, device, teacher, prefix)
+        for split, prefix in ((dataset.val, "val"), (dataset.test, "test"))
+        if len(split)
+    ]
+    validate = [e for e in evaluators if e.prefix == "val"]
+    test = [e for e in evaluators if e.prefix == "test"]
+
+    epoch_metrics: dict[str, Any] = {}
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        train_loader.set_epoch(epoch)
+        _sync(device)
+        started = time.perf_counter()
+        train_stats = train_one_epoch(train_step, train_loader, scheduler, cfg, device, epoch)
+        _sync(device)
+        train_seconds = time.perf_counter() - started
+        first_loss = train_stats["train_loss"] if first_loss is None else first_loss
+        check_divergence(train_stats["train_loss"], first_loss, cfg, epoch)
+        epoch_metrics = {"epoch": epoch, "lr": lr, **train_stats}
+        for evaluate in validate + (test if epoch == cfg.epochs else []):
+            epoch_metrics.update(evaluate(model, epoch))
+        epoch_metrics["epoch_seconds"] = time.perf_counter() - started
+        epoch_metrics["images_per_second"] = train_stats["train_images"] / train_seconds
+        _log_epoch(cfg, epoch_metrics)
+        if report is not None:
+            _report_epoch(
+                report,
+                epoch_metrics,
+                _checkpoint_state(
+                    model,
+                    optimizer,
+                    scheduler,
+                    cfg,
+                    epoch,
+                    dataset.num_classes,
+                    epoch_metrics,
+                    first_loss,
+                ),
+            )
+    return epoch_metrics
+
+
+def teacher_accuracy(config: Mapping[str, Any], dataset: data.Dataset) -> float:
+    """The teacher's accuracy (%) on the validation split (the test split if there is none)."""
+    cfg = TrialConfig.from_dict(config)
+    device = resolve_device(cfg.device)
+    teacher = load_teacher(cfg, dataset.num_classes, device)
+    split = dataset.val if len(dataset.val) else dataset.test
+    logits = predict(teacher, eval_loader(split, cfg, device), cfg, device)
+    return metrics.accuracy(logits, split.labels.to(device))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,109 @@
+"""The trial record: what every checkpoint of a sweep's trial carries besides the training state.
+
+A restart concept (Ray restores a trial from a checkpoint folder), so it lives with the trainable,
+not in the training core, which only saves and loads checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from tfkd.core import atomic
+from tfkd.core.checkpoint import export_weights, load
+
+RECORD_FILE = "trial_record.json"
+BEST_FILE = "best_model.pt"
+
+
+class TrialRecord:
+    """What every checkpoint of a trial carries besides the training state.
+
+    Every finished epoch's metrics (so a restored trial can complete its tracking history) and
+    the best weights so far by validation accuracy (training accuracy when there is no
+    validation split) with that accuracy and epoch, and the nodes that ran the trial. A trial
+    restarted or resumed from any of its checkpoints therefore loses neither its history nor
+    its best checkpoint; the checkpoints themselves may be pruned to the latest few.
+    """
+
+    def __init__(self, workdir: str | os.PathLike) -> None:
+        self.workdir = Path(workdir)  # private, local: holds the current best weights
+        self.history: list[dict[str, Any]] = []
+        self.best_accuracy = float("-inf")
+        self.best_epoch = 0
+        self.nodes: list[str] = []
+
+    @property
+    def best_weights(self) -> Path:
+        return self.workdir / BEST_FILE
+
+    @classmethod
+    def restore(cls, workdir: str | os.PathLike, folder: str | os.PathLike | None) -> TrialRecord:
+        """The record a checkpoint folder carries (an empty one without a folder)."""
+        record = cls(workdir)
+        record.workdir.mkdir(parents=True, exist_ok=True)
+        if folder is None or not (Path(folder) / RECORD_FILE).is_file():
+            return record
+        saved = json.loads((Path(folder) / RECORD_FILE).read_text())
+        record.history = list(saved["history"])
+        record.best_accuracy = float(saved["best_accuracy"])
+        record.best_epoch = int(saved["best_epoch"])
+        record.nodes = list(saved["nodes"])
+        if (Path(folder) / BEST_FILE).is_file():
+            shutil.copyfile(Path(folder) / BEST_FILE, record.best_weights)
+        return record
+
+    def ran_on(self, node: str) -> None:
+        if node and (not self.nodes or self.nodes[-1] != node):
+            self.nodes.append(node)
+
+    def add_epoch(self, metrics: dict[str, Any], checkpoint_dir: str | os.PathLike) -> bool:
+        """Record a finished epoch and write the record into its checkpoint folder.
+
+        Returns True when the epoch is the best so far (its weights become the best weights).
+        """
+        self.history.append({k: v for k, v in metrics.items() if _is_number(v)})
+        accuracy = metrics.get("val_accuracy", metrics.get("train_accuracy", float("-inf")))
+        improved = accuracy > self.best_accuracy
+        if improved:
+            self.best_accuracy, self.best_epoch = float(accuracy), int(metrics["epoch"])
+            export_weights(checkpoint_dir, self.best_weights)
+        if self.best_weights.is_file():
+            shutil.copyfile(self.best_weights, Path(checkpoint_dir) / BEST_FILE)
+        document = {
+            "history": self.history,
+            "best_accuracy": self.best_accuracy,
+            "best_epoch": self.best_epoch,
+            "nodes": self.nodes,
+        }
+        atomic.write_text(Path(checkpoint_dir) / RECORD_FILE, json.dumps(document))
+        return improved
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def newest_complete(folders: Iterable[str | os.PathLike]) -> Path | None:
+    """The whole checkpoint folder with the latest epoch; folders cut short are passed over.
+
+    A trial restored after its driver was killed gets the checkpoint its experiment state
+    names, which can be older than the latest one the trial wrote; starting from the latest
+    means only the epoch that was in flight is trained again.
+    """
+    newest: tuple[int, Path] | None = None
+    for folder in map(Path, folders):
+        try:
+            record = json.loads((folder / RECORD_FILE).read_text())
+            epoch = int(record["history"][-1]["epoch"])
+            load(folder)  # whole and readable
+        except (OSError, ValueError, KeyError, IndexError):
+            continue
+        if newest is None or epoch > newest[0]:
+            newest = (epoch, folder)
+    return newest[1] if newest else None

@@ -1,0 +1,212 @@
+"""Declarative search spaces (search_spaces/<mode>.yaml), checked before anything starts.
+
+A file holds, for one mode:
+
+    mode: tfkd_reg
+    params:                       # what the search varies
+      temperature: {distribution: loguniform, low: 1, high: 100}
+      semantics: {distribution: choice, values: [reference, paper]}
+    defaults: {temperature: 20}   # the mode's values when a model has no preset (optional)
+    presets:                      # the original implementation's values, per model (and teacher)
+      - {model: resnet18, temperature: 20, alpha: 0.1, multiplier: 100}
+
+Distributions: uniform, loguniform, int, logint (bounds inclusive), quniform (with q), choice.
+The preset of the chosen model is the first point a search evaluates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tfkd.core.config import keys as config_keys
+
+SEARCH_SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+TOP_LEVEL_KEYS = {"mode", "description", "params", "defaults", "presets"}
+DISTRIBUTION_KEYS = {
+    "uniform": {"low", "high"},
+    "loguniform": {"low", "high"},
+    "int": {"low", "high"},
+    "logint": {"low", "high"},
+    "quniform": {"low", "high", "q"},
+    "choice": {"values"},
+}
+PRESET_SELECTORS = ("model", "teacher")
+
+
+class SearchSpaceError(ValueError):
+    """A search-space file is malformed; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    distribution: str
+    low: float | None = None
+    high: float | None = None
+    q: float | None = None
+    values: tuple[Any, ...] = ()
+
+    def contains(self, value: Any) -> bool:
+        if self.distribution == "choice":
+            return value in self.values
+        return isinstance(value, (int, float)) and self.low <= value <= self.high
+
+    def grid(self) -> list[Any]:
+        """Values a grid search visits: the choices, or low/mid/high of a range."""
+        if self.distribution == "choice":
+            return list(self.values)
+        if self.distribution in ("loguniform", "logint"):
+            mid = math.sqrt(self.low * self.high)
+        else:
+            mid = (self.low + self.high) / 2
+        points = [self.low, mid, self.high]
+        if self.distribution in ("int", "logint"):
+            points = [int(round(p)) for p in points]
+        return sorted(set(points), key=points.index)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    path: Path
+    mode: str
+    params: dict[str, Param]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    presets: tuple[dict[str, Any], ...] = ()
+    text: str = ""
+
+    def preset_for(self, model: str, teacher: str = "") -> dict[str, Any]:
+        """The original implementation's values for this model (and teacher), else {}.
+
+        An exact (model, teacher) row wins, then a row for the model without a teacher, then the
+        model's first row.
+        """
+        rows = [p for p in self.presets if p["model"] == model]
+        for match in (
+            lambda p: p.get("teacher", "") == teacher,
+            lambda p: not p.get("teacher"),
+            lambda p: True,
+        ):
+            for row in rows:
+                if match(row):
+                    return {k: v for k, v in row.items() if k not in PRESET_SELECTORS}
+        return {}
+
+    def first_point(self, model: str, teacher: str = "") -> dict[str, Any]:
+        """The searched values of the preset (or the mode's defaults): Optuna's first trial."""
+        values = {**self.defaults, **self.preset_for(model, teacher)}
+        return {name: values[name] for name in self.params if name in values}
+
+
+def default_path(mode: str) -> Path:
+    return SEARCH_SPACES_DIR / f"{mode}.yaml"
+
+
+def load(path: str | Path, mode: str | None = None) -> SearchSpace:
+    """Read and check a search-space file; any problem raises SearchSpaceError naming file/key."""
+    path = Path(path)
+    if not path.is_file():
+        raise SearchSpaceError(f"search space file not found: {path}")
+    return loads(path.read_text(), path, mode)
+
+
+def loads(text: str, path: str | Path = "<text>", mode: str | None = None) -> SearchSpace:
+    """Check a search space given as YAML text (e.g. a sweep's tag); `path` names it in errors."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SearchSpaceError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+    if not isinstance(doc, dict):
+        raise SearchSpaceError(f"{path}: expected a mapping with keys {sorted(TOP_LEVEL_KEYS)}")
+    _check_keys(path, "", doc, TOP_LEVEL_KEYS)
+    file_mode = doc.get("mode")
+    if mode is not None and file_mode not in (None, mode):
+        raise SearchSpaceError(f"{path}: mode: the file is for {file_mode!r}, not {mode!r}")
+    params = {name: _param(path, name, spec) for name, spec in (doc.get("params") or {}).items()}
+    defaults = _config_values(path, "defaults", doc.get("defaults") or {})
+    presets = tuple(_preset(path, i, row) for i, row in enumerate(doc.get("presets") or []))
+    space = SearchSpace(path, file_mode or mode or "", params, defaults, presets, text)
+    for i, row in enumerate(presets):
+        searched = {k: v for k, v in row.items() if k in params}
+        _check_in_bounds(path, f"presets[{i}]", searched, params)
+    _check_in_bounds(path, "defaults", {k: v for k, v in defaults.items() if k in params}, params)
+    return space
+
+
+def _check_keys(path: Path, where: str, doc: Mapping, allowed: set[str]) -> None:
+    unknown = sorted(set(doc) - allowed)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise SearchSpaceError(
+            f"{path}: unknown key {prefix}{unknown[0]}; allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+def _config_key(path: Path, where: str, key: str) -> None:
+    if key not in config_keys():
+        raise SearchSpaceError(f"{path}: {where}.{key}: not a trial config key")
+
+
+def _param(path: Path, name: str, spec: Any) -> Param:
+    where = f"params.{name}"
+    _config_key(path, "params", name)
+    if not isinstance(spec, dict) or "distribution" not in spec:
+        raise SearchSpaceError(f"{path}: {where}: needs a 'distribution'")
+    kind = spec["distribution"]
+    if kind not in DISTRIBUTION_KEYS:
+        raise SearchSpaceError(
+            f"{path}: {where}.distribution: unknown distribution {kind!r}; "
+            f"known: {', '.join(DISTRIBUTION_KEYS)}"
+        )
+    _check_keys(path, where, spec, DISTRIBUTION_KEYS[kind] | {"distribution"})
+    missing = sorted(DISTRIBUTION_KEYS[kind] - set(spec))
+    if missing:
+        raise SearchSpaceError(f"{path}: {where}: missing {missing[0]!r} for {kind}")
+    if kind == "choice":
+        values = spec["values"]
+        if not isinstance(values, list) or not values:
+            raise SearchSpaceError(f"{path}: {where}.values: must be a non-empty list")
+        return Param(name, kind, values=tuple(values))
+    low, high = spec["low"], spec["high"]
+    for key, value in (("low", low), ("high", high), ("q", spec.get("q", 1))):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise SearchSpaceError(f"{path}: {where}.{key}: must be a number, got {value!r}")
+    if low > high:
+        raise SearchSpaceError(f"{path}: {where}: low ({low}) > high ({high})")
+    if kind.startswith("log") and low <= 0:
+        raise SearchSpaceError(f"{path}: {where}.low: {kind} needs a positive bound, got {low}")
+    return Param(name, kind, low=low, high=high, q=spec.get("q"))
+
+
+def _config_values(path: Path, where: str, values: Any) -> dict[str, Any]:
+    if not isinstance(values, dict):
+        raise SearchSpaceError(f"{path}: {where}: must be a mapping of config keys to values")
+    for key in values:
+        _config_key(path, where, key)
+    return dict(values)
+
+
+def _preset(path: Path, index: int, row: Any) -> dict[str, Any]:
+    where = f"presets[{index}]"
+    if not isinstance(row, dict) or "model" not in row:
+        raise SearchSpaceError(f"{path}: {where}: needs a 'model'")
+    values = {k: v for k, v in row.items() if k not in PRESET_SELECTORS}
+    _config_values(path, where, values)
+    return dict(row)
+
+
+def _check_in_bounds(
+    path: Path, where: str, point: Mapping[str, Any], params: Mapping[str, Param]
+) -> None:
+    """A preset outside the searched range could never be the search's first point."""
+    for name, value in point.items():
+        if not params[name].contains(value):
+            raise SearchSpaceError(
+                f"{path}: {where}.{name}: {value!r} lies outside params.{name}'s range"
+            )

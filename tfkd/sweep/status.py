@@ -1,0 +1,233 @@
+"""What a person at the terminal sees of a sweep: one compact, periodically refreshed status table.
+
+Architecture: this module knows nothing of Ray. tfkd.sweep.tuner feeds a `SweepStatus` from a Tune
+callback (trial started, reported an epoch, completed, failed) and asks it to print, at most every
+`refresh_s` seconds and once more at the end; tfkd.cli.tune prints the final summary after it.
+Trials
+are named by what differs between them (`short_name`: `T7.5 a.89 p.98 m7.6 sref`), here and in
+MLflow's runs table.
+
+`configure_driver(verbose)` runs before Ray is imported: without --verbose the trials' own output
+is not forwarded to the driver (their per-epoch lines are in each trial's log and MLflow);
+with --verbose it is forwarded without Ray's de-duplication.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+# Short names of the keys a search varies (anything else keeps its full name).
+ABBREVIATIONS = {
+    "temperature": "T",
+    "alpha": "a",
+    "correct_prob": "p",
+    "multiplier": "m",
+    "semantics": "s",
+    "epsilon": "e",
+    "lr": "lr",
+    "weight_decay": "wd",
+    "batch_size": "b",
+    "momentum": "mom",
+    "seed": "seed",
+}
+REFRESH_S = 15.0
+STATES = ("PENDING", "RUNNING", "DONE", "STOPPED", "FAILED")
+
+_forward_trial_output = True
+
+
+# ---------------------------------------------------------------- the driver's output
+
+
+def configure_driver(verbose: bool) -> None:
+    """Before Ray starts: which output reaches the terminal (see the module docstring)."""
+    global _forward_trial_output
+    _forward_trial_output = verbose
+    if verbose:
+        os.environ["RAY_DEDUP_LOGS"] = "0"  # read when Ray is imported
+    # A local Ray enables token authentication by default and says so on every start.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.ERROR
+    )
+
+
+def forward_trial_output() -> bool:
+    """Whether a local Ray forwards the trials' stdout and stderr to the driver (--verbose)."""
+    return _forward_trial_output
+
+
+# ---------------------------------------------------------------- short names
+
+
+def short_number(value: Any) -> str:
+    """Two significant digits, no leading zero: 0.891 -> '.89', 7.55 -> '7.5', 2e-4 -> '2e-4'."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if not isinstance(value, (int, float)):
+        return str(value)[:3]
+    if isinstance(value, int) or abs(value) >= 100 or float(value).is_integer() and value:
+        return str(int(round(value)))
+    if value != 0 and abs(value) < 0.01:
+        mantissa, exponent = f"{value:.0e}".split("e")
+        return f"{mantissa}e{int(exponent)}"
+    text = f"{value:.2g}"
+    return text.replace("0.", ".", 1) if text.startswith(("0.", "-0.")) else text
+
+
+def short_name(config: Mapping[str, Any], keys: Iterable[str]) -> str:
+    """The searched values of a trial, short enough for a table: 'T7.5 a.89 p.98 m7.6 sref'."""
+    parts = [
+        f"{ABBREVIATIONS.get(key, key)}{short_number(config[key])}" for key in keys if key in config
+    ]
+    return " ".join(parts)
+
+
+def duration(seconds: float) -> str:
+    """'45s', '3m05s', '2h07m'."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+# ---------------------------------------------------------------- the status table
+
+
+@dataclass
+class TrialRow:
+    name: str
+    epochs: int
+    epoch: int = 0
+    val_accuracy: float | None = None
+    state: str = "PENDING"
+
+
+class SweepStatus:
+    """The state of a sweep's trials, rendered as a compact table.
+
+    `total` is the number of trials the sweep will run; `epochs` the full schedule.
+    """
+
+    def __init__(
+        self,
+        sweep: str,
+        total: int,
+        epochs: int,
+        *,
+        out: TextIO | None = None,
+        refresh_s: float = REFRESH_S,
+        drain_s: float = 0.0,
+        clock: Any = time.monotonic,
+    ) -> None:
+        """`drain_s`: how long the final table waits for the trials' forwarded output (Ray
+        forwards it asynchronously) so that it comes after their last epoch lines."""
+        self.sweep, self.total, self.epochs = sweep, total, epochs
+        self.out = out or sys.stdout
+        self.refresh_s = refresh_s
+        self.drain_s = drain_s
+        self.clock = clock
+        self.started = clock()
+        self.last_print = -math.inf
+        self.rows: dict[str, TrialRow] = {}
+        self.best: tuple[float, str] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its callbacks with the experiment (--resume restores them)."""
+        return {k: v for k, v in self.__dict__.items() if k != "out"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A resumed sweep: this process' terminal and clock."""
+        self.__dict__.update(state)
+        self.out = sys.stdout
+        self.started, self.last_print = self.clock(), -math.inf
+
+    # -- events
+
+    def _row(self, trial_id: str, name: str, epochs: int | None = None) -> TrialRow:
+        row = self.rows.get(trial_id)
+        if row is None:
+            row = self.rows[trial_id] = TrialRow(name or trial_id, epochs or self.epochs)
+        return row
+
+    def on_start(self, trial_id: str, name: str, epochs: int | None = None) -> None:
+        self._row(trial_id, name, epochs).state = "RUNNING"
+
+    def on_result(self, trial_id: str, name: str, metrics: Mapping[str, Any]) -> None:
+        row = self._row(trial_id, name)
+        row.state = "RUNNING"
+        row.epoch = int(metrics.get("epoch", row.epoch))
+        accuracy = metrics.get("val_accuracy")
+        if isinstance(accuracy, (int, float)) and math.isfinite(accuracy):
+            row.val_accuracy = float(accuracy)
+            if self.best is None or accuracy > self.best[0]:
+                self.best = (float(accuracy), row.name)
+
+    def on_complete(self, trial_id: str, name: str) -> None:
+        row = self._row(trial_id, name)
+        row.state = "DONE" if row.epoch >= row.epochs else "STOPPED"
+
+    def on_error(self, trial_id: str, name: str) -> None:
+        self._row(trial_id, name).state = "FAILED"
+
+    # -- rendering
+
+    def counts(self) -> dict[str, int]:
+        counts = {state: 0 for state in STATES}
+        for row in self.rows.values():
+            counts[row.state] += 1
+        counts["PENDING"] += max(0, self.total - len(self.rows))
+        return counts
+
+    def remaining_s(self, elapsed: float) -> float | None:
+        """An upper bound (ASHA may stop trials sooner): epochs left / epochs done per second."""
+        done = sum(row.epoch for row in self.rows.values())
+        if done == 0 or elapsed <= 0:
+            return None
+        left = sum(row.epochs - row.epoch for row in self.rows.values() if row.state == "RUNNING")
+        left += self.counts()["PENDING"] * self.epochs
+        return left / (done / elapsed)
+
+    def summary_line(self) -> str:
+        counts = self.counts()
+        elapsed = self.clock() - self.started
+        remaining = self.remaining_s(elapsed)
+        best = f"best {self.best[0]:.2f}% ({self.best[1]})" if self.best else "best -"
+        left = f", at most ~{duration(remaining)} left" if remaining is not None else ""
+        return (
+            f"[tfkd] {self.sweep}: {counts['DONE']} done, {counts['RUNNING']} running, "
+            f"{counts['STOPPED']} stopped, {counts['FAILED']} failed, {counts['PENDING']} pending "
+            f"of {self.total} | {best} | {duration(elapsed)} elapsed{left}"
+        )
+
+    def render(self) -> str:
+        width = max([5, *(len(row.name) for row in self.rows.values())])
+        lines = [self.summary_line(), f"  {'trial':<{width}}  {'epoch':>7}  {'val acc':>7}  state"]
+        for row in self.rows.values():
+            accuracy = f"{row.val_accuracy:6.2f}%" if row.val_accuracy is not None else "-"
+            epoch = f"{row.epoch}/{row.epochs}"
+            lines.append(f"  {row.name:<{width}}  {epoch:>7}  {accuracy:>7}  {row.state}")
+        return "\n".join(lines)
+
+    def maybe_print(self) -> None:
+        """Print the table when `refresh_s` has passed since the last time."""
+        if self.rows and self.clock() - self.last_print >= self.refresh_s:
+            self.print()
+
+    def finish(self) -> None:
+        """The final table, after the trials' last forwarded lines."""
+        if self.drain_s:
+            time.sleep(self.drain_s)
+        self.print()
+
+    def print(self) -> None:
+        self.last_print = self.clock()
+        print(self.render(), file=self.out, flush=True)

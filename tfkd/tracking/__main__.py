@@ -1,0 +1,8 @@
+"""`python -m tfkd.tracking replay FOLDER...`: send what a sweep's outboxes still hold."""
+
+import sys
+
+from tfkd.tracking.runs import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""A sweep's comparison as files for its MLflow run: the trials table, a parallel-coordinates plot.
+
+Architecture: plain data in, bytes out; nothing here imports Ray or MLflow. tfkd.sweep.tuner turns
+its Tune results into `TrialRow`s at the end of a sweep and tfkd.tracking logs `files(...)` as
+artifacts of the sweep run, so one click on the sweep in the MLflow UI shows every trial's
+searched values next to its accuracies.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tfkd.sweep.search_space import Param
+from tfkd.sweep.status import short_number
+
+TABLE_CSV, TABLE_HTML, PARALLEL_PNG = "trials.csv", "trials.html", "parallel_coordinates.png"
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """One trial at its end: its name, searched values and last metrics."""
+
+    name: str
+    trial_id: str
+    state: str  # DONE, STOPPED (by ASHA) or FAILED
+    epoch: int
+    val_accuracy: float | None
+    test_accuracy: float | None
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def sorted_rows(rows: Sequence[TrialRow]) -> list[TrialRow]:
+    """Best validation accuracy first; trials without one last."""
+    return sorted(rows, key=lambda r: (r.val_accuracy is None, -(r.val_accuracy or 0.0)))
+
+
+def _columns(keys: Sequence[str]) -> list[str]:
+    return ["trial", "trial_id", "state", "epoch", *keys, "val_accuracy", "test_accuracy"]
+
+
+def _cells(row: TrialRow, keys: Sequence[str]) -> list[Any]:
+    values = [row.values.get(key, "") for key in keys]
+    accuracies = [row.val_accuracy, row.test_accuracy]
+    return [row.name, row.trial_id, row.state, row.epoch, *values, *accuracies]
+
+
+def table_csv(rows: Sequence[TrialRow], keys: Sequence[str]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(_columns(keys))
+    for row in sorted_rows(rows):
+        writer.writerow(["" if v is None else v for v in _cells(row, keys)])
+    return out.getvalue().encode()
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def table_html(title: str, rows: Sequence[TrialRow], keys: Sequence[str]) -> bytes:
+    """A small self-contained page (MLflow's artifact view renders HTML)."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in _columns(keys))
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_shown(v))}</td>" for v in _cells(row, keys)) + "</tr>"
+        for row in sorted_rows(rows)
+    )
+    style = (
+        "body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}"
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body><h3>{html.escape(title)}</h3>"
+        f"<p>{len(rows)} trials, best validation accuracy first.</p>"
+        f"<table><tr>{head}</tr>{body}</table></body></html>"
+    )
+    return page.encode()
+
+
+# ---------------------------------------------------------------- parallel coordinates
+
+
+def _axis(param: Param, values: Sequence[Any]):
+    """A function from a searched value to [0, 1] on its axis, and the axis' end labels."""
+    if param.distribution == "choice":
+        choices = list(param.values)
+
+        def categorical(value: Any) -> float:
+            return choices.index(value) / max(1, len(choices) - 1) if value in choices else 0.5
+
+        return categorical, [(categorical(c), str(c)) for c in choices]
+    low, high = float(param.low), float(param.high)
+    log = param.distribution.startswith("log") and low > 0
+    lo, hi = (math.log(low), math.log(high)) if log else (low, high)
+    span = (hi - lo) or 1.0
+
+    def numeric(value: Any) -> float:
+        x = math.log(float(value)) if log else float(value)
+        return (x - lo) / span
+
+    return numeric, [(0.0, short_number(low)), (1.0, short_number(high))]
+
+
+def parallel_plot(
+    title: str, rows: Sequence[TrialRow], params: Mapping[str, Param], epochs: int
+) -> bytes | None:
+    """One line per trial across the searched values to its validation accuracy (PNG); dashed:
+    stopped early. None when nothing was searched or no trial reported an accuracy."""
+    scored = [r for r in rows if r.val_accuracy is not None]
+    if not params or not scored:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(params)
+    axes = {n: _axis(params[n], [r.values.get(n) for r in scored]) for n in names}
+    accuracies = [r.val_accuracy for r in scored]
+    low, high = min(accuracies), max(accuracies)
+    span = (high - low) or 1.0
+    cmap = plt.get_cmap("viridis")
+    fig, ax = plt.subplots(figsize=(1.6 * (len(names) + 1) + 1.5, 4))
+    for row in sorted(scored, key=lambda r: r.val_accuracy):
+        shade = (row.val_accuracy - low) / span
+        ys = [axes[n][0](row.values[n]) if n in row.values else 0.5 for n in names]
+        ax.plot(
+            range(len(names) + 1),
+            [*ys, shade],
+            color=cmap(shade),
+            linestyle="-" if row.epoch >= epochs else "--",
+            marker="o",
+            markersize=3,
+            alpha=0.85,
+        )
+    for x, name in enumerate(names):
+        ax.axvline(x, color="0.6", linewidth=0.8)
+        for y, text in axes[name][1]:
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(3, 0), fontsize=7)
+    ax.axvline(len(names), color="0.6", linewidth=0.8)
+    for y, text in ((0.0, f"{low:.2f}"), (1.0, f"{high:.2f}")):
+        ax.annotate(text, (len(names), y), textcoords="offset points", xytext=(3, 0), fontsize=7)
+    ax.set_xticks(range(len(names) + 1), [*names, "val acc (%)"], fontsize=8)
+    ax.set_yticks([])
+    ax.set_xlim(-0.2, len(names) + 0.6)
+    ax.set_title(f"{title}: {len(scored)} trials (dashed: stopped early)", fontsize=9)
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def files(
+    title: str, rows: Sequence[TrialRow], params: Mapping[str, Param], epochs: int
+) -> dict[str, bytes]:
+    """The sweep run's comparison artifacts: {file name: content}."""
+    keys = list(params)
+    out = {TABLE_CSV: table_csv(rows, keys), TABLE_HTML: table_html(title, rows, keys)}
+    plot = parallel_plot(title, rows, params, epochs)
+    if plot is not None:
+        out[PARALLEL_PNG] = plot
+    return out
+
+
+def sweep_metrics(rows: Sequence[TrialRow]) -> dict[str, float]:
+    """The sweep run's counts (its best accuracies are logged with the best trial)."""
+    return {
+        "trials": float(len(rows)),
+        "failed": float(sum(r.state == "FAILED" for r in rows)),
+        "stopped_early": float(sum(r.state == "STOPPED" for r in rows)),
+    }
