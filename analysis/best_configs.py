@@ -17,17 +17,10 @@ from typing import Any
 import yaml
 
 from analysis import sweeps
-from analysis.common import (
-    EXIT_OK,
-    Parser,
-    add_store_args,
-    join,
-    positive_int,
-    run_main,
-    say,
-    tracking_uri,
-    write_atomic,
-)
+from analysis.common import add_store_args, run_main, say, tracking_uri
+from tfkd.cli.flags import EXIT_OK, Parser, positive_int
+from tfkd.core.atomic import write_bytes
+from tfkd.sweep.storage import join
 
 PROG = "python -m analysis.best_configs"
 FILE_NAME = "best_configs.yaml"
@@ -103,7 +96,7 @@ def write(args: Any) -> int:
     uri = tracking_uri(args.mlflow_uri)
     sweep, best = choose(args.experiment, uri, args.storage, args.top, args.sweep)
     text = yaml.safe_dump(document(sweep, best), sort_keys=False)
-    where = write_atomic(args.out or default_out(args.storage, sweep), text.encode())
+    where = write_bytes(args.out or default_out(args.storage, sweep), text.encode())
     full = len(sweeps.full_schedule_trials(sweep))
     say(
         f"sweep {sweep.name} (from {sweep.source}): {len(sweep.trials)} trials, {full} ran the "
@@ -121,8 +114,7 @@ def write(args: Any) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_main(PROG, lambda: write(args))
+    return run_main(PROG, build_parser(), write, argv)
 
 
 if __name__ == "__main__":

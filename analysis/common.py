@@ -1,4 +1,4 @@
-"""What every analysis command shares: one-line errors, store flags, atomic writes, hashes."""
+"""What every analysis command shares: one-line errors, store flags, hashes."""
 
 from __future__ import annotations
 
@@ -6,15 +6,14 @@ import argparse
 import hashlib
 import json
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tfkd.cli import flags
-from tfkd.cli.flags import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Parser, positive_int  # noqa: F401
-from tfkd.core.atomic import write_bytes as write_atomic  # noqa: F401
+from tfkd.cli.flags import EXIT_USAGE
 from tfkd.core.config import TrialConfig
 from tfkd.core.errors import UserError
-from tfkd.sweep.storage import DEFAULT_STORAGE, join  # noqa: F401
+from tfkd.sweep.storage import DEFAULT_STORAGE
 
 # Keys that say where or how fast a run ran, not what it trains: two reproductions that differ
 # only here are the same (config, seed) pair.
@@ -31,10 +30,16 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else exc.__class__.__name__
 
 
-def run_main(prog: str, body: Callable[[], int]) -> int:
-    """Run a command; bad input becomes one line on stderr and exit status 2."""
+def run_main(
+    prog: str,
+    parser: argparse.ArgumentParser,
+    body: Callable[[argparse.Namespace], int],
+    argv: Sequence[str] | None,
+) -> int:
+    """Parse `argv` and run a command on it; bad input becomes one line on stderr, exit 2."""
+    args = parser.parse_args(argv)
     try:
-        return body()
+        return body(args)
     except UserError as exc:
         print(f"{prog}: error: {first_line(exc)}", file=sys.stderr)
         return EXIT_USAGE

@@ -23,12 +23,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from analysis import paper, store
-from analysis.common import EXIT_OK, Parser, positive_int, run_main, say, tracking_uri
+from analysis import paper
+from analysis.common import run_main, say, tracking_uri
 from analysis.reproduce import SET_PREFIX
+from tfkd.cli.flags import EXIT_OK, Parser, positive_int
 from tfkd.core import data, models, modes
 from tfkd.core.errors import UserError
 from tfkd.sweep.storage import sweep_folder_exists
+from tfkd.tracking import store
 
 PROG = "python -m analysis.paper_suite"
 TUNE_MAIN = Path(__file__).resolve().parent.parent / "tune_main.py"
@@ -328,8 +330,7 @@ def suite(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    return run_main(PROG, lambda: suite(args, parser))
+    return run_main(PROG, parser, lambda args: suite(args, parser), argv)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from optuna.distributions import (  # noqa: E402
 
 from analysis import sweeps  # noqa: E402
 from analysis.importance import SweepPoints  # noqa: E402
+from tfkd.sweep import sweep_files  # noqa: E402
 
 DPI = 110
 PANEL = (4.6, 3.4)  # inches per subplot
@@ -196,33 +197,15 @@ def parallel_coordinates(points: SweepPoints) -> bytes:
     """One line per trial across the searched parameters to its score, coloured by the score;
     dashed: the trial was stopped before the full schedule."""
     names = list(points.distributions)
-    values = [p.value for p in points.points]
-    low, high = min(values), max(values)
-    span = (high - low) or 1.0
-    cmap = plt.get_cmap("viridis")
     scales = [axis_scale(points.distributions[n]) for n in names]
-    fig, ax = plt.subplots(figsize=(1.7 * (len(names) + 1) + 1.5, 4))
-    for point in sorted(points.points, key=lambda p: p.value):
-        shade = (point.value - low) / span
-        ys = [scale(point.params[n]) for scale, n in zip(scales, names, strict=True)]
-        ax.plot(
-            range(len(names) + 1),
-            [*ys, shade],
-            color=cmap(shade),
-            alpha=0.85,
-            linestyle="-" if point.full_schedule else "--",
-            marker="o",
-            markersize=3,
+    lines = [
+        sweep_files.Line(
+            ys=[scale(point.params[n]) for scale, n in zip(scales, names, strict=True)],
+            score=point.value,
+            dashed=not point.full_schedule,
         )
-    for x, name in enumerate(names):
-        ax.axvline(x, color="0.6", linewidth=0.8)
-        for y, text in _axis_ticks(points.distributions[name]):
-            ax.annotate(text, (x, y), textcoords="offset points", xytext=(3, 0), fontsize=7)
-    ax.axvline(len(names), color="0.6", linewidth=0.8)
-    for y, text in ((0.0, f"{low:.2f}"), (1.0, f"{high:.2f}")):
-        ax.annotate(text, (len(names), y), textcoords="offset points", xytext=(3, 0), fontsize=7)
-    ax.set_xticks(range(len(names) + 1), [*names, "val acc (%)"], fontsize=8)
-    ax.set_yticks([])
-    ax.set_xlim(-0.2, len(names) + 0.5)
-    ax.set_title(f"{points.sweep}: {len(points.points)} trials\nscore: {points.label}", fontsize=8)
-    return png(fig)
+        for point in points.points
+    ]
+    ticks = {n: _axis_ticks(points.distributions[n]) for n in names}
+    title = f"{points.sweep}: {len(points.points)} trials\nscore: {points.label}"
+    return sweep_files.parallel_coordinates_png(title, names, ticks, lines, "val acc (%)")

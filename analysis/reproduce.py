@@ -22,26 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis import best_configs, store, sweeps
-from analysis.common import (
-    EXIT_FAILED,
-    EXIT_OK,
-    Parser,
-    config_hash,
-    positive_int,
-    run_main,
-    say,
-    tracking_uri,
-    typed_config,
-)
+from analysis import best_configs, results, sweeps
+from analysis.common import config_hash, run_main, say, tracking_uri, typed_config
 from tfkd.cli import flags
+from tfkd.cli.flags import EXIT_FAILED, EXIT_OK, Parser, positive_int
 from tfkd.core.errors import UserError
 from tfkd.sweep import storage
+from tfkd.tracking import store
 
 PROG = "python -m analysis.reproduce"
 SET_PREFIX = "reproduce-"
-RANK_TAG, HASH_TAG, SWEEP_RUN_TAG = "config_rank", "config_hash", "sweep_run_id"
-SWEEP_TAG, TEACHER_TAG = "sweep", "sweep_teacher"
 
 
 def build_parser() -> Parser:
@@ -161,9 +151,9 @@ def set_name(sweep: sweeps.Sweep) -> str:
 def link_tags(sweep: sweeps.Sweep) -> dict[str, str]:
     """Tags of every reproduction run that lead back to its sweep."""
     return {
-        SWEEP_RUN_TAG: sweep.run_id,
-        SWEEP_TAG: sweep.name,
-        TEACHER_TAG: sweep.tags.get("teacher", ""),
+        results.SWEEP_RUN_TAG: sweep.run_id,
+        results.SWEEP_TAG: sweep.name,
+        results.TEACHER_TAG: sweep.tags.get("teacher", ""),
     }
 
 
@@ -207,9 +197,9 @@ def label_runs(uri: str, context: Any, jobs: Sequence[Job]) -> None:
     )
     for run in runs:
         digest = config_hash(typed_config(run.data.params, f"MLflow run {run.info.run_id}"))
-        mlflow_client.set_tag(run.info.run_id, HASH_TAG, digest)
+        mlflow_client.set_tag(run.info.run_id, results.HASH_TAG, digest)
         if digest in ranks:
-            mlflow_client.set_tag(run.info.run_id, RANK_TAG, str(ranks[digest]))
+            mlflow_client.set_tag(run.info.run_id, results.RANK_TAG, str(ranks[digest]))
 
 
 def run_jobs(
@@ -217,17 +207,18 @@ def run_jobs(
 ) -> int:
     """Train the jobs as one Ray Tune run and log them to MLflow."""
     from tfkd import tracking
-    from tfkd.sweep import tuner as search
+    from tfkd.sweep import cluster, tuner
     from tfkd.sweep.search_space import SearchSpace
+    from tfkd.sweep.spec import SweepSpec
 
     # a rerun trains the pairs still missing into the same folder
     storage.check_storage(args.storage, set_name(sweep), args.resume, reuse=True)
     flags.check_system_metrics(args.system_metrics)
     if args.address:
-        search.check_reachable(args.address)
+        cluster.check_cluster_reachable(args.address)
     dataset = flags.load_dataset(jobs[0].config)
     with tracking.sweep_run(uri, experiment, **tracking_options(sweep, jobs, args)) as context:
-        spec = search.SweepSpec(
+        spec = SweepSpec(
             name=set_name(sweep),
             base_config=jobs[0].config,
             space=SearchSpace(path=Path(""), mode=jobs[0].config["mode"], params={}),
@@ -236,8 +227,8 @@ def run_jobs(
             **flags.resource_options(args),
         )
         try:
-            with search.session(args.address):
-                result = search.run_configs(spec, [job.config for job in jobs], dataset)
+            with cluster.session(args.address):
+                result = tuner.run_configs(spec, [job.config for job in jobs], dataset)
         finally:
             label_runs(uri, context, jobs)
     say(
@@ -250,8 +241,6 @@ def run_jobs(
 
 def print_accuracy_table(uri: str, context: Any, experiment: str) -> None:
     """What this reproduction ran, per config: test accuracy mean ± std over its seeds."""
-    from analysis import report
-
     mlflow_client = store.client(uri)
     runs = store.runs_of_kind(
         mlflow_client,
@@ -261,12 +250,12 @@ def print_accuracy_table(uri: str, context: Any, experiment: str) -> None:
         status=store.FINISHED,
     )
     done = [
-        report.reproduction_from_run(r, experiment)
+        results.reproduction_from_run(r, experiment)
         for r in runs
         if "test_accuracy" in r.data.metrics
     ]
     if done:
-        print(report.markdown(report.results_table(done)), flush=True)
+        print(results.markdown(results.results_table(done)), flush=True)
 
 
 def reproduce(args: argparse.Namespace) -> int:
@@ -292,8 +281,7 @@ def reproduce(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_main(PROG, lambda: reproduce(args))
+    return run_main(PROG, build_parser(), reproduce, argv)
 
 
 if __name__ == "__main__":

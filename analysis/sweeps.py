@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analysis import store
-from analysis.common import join, typed_config
+from analysis.common import typed_config
 from tfkd.core.errors import UserError
-from tfkd.sweep.storage import GIVEN_CONFIG_KEY
+from tfkd.sweep.storage import GIVEN_CONFIG_KEY, join
+from tfkd.tracking import store
 
 METRIC = "val_accuracy"
 

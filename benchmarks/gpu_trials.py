@@ -364,7 +364,7 @@ def measure(
 ) -> list[Run]:
     """Every planned run, then (with --mps-control, MPS not yet running) the MPS runs."""
     sys.path.insert(0, str(REPO))
-    from tfkd.sweep import cluster as packing
+    from tfkd.sweep import cluster
 
     def go(run: Run, run_env: dict) -> None:
         if time.monotonic() - started > args.budget:
@@ -375,7 +375,7 @@ def measure(
         launch(run, args, data_dir, work, run_env)
 
     runs = plan(args)
-    mps_on = packing.mps_running()
+    mps_on = cluster.mps_running()
     for run in runs:
         run.mps = mps_on
         go(run, env)

@@ -1,4 +1,4 @@
-"""What the search buys over the paper's hand grid: accuracy found per compute spent (issue #12).
+"""What the search buys over the paper's hand grid: accuracy found per compute spent.
 
     python benchmarks/search_efficiency.py [--epochs 20] [--batch-size 64] [--seeds 0 1 2]
         [--modes tfkd_self tfkd_reg] [--out DIR] [--json] [--smoke-test]
@@ -42,11 +42,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
+from ray import tune  # noqa: E402
 
 from tfkd import tracking  # noqa: E402
 from tfkd.cli import tune as cli  # noqa: E402
 from tfkd.core import modes  # noqa: E402
-from tfkd.sweep import tuner as search  # noqa: E402
+from tfkd.sweep import cluster, tuner  # noqa: E402
+from tfkd.sweep.spec import SweepSpec  # noqa: E402
 
 # The values the original authors used across models (reference/original_hparams.csv).
 GRIDS: dict[str, dict[str, list[float]]] = {
@@ -152,7 +154,7 @@ def target_met(summaries: Iterable[SweepSummary], grid_compute: int) -> bool:
 # ---------------------------------------------------------------- running the sweeps
 
 
-class EpochLog(search.tune.Callback):
+class EpochLog(tune.Callback):
     """Every result the driver receives, in order: the sweep's compute as it is spent."""
 
     def __init__(self) -> None:
@@ -240,10 +242,10 @@ def prepare(args: list[str]) -> tuple[cli.Plan, Any]:
 def run_one(
     setting: Setting, mode: str, method: str, seed: int, samples: int, space: Path | None
 ) -> tuple[list[Report], float]:
-    """One sweep through search.run_sweep; returns its reports in arrival order and wall time."""
+    """One sweep through tuner.run_sweep; returns its reports in arrival order and wall time."""
     plan, dataset = prepare(tune_main_args(setting, mode, method, seed, space, samples))
     log = EpochLog()
-    spec = search.SweepSpec(
+    spec = SweepSpec(
         name=plan.name,
         base_config=plan.config,
         space=plan.space,
@@ -259,7 +261,7 @@ def run_one(
         callbacks=(log,),
     )
     started = time.perf_counter()
-    result = search.run_sweep(spec, dataset)
+    result = tuner.run_sweep(spec, dataset)
     expected = (
         math.prod(len(p.values) for p in plan.space.params.values())
         if method == "grid"
@@ -464,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--wide-spaces",
         default=None,
         metavar="DIR",
-        help="also run TPE + ASHA on DIR/<mode>.yaml (e.g. the spaces before issue #12)",
+        help="also run TPE + ASHA on DIR/<mode>.yaml (e.g. an earlier version of the spaces)",
     )
     parser.add_argument(
         "--wide-seeds",
@@ -535,7 +537,7 @@ def run(opts: argparse.Namespace, workdir: Path, out: Path) -> dict[str, Any]:
         seeds if opts.wide_seeds is None or opts.smoke_test else opts.wide_seeds,
     )
     started = time.perf_counter()
-    with search.session(None, num_cpus=opts.concurrency):
+    with cluster.session(None, num_cpus=opts.concurrency):
         for mode in opts.modes:
             grid = smoke_grid(GRIDS[mode]) if opts.smoke_test else GRIDS[mode]
             document["results"].append(

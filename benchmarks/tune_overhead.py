@@ -10,7 +10,7 @@ temporary folder). Reported:
   * sweep efficiency: sum of trial compute time / (sweep wall time x concurrency), where compute
     time is the trials' own epoch times and the wall time runs from the first trial's start to
     the last trial's end.
-Targets (issue #4): efficiency >= 0.8 for trials of 30 s or more; start-up < 5 s after the first.
+Targets: efficiency >= 0.8 for trials of 30 s or more; start-up < 5 s after the first.
 """
 
 from __future__ import annotations
@@ -28,13 +28,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+from ray import tune  # noqa: E402
 
 from tfkd.cli import tune as cli  # noqa: E402
 from tfkd.core.train import run_trial  # noqa: E402
-from tfkd.sweep import tuner as search  # noqa: E402
+from tfkd.sweep import cluster, tuner  # noqa: E402
+from tfkd.sweep.spec import SweepSpec  # noqa: E402
 
 
-class Timeline(search.tune.Callback):
+class Timeline(tune.Callback):
     """Driver-side times of each trial's start, results and end."""
 
     def __init__(self) -> None:
@@ -84,7 +86,7 @@ def run_tuned(args: list[str], concurrency: int) -> tuple[Timeline, float]:
     prepared = cli.prepare(cli.build_parser().parse_args(args))
     plan = prepared.plan
     timeline = Timeline()
-    spec = search.SweepSpec(
+    spec = SweepSpec(
         name=plan.name,
         base_config=plan.config,
         space=plan.space,
@@ -97,8 +99,8 @@ def run_tuned(args: list[str], concurrency: int) -> tuple[Timeline, float]:
         callbacks=(timeline,),
     )
     started = time.perf_counter()
-    with search.session(None, num_cpus=concurrency):
-        search.run_sweep(spec, prepared.dataset)
+    with cluster.session(None, num_cpus=concurrency):
+        tuner.run_sweep(spec, prepared.dataset)
     return timeline, time.perf_counter() - started
 
 

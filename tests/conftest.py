@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from tfkd.sweep.processes import descendants
+
 REPO = Path(__file__).resolve().parent.parent
 TUNE_MAIN = REPO / "tune_main.py"
 ARTIFACTS = REPO / "test-artifacts"
@@ -41,26 +43,6 @@ def wait_for_port(port: int, timeout: float = 60.0) -> None:
         except OSError:
             time.sleep(0.3)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
-
-
-def descendants(pid: int) -> list[int]:
-    """All processes below `pid` (read from /proc; no psutil needed)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def stop_process_tree(proc: subprocess.Popen, grace: float = 5.0) -> None:

@@ -82,13 +82,18 @@ def sample_ids(images: np.ndarray) -> np.ndarray:
     )
 
 
+def _new_folder(root: str | os.PathLike, name: str, seed: int) -> tuple[np.random.Generator, Path]:
+    """The random generator of a fixture and the folder `root/name` it writes, created."""
+    base = Path(root) / name
+    base.mkdir(parents=True, exist_ok=True)
+    return np.random.default_rng(seed), base
+
+
 def write_cifar10(
     root: str | os.PathLike, n_train_per_class: int, n_test_per_class: int, *, seed: int = 0
 ) -> Path:
     """Write root/cifar-10-batches-py (data_batch_1..5, test_batch, batches.meta); return it."""
-    rng = np.random.default_rng(seed)
-    base = Path(root) / CIFAR10_DIR
-    base.mkdir(parents=True, exist_ok=True)
+    rng, base = _new_folder(root, CIFAR10_DIR, seed)
     train_y = _balanced_labels(10, n_train_per_class, rng)
     test_y = _balanced_labels(10, n_test_per_class, rng)
     train_x = _cifar_images(train_y, 0, rng)
@@ -125,9 +130,7 @@ def write_cifar100(
     root: str | os.PathLike, n_train_per_class: int, n_test_per_class: int, *, seed: int = 0
 ) -> Path:
     """Write root/cifar-100-python (train, test, meta) with 100 fine / 20 coarse classes."""
-    rng = np.random.default_rng(seed)
-    base = Path(root) / CIFAR100_DIR
-    base.mkdir(parents=True, exist_ok=True)
+    rng, base = _new_folder(root, CIFAR100_DIR, seed)
     offset = 0
     for part, per_class in (("train", n_train_per_class), ("test", n_test_per_class)):
         fine = _balanced_labels(100, per_class, rng)

@@ -22,8 +22,18 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
-from analysis import best_configs, importance, paper, paper_suite, report, reproduce, sweeps
-from analysis.common import EXIT_USAGE, config_hash
+from analysis import (
+    best_configs,
+    importance,
+    paper,
+    paper_suite,
+    report,
+    reproduce,
+    results,
+    sweeps,
+)
+from analysis.common import config_hash
+from tfkd.cli.flags import EXIT_USAGE
 from tfkd.core.config import TrialConfig
 
 from conftest import (
@@ -154,14 +164,14 @@ def test_analysis_keeps_its_own_paper_table_with_comments():
 
 
 def test_results_table_compares_with_the_paper():
-    def repro(mode: str, teacher: str, seed: int, accuracy: float) -> report.Reproduction:
-        return report.Reproduction(
+    def repro(mode: str, teacher: str, seed: int, accuracy: float) -> results.Reproduction:
+        return results.Reproduction(
             experiment=mode, sweep=mode, config_hash=mode, rank="1", dataset="cifar100",
             model="mobilenet_v2", mode=mode, teacher=teacher, epochs=200, seed=seed,
             test_accuracy=accuracy, test_ece=2.0,
         )  # fmt: skip
 
-    frame = report.results_table(
+    frame = results.results_table(
         [
             repro("dekd", "resnet18@epoch-1", 0, 70.0),
             repro("dekd", "resnet18@epoch-1", 1, 72.0),
@@ -172,15 +182,15 @@ def test_results_table_compares_with_the_paper():
     assert (dekd["seeds"], dekd["test_acc_mean"], dekd["paper_acc"]) == (2, 71.0, 70.65)
     assert dekd["diff_vs_paper"] == pytest.approx(0.35) and dekd["paper_table"] == "T4"
     assert lsr["paper_acc"] == 69.32 and lsr["test_acc_std"] != lsr["test_acc_std"]  # NaN
-    assert "| cifar100 | mobilenet_v2 | dekd | resnet18@epoch-1 |" in report.markdown(frame)
-    assert "71.00 ± 1.41" in report.markdown(frame) and "+0.35" in report.markdown(frame)
+    assert "| cifar100 | mobilenet_v2 | dekd | resnet18@epoch-1 |" in results.markdown(frame)
+    assert "71.00 ± 1.41" in results.markdown(frame) and "+0.35" in results.markdown(frame)
 
 
 def test_results_table_says_whether_a_row_differs_from_the_baseline_beyond_the_seeds():
     def repro(
         mode: str, seed: int, accuracy: float, dataset: str = "digits"
-    ) -> report.Reproduction:
-        return report.Reproduction(
+    ) -> results.Reproduction:
+        return results.Reproduction(
             experiment=f"{mode}-{dataset}", sweep=mode, config_hash=mode, rank="1",
             dataset=dataset, model="resnet8", mode=mode, teacher="", epochs=30, seed=seed,
             test_accuracy=accuracy, test_ece=1.0,
@@ -195,7 +205,7 @@ def test_results_table_says_whether_a_row_differs_from_the_baseline_beyond_the_s
     }
     runs = [repro(m, s, a) for m, values in accuracies.items() for s, a in enumerate(values)]
     runs += [repro("rekd", 0, 99.0), repro("lsr", 0, 90.0, dataset="fake")]
-    frame = report.results_table(runs)
+    frame = results.results_table(runs)
     rows = {(r["dataset"], r["mode"]): r for r in frame.to_dict("records")}
     reg = rows["digits", "tfkd_reg"]
     assert reg["diff_vs_baseline"] == pytest.approx(1.4)
@@ -210,7 +220,7 @@ def test_results_table_says_whether_a_row_differs_from_the_baseline_beyond_the_s
     no_baseline, baseline = rows["fake", "lsr"], rows["digits", "baseline"]
     assert no_baseline["vs_baseline"] == baseline["vs_baseline"] == ""
     assert no_baseline["diff_vs_baseline"] != no_baseline["diff_vs_baseline"]  # NaN
-    text = report.markdown(frame)
+    text = results.markdown(frame)
     assert "| vs baseline |" in text.splitlines()[0]
     assert "| +0.10 (within the seeds' spread) |" in text
     assert "| +1.40 (beyond the spread, p < 0.001) |" in text

@@ -12,24 +12,14 @@ import torch
 import tfkd.core.data as D
 from tfkd.core.data.augment import AugmentParams
 
-try:
-    from fixtures_data import (
-        class_colour,
-        sample_ids,
-        tiny_wnids,
-        write_cifar10,
-        write_cifar100,
-        write_tiny_imagenet,
-    )
-except ImportError:  # tests/ as a package
-    from tests.fixtures_data import (
-        class_colour,
-        sample_ids,
-        tiny_wnids,
-        write_cifar10,
-        write_cifar100,
-        write_tiny_imagenet,
-    )
+from fixtures_data import (
+    class_colour,
+    sample_ids,
+    tiny_wnids,
+    write_cifar10,
+    write_cifar100,
+    write_tiny_imagenet,
+)
 
 
 @pytest.fixture(scope="module")

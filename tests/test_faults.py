@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -281,50 +283,61 @@ def test_max_failures_takes_a_count_or_minus_one(workdir):
 # ---------------------------------------------------------------- 5: the tracking server goes down
 
 
-def test_training_does_not_wait_for_a_dead_tracking_server_and_replay_completes(workdir):
+@contextmanager
+def sweep_past_its_first_checkpoint(workdir: Path, name: str):
+    """SWEEP against a restartable MLflow server, once its first checkpoint is written."""
     with restartable_mlflow_server(workdir / "mlflow") as (uri, start, stop):
-        experiment = workdir / "ray_results" / "outage"
-        log = workdir / "5.log"
-        driver = start_driver(SWEEP, name="outage", mlflow_uri=uri, cwd=workdir, log=log)
+        experiment = workdir / "ray_results" / name
+        log = workdir / f"{name}.log"
+        driver = start_driver(SWEEP, name=name, mlflow_uri=uri, cwd=workdir, log=log)
         wait_until(lambda: checkpoints(experiment, 1), "a first checkpoint", driver)
-        stop()  # down for the rest of the sweep
-        assert driver.wait(timeout=300) == 0, log.read_text()[-3000:]
-        said = [line for line in log.read_text().splitlines() if "python -m tfkd.tracking" in line]
-        assert len(said) == 1 and "MLflow lacks" in said[0]
-        assert (experiment / "best_config.yaml").is_file()
+        yield SimpleNamespace(
+            uri=uri, start=start, stop=stop, experiment=experiment, log=log, driver=driver
+        )
 
-        start()
+
+def assert_every_run_finished(uri: str) -> Any:
+    """Both trials' runs and the sweep's run FINISHED, every epoch logged once; the sweep run."""
+    runs = trial_runs(uri, "lsr-fake-resnet8")
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    assert_complete_history(uri, runs)
+    (sweep,) = sweep_runs(uri, "lsr-fake-resnet8")
+    assert sweep.info.status == "FINISHED"
+    return sweep
+
+
+def test_training_does_not_wait_for_a_dead_tracking_server_and_replay_completes(workdir):
+    with sweep_past_its_first_checkpoint(workdir, "outage") as sweep:
+        sweep.stop()  # down for the rest of the sweep
+        assert sweep.driver.wait(timeout=300) == 0, sweep.log.read_text()[-3000:]
+        said = [
+            line for line in sweep.log.read_text().splitlines() if "python -m tfkd.tracking" in line
+        ]
+        assert len(said) == 1 and "MLflow lacks" in said[0]
+        assert (sweep.experiment / "best_config.yaml").is_file()
+
+        sweep.start()
         replayed = subprocess.run(
-            [sys.executable, "-m", "tfkd.tracking", "replay", str(experiment)],
+            [sys.executable, "-m", "tfkd.tracking", "replay", str(sweep.experiment)],
             env=clean_env(),
             capture_output=True,
             text=True,
             timeout=300,
         )
         assert_ok(replayed)
-        runs = trial_runs(uri, "lsr-fake-resnet8")
-        assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
-        assert_complete_history(uri, runs)
-        (sweep,) = sweep_runs(uri, "lsr-fake-resnet8")
-        assert sweep.info.status == "FINISHED" and "best_run_id" in sweep.data.tags
+        assert "best_run_id" in assert_every_run_finished(sweep.uri).data.tags
 
 
 def test_a_tracking_server_back_during_the_sweep_gets_everything(workdir):
-    with restartable_mlflow_server(workdir / "mlflow") as (uri, start, stop):
-        experiment = workdir / "ray_results" / "blip"
-        log = workdir / "5b.log"
-        driver = start_driver(SWEEP, name="blip", mlflow_uri=uri, cwd=workdir, log=log)
-        wait_until(lambda: checkpoints(experiment, 1), "a first checkpoint", driver)
-        stop()
-        wait_until(lambda: checkpoints(experiment, 3), "two epochs without MLflow", driver)
-        start()  # back before the sweep's end gives up on it (tracking.END_OF_SWEEP_GRACE_S)
-        assert driver.wait(timeout=300) == 0, log.read_text()[-3000:]
-        assert "MLflow lacks" not in log.read_text()
-        runs = trial_runs(uri, "lsr-fake-resnet8")
-        assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
-        assert_complete_history(uri, runs)
-        (sweep,) = sweep_runs(uri, "lsr-fake-resnet8")
-        assert sweep.info.status == "FINISHED"
+    with sweep_past_its_first_checkpoint(workdir, "blip") as sweep:
+        sweep.stop()
+        wait_until(
+            lambda: checkpoints(sweep.experiment, 3), "two epochs without MLflow", sweep.driver
+        )
+        sweep.start()  # back before the sweep's end gives up on it (END_OF_SWEEP_GRACE_S)
+        assert sweep.driver.wait(timeout=300) == 0, sweep.log.read_text()[-3000:]
+        assert "MLflow lacks" not in sweep.log.read_text()
+        assert_every_run_finished(sweep.uri)
 
 
 # ------------------------------------------------------------ 6 and 8: checked before Ray starts

@@ -92,15 +92,8 @@ def test_virtual_teacher_matches_hand_computation(semantics):
     rows = kl_rows(teacher, softmax(STUDENT / student_t))
     expected_kl = reduce(rows, semantics, k) * m
     expected = (1 - alpha) * ce(STUDENT, LABELS) + alpha * expected_kl
-    terms = losses.virtual_teacher_loss(
-        t(STUDENT),
-        torch.tensor(LABELS),
-        temperature=T,
-        alpha=alpha,
-        correct_prob=p,
-        multiplier=m,
-        semantics=semantics,
-    )
+    options = dict(temperature=T, alpha=alpha, correct_prob=p, multiplier=m, semantics=semantics)
+    terms = losses.virtual_teacher_loss(t(STUDENT), torch.tensor(LABELS), **options)
     assert terms.kl.item() == pytest.approx(expected_kl, rel=1e-5)
     assert terms.total.item() == pytest.approx(expected, rel=1e-5)
 

@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from tfkd import tracking
 from tfkd.core import checkpoint
+from tfkd.sweep.record import TrialRecord, newest_complete
 
 from conftest import free_port, sqlite_uri
 
@@ -24,7 +25,7 @@ def fake_checkpoint(folder: Path, epoch: int) -> Path:
 
 
 def test_every_checkpoint_carries_the_history_and_the_best_weights(tmp_path):
-    record = checkpoint.TrialRecord.restore(tmp_path / "work", None)
+    record = TrialRecord.restore(tmp_path / "work", None)
     record.ran_on("node-a")
     accuracies = {1: 50.0, 2: 70.0, 3: 60.0}
     for epoch, accuracy in accuracies.items():
@@ -32,7 +33,7 @@ def test_every_checkpoint_carries_the_history_and_the_best_weights(tmp_path):
         improved = record.add_epoch({"epoch": epoch, "val_accuracy": accuracy}, folder)
         assert improved == (epoch in (1, 2))
     # a restart from the latest checkpoint, on another node: nothing is lost
-    again = checkpoint.TrialRecord.restore(tmp_path / "work2", tmp_path / "ckpt3")
+    again = TrialRecord.restore(tmp_path / "work2", tmp_path / "ckpt3")
     again.ran_on("node-b")
     assert [h["epoch"] for h in again.history] == [1, 2, 3]
     assert (again.best_epoch, again.best_accuracy) == (2, 70.0)
@@ -129,13 +130,13 @@ def test_a_write_the_store_refuses_is_skipped_not_retried_forever(tmp_path, refu
 
 
 def test_a_restore_starts_from_the_newest_whole_checkpoint(tmp_path):
-    record = checkpoint.TrialRecord.restore(tmp_path / "work", None)
+    record = TrialRecord.restore(tmp_path / "work", None)
     folders = []
     for epoch in (1, 2, 3):
         folder = fake_checkpoint(tmp_path / f"checkpoint_{epoch:06d}", epoch)
         record.add_epoch({"epoch": epoch, "val_accuracy": float(epoch)}, folder)
         folders.append(folder)
     (folders[2] / checkpoint.CHECKPOINT_FILE).write_bytes(b"cut short")  # killed mid-copy
-    assert checkpoint.newest_complete(folders) == folders[1]
-    assert checkpoint.newest_complete(folders[:1]) == folders[0]
-    assert checkpoint.newest_complete([tmp_path / "missing"]) is None
+    assert newest_complete(folders) == folders[1]
+    assert newest_complete(folders[:1]) == folders[0]
+    assert newest_complete([tmp_path / "missing"]) is None

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from tfkd.sweep import status as progress
+from tfkd.sweep import sweep_files
 from tfkd.sweep.search_space import Param
-from tfkd.tracking import sweep_files as sweep_report
 
 TFKD_REG = ["temperature", "alpha", "correct_prob", "multiplier", "semantics"]
 
@@ -84,10 +84,10 @@ SPACE = {
 }
 
 
-def rows() -> list[sweep_report.TrialRow]:
+def rows() -> list[sweep_files.TrialRow]:
     def row(name, state, epoch, val, test, t, s):
         values = {"temperature": t, "semantics": s}
-        return sweep_report.TrialRow(name, name.lower(), state, epoch, val, test, values)
+        return sweep_files.TrialRow(name, name.lower(), state, epoch, val, test, values)
 
     return [
         row("A", "STOPPED", 1, 20.0, None, 2.0, "paper"),
@@ -97,23 +97,23 @@ def rows() -> list[sweep_report.TrialRow]:
 
 
 def test_the_trials_table_lists_searched_values_and_final_metrics_best_first():
-    table = list(csv.reader(io.StringIO(sweep_report.table_csv(rows(), list(SPACE)).decode())))
+    table = list(csv.reader(io.StringIO(sweep_files.table_csv(rows(), list(SPACE)).decode())))
     assert table[0] == ["trial", "trial_id", "state", "epoch", *SPACE, "val_accuracy"] + [
         "test_accuracy"
     ]
     assert [r[0] for r in table[1:]] == ["B", "A", "C"]
     assert table[1] == ["B", "b", "DONE", "4", "20.0", "reference", "60.0", "58.5"]
-    page = sweep_report.table_html("sweep-x", rows(), list(SPACE)).decode()
+    page = sweep_files.table_html("sweep-x", rows(), list(SPACE)).decode()
     assert page.count("<tr>") == 4 and "sweep-x" in page and "<td>58.5</td>" in page
 
 
 def test_the_sweep_files_and_counts():
-    files = sweep_report.files("sweep-x", rows(), SPACE, epochs=4)
+    files = sweep_files.files("sweep-x", rows(), SPACE, epochs=4)
     assert set(files) == {"trials.csv", "trials.html", "parallel_coordinates.png"}
     assert files["parallel_coordinates.png"].startswith(b"\x89PNG\r\n\x1a\n")
     assert len(files["parallel_coordinates.png"]) > 5000
-    assert "parallel_coordinates.png" not in sweep_report.files("fixed", rows(), {}, epochs=4)
-    counts = sweep_report.sweep_metrics(rows())
+    assert "parallel_coordinates.png" not in sweep_files.files("fixed", rows(), {}, epochs=4)
+    counts = sweep_files.sweep_metrics(rows())
     assert counts == {"trials": 3.0, "failed": 1.0, "stopped_early": 1.0}
 
 

@@ -1,4 +1,4 @@
-"""The shipped search spaces put their mass where Tf-KD trains (issue #12).
+"""The shipped search spaces put their mass where Tf-KD trains.
 
 For the KD losses the KL term pulls on the logits about alpha * m / K times as hard as the CE
 (reference form; alpha * m in the paper's form). A search that spends most of its samples at

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -150,18 +151,23 @@ def overlap(runs: list) -> bool:
     return max(r.info.start_time for r in runs) < min(r.info.end_time for r in runs)
 
 
+def four_short_lsr_trials(address: str, uri: str, workdir: Path, extra: str = ""):
+    """An lsr sweep of FOUR_SHORT_TRIALS on the cluster at `address`: its process and its runs."""
+    done = tune_main(
+        f"--mode lsr --dataset fake --model resnet8 {extra}",
+        FOUR_SHORT_TRIALS,
+        address=address,
+        mlflow_uri=uri,
+        cwd=workdir,
+    )
+    assert_ok(done)
+    return done, runs_of_kind(uri, "lsr-fake-resnet8")
+
+
 def test_four_trials_share_one_gpu(workdir):
     uri = sqlite_uri(workdir)
     with ray_cluster(num_cpus=4, num_gpus=1) as address:
-        done = tune_main(
-            "--mode lsr --dataset fake --model resnet8 --gpus-per-trial 0.25",
-            FOUR_SHORT_TRIALS,
-            address=address,
-            mlflow_uri=uri,
-            cwd=workdir,
-        )
-    assert_ok(done)
-    runs = runs_of_kind(uri, "lsr-fake-resnet8")
+        done, runs = four_short_lsr_trials(address, uri, workdir, "--gpus-per-trial 0.25")
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
     assert overlap(runs), "the 4 trials of 0.25 GPU did not run at the same time"
     # this machine has no CUDA: each trial says so once and trains on the CPU
@@ -188,15 +194,7 @@ def test_joining_a_token_cluster_without_the_token_is_one_clear_line(workdir):
 def test_trials_run_on_two_nodes(workdir):
     uri = sqlite_uri(workdir)
     with ray_cluster(num_cpus=1, workers=(1,)) as address:
-        done = tune_main(
-            "--mode lsr --dataset fake --model resnet8",
-            FOUR_SHORT_TRIALS,
-            address=address,
-            mlflow_uri=uri,
-            cwd=workdir,
-        )
-    assert_ok(done)
-    runs = runs_of_kind(uri, "lsr-fake-resnet8")
+        _, runs = four_short_lsr_trials(address, uri, workdir)
     assert len(runs) == 4
     assert len({r.data.tags["ray_node_id"] for r in runs}) == 2
 
@@ -232,7 +230,7 @@ import sys, tempfile, time
 from pathlib import Path
 import ray, torch
 from ray import tune
-from tfkd.sweep import tuner as search
+from tfkd.sweep import trainable
 
 marker = Path(sys.argv[1])
 
@@ -251,7 +249,7 @@ def slow_to_stop(config):
 
 ray.init(num_cpus=1, include_dashboard=False)
 config = tune.RunConfig(stop={"epoch": 1}, storage_path=tempfile.mkdtemp(), verbose=0)
-tune.Tuner(search._stoppable(slow_to_stop), run_config=config).fit()
+tune.Tuner(trainable._stoppable(slow_to_stop), run_config=config).fit()
 ray.shutdown()
 """
 

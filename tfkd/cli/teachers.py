@@ -18,6 +18,18 @@ from typing import Any
 from tfkd.core import checkpoint, data, models, modes
 from tfkd.core.errors import UserError
 
+# TeacherRequest's fields and the tune_main flags (argparse destinations) that set them.
+_FLAG_OF = {
+    "mode": "mode",
+    "dataset": "dataset",
+    "model": "model",
+    "teacher": "teacher",
+    "checkpoint": "teacher_checkpoint",
+    "run_id": "teacher_run",
+    "train": "train_teacher",
+    "epochs": "epochs",
+}
+
 
 @dataclass(frozen=True)
 class TeacherRequest:
@@ -34,16 +46,7 @@ class TeacherRequest:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TeacherRequest:
-        return cls(
-            mode=args.mode,
-            dataset=args.dataset,
-            model=args.model,
-            teacher=args.teacher,
-            checkpoint=args.teacher_checkpoint,
-            run_id=args.teacher_run,
-            train=args.train_teacher,
-            epochs=args.epochs,
-        )
+        return cls(**{name: getattr(args, flag) for name, flag in _FLAG_OF.items()})
 
     @property
     def architecture(self) -> str:

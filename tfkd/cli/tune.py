@@ -4,15 +4,14 @@ Every user error (flag, search-space file, data, teacher, server, cluster) is fo
 starts and reported as one line on stderr with exit status 2.
 
 Architecture: this module only parses, prepares and reports. What it shares with the analysis/
-commands (exit codes, the resource and store flags, storage checks, dataset loading with one-line
-errors) is in tfkd.commands; where the teacher comes from in tfkd.cli.teachers; the sweep itself in
-tfkd.sweep.tuner (Ray) and its runs in tfkd.tracking (MLflow).
+commands (exit codes, the resource and store flags, dataset loading with one-line errors) is in
+tfkd.cli.flags; where the teacher comes from in tfkd.cli.teachers; storage checks in
+tfkd.sweep.storage; the sweep itself in tfkd.sweep (Ray) and its runs in tfkd.tracking (MLflow).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
@@ -28,7 +27,7 @@ from tfkd.core import atomic, data, models, modes
 from tfkd.core.config import TrialConfig
 from tfkd.core.config import keys as config_keys
 from tfkd.core.errors import UserError
-from tfkd.sweep import search_space, storage
+from tfkd.sweep import cluster, search_space, storage
 from tfkd.sweep import status as progress
 
 _SMOKE_TEST = {
@@ -180,23 +179,6 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------- validation
 
 
-def _enable_ray_token_auth(address: str | None) -> None:
-    """Let a driver join a cluster that uses token authentication (Ray >= 2.52 default).
-
-    Clusters started with `ray start` require a token from every driver, and Ray reads
-    RAY_AUTH_MODE when it is imported: so this runs before anything imports Ray. The token itself
-    comes from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token.
-    """
-    joining = address or os.environ.get("RAY_ADDRESS")
-    token = (
-        os.environ.get("RAY_AUTH_TOKEN")
-        or os.environ.get("RAY_AUTH_TOKEN_PATH")
-        or (Path.home() / ".ray" / "auth_token").is_file()
-    )
-    if joining and joining != "local" and token and "RAY_AUTH_MODE" not in os.environ:
-        os.environ["RAY_AUTH_MODE"] = "token"
-
-
 def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     """--set KEY=VALUE pairs, values typed as YAML would type them."""
     out: dict[str, Any] = {}
@@ -339,14 +321,12 @@ class Prepared:
 
 def prepare(args: argparse.Namespace) -> Prepared:
     """Validate everything a sweep needs, before anything starts."""
-    _enable_ray_token_auth(args.address)
+    cluster.enable_token_auth(args.address)
     plan = make_plan(args)
     storage.check_storage(args.storage, plan.name, args.resume)
     flags.check_system_metrics(args.system_metrics)
     if args.address:
-        from tfkd.sweep import tuner as search
-
-        search.check_reachable(args.address)
+        cluster.check_cluster_reachable(args.address)
     dataset = flags.load_dataset(plan.config)
     mlflow_uri = None
     if not args.no_tracking:
@@ -411,7 +391,8 @@ def train_missing_teacher(prepared: Prepared) -> tuple[int, Prepared]:
 
 def run_prepared(prepared: Prepared) -> int:
     from tfkd import tracking
-    from tfkd.sweep import tuner as search
+    from tfkd.sweep import tuner
+    from tfkd.sweep.spec import SweepSpec
 
     code, prepared = train_missing_teacher(prepared)
     if code != EXIT_OK:
@@ -434,7 +415,7 @@ def run_prepared(prepared: Prepared) -> int:
     ) as context:
         if teacher_accuracy is not None:
             tracking.log_sweep_metrics(context, {"teacher_val_accuracy": teacher_accuracy})
-        spec = search.SweepSpec(
+        spec = SweepSpec(
             name=plan.name,
             base_config=plan.config,
             space=plan.space,
@@ -448,8 +429,8 @@ def run_prepared(prepared: Prepared) -> int:
             verbose=args.verbose,
             **flags.resource_options(args),
         )
-        result = search.run_sweep(spec, prepared.dataset)
-    return _report_result(result, plan, args)
+        result = tuner.run_sweep(spec, prepared.dataset)
+    return _print_outcome(result, plan, args)
 
 
 def _announce(plan: Plan, prepared: Prepared) -> None:
@@ -488,7 +469,7 @@ def _resume_command(args: argparse.Namespace, plan: Plan) -> str:
     return " ".join(["python tune_main.py", *map(shlex.quote, argv), "--resume"])
 
 
-def _report_result(result: Any, plan: Plan, args: argparse.Namespace) -> int:
+def _print_outcome(result: Any, plan: Plan, args: argparse.Namespace) -> int:
     """The sweep's summary; exit 0 only when every trial ran to its end."""
     if result.interrupted:
         print(
@@ -538,10 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prepared = prepare(args)
     except (UserError, ValueError, OSError) as exc:
         return _user_error(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
-    from tfkd.sweep import tuner as search
-
     try:
-        with search.session(args.address):
+        with cluster.session(args.address):
             return run_prepared(prepared)
     except UserError as exc:
         return _user_error(str(exc).splitlines()[0])

@@ -1,6 +1,7 @@
 """Sweep orchestration on Ray Tune: the only package that imports Ray.
 
-Search spaces, the sweep's spec, the tuner (searcher, scheduler, resources, fit, summary), the thin
-trainable around `tfkd.core.train.run_trial`, driver callbacks, the cluster connection and the
-status table. Modules that need no Ray (search_space, storage, status) import without it.
+Search spaces, the sweep's spec, the tuner (searcher, scheduler, resources, fit), the thin trainable
+around `tfkd.core.train.run_trial`, driver callbacks, the summary, the cluster connection, the
+status table and the sweep run's comparison files. Modules that need no Ray at import (search_space,
+spec, storage, status, sweep_files, record, cluster, processes, watchdog) import without it.
 """

@@ -1,19 +1,123 @@
-"""Several trials on one GPU: detect whether they can actually run side by side.
+"""The Ray cluster a sweep runs on: joining it (or starting a local one), and whether its GPUs
+run packed trials side by side.
 
-Without NVIDIA's Multi-Process Service (MPS) the processes sharing a GPU time-slice it: one
-process's kernels at a time, so four packed trials each run at about a quarter of the speed of
-one. With the MPS control daemon running, their kernels run concurrently (measured on an H100:
-4 x 7,590 img/s without, 4 x 11,700 with). A trial only detects the daemon; starting and stopping
-it is the cluster's job (README, "Running on a cluster").
+Joining: a driver checks that something listens at the address before Ray's own minutes of
+retries, and turns token authentication on when it has a token. Ray reads that setting when it is
+imported, so this module imports Ray only inside the functions that connect.
+
+Packing: without NVIDIA's Multi-Process Service (MPS) the processes sharing a GPU time-slice it,
+one process's kernels at a time, so each of four packed trials runs at about a quarter of one
+trial's speed; with the MPS control daemon running, their kernels run concurrently (README,
+"Running on a cluster", has the measurements). A trial only detects the daemon; starting and
+stopping it is the cluster's job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import sys
 from pathlib import Path
 
 import torch
+
+from tfkd.core.errors import UserError
+from tfkd.sweep import processes, watchdog
+from tfkd.sweep import status as progress
+
+# ---------------------------------------------------------------- joining the cluster
+
+
+def cluster_address(address: str | None) -> str | None:
+    """--address, else RAY_ADDRESS, else None (a local Ray started for this sweep)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def enable_token_auth(address: str | None) -> None:
+    """Let a driver join a cluster that uses token authentication (Ray >= 2.52 default).
+
+    Clusters started with `ray start` require a token from every driver, and Ray reads
+    RAY_AUTH_MODE when it is imported: so this runs before anything imports Ray. The token itself
+    comes from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token.
+    """
+    joining = address or os.environ.get("RAY_ADDRESS")
+    token = (
+        os.environ.get("RAY_AUTH_TOKEN")
+        or os.environ.get("RAY_AUTH_TOKEN_PATH")
+        or (Path.home() / ".ray" / "auth_token").is_file()
+    )
+    if joining and joining != "local" and token and "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def check_cluster_reachable(address: str, timeout: float = 3.0) -> None:
+    """Fail fast (Ray itself retries for minutes) when no Ray cluster listens at host:port."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not port.isdigit():
+        raise UserError(f"--address {address!r} is not HOST:PORT (e.g. 127.0.0.1:6379)")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"no Ray cluster reachable at {address} ({exc.strerror or exc}); start one with "
+            f"'ray start --head --port={port}' or fix --address / RAY_ADDRESS"
+        ) from None
+
+
+def connect(address: str | None, *, num_cpus: int | None = None) -> str:
+    """Join an existing cluster (token authentication handled) or start a local Ray."""
+    import ray
+
+    target = cluster_address(address)
+    if target is None or target == "local":
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=progress.forward_trial_output(),
+            configure_logging=True,
+            logging_level="WARNING",
+        )
+        watchdog.start_for(os.getpid())  # a killed driver's local Ray is stopped with it
+        return "local"
+    check_cluster_reachable(target)
+    try:
+        ray.init(address=target, logging_level="WARNING")
+    except Exception as exc:  # ConnectionError, AuthenticationError, RuntimeError...
+        hint = (
+            "the cluster uses token authentication: set RAY_AUTH_MODE=token and provide the "
+            "cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN"
+        )
+        raise UserError(f"cannot join the Ray cluster at {target}: {hint}") from exc
+    return target
+
+
+def disconnect() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def session(address: str | None, *, num_cpus: int | None = None):
+    """Connect for the duration of a block, always disconnecting."""
+    where = connect(address, num_cpus=num_cpus)
+    try:
+        yield where
+    finally:
+        disconnect()
+
+
+def cluster_gpus() -> float:
+    """The GPUs of the connected cluster, all nodes together."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+# ---------------------------------------------------------------- packed trials on one GPU
 
 DEFAULT_PIPE_DIRECTORY = "/tmp/nvidia-mps"
 CONTROL_DAEMON = "nvidia-cuda-mps-control"
@@ -25,24 +129,12 @@ def mps_pipe_directory() -> Path:
     return Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY") or DEFAULT_PIPE_DIRECTORY)
 
 
-def _daemon_process_running(proc: Path = Path("/proc")) -> bool:
+def _daemon_process_running(proc: Path = processes.PROC) -> bool:
     """Whether a nvidia-cuda-mps-control process is visible in /proc (not across containers)."""
-    try:
-        entries = [e for e in proc.iterdir() if e.name.isdigit()]
-    except OSError:
-        return False
-    for entry in entries:
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        program = cmdline.split(b"\0", 1)[0]
-        if os.path.basename(program.decode(errors="replace")) == CONTROL_DAEMON:
-            return True
-    return False
+    return any(processes.program_name(pid, proc) == CONTROL_DAEMON for pid in processes.pids(proc))
 
 
-def mps_running(pipe_directory: Path | None = None, proc: Path = Path("/proc")) -> bool:
+def mps_running(pipe_directory: Path | None = None, proc: Path = processes.PROC) -> bool:
     """Whether the CUDA MPS control daemon serves this node.
 
     True when its control pipe exists in the pipe directory (what CUDA clients connect through)

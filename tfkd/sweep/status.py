@@ -1,11 +1,10 @@
 """What a person at the terminal sees of a sweep: one compact, periodically refreshed status table.
 
-Architecture: this module knows nothing of Ray. tfkd.sweep.tuner feeds a `SweepStatus` from a Tune
-callback (trial started, reported an epoch, completed, failed) and asks it to print, at most every
-`refresh_s` seconds and once more at the end; tfkd.cli.tune prints the final summary after it.
-Trials
-are named by what differs between them (`short_name`: `T7.5 a.89 p.98 m7.6 sref`), here and in
-MLflow's runs table.
+Architecture: this module knows nothing of Ray. tfkd.sweep.callbacks feeds a `SweepStatus`
+from a Tune callback (trial started, reported an epoch, completed, failed) and asks it to print,
+at most every `refresh_s` seconds and once more at the end; tfkd.cli.tune prints the final
+summary after it. Trials are named by what differs between them (`short_name`:
+`T7.5 a.89 p.98 m7.6 sref`), here and in MLflow's runs table.
 
 `configure_driver(verbose)` runs before Ray is imported: without --verbose the trials' own output
 is not forwarded to the driver (their per-epoch lines are in each trial's log and MLflow);
@@ -103,7 +102,9 @@ def duration(seconds: float) -> str:
 
 
 @dataclass
-class TrialRow:
+class LiveTrial:
+    """One trial as the live status table shows it."""
+
     name: str
     epochs: int
     epoch: int = 0
@@ -137,7 +138,7 @@ class SweepStatus:
         self.clock = clock
         self.started = clock()
         self.last_print = -math.inf
-        self.rows: dict[str, TrialRow] = {}
+        self.rows: dict[str, LiveTrial] = {}
         self.best: tuple[float, str] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -152,10 +153,10 @@ class SweepStatus:
 
     # -- events
 
-    def _row(self, trial_id: str, name: str, epochs: int | None = None) -> TrialRow:
+    def _row(self, trial_id: str, name: str, epochs: int | None = None) -> LiveTrial:
         row = self.rows.get(trial_id)
         if row is None:
-            row = self.rows[trial_id] = TrialRow(name or trial_id, epochs or self.epochs)
+            row = self.rows[trial_id] = LiveTrial(name or trial_id, epochs or self.epochs)
         return row
 
     def on_start(self, trial_id: str, name: str, epochs: int | None = None) -> None:

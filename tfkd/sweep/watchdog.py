@@ -16,7 +16,8 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from tfkd.sweep import processes
 
 POLL_SECONDS = 1.0
 GRACE_SECONDS = 5.0
@@ -24,40 +25,24 @@ GRACE_SECONDS = 5.0
 Process = tuple[int, str]  # (pid, start time in clock ticks since boot)
 
 
-def _stat(pid: int) -> list[str] | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
 def _identity(pid: int) -> Process | None:
-    fields = _stat(pid)
+    fields = processes.stat(pid)
     return (pid, fields[19]) if fields else None  # field 22 of stat: the start time
 
 
 def _running(process: Process) -> bool:
-    fields = _stat(process[0])
+    fields = processes.stat(process[0])
     return fields is not None and fields[19] == process[1] and fields[0] != "Z"
 
 
 def below(pid: int) -> set[Process]:
     """Every process below `pid` now."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _stat(int(entry.name))):
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if (identity := _identity(child)) is not None:
-                found.add(identity)
-            todo.append(child)
-    return found
+    found = (_identity(child) for child in processes.descendants(pid))
+    return {identity for identity in found if identity is not None}
 
 
-def _signal_all(processes: set[Process], signum: int) -> None:
-    for process in processes:
+def _signal_all(targets: set[Process], signum: int) -> None:
+    for process in targets:
         if _running(process):
             try:
                 os.kill(process[0], signum)
@@ -81,7 +66,7 @@ def watch(driver: Process) -> None:
 
 def start_for(pid: int) -> subprocess.Popen | None:
     """Start a watchdog for `pid` in its own session (it must outlive a killed driver)."""
-    if not Path(f"/proc/{pid}/stat").exists():
+    if processes.stat(pid) is None:
         return None
     return subprocess.Popen(
         [sys.executable, "-m", "tfkd.sweep.watchdog", str(pid)],

@@ -1,6 +1,84 @@
 """Tracking on MLflow: the only package that imports MLflow (lazily: a sweep without tracking
 never pays for it). Every write goes through a durable on-disk outbox, so training never waits on
-the tracking server."""
+the tracking server.
 
-from tfkd.tracking.runs import *  # noqa: F403  (split into store, outbox, ops, runs, teachers)
-from tfkd.tracking.runs import main  # noqa: F401
+Modules: `store` (where runs go, and every MLflow query), `outbox` (the durable queue), `ops`
+(the writes it sends), `runs` (the sweep's run), `trials` (each trial's run), `teachers` (the
+model registry), `system_metrics` and `replay` (the command). This module re-exports
+the names the other packages use.
+"""
+
+from tfkd.tracking.outbox import (
+    END_OF_SWEEP_GRACE_S,
+    OPS_FILE,
+    OUTBOX_DIR,
+    Outbox,
+    flush_pending,
+    pending_outboxes,
+    send_outbox,
+)
+from tfkd.tracking.replay import REPLAY_COMMAND, main
+from tfkd.tracking.runs import (
+    TrackingContext,
+    check_new_sweep,
+    close_trial_run,
+    finish_sweep,
+    log_sweep_files,
+    log_sweep_metrics,
+    start_sweep,
+    sweep_outbox,
+    sweep_run,
+)
+from tfkd.tracking.store import (
+    KIND_TAG,
+    TRIAL_TAG,
+    check_reachable,
+    ensure_experiment,
+    mlflow_client,
+    resolve_uri,
+)
+from tfkd.tracking.teachers import (
+    BEST_ALIAS,
+    local_path,
+    parse_teacher,
+    registered_model_name,
+    teacher_uri_from_registry,
+    teacher_uri_from_run,
+)
+from tfkd.tracking.trials import NullTracker, TrialTracker, trial_tracker
+
+__all__ = [
+    "BEST_ALIAS",
+    "END_OF_SWEEP_GRACE_S",
+    "KIND_TAG",
+    "OPS_FILE",
+    "OUTBOX_DIR",
+    "REPLAY_COMMAND",
+    "TRIAL_TAG",
+    "NullTracker",
+    "Outbox",
+    "TrackingContext",
+    "TrialTracker",
+    "check_new_sweep",
+    "check_reachable",
+    "close_trial_run",
+    "ensure_experiment",
+    "finish_sweep",
+    "flush_pending",
+    "local_path",
+    "log_sweep_metrics",
+    "log_sweep_files",
+    "main",
+    "mlflow_client",
+    "parse_teacher",
+    "pending_outboxes",
+    "registered_model_name",
+    "resolve_uri",
+    "send_outbox",
+    "start_sweep",
+    "sweep_outbox",
+    "sweep_run",
+    "teacher_uri_from_registry",
+    "teacher_uri_from_run",
+    "trial_tracker",
+]

@@ -2,7 +2,7 @@
 
 import sys
 
-from tfkd.tracking.runs import main
+from tfkd.tracking.replay import main
 
 if __name__ == "__main__":
     sys.exit(main())

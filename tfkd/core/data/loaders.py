@@ -8,6 +8,7 @@ without calling `set_epoch` advances the epoch by one per pass (like a fresh epo
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -21,20 +22,30 @@ from .core import Split, seed_from
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-class _BaseLoader:
+class _BaseLoader(abc.ABC):
+    """What both loaders share: the validated options, the epoch counter and the length.
+
+    Subclasses build their pipeline in `_build(split)`, called once the options are set.
+    """
+
     def __init__(
         self,
         split: Split,
         *,
         batch_size: int,
         train: bool,
-        device: str | torch.device,
-        seed: int,
-        augment: str | Sequence[str] | None,
-        drop_last: bool | None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        augment: str | Sequence[str] | None = "default",
+        drop_last: bool | None = None,
+        num_workers: int = 0,
+        pad: int = PAD,
+        max_degrees: float = MAX_DEGREES,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be a non-negative int, got {num_workers!r}")
         self.split = split
         self.batch_size = batch_size
         self.train = bool(train)
@@ -43,7 +54,14 @@ class _BaseLoader:
         names = parse_augment(augment, split)  # validated even when unused
         self.augment: tuple[str, ...] = names if self.train else ()
         self.drop_last = bool(drop_last) if (drop_last is not None and self.train) else False
+        self.num_workers = num_workers
+        self.pad, self.max_degrees = pad, max_degrees
         self.epoch = 0
+        self._build(split)
+
+    @abc.abstractmethod
+    def _build(self, split: Split) -> None:
+        """Prepare this loader kind's pipeline over `split`."""
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose batches the next iteration yields."""
@@ -69,30 +87,7 @@ class DeviceLoader(_BaseLoader):
     `num_workers` is accepted so both loader kinds share a signature; it is unused here.
     """
 
-    def __init__(
-        self,
-        split: Split,
-        *,
-        batch_size: int,
-        train: bool,
-        device: str | torch.device = "cpu",
-        seed: int = 0,
-        augment: str | Sequence[str] | None = "default",
-        drop_last: bool | None = None,
-        num_workers: int = 0,
-        pad: int = PAD,
-        max_degrees: float = MAX_DEGREES,
-    ) -> None:
-        super().__init__(
-            split,
-            batch_size=batch_size,
-            train=train,
-            device=device,
-            seed=seed,
-            augment=augment,
-            drop_last=drop_last,
-        )
-        self.pad, self.max_degrees = pad, max_degrees
+    def _build(self, split: Split) -> None:
         self.images = split.images.to(self.device)
         self.labels = split.labels.to(self.device)
         std = torch.tensor(split.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
@@ -151,42 +146,17 @@ class ClassicLoader(_BaseLoader):
     num_workers=0 and > 0, as the sample-to-RNG assignment differs).
     """
 
-    def __init__(
-        self,
-        split: Split,
-        *,
-        batch_size: int,
-        train: bool,
-        device: str | torch.device = "cpu",
-        seed: int = 0,
-        augment: str | Sequence[str] | None = "default",
-        drop_last: bool | None = None,
-        num_workers: int = 0,
-        pad: int = PAD,
-        max_degrees: float = MAX_DEGREES,
-    ) -> None:
-        super().__init__(
-            split,
-            batch_size=batch_size,
-            train=train,
-            device=device,
-            seed=seed,
-            augment=augment,
-            drop_last=drop_last,
-        )
+    def _build(self, split: Split) -> None:
         from torchvision import transforms as T
 
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"num_workers must be a non-negative int, got {num_workers!r}")
-        self.num_workers = num_workers
         size = tuple(split.images.shape[2:])
         steps = []
         if "crop" in self.augment:
-            steps.append(T.RandomCrop(size, padding=pad))
+            steps.append(T.RandomCrop(size, padding=self.pad))
         if "flip" in self.augment:
             steps.append(T.RandomHorizontalFlip())
         if "rotate" in self.augment:
-            steps.append(T.RandomRotation(max_degrees))
+            steps.append(T.RandomRotation(self.max_degrees))
         steps += [T.ToTensor(), T.Normalize(split.mean, split.std)]
         self.transform = T.Compose(steps)
         self.dataset = _PILDataset(split, self.transform)

@@ -1,6 +1,6 @@
 """A sweep's comparison as files for its MLflow run: the trials table, a parallel-coordinates plot.
 
-Architecture: plain data in, bytes out; nothing here imports Ray or MLflow. tfkd.sweep.tuner turns
+Architecture: plain data in, bytes out; nothing here imports Ray or MLflow. tfkd.sweep.summary turns
 its Tune results into `TrialRow`s at the end of a sweep and tfkd.tracking logs `files(...)` as
 artifacts of the sweep run, so one click on the sweep in the MLflow UI shows every trial's
 searched values next to its accuracies.
@@ -111,54 +111,87 @@ def _axis(param: Param, values: Sequence[Any]):
     return numeric, [(0.0, short_number(low)), (1.0, short_number(high))]
 
 
-def parallel_plot(
-    title: str, rows: Sequence[TrialRow], params: Mapping[str, Param], epochs: int
-) -> bytes | None:
-    """One line per trial across the searched values to its validation accuracy (PNG); dashed:
-    stopped early. None when nothing was searched or no trial reported an accuracy."""
-    scored = [r for r in rows if r.val_accuracy is not None]
-    if not params or not scored:
-        return None
+@dataclass(frozen=True)
+class Line:
+    """One trial in a parallel-coordinates plot: its position on each axis, in [0, 1], and its
+    score; dashed when the trial stopped before the full schedule."""
+
+    ys: Sequence[float]
+    score: float
+    dashed: bool
+
+
+def parallel_coordinates_png(
+    title: str,
+    names: Sequence[str],
+    ticks: Mapping[str, Sequence[tuple[float, str]]],
+    lines: Sequence[Line],
+    score_label: str = "val acc (%)",
+) -> bytes:
+    """One line per trial across the named axes to its score, coloured by the score (PNG).
+
+    The one drawing of a sweep's trials: the sweep run's plot and analysis.report's both use it.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(params)
-    axes = {n: _axis(params[n], [r.values.get(n) for r in scored]) for n in names}
-    accuracies = [r.val_accuracy for r in scored]
-    low, high = min(accuracies), max(accuracies)
+    scores = [line.score for line in lines]
+    low, high = min(scores), max(scores)
     span = (high - low) or 1.0
     cmap = plt.get_cmap("viridis")
     fig, ax = plt.subplots(figsize=(1.6 * (len(names) + 1) + 1.5, 4))
-    for row in sorted(scored, key=lambda r: r.val_accuracy):
-        shade = (row.val_accuracy - low) / span
-        ys = [axes[n][0](row.values[n]) if n in row.values else 0.5 for n in names]
+    for line in sorted(lines, key=lambda item: item.score):
+        shade = (line.score - low) / span
         ax.plot(
             range(len(names) + 1),
-            [*ys, shade],
+            [*line.ys, shade],
             color=cmap(shade),
-            linestyle="-" if row.epoch >= epochs else "--",
+            linestyle="--" if line.dashed else "-",
             marker="o",
             markersize=3,
             alpha=0.85,
         )
     for x, name in enumerate(names):
         ax.axvline(x, color="0.6", linewidth=0.8)
-        for y, text in axes[name][1]:
+        for y, text in ticks[name]:
             ax.annotate(text, (x, y), textcoords="offset points", xytext=(3, 0), fontsize=7)
     ax.axvline(len(names), color="0.6", linewidth=0.8)
     for y, text in ((0.0, f"{low:.2f}"), (1.0, f"{high:.2f}")):
         ax.annotate(text, (len(names), y), textcoords="offset points", xytext=(3, 0), fontsize=7)
-    ax.set_xticks(range(len(names) + 1), [*names, "val acc (%)"], fontsize=8)
+    ax.set_xticks(range(len(names) + 1), [*names, score_label], fontsize=8)
     ax.set_yticks([])
     ax.set_xlim(-0.2, len(names) + 0.6)
-    ax.set_title(f"{title}: {len(scored)} trials (dashed: stopped early)", fontsize=9)
+    ax.set_title(title, fontsize=9)
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def parallel_plot(
+    title: str, rows: Sequence[TrialRow], params: Mapping[str, Param], epochs: int
+) -> bytes | None:
+    """The sweep's trials across the searched values to their validation accuracy (PNG); dashed:
+    stopped early. None when nothing was searched or no trial reported an accuracy."""
+    scored = [r for r in rows if r.val_accuracy is not None]
+    if not params or not scored:
+        return None
+    names = list(params)
+    axes = {n: _axis(params[n], [r.values.get(n) for r in scored]) for n in names}
+    lines = [
+        Line(
+            ys=[axes[n][0](row.values[n]) if n in row.values else 0.5 for n in names],
+            score=row.val_accuracy,
+            dashed=row.epoch < epochs,
+        )
+        for row in scored
+    ]
+    ticks = {n: axes[n][1] for n in names}
+    title = f"{title}: {len(scored)} trials (dashed: stopped early)"
+    return parallel_coordinates_png(title, names, ticks, lines)
 
 
 def files(

@@ -1,0 +1,119 @@
+"""What a sweep is and what it gives back: its spec, its result, and the Tune search space it spans.
+
+Built and validated by the command line before Ray starts, so nothing here imports Ray at import
+time; `param_space` imports Ray's samplers when a sweep is about to run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tfkd.sweep.search_space import Param, SearchSpace
+from tfkd.sweep.storage import DEFAULT_STORAGE
+
+if TYPE_CHECKING:
+    from ray import tune
+
+    from tfkd import tracking
+
+METRIC = "val_accuracy"
+MODE = "max"
+# The result a trial reports before failing because of its hyper-parameters. It has no
+# validation accuracy, so ASHA passes over it and the Optuna searcher ignores it.
+FAILED_BY_HYPERPARAMETERS = "tfkd_failed_by_hyperparameters"
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """Everything a sweep needs; built and validated by tune_main before Ray starts."""
+
+    name: str
+    base_config: dict[str, Any]
+    space: SearchSpace
+    search_alg: str = "optuna"
+    num_samples: int = 8
+    grace_period: int = 1
+    seed: int = 0
+    fixed: bool = False
+    gpus_per_trial: float | None = None
+    cpus_per_trial: float = 1.0
+    max_concurrent: int | None = None
+    storage: str = DEFAULT_STORAGE
+    resume: bool = False
+    max_failures: int = 2
+    tracking: tracking.TrackingContext | None = None
+    first_point: dict[str, Any] = field(default_factory=dict)
+    callbacks: tuple[tune.Callback, ...] = ()  # extra Tune callbacks (benchmarks, tooling)
+    verbose: bool = False  # the trials' own output (epoch lines) on the terminal too
+    trial_names: tuple[str, ...] = ()  # run_configs: one name per given config
+
+    @property
+    def epochs(self) -> int:
+        return int(self.base_config["epochs"])
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    experiment_path: str
+    best_config: dict[str, Any] | None
+    best_metrics: dict[str, Any] | None
+    best_trial_id: str | None
+    trials: int
+    failed: int
+    stopped_early: int
+    trial_metrics: list[dict[str, Any]] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)  # trial id -> reason, one line
+    failed_by_infrastructure: int = 0  # failures not caused by the hyper-parameters
+    interrupted: bool = False  # Ctrl-C: resumable with --resume
+    tracking_pending: list[str] = field(default_factory=list)  # outboxes not yet sent
+
+    @property
+    def complete(self) -> bool:
+        """Every trial ran to its end (finished, stopped by ASHA, or failed by its values)."""
+        return not self.interrupted and not self.failed_by_infrastructure
+
+    @property
+    def status(self) -> str:
+        """The sweep run's MLflow status."""
+        if self.interrupted:
+            return "KILLED"
+        return "FINISHED" if self.complete and self.failed < self.trials else "FAILED"
+
+
+def storage_uri(storage: str) -> str:
+    """Ray wants absolute local paths; URIs (s3://, gs://, ...) go to pyarrow's filesystems."""
+    if "://" in storage:
+        return storage
+    return str(Path(storage).expanduser().resolve())
+
+
+def _sampler(param: Param) -> Any:
+    """The Tune distribution a searched key is drawn from."""
+    from ray import tune
+
+    samplers = {
+        "uniform": lambda p: tune.uniform(p.low, p.high),
+        "loguniform": lambda p: tune.loguniform(p.low, p.high),
+        "int": lambda p: tune.randint(int(p.low), int(p.high) + 1),
+        "logint": lambda p: tune.lograndint(int(p.low), int(p.high) + 1),
+        "quniform": lambda p: tune.quniform(p.low, p.high, p.q),
+        "choice": lambda p: tune.choice(list(p.values)),
+    }
+    return samplers[param.distribution](param)
+
+
+def param_space(spec: SweepSpec) -> dict[str, Any]:
+    """The fixed trial config plus a Tune distribution (or grid) for every searched key."""
+    from ray import tune
+
+    space = dict(spec.base_config)
+    if spec.fixed:
+        return {**space, **spec.first_point}
+    for name, param in spec.space.params.items():
+        if spec.search_alg == "grid":
+            space[name] = tune.grid_search(param.grid())
+        else:
+            space[name] = _sampler(param)
+    return space

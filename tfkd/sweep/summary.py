@@ -1,0 +1,101 @@
+"""A finished (or interrupted) sweep in a few numbers and rows: its best trial, its failures and
+why, and every trial's end state for the sweep run's report in MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from tfkd import tracking
+from tfkd.sweep import status as progress
+from tfkd.sweep import sweep_files
+from tfkd.sweep.search_space import Param
+from tfkd.sweep.spec import FAILED_BY_HYPERPARAMETERS, METRIC, SweepResult, SweepSpec
+from tfkd.sweep.storage import GIVEN_CONFIG_KEY
+
+
+def _is_full_length(metrics: Mapping[str, Any], epochs: int) -> bool:
+    return int(metrics.get("epoch", 0)) >= epochs
+
+
+def _trial_id(result: tune.Result) -> str:
+    return Path(result.path).name.removeprefix("trial_")
+
+
+def _failure_reason(result: tune.Result) -> str:
+    """One line: the reason a trial reported, else the last line of its error."""
+    if FAILED_BY_HYPERPARAMETERS in (result.metrics or {}):
+        return str(result.metrics[FAILED_BY_HYPERPARAMETERS])
+    lines = [line.strip() for line in str(result.error).splitlines() if line.strip()]
+    return lines[-1] if lines else result.error.__class__.__name__
+
+
+def summarise(grid: tune.ResultGrid, spec: SweepSpec, interrupted: bool) -> SweepResult:
+    """The best trial (full-length ones first), the counts, and one line per failure."""
+    finished = [r for r in grid if r.error is None and r.metrics and METRIC in r.metrics]
+    full = [r for r in finished if _is_full_length(r.metrics, spec.epochs)]
+    candidates = full or finished
+    best = max(candidates, key=lambda r: r.metrics.get(METRIC, -math.inf), default=None)
+    failed = [r for r in grid if r.error is not None]
+    keep = ("trial_id", "epoch", METRIC, "test_accuracy")
+    return SweepResult(
+        experiment_path=grid.experiment_path,
+        best_config=dict(best.config.get(GIVEN_CONFIG_KEY, best.config)) if best else None,
+        best_metrics=dict(best.metrics) if best else None,
+        best_trial_id=best.metrics.get("trial_id") if best else None,
+        trials=len(grid),
+        failed=len(failed),
+        stopped_early=len(finished) - len(full),
+        trial_metrics=[{k: r.metrics.get(k) for k in keep} for r in finished],
+        failures={_trial_id(r): _failure_reason(r) for r in failed},
+        failed_by_infrastructure=sum(
+            1 for r in failed if FAILED_BY_HYPERPARAMETERS not in (r.metrics or {})
+        ),
+        interrupted=interrupted,
+    )
+
+
+def _searched(spec: SweepSpec) -> dict[str, Param]:
+    """The keys the sweep varies (none for --fixed: one trial at the preset)."""
+    return {} if spec.fixed else dict(spec.space.params)
+
+
+def _trial_state(result: tune.Result, epochs: int) -> str:
+    if result.error is not None:
+        return "FAILED"
+    return "DONE" if _is_full_length(result.metrics or {}, epochs) else "STOPPED"
+
+
+def trial_rows(grid: tune.ResultGrid, spec: SweepSpec) -> list[sweep_files.TrialRow]:
+    """Every trial at its end: name, searched values, state and last metrics."""
+    keys = list(_searched(spec))
+    rows = []
+    for result in grid:
+        config = result.config.get(GIVEN_CONFIG_KEY, result.config) if result.config else {}
+        metrics = result.metrics or {}
+        rows.append(
+            sweep_files.TrialRow(
+                name=progress.short_name(config, keys) or Path(result.path).name,
+                trial_id=str(metrics.get("trial_id", Path(result.path).name)),
+                state=_trial_state(result, spec.epochs),
+                epoch=int(metrics.get("epoch", 0)),
+                val_accuracy=metrics.get(METRIC),
+                test_accuracy=metrics.get("test_accuracy"),
+                values={k: config[k] for k in keys if k in config},
+            )
+        )
+    return rows
+
+
+def log_sweep_files(spec: SweepSpec, grid: tune.ResultGrid) -> None:
+    """The sweep run's trials table, parallel-coordinates plot and counts (sweep_files)."""
+    if spec.tracking is None:
+        return
+    rows = trial_rows(grid, spec)
+    files = sweep_files.files(spec.name, rows, _searched(spec), spec.epochs)
+    tracking.log_sweep_files(spec.tracking, sweep_files.sweep_metrics(rows), files)

@@ -1,0 +1,206 @@
+"""The trial as Ray runs it: `tfkd.core.train.run_trial` behind a thin trainable.
+
+The dataset is loaded once by the driver and shared with every trial through Ray's object store
+(one copy per node, read zero-copy). A trial resumes from the newest whole checkpoint it has, and
+its process ends only after its training thread has.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray import tune
+
+from tfkd import tracking
+from tfkd.core import data
+from tfkd.core.config import TrialConfig
+from tfkd.core.train import TrainingFailure, load_dataset, resolve_device, run_trial
+from tfkd.sweep import cluster
+from tfkd.sweep.record import TrialRecord, newest_complete
+from tfkd.sweep.spec import FAILED_BY_HYPERPARAMETERS, SweepSpec
+from tfkd.sweep.storage import GIVEN_CONFIG_KEY
+
+# ---------------------------------------------------------------- sharing the dataset
+
+
+def pack_dataset(dataset: data.Dataset) -> dict[str, Any]:
+    """Numpy arrays, so that trials read them zero-copy from the object store."""
+
+    def pack_split(split: data.Split) -> dict[str, Any]:
+        return {
+            "images": split.images.numpy(),
+            "labels": split.labels.numpy(),
+            "mean": split.mean,
+            "std": split.std,
+            "augment": split.augment,
+        }
+
+    return {
+        "name": dataset.name,
+        "num_classes": dataset.num_classes,
+        **{s: pack_split(getattr(dataset, s)) for s in ("train", "val", "test")},
+    }
+
+
+def unpack_dataset(packed: Mapping[str, Any]) -> data.Dataset:
+    def unpack_split(p: Mapping[str, Any]) -> data.Split:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # read-only shared memory: loaders never write to it
+            images = torch.from_numpy(np.asarray(p["images"]))
+            labels = torch.from_numpy(np.asarray(p["labels"]))
+        return data.Split(
+            images=images,
+            labels=labels,
+            mean=tuple(p["mean"]),
+            std=tuple(p["std"]),
+            augment=tuple(p["augment"]),
+        )
+
+    return data.Dataset(
+        name=packed["name"],
+        num_classes=packed["num_classes"],
+        **{s: unpack_split(packed[s]) for s in ("train", "val", "test")},
+    )
+
+
+def dataset_of(spec: SweepSpec) -> data.Dataset:
+    """The dataset that `spec.base_config` names (loaded by the driver, shared with trials)."""
+    return load_dataset(TrialConfig.from_dict(spec.base_config))
+
+
+# ---------------------------------------------------------------- the trainable
+
+
+def _restore_point() -> str | None:
+    """The checkpoint folder to continue from when Tune restarts or resumes this trial.
+
+    The one Tune names, unless the trial's own folder holds a later whole one (Tune's record
+    of the experiment can lag behind the trial's last checkpoint when the driver is killed).
+    """
+    saved = tune.get_checkpoint()
+    if saved is None:
+        return None
+    named = saved.to_directory(tempfile.mkdtemp(prefix="tfkd-resume-"))
+    written = Path(tune.get_context().get_trial_dir()).glob("checkpoint_*")
+    return str(newest_complete([named, *sorted(written)]) or named)
+
+
+def _device_for(config: Mapping[str, Any], gpus: float) -> str:
+    """A trial given a GPU share asks for CUDA; run_trial falls back to CPU with a warning."""
+    return "cuda" if gpus > 0 and config.get("device", "auto") == "auto" else config["device"]
+
+
+def trainable(
+    config: dict[str, Any],
+    packed_dataset: Mapping[str, Any],
+    tracking_context: tracking.TrackingContext | None,
+    cpus: float,
+    gpus: float,
+) -> None:
+    """The thin Ray trainable: resume point in, run_trial, per-epoch tune.report out.
+
+    Every checkpoint carries the trial's record (epoch history, best weights, nodes), so a
+    restarted or resumed trial keeps its best checkpoint and its tracking history. A failure
+    caused by the hyper-parameters (non-finite or diverged loss) is reported as such first, so
+    the driver does not retry it; anything else (a lost node, a killed worker) is retried.
+    """
+    config = dict(config.get(GIVEN_CONFIG_KEY, config))  # run_configs nests each config
+    torch.set_num_threads(max(1, int(cpus)))
+    context = tune.get_context()
+    resume_dir = _restore_point()
+    record = TrialRecord.restore(tempfile.mkdtemp(prefix="tfkd-record-"), resume_dir)
+    record.ran_on(ray.get_runtime_context().get_node_id())
+    tracker = tracking.trial_tracker(
+        tracking_context,
+        config,
+        context.get_trial_id(),
+        context.get_trial_name(),
+        record,
+        Path(context.get_trial_dir()) / tracking.OUTBOX_DIR,
+    )
+    uri = tracking_context.uri if tracking_context else None
+    config["teacher_checkpoint"] = tracking.local_path(config["teacher_checkpoint"], uri)
+    config["device"] = _device_for(config, gpus)
+    if gpus > 0:
+        config["gpu_share"] = gpus
+        cluster.warn_if_time_sliced(resolve_device(config["device"]), gpus)
+
+    def report(metrics: dict[str, Any], checkpoint_dir: str) -> None:
+        best = record.add_epoch(metrics, checkpoint_dir)
+        tracker.on_epoch(metrics, checkpoint_dir, best)  # queued: never waits on the server
+        if metrics["epoch"] == config["epochs"]:
+            tracker.on_finish(metrics)  # before tune.report: Tune may end the actor there
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+
+    try:
+        run_trial(config, report, dataset=unpack_dataset(packed_dataset), resume_from=resume_dir)
+    except TrainingFailure as exc:
+        tracker.on_failed(exc)
+        tune.report({FAILED_BY_HYPERPARAMETERS: str(exc)})
+        raise
+    except (SystemExit, KeyboardInterrupt):  # stopped (ASHA, max_t) or the sweep interrupted
+        tracker.on_stopped()  # the driver, which knows which, sets the run's status
+        raise
+    except BaseException as exc:
+        tracker.on_failed(exc)
+        raise
+
+
+# ---------------------------------------------------------------- as Tune runs it
+
+
+class _StopsCleanly:
+    """Mixin for the function trainable: stop() waits for the training thread to end.
+
+    Tune runs a function trainable in a daemon thread; when ASHA stops a trial, the actor's
+    stop() tells that thread to exit (tune.report raises SystemExit in it) and returns at once,
+    and the actor process exits. A daemon thread still running at interpreter exit is ended
+    by pthread_exit, whose forced unwinding through C++ frames (torch, MLflow's SQLite and HTTP
+    clients) aborts the process: a SIGABRT stack trace and "Fatal Python error: Aborted". Waiting
+    here lets the thread finish (the trainable closes its MLflow run) before the process exits.
+    """
+
+    STOP_GRACE_S = 120.0
+
+    def cleanup(self) -> None:
+        from ray.train._internal.session import get_session
+
+        session = get_session()
+        thread = getattr(session, "training_thread", None)
+        try:
+            super().cleanup()
+        finally:
+            if thread is not None and thread.is_alive():
+                thread.join(self.STOP_GRACE_S)
+
+
+def _stoppable(fn):
+    """The function trainable `fn` as a Tune trainable class whose stop() ends cleanly."""
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    base = wrap_function(fn)
+    return type(base.__name__, (_StopsCleanly, base), {})
+
+
+def with_resources(spec: SweepSpec, packed: Mapping[str, Any], resources: dict[str, float]):
+    """The trainable of a sweep's trials: the shared dataset and the sweep's tracking bound to
+    it, a stop that ends cleanly, and the CPUs and GPUs each trial asks for."""
+    return tune.with_resources(
+        _stoppable(
+            tune.with_parameters(
+                trainable,
+                packed_dataset=packed,
+                tracking_context=spec.tracking,
+                cpus=resources["cpu"],
+                gpus=resources["gpu"],
+            )
+        ),
+        resources,
+    )

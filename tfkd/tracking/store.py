@@ -1,0 +1,267 @@
+"""The MLflow store: where runs go, how to reach it, and the queries tfkd and analysis/ make.
+
+MLflow is imported lazily (a sweep without tracking never pays for it). The layout tfkd writes:
+every run carries the tag `tfkd.kind` (a sweep, its trials, a reproduction set and its
+reproductions, a report); children point at their parent with `mlflow.parentRunId`, and a trial's
+run carries its Ray trial id, so a retried or resumed trial finds its run again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from tfkd.core.errors import UserError
+
+KIND_TAG = "tfkd.kind"
+TRIAL_TAG = "tfkd.ray_trial_id"
+# the kinds of run (values of KIND_TAG)
+SWEEP, TRIAL = "sweep", "trial"
+REPRODUCTION_SET, REPRODUCTION = "reproduction-set", "reproduction"
+REPORT = "report"
+FINISHED = "FINISHED"
+PAGE = 1000  # runs per search_runs request
+SQLITE = "sqlite:///"
+
+
+def import_mlflow():
+    """The mlflow package, imported on first use: a sweep without tracking never pays for it."""
+    import mlflow
+
+    return mlflow
+
+
+def _quiet() -> None:
+    """MLflow and alembic log INFO lines (database creation, migrations) to stderr."""
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def mlflow_client(uri: str):
+    """An MlflowClient for `uri`, with MLflow's and alembic's INFO chatter silenced."""
+    mlflow = import_mlflow()  # before _quiet: importing mlflow configures its loggers
+    _quiet()
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def client(uri: str):
+    """An MlflowClient, or None for a SQLite store that does not exist yet (nothing to read).
+
+    Opening a missing SQLite file would create an empty database as a side effect.
+    """
+    if uri.startswith(SQLITE) and not Path(uri.removeprefix(SQLITE)).is_file():
+        return None
+    return mlflow_client(uri)
+
+
+# ---------------------------------------------------------------- where runs go
+
+
+def resolve_uri(uri: str | None) -> str:
+    """--mlflow-uri, else MLFLOW_TRACKING_URI, else a SQLite file in the working directory.
+
+    Local paths become absolute URIs: trials run in other working directories.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith(SQLITE) and not uri.startswith("sqlite:////"):
+        return SQLITE + str(Path(uri.removeprefix(SQLITE)).resolve())
+    if "://" not in uri:
+        return Path(uri).resolve().as_uri()
+    return uri
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def _health_status(uri: str, timeout: float) -> int:
+    """The HTTP status a tracking server's /health answers with."""
+    with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+        return response.status
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """A tracking server must answer /health before any trial starts."""
+    if not is_server(uri):
+        return
+    try:
+        if _health_status(uri, timeout) == 200:
+            return
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UserError(
+            f"MLflow tracking server {uri} is unreachable ({reason}); start it "
+            f"(mlflow server --host 127.0.0.1 --port PORT) or fix --mlflow-uri / "
+            f"MLFLOW_TRACKING_URI"
+        ) from None
+    raise UserError(f"MLflow tracking server {uri} answered /health with an error")
+
+
+def reachable(uri: str) -> bool:
+    """A tracking server answers /health (local stores are always there)."""
+    if not is_server(uri):
+        return True
+    try:
+        return _health_status(uri, timeout=2) == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _initialise_sqlite(database: Path) -> None:
+    """Create (or migrate) the store's tables under an exclusive lock beside the database."""
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        mlflow_client(f"{SQLITE}{database}").search_experiments(max_results=1)
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Local backends keep artifacts beside the database, not in the trial's folder."""
+    if uri.startswith(SQLITE):
+        return (Path(uri.removeprefix(SQLITE)).parent / "mlartifacts").as_uri()
+    return None
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """The experiment's id, created if needed (a new SQLite store is created first, once:
+    concurrent sweeps creating the same database would otherwise race on its tables)."""
+    if uri.startswith(SQLITE):
+        _initialise_sqlite(Path(uri.removeprefix(SQLITE)))
+    store_client = mlflow_client(uri)
+    found = store_client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:  # MLflow 3's UI opens an experiment on its GenAI overview unless told it trains models
+        return store_client.create_experiment(
+            name,
+            artifact_location=_artifact_root(uri),
+            tags={"mlflow.experimentKind": "custom_model_development"},
+        )
+    except Exception:  # a concurrent sweep created it first
+        found = store_client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def git_commit() -> str:
+    """The commit of the checkout tfkd runs from ("" outside a git checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+# ---------------------------------------------------------------- queries
+
+
+def experiment_id(mlflow_client: Any, name: str) -> str | None:
+    """The id of the active experiment `name` (None without one, or without a store)."""
+    found = mlflow_client.get_experiment_by_name(name) if mlflow_client else None
+    if found is None or found.lifecycle_stage != "active":
+        return None
+    return found.experiment_id
+
+
+def experiment_name(mlflow_client: Any, experiment: str) -> str:
+    return mlflow_client.get_experiment(experiment).name
+
+
+def search(
+    mlflow_client: Any,
+    experiments: Iterable[str],
+    filter_string: str,
+    order_by: list[str] | None = None,
+) -> list:
+    """All matching runs, page by page (search_runs returns at most one page)."""
+    ids = list(experiments)
+    if not ids:
+        return []
+    runs, token = [], None
+    while True:
+        page = mlflow_client.search_runs(
+            ids, filter_string=filter_string, max_results=PAGE, order_by=order_by, page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def kind_filter(
+    kind: str, *, status: str | None = None, name: str | None = None, parent: str | None = None
+) -> str:
+    """An MLflow filter string: runs of one tfkd kind, optionally by status, name and parent."""
+    clauses = [f"tags.`{KIND_TAG}` = '{kind}'"]
+    if status:
+        clauses.append(f"attributes.status = '{status}'")
+    if name:
+        clauses.append(f"tags.`mlflow.runName` = '{name}'")
+    if parent:
+        clauses.append(f"tags.`mlflow.parentRunId` = '{parent}'")
+    return " and ".join(clauses)
+
+
+def runs_of_kind(mlflow_client: Any, experiments: Iterable[str], kind: str, **where: str) -> list:
+    """Runs of one kind, newest first."""
+    return search(
+        mlflow_client,
+        experiments,
+        kind_filter(kind, **where),
+        order_by=["attributes.start_time DESC"],
+    )
+
+
+def newest_run_named(mlflow_client: Any, experiment: str, kind: str, name: str):
+    """The newest run of one kind with that run name, or None."""
+    runs = mlflow_client.search_runs(
+        [experiment],
+        filter_string=kind_filter(kind, name=name),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def child_runs(mlflow_client: Any, experiment: str, parent_run_id: str) -> list:
+    """The runs under a parent run (a sweep's trials)."""
+    return mlflow_client.search_runs(
+        [experiment],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+        max_results=5000,
+    )
+
+
+def trial_run(mlflow_client: Any, experiment: str, parent_run_id: str, trial_id: str):
+    """The run of one Ray trial under its sweep's run, or None."""
+    found = mlflow_client.search_runs(
+        [experiment],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' "
+        f"and tags.`{TRIAL_TAG}` = '{trial_id}'",
+        max_results=1,
+    )
+    return found[0] if found else None
+
+
+def run_name(run: Any) -> str:
+    return run.data.tags.get("mlflow.runName", run.info.run_name or "")
+
+
+def metric_history(mlflow_client: Any, run_id: str, key: str) -> dict[int, float]:
+    """{step: value} of one metric; tfkd logs per-epoch metrics with step = epoch."""
+    return {int(m.step): float(m.value) for m in mlflow_client.get_metric_history(run_id, key)}
