@@ -3,7 +3,10 @@ checkpoint carries, and the outbox that sends MLflow writes in the background.""
 
 from __future__ import annotations
 
-import time
+import json
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,16 +27,20 @@ def fake_checkpoint(folder: Path, epoch: int) -> Path:
     return folder
 
 
-def test_every_checkpoint_carries_the_history_and_the_best_weights(tmp_path):
-    record = TrialRecord.restore(tmp_path / "work", None)
+def test_every_checkpoint_carries_the_history_and_the_best_weights_stay_in_one_place(tmp_path):
+    home = tmp_path / "home"
+    record = TrialRecord.restore(home, None)
     record.ran_on("node-a")
-    accuracies = {1: 50.0, 2: 70.0, 3: 60.0}
+    accuracies = {1: 50.0, 2: 70.0, 3: 60.0, 4: 80.0}
     for epoch, accuracy in accuracies.items():
         folder = fake_checkpoint(tmp_path / f"ckpt{epoch}", epoch)
         improved = record.add_epoch({"epoch": epoch, "val_accuracy": accuracy}, folder)
-        assert improved == (epoch in (1, 2))
-    # a restart from the latest checkpoint, on another node: nothing is lost
-    again = TrialRecord.restore(tmp_path / "work2", tmp_path / "ckpt3")
+        assert improved == (epoch in (1, 2, 4))
+        assert not (folder / "best_model.pt").exists(), "the best weights were copied again"
+    # best weights written once per improvement; the newest and the one before it are kept
+    assert sorted(p.name for p in home.iterdir()) == ["best-epoch-2.pt", "best-epoch-4.pt"]
+    # a restart from the checkpoint before the last improvement, on another node: nothing lost
+    again = TrialRecord.restore(home, tmp_path / "ckpt3")
     again.ran_on("node-b")
     assert [h["epoch"] for h in again.history] == [1, 2, 3]
     assert (again.best_epoch, again.best_accuracy) == (2, 70.0)
@@ -42,9 +49,25 @@ def test_every_checkpoint_carries_the_history_and_the_best_weights(tmp_path):
     assert torch.equal(best["model"]["w"], torch.full((2,), 2.0))
 
 
+def test_where_no_folder_is_shared_the_checkpoints_carry_the_best_weights(tmp_path):
+    record = TrialRecord.restore(tmp_path / "node-a", None, carry_best=True)
+    for epoch, accuracy in {1: 50.0, 2: 40.0}.items():
+        record.add_epoch(
+            {"epoch": epoch, "val_accuracy": accuracy},
+            fake_checkpoint(tmp_path / f"ckpt{epoch}", epoch),
+        )
+    again = TrialRecord.restore(tmp_path / "node-b", tmp_path / "ckpt2", carry_best=True)
+    best = torch.load(again.best_weights, weights_only=True)
+    assert again.best_epoch == 1 and torch.equal(best["model"]["w"], torch.full((2,), 1.0))
+
+
 def open_op(client: MlflowClient, trial_id: str = "t1") -> dict:
     experiment = client.create_experiment("e")
     parent = client.create_run(experiment, run_name="sweep").info.run_id
+    return open_op_for(experiment, parent, trial_id)
+
+
+def open_op_for(experiment: str, parent: str, trial_id: str = "t1") -> dict:
     return {
         "op": "open",
         "experiment_id": experiment,
@@ -91,16 +114,37 @@ def test_the_outbox_sends_in_order_reuses_the_run_and_logs_each_epoch_once(tmp_p
     assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.1"}
 
 
-def test_an_unreachable_server_never_blocks_and_the_writes_wait_on_disk(tmp_path):
-    dead = f"http://127.0.0.1:{free_port()}"
-    box = tracking.Outbox(tmp_path / "trial" / tracking.OUTBOX_DIR, dead)
-    started = time.monotonic()
-    for epoch in range(1, 51):
+@contextmanager
+def black_hole() -> Iterator[str]:
+    """A tracking 'server' that accepts connections and never answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_a_server_that_never_answers_never_blocks_and_the_writes_wait_on_disk(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3600")  # its first request hangs for good
+    folder = tmp_path / "trial" / tracking.OUTBOX_DIR
+    with black_hole() as uri:
+        box = tracking.Outbox(folder, uri)
+        box.put(open_op_for("1", "parent"))
+        for epoch in range(1, 51):  # each put returns while the sender hangs on the first
+            box.put(epoch_op(epoch, float(epoch)))
+        assert len((folder / tracking.OPS_FILE).read_text().splitlines()) == 51
+        assert not box.close(timeout=0.5)
+        assert box.pending() == 51
+
+
+def test_the_writes_of_an_unreachable_server_wait_on_disk_for_replay(tmp_path):
+    folder = tmp_path / "trial" / tracking.OUTBOX_DIR
+    box = tracking.Outbox(folder, f"http://127.0.0.1:{free_port()}")
+    for epoch in range(1, 4):
         box.put(epoch_op(epoch, float(epoch)))
-    assert time.monotonic() - started < 2.0, "queueing a write waited on the server"
     assert not box.close(timeout=1.0)
-    assert box.pending() == 50
-    assert tracking.pending_outboxes(tmp_path) == [tmp_path / "trial" / tracking.OUTBOX_DIR]
+    assert tracking.pending_outboxes(tmp_path) == [folder]
 
 
 def test_replay_sends_what_a_dead_process_left(tmp_path):
@@ -140,3 +184,145 @@ def test_a_restore_starts_from_the_newest_whole_checkpoint(tmp_path):
     assert newest_complete(folders) == folders[1]
     assert newest_complete(folders[:1]) == folders[0]
     assert newest_complete([tmp_path / "missing"]) is None
+
+
+def dead_uri() -> str:
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def trial_runs_of(client: MlflowClient, experiment: str) -> list:
+    return [r for r in client.search_runs([experiment]) if tracking.TRIAL_TAG in r.data.tags]
+
+
+def test_a_torn_append_hides_nothing_written_after_it(tmp_path):
+    uri = sqlite_uri(tmp_path)
+    client = MlflowClient(uri)
+    opened = open_op(client)
+    folder = tmp_path / "trial" / tracking.OUTBOX_DIR
+    first = tracking.Outbox(folder, dead_uri())
+    for op in (opened, epoch_op(1, 10.0), epoch_op(2, 20.0)):
+        first.put(op)
+    first.close(timeout=0.2)
+    log = folder / tracking.OPS_FILE
+    content = log.read_bytes()
+    log.write_bytes(content[: len(content) - 15])  # killed mid-append of epoch 2
+    # the restarted trial appends after the torn line, then the sweep is replayed
+    again = tracking.Outbox(folder, dead_uri())
+    for op in (epoch_op(2, 21.0), epoch_op(3, 30.0), {"op": "terminate", "status": "FINISHED"}):
+        again.put(op)
+    again.close(timeout=0.2)
+    assert tracking.main(["replay", str(tmp_path), "--mlflow-uri", uri]) == 0
+    (run,) = trial_runs_of(client, opened["experiment_id"])
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert sorted((m.step, m.value) for m in history) == [(1, 10.0), (2, 21.0), (3, 30.0)]
+    assert run.info.status == "FINISHED"
+
+
+def register_op(kind: str = "final") -> dict:
+    return {
+        "op": "register",
+        "name": "model.pt",
+        "artifact_path": "teacher",
+        "model_name": "tfkd-digits-resnet8",
+        "alias": None,
+        "kind": kind,
+        "version_tags": {"kind": kind, "epoch": "3", "val_accuracy": "90.0"},
+    }
+
+
+def test_a_registration_sent_twice_makes_one_model_version(tmp_path):
+    uri = sqlite_uri(tmp_path)
+    client = MlflowClient(uri)
+    weights = tmp_path / "model.pt"
+    torch.save({"model": {"w": torch.ones(2)}}, weights)
+    opened = open_op(client)
+    box = tracking.Outbox(tmp_path / "box", uri)
+    box.put(opened)
+    box.put(register_op(), files={"model.pt": weights})
+    assert box.close(60)
+    # the process died after the registration was sent but before it was counted
+    (tmp_path / "box" / "sent").write_text("1")
+    (tmp_path / "box" / "files-1").mkdir()
+    (tmp_path / "box" / "files-1" / "model.pt").write_bytes(weights.read_bytes())
+    assert tracking.send_outbox(tmp_path / "box", None, timeout=60)
+    versions = client.search_model_versions("name = 'tfkd-digits-resnet8'")
+    assert len(versions) == 1
+
+
+def test_sent_artifacts_leave_no_copy_in_the_outbox(tmp_path):
+    uri = sqlite_uri(tmp_path)
+    weights = tmp_path / "model.pt"
+    torch.save({"model": {"w": torch.ones(2)}}, weights)
+    box = tracking.Outbox(tmp_path / "box", uri)
+    box.put(open_op(MlflowClient(uri)))
+    box.put({"op": "artifact", "name": "model.pt", "artifact_path": "best"}, {"model.pt": weights})
+    assert box.close(60)
+    assert not list((tmp_path / "box").glob("files-*"))
+    assert weights.is_file()
+
+
+def test_a_write_the_store_refuses_is_reported_on_the_run_and_kept(tmp_path):
+    uri = sqlite_uri(tmp_path)
+    client = MlflowClient(uri)
+    opened = open_op(client)
+    folder = tmp_path / "trial" / tracking.OUTBOX_DIR
+    box = tracking.Outbox(folder, uri)
+    box.put(opened)
+    box.put({"op": "tags", "tags": {"x" * 300: "too long a key"}})
+    box.put(epoch_op(1, 1.0))
+    assert box.close(60)
+    (run,) = trial_runs_of(client, opened["experiment_id"])
+    assert run.data.tags["tfkd.refused_writes"].startswith("1 ")
+    (kept,) = [json.loads(line) for line in (folder / "refused.jsonl").read_text().splitlines()]
+    assert kept["op"]["op"] == "tags"
+    assert tracking.refused_outboxes(tmp_path) == [folder]
+
+
+def test_a_replay_after_the_sweep_ends_asha_stopped_trials_finished_and_stopped_early(tmp_path):
+    """The server was down from the middle of the sweep to its end: ASHA stopped trial t1 after
+    two epochs, t2 ran its three; everything waits in the outboxes, then `replay` sends it."""
+    uri = sqlite_uri(tmp_path)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("e")
+    parent = client.create_run(experiment, run_name="sweep").info.run_id
+    results = tmp_path / "ray_results" / "sweep"
+    for trial, epochs in (("t1", 2), ("t2", 3)):
+        box = tracking.Outbox(results / f"trial_{trial}" / "tfkd" / tracking.OUTBOX_DIR, dead_uri())
+        box.put(open_op_for(experiment, parent, trial))
+        for epoch in range(1, epochs + 1):
+            box.put(epoch_op(epoch, 10.0 * epoch))
+        if epochs == 3:
+            box.put({"op": "tags", "tags": {"stopped_early": "false"}})
+            box.put({"op": "terminate", "status": "FINISHED"})
+        box.close(timeout=0.2)
+    sweep = tracking.Outbox(results / tracking.OUTBOX_DIR / parent, dead_uri())
+    sweep.put({"op": "use_run", "run_id": parent})
+    for trial, stopped in (("t1", True), ("t2", False)):
+        sweep.put(
+            {
+                "op": "close_trial",
+                "experiment_id": experiment,
+                "trial_id": trial,
+                "status": "FINISHED",
+                "stopped_early": stopped,
+            }
+        )
+    sweep.put(
+        {
+            "op": "finish_sweep",
+            "experiment_id": experiment,
+            "best_trial_id": "t2",
+            "best_metrics": {"best_val_accuracy": 30.0},
+            "status": "FINISHED",
+        }
+    )
+    sweep.close(timeout=0.2)
+
+    assert tracking.main(["replay", str(results), "--mlflow-uri", uri]) == 0
+    runs = {r.data.tags[tracking.TRIAL_TAG]: r for r in trial_runs_of(client, experiment)}
+    assert {t: r.info.status for t, r in runs.items()} == {"t1": "FINISHED", "t2": "FINISHED"}
+    assert runs["t1"].data.tags["stopped_early"] == "true"
+    assert runs["t2"].data.tags["stopped_early"] == "false"
+    sweep_run = client.get_run(parent)
+    assert sweep_run.info.status == "FINISHED"
+    assert sweep_run.data.tags["best_run_id"] == runs["t2"].info.run_id

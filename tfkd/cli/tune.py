@@ -492,6 +492,10 @@ def _print_outcome(result: Any, plan: Plan, args: argparse.Namespace) -> int:
             "(tracking server unreachable); send them when it is back with: "
             f"{tracking.REPLAY_COMMAND} {shlex.quote(result.experiment_path)}"
         )
+    for folder in result.tracking_refused:
+        print(
+            f"[tfkd] MLflow refused some writes of a run; they are kept in {folder}/refused.jsonl"
+        )
     if result.best_config is None:
         print("tune_main.py: every trial failed; see the trial errors above", file=sys.stderr)
         return EXIT_FAILED

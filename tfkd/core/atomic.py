@@ -9,6 +9,7 @@ filesystems, whose objects appear whole when the stream closes.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,3 +53,12 @@ def write_bytes(target: str | os.PathLike, content: bytes) -> str:
 def write_text(target: str | os.PathLike, text: str) -> str:
     """`text` (UTF-8) as the whole of `target`."""
     return write_bytes(target, text.encode())
+
+
+def link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """A second name for a file that is only ever replaced whole (never written in place): a
+    hard link, which writes no bytes, or a copy where links are not possible."""
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, links not allowed, or the target exists
+        shutil.copyfile(source, target)

@@ -18,21 +18,29 @@ from tfkd.core import atomic
 from tfkd.core.checkpoint import export_weights, load
 
 RECORD_FILE = "trial_record.json"
-BEST_FILE = "best_model.pt"
+BEST_FILE = "best_model.pt"  # the best weights, when a checkpoint carries them
+BEST_PREFIX = "best-epoch-"  # the best weights in the trial's home: best-epoch-<N>.pt
 
 
 class TrialRecord:
     """What every checkpoint of a trial carries besides the training state.
 
-    Every finished epoch's metrics (so a restored trial can complete its tracking history) and
-    the best weights so far by validation accuracy (training accuracy when there is no
-    validation split) with that accuracy and epoch, and the nodes that ran the trial. A trial
-    restarted or resumed from any of its checkpoints therefore loses neither its history nor
-    its best checkpoint; the checkpoints themselves may be pruned to the latest few.
+    Every finished epoch's metrics (so a restored trial can complete its tracking history), the
+    best epoch by validation accuracy (training accuracy when there is no validation split) with
+    that accuracy, and the nodes that ran the trial. A trial restarted or resumed from any of its
+    checkpoints therefore loses neither its history nor its best weights; the checkpoints
+    themselves may be pruned to the latest few.
+
+    The best weights are written once per improvement, into the trial's home folder (`home`,
+    on the sweep's storage), as `best-epoch-<N>.pt`: the newest and the one before it are kept,
+    so a trial restored from the checkpoint before an improvement still finds the weights its
+    record names. When the home folder is not shared by every node (results on a URI storage),
+    `carry_best` also puts the best weights in every checkpoint, the one thing that travels.
     """
 
-    def __init__(self, workdir: str | os.PathLike) -> None:
-        self.workdir = Path(workdir)  # private, local: holds the current best weights
+    def __init__(self, home: str | os.PathLike, carry_best: bool = False) -> None:
+        self.home = Path(home)
+        self.carry_best = carry_best
         self.history: list[dict[str, Any]] = []
         self.best_accuracy = float("-inf")
         self.best_epoch = 0
@@ -40,13 +48,15 @@ class TrialRecord:
 
     @property
     def best_weights(self) -> Path:
-        return self.workdir / BEST_FILE
+        return self.home / f"{BEST_PREFIX}{self.best_epoch}.pt"
 
     @classmethod
-    def restore(cls, workdir: str | os.PathLike, folder: str | os.PathLike | None) -> TrialRecord:
+    def restore(
+        cls, home: str | os.PathLike, folder: str | os.PathLike | None, carry_best: bool = False
+    ) -> TrialRecord:
         """The record a checkpoint folder carries (an empty one without a folder)."""
-        record = cls(workdir)
-        record.workdir.mkdir(parents=True, exist_ok=True)
+        record = cls(home, carry_best)
+        record.home.mkdir(parents=True, exist_ok=True)
         if folder is None or not (Path(folder) / RECORD_FILE).is_file():
             return record
         saved = json.loads((Path(folder) / RECORD_FILE).read_text())
@@ -54,8 +64,9 @@ class TrialRecord:
         record.best_accuracy = float(saved["best_accuracy"])
         record.best_epoch = int(saved["best_epoch"])
         record.nodes = list(saved["nodes"])
-        if (Path(folder) / BEST_FILE).is_file():
-            shutil.copyfile(Path(folder) / BEST_FILE, record.best_weights)
+        carried = Path(folder) / BEST_FILE
+        if carried.is_file() and not record.best_weights.is_file():
+            shutil.copyfile(carried, record.best_weights)
         return record
 
     def ran_on(self, node: str) -> None:
@@ -71,10 +82,12 @@ class TrialRecord:
         accuracy = metrics.get("val_accuracy", metrics.get("train_accuracy", float("-inf")))
         improved = accuracy > self.best_accuracy
         if improved:
+            previous = self.best_epoch
             self.best_accuracy, self.best_epoch = float(accuracy), int(metrics["epoch"])
             export_weights(checkpoint_dir, self.best_weights)
-        if self.best_weights.is_file():
-            shutil.copyfile(self.best_weights, Path(checkpoint_dir) / BEST_FILE)
+            self._forget_best_before(previous)
+        if self.carry_best and self.best_weights.is_file():
+            atomic.link_or_copy(self.best_weights, Path(checkpoint_dir) / BEST_FILE)
         document = {
             "history": self.history,
             "best_accuracy": self.best_accuracy,
@@ -83,6 +96,13 @@ class TrialRecord:
         }
         atomic.write_text(Path(checkpoint_dir) / RECORD_FILE, json.dumps(document))
         return improved
+
+    def _forget_best_before(self, previous: int) -> None:
+        """Delete best weights older than the previous best (no checkpoint can name them)."""
+        for old in self.home.glob(f"{BEST_PREFIX}*.pt"):
+            epoch = old.name[len(BEST_PREFIX) : -len(".pt")]
+            if epoch.isdigit() and int(epoch) not in (previous, self.best_epoch):
+                old.unlink(missing_ok=True)
 
 
 def _is_number(value: Any) -> bool:

@@ -26,7 +26,15 @@ import yaml
 
 from tfkd.core.config import keys as config_keys
 
-SEARCH_SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+
+def _search_spaces_dir() -> Path:
+    """search_spaces/ of a checkout, or tfkd/search_spaces of an installed package."""
+    package = Path(__file__).resolve().parents[1]
+    installed, checkout = package / "search_spaces", package.parent / "search_spaces"
+    return installed if installed.is_dir() else checkout
+
+
+SEARCH_SPACES_DIR = _search_spaces_dir()
 TOP_LEVEL_KEYS = {"mode", "description", "params", "defaults", "presets"}
 DISTRIBUTION_KEYS = {
     "uniform": {"low", "high"},

@@ -68,6 +68,7 @@ class SweepResult:
     failed_by_infrastructure: int = 0  # failures not caused by the hyper-parameters
     interrupted: bool = False  # Ctrl-C: resumable with --resume
     tracking_pending: list[str] = field(default_factory=list)  # outboxes not yet sent
+    tracking_refused: list[str] = field(default_factory=list)  # outboxes with refused writes
 
     @property
     def complete(self) -> bool:

@@ -19,13 +19,13 @@ import torch
 from ray import tune
 
 from tfkd import tracking
-from tfkd.core import data
+from tfkd.core import atomic, data
 from tfkd.core.config import TrialConfig
 from tfkd.core.train import TrainingFailure, load_dataset, resolve_device, run_trial
 from tfkd.sweep import cluster
 from tfkd.sweep.record import TrialRecord, newest_complete
 from tfkd.sweep.spec import FAILED_BY_HYPERPARAMETERS, SweepSpec
-from tfkd.sweep.storage import GIVEN_CONFIG_KEY
+from tfkd.sweep.storage import GIVEN_CONFIG_KEY, local_experiment_dir
 
 # ---------------------------------------------------------------- sharing the dataset
 
@@ -77,24 +77,56 @@ def dataset_of(spec: SweepSpec) -> data.Dataset:
 
 # ---------------------------------------------------------------- the trainable
 
+TRIAL_HOME = "tfkd"  # inside the trial's results folder: its outbox and best weights
+FAILED_MARK = "failed_by_hyperparameters.txt"  # in the trial's home: why its values failed
 
-def _restore_point() -> str | None:
+
+def _restore_point(scratch: Path) -> str | None:
     """The checkpoint folder to continue from when Tune restarts or resumes this trial.
 
-    The one Tune names, unless the trial's own folder holds a later whole one (Tune's record
-    of the experiment can lag behind the trial's last checkpoint when the driver is killed).
+    The one Tune names (fetched into `scratch` when it is not a local folder already), unless
+    the trial's own folder holds a later whole one (Tune's record of the experiment can lag
+    behind the trial's last checkpoint when the driver is killed).
     """
     saved = tune.get_checkpoint()
     if saved is None:
         return None
-    named = saved.to_directory(tempfile.mkdtemp(prefix="tfkd-resume-"))
+    named = saved.to_directory(str(scratch / "restored"))
     written = Path(tune.get_context().get_trial_dir()).glob("checkpoint_*")
     return str(newest_complete([named, *sorted(written)]) or named)
 
 
-def _device_for(config: Mapping[str, Any], gpus: float) -> str:
-    """A trial given a GPU share asks for CUDA; run_trial falls back to CPU with a warning."""
-    return "cuda" if gpus > 0 and config.get("device", "auto") == "auto" else config["device"]
+def trial_home(experiment_dir: str, trial_dir: str) -> tuple[Path, bool]:
+    """The trial's own folder for its outbox and best weights, and whether checkpoints must
+    carry the best weights.
+
+    With results on a local (or shared) folder it is the trial's folder there, which every node
+    and every reader (the end of the sweep, `replay`, a restarted trial) sees, and which Ray's
+    periodic copy of its staging folder never overwrites. With results on a URI storage it is
+    the trial's folder on its node, and the best weights travel in the checkpoints.
+    """
+    if experiment_dir:
+        return Path(experiment_dir) / Path(trial_dir).name / TRIAL_HOME, False
+    return Path(trial_dir) / TRIAL_HOME, True
+
+
+def _fail_again_if_failed_by_values(home: Path) -> None:
+    """A trial that failed by its hyper-parameters (a non-finite or diverged loss) stays failed
+    when `--resume` restarts the sweep's errored trials: it would fail the same way again."""
+    mark = home / FAILED_MARK
+    if mark.is_file():
+        reason = mark.read_text()
+        tune.report({FAILED_BY_HYPERPARAMETERS: reason})
+        raise TrainingFailure(f"failed by its hyper-parameters before the resume: {reason}")
+
+
+def device_for(config: Mapping[str, Any], gpus: float) -> str:
+    """The device a trial trains on: CUDA when it was given a GPU share, the CPU when it was
+    given none (Ray does not hide a node's GPUs from a trial that asked for none), else what the
+    config names; run_trial falls back to CPU with a warning when CUDA is missing."""
+    if config.get("device", "auto") != "auto":
+        return config["device"]
+    return "cuda" if gpus > 0 else "cpu"
 
 
 def trainable(
@@ -103,6 +135,7 @@ def trainable(
     tracking_context: tracking.TrackingContext | None,
     cpus: float,
     gpus: float,
+    experiment_dir: str = "",
 ) -> None:
     """The thin Ray trainable: resume point in, run_trial, per-epoch tune.report out.
 
@@ -113,9 +146,27 @@ def trainable(
     """
     config = dict(config.get(GIVEN_CONFIG_KEY, config))  # run_configs nests each config
     torch.set_num_threads(max(1, int(cpus)))
+    config["device"] = device_for(config, gpus)
+    if gpus > 0:
+        config["gpu_share"] = gpus
+        cluster.warn_if_time_sliced(resolve_device(config["device"]), gpus)
+    with tempfile.TemporaryDirectory(prefix="tfkd-restore-") as scratch:
+        _train(config, packed_dataset, tracking_context, experiment_dir, Path(scratch))
+
+
+def _train(
+    config: dict[str, Any],
+    packed_dataset: Mapping[str, Any],
+    tracking_context: tracking.TrackingContext | None,
+    experiment_dir: str,
+    scratch: Path,
+) -> None:
+    """The trial from its restore point to its last report (`trainable` cleans `scratch`)."""
     context = tune.get_context()
-    resume_dir = _restore_point()
-    record = TrialRecord.restore(tempfile.mkdtemp(prefix="tfkd-record-"), resume_dir)
+    home, carry_best = trial_home(experiment_dir, context.get_trial_dir())
+    _fail_again_if_failed_by_values(home)
+    resume_dir = _restore_point(scratch)
+    record = TrialRecord.restore(home, resume_dir, carry_best)
     record.ran_on(ray.get_runtime_context().get_node_id())
     tracker = tracking.trial_tracker(
         tracking_context,
@@ -123,14 +174,10 @@ def trainable(
         context.get_trial_id(),
         context.get_trial_name(),
         record,
-        Path(context.get_trial_dir()) / tracking.OUTBOX_DIR,
+        home / tracking.OUTBOX_DIR,
     )
     uri = tracking_context.uri if tracking_context else None
     config["teacher_checkpoint"] = tracking.local_path(config["teacher_checkpoint"], uri)
-    config["device"] = _device_for(config, gpus)
-    if gpus > 0:
-        config["gpu_share"] = gpus
-        cluster.warn_if_time_sliced(resolve_device(config["device"]), gpus)
 
     def report(metrics: dict[str, Any], checkpoint_dir: str) -> None:
         best = record.add_epoch(metrics, checkpoint_dir)
@@ -142,6 +189,7 @@ def trainable(
     try:
         run_trial(config, report, dataset=unpack_dataset(packed_dataset), resume_from=resume_dir)
     except TrainingFailure as exc:
+        atomic.write_text(home / FAILED_MARK, str(exc))
         tracker.on_failed(exc)
         tune.report({FAILED_BY_HYPERPARAMETERS: str(exc)})
         raise
@@ -170,15 +218,30 @@ class _StopsCleanly:
     STOP_GRACE_S = 120.0
 
     def cleanup(self) -> None:
-        from ray.train._internal.session import get_session
-
-        session = get_session()
-        thread = getattr(session, "training_thread", None)
+        thread = training_thread()
         try:
             super().cleanup()
         finally:
             if thread is not None and thread.is_alive():
                 thread.join(self.STOP_GRACE_S)
+
+
+def training_thread():
+    """The thread running this actor's function trainable, or None where Ray's private session
+    API (ray.train._internal.session, pinned by pyproject's ray bound) no longer offers it: the
+    stop is then Ray's own, which may abort the process as it exits (logged once)."""
+    try:
+        from ray.train._internal.session import get_session
+
+        return getattr(get_session(), "training_thread", None)
+    except (ImportError, AttributeError):
+        warnings.warn(
+            "this Ray version has no ray.train._internal.session.get_session: a stopped "
+            "trial's process may abort as it exits; install a ray[tune] within tfkd's bounds",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
 
 
 def _stoppable(fn):
@@ -200,6 +263,7 @@ def with_resources(spec: SweepSpec, packed: Mapping[str, Any], resources: dict[s
                 tracking_context=spec.tracking,
                 cpus=resources["cpu"],
                 gpus=resources["gpu"],
+                experiment_dir=local_experiment_dir(spec.storage, spec.name),
             )
         ),
         resources,

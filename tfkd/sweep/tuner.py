@@ -8,10 +8,11 @@ the sweep's MLflow run as what happened.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -28,20 +29,39 @@ from tfkd.sweep.spec import METRIC, MODE, SweepResult, SweepSpec, param_space, s
 from tfkd.sweep.storage import GIVEN_CONFIG_KEY
 
 # The latest checkpoints are kept (restore always finds the one the experiment state names);
-# the best weights travel inside every checkpoint (tfkd.sweep.record.TrialRecord).
+# the best weights are kept apart, in the trial's home (tfkd.sweep.record.TrialRecord).
 CHECKPOINTS_KEPT = 2
-# A trial failed by its hyper-parameters reports a result without validation accuracy
-# (spec.FAILED_BY_HYPERPARAMETERS), so Tune's strict metric check is off (a sweep's trials always
-# report it: tune_main refuses val_fraction=0).
-os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-# Per-epoch checkpoints with num_to_keep make Tune warn about state snapshots every few seconds.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-# The experiment state (which checkpoint each trial resumes from) is saved at least every second,
-# so it never names a checkpoint that the keep-the-latest rule has already deleted.
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-# Ray's newer output engine prints its configuration box and a TensorBoard hint even when silent;
-# tfkd prints its own status table (tfkd.sweep.status), so the classic engine at verbosity 0.
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Tune's settings a sweep needs, set when it starts and put back when it ends (never at import):
+# - a trial failed by its hyper-parameters reports a result without validation accuracy
+#   (spec.FAILED_BY_HYPERPARAMETERS), so Tune's strict metric check is off (a sweep's trials
+#   always report it: tune_main refuses val_fraction=0);
+# - per-epoch checkpoints with num_to_keep make Tune warn about state snapshots every few seconds;
+# - Ray's newer output engine prints its configuration box and a TensorBoard hint even when
+#   silent; tfkd prints its own status table (tfkd.sweep.status), so the classic engine.
+SWEEP_ENVIRONMENT = {
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
+# How often the experiment state (which checkpoint each trial resumes from) is saved: every second
+# on a local folder, so that it never names a checkpoint the keep-the-latest rule has deleted
+# (a restore also looks for a later one in the trial's folder); on a URI storage each save is an
+# upload, so at most every 30 s.
+CHECKPOINT_PERIOD_S = {"local": "1", "uri": "30"}
+
+
+@contextlib.contextmanager
+def sweep_environment(spec: SweepSpec) -> Iterator[None]:
+    """Tune's settings for the duration of a sweep (a user's own values win), then the old ones."""
+    kind = "uri" if "://" in storage_uri(spec.storage) else "local"
+    wanted = {**SWEEP_ENVIRONMENT, "TUNE_GLOBAL_CHECKPOINT_S": CHECKPOINT_PERIOD_S[kind]}
+    added = [name for name in wanted if name not in os.environ]
+    os.environ.update({name: wanted[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 # ---------------------------------------------------------------- search, scheduling, resources
@@ -184,13 +204,19 @@ def _fit(tuner: tune.Tuner, spec: SweepSpec, record_best: bool) -> SweepResult:
     )
     if not sent and spec.tracking is not None:
         pending.add(tracking.sweep_outbox(spec.tracking))
-    return replace(result, tracking_pending=sorted(map(str, pending)))
+    refused = tracking.refused_outboxes(result.experiment_path) if local else []
+    return replace(
+        result,
+        tracking_pending=sorted(map(str, pending)),
+        tracking_refused=sorted(map(str, refused)),
+    )
 
 
 def run_sweep(spec: SweepSpec, dataset: data.Dataset | None = None) -> SweepResult:
     """Run (or resume) a sweep on the connected cluster and return its summary."""
     dataset = dataset or trainable.dataset_of(spec)
-    return _fit(_tuner(spec, trainable.pack_dataset(dataset)), spec, record_best=True)
+    with sweep_environment(spec):
+        return _fit(_tuner(spec, trainable.pack_dataset(dataset)), spec, record_best=True)
 
 
 def run_configs(
@@ -201,6 +227,13 @@ def run_configs(
     `spec.base_config` names the dataset to share; `spec.resume` continues an interrupted run.
     """
     dataset = dataset or trainable.dataset_of(spec)
+    with sweep_environment(spec):
+        return _fit(_configs_tuner(spec, configs, dataset), spec, record_best=False)
+
+
+def _configs_tuner(
+    spec: SweepSpec, configs: list[dict[str, Any]], dataset: data.Dataset
+) -> tune.Tuner:
     fn = _trainable_of(spec, trainable.pack_dataset(dataset))
     if spec.resume:
         tuner = _restored(spec, fn)
@@ -216,4 +249,4 @@ def run_configs(
             ),
             run_config=_run_config(spec, len(configs)),
         )
-    return _fit(tuner, spec, record_best=False)
+    return tuner

@@ -15,6 +15,7 @@ from tfkd.tracking.outbox import (
     Outbox,
     flush_pending,
     pending_outboxes,
+    refused_outboxes,
     send_outbox,
 )
 from tfkd.tracking.replay import REPLAY_COMMAND, main
@@ -72,6 +73,7 @@ __all__ = [
     "mlflow_client",
     "parse_teacher",
     "pending_outboxes",
+    "refused_outboxes",
     "registered_model_name",
     "resolve_uri",
     "send_outbox",

@@ -113,16 +113,27 @@ def _register(run: BoundRun, client, op: dict[str, Any]) -> None:
             client.create_registered_model(name)
         except Exception:  # another trial created it first
             pass
-    version = client.create_model_version(
-        name,
-        source=f"runs:/{run.run_id}/{op['artifact_path']}",
-        run_id=run.run_id,
-        tags={**op["version_tags"], "artifact_path": op["artifact_path"]},
-    )
+    version = _registered_version(client, name, run.run_id, op["artifact_path"])
+    if version is None:
+        version = client.create_model_version(
+            name,
+            source=f"runs:/{run.run_id}/{op['artifact_path']}",
+            run_id=run.run_id,
+            tags={**op["version_tags"], "artifact_path": op["artifact_path"]},
+        )
     if op["alias"]:
         client.set_registered_model_alias(name, op["alias"], version.version)
     if op["kind"] == "final":
         move_best_alias(client, name)
+
+
+def _registered_version(client, name: str, run_id: str, artifact_path: str):
+    """The version an earlier try of the same registration created, if any (a retry after a
+    crash between "sent" and "counted" must not make a second version)."""
+    for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        if version.tags.get("artifact_path") == artifact_path:
+            return version
+    return None
 
 
 def _terminate(run: BoundRun, client, op: dict[str, Any]) -> None:

@@ -26,12 +26,13 @@ OPS_FILE, SENT_FILE, URI_FILE = "ops.jsonl", "sent", "uri"
 RETRY_SECONDS = (1.0, 30.0)  # back-off while the tracking server is unreachable: first, longest
 SWEEP_FLUSH_SECONDS = 30.0  # how long the driver waits for the sweep run's last writes
 END_OF_SWEEP_GRACE_S = 60.0  # how long a sweep's end waits for a tracking server to come back
-SKIP_AFTER = 3  # a write the reachable store keeps refusing is skipped after this many tries
+SKIP_AFTER = 3  # a write the reachable store keeps refusing is set aside after this many tries
+REFUSED_FILE = "refused.jsonl"  # the writes the store refused: reported, never silently dropped
 # MLflow's own client retries a request for minutes with back-off; the outbox retries on its own
-# schedule instead, so each request gives up fast.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+# schedule instead, so each request gives up fast (set when the first outbox opens, not at import).
+MLFLOW_REQUEST_ENV = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
 logger = logging.getLogger("tfkd.tracking")
+_SENDING: set[Path] = set()  # folders an Outbox of this process is sending: nobody else reads them
 
 
 class Outbox:
@@ -49,8 +50,11 @@ class Outbox:
     """
 
     def __init__(self, folder: str | os.PathLike, uri: str) -> None:
+        for name, value in MLFLOW_REQUEST_ENV.items():
+            os.environ.setdefault(name, value)
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        _cut_torn_tail(self.folder / OPS_FILE)
         (self.folder / URI_FILE).write_text(uri)
         self.uri = uri
         self._lock = threading.Condition()
@@ -60,6 +64,7 @@ class Outbox:
         self._client = None
         self._run = ops.BoundRun(uri, self.folder)
         self._thread = threading.Thread(target=self._drain, name="tfkd-outbox", daemon=True)
+        _SENDING.add(self.folder.resolve())
         self._thread.start()
 
     # -- the caller's side
@@ -71,7 +76,7 @@ class Outbox:
                 stash = self.folder / f"files-{len(self._ops)}"
                 stash.mkdir(exist_ok=True)
                 for name, path in files.items():
-                    shutil.copyfile(path, stash / name)
+                    atomic.link_or_copy(path, stash / name)  # no bytes written
                 op = {**op, "stash": stash.name}
             with open(self.folder / OPS_FILE, "a") as out:
                 out.write(json.dumps(op) + "\n")
@@ -84,6 +89,7 @@ class Outbox:
             self._closing = True
             self._lock.notify_all()
         self._thread.join(timeout)
+        _SENDING.discard(self.folder.resolve())  # what is left is anyone's to send
         return self.pending() == 0
 
     @property
@@ -102,6 +108,12 @@ class Outbox:
     # -- the sending thread
 
     def _drain(self) -> None:
+        try:
+            self._send_all()
+        finally:
+            _SENDING.discard(self.folder.resolve())
+
+    def _send_all(self) -> None:
         if not self._reopen():
             return
         while True:
@@ -115,6 +127,7 @@ class Outbox:
                 with self._lock:
                     self._sent += 1
                     atomic.write_text(self.folder / SENT_FILE, str(self._sent))
+                _drop_stash(self.folder, op)  # sent and counted: its file copies are done with
             else:
                 return  # gave up for now (closing while unreachable): the rest stays on disk
 
@@ -142,7 +155,7 @@ class Outbox:
                 reachable = store.reachable(self.uri)
                 refused += reachable
                 if refused >= SKIP_AFTER and not opening:
-                    logger.warning("MLflow refused %s (skipped): %s", op["op"], exc)
+                    self._set_aside(op, exc)
                     return True
                 with self._lock:
                     if self._closing and (not reachable or refused >= SKIP_AFTER):
@@ -150,9 +163,41 @@ class Outbox:
                     self._lock.wait(delay)
                 delay = min(2 * delay, RETRY_SECONDS[1])
 
+    def _set_aside(self, op: dict[str, Any], error: Exception) -> None:
+        """A write the store keeps refusing: kept in refused.jsonl and tagged on the run.
+
+        The sweep's summary lists every outbox with refused writes (`refused_outboxes`).
+        """
+        reason = f"{error.__class__.__name__}: {error}"[:500]
+        logger.warning("MLflow refused %s (set aside in %s): %s", op["op"], REFUSED_FILE, reason)
+        with open(self.folder / REFUSED_FILE, "a") as out:
+            out.write(json.dumps({"op": op, "error": reason}) + "\n")
+        refused = sum(1 for _ in open(self.folder / REFUSED_FILE))
+        try:
+            tag = {"tfkd.refused_writes": f"{refused} (see {self.folder / REFUSED_FILE})"}
+            ops.send(self._run, self._client, {"op": "tags", "tags": tag})
+        except Exception:  # the tag itself refused: the file and the summary still say it
+            pass
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Remove a last line cut short by a kill, so that the next append starts a line of its own."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as log:
+        content = log.read()
+        if content.endswith(b"\n"):
+            return
+        log.truncate(content.rfind(b"\n") + 1)
+
+
+def _drop_stash(folder: Path, op: Mapping[str, Any]) -> None:
+    if "stash" in op:
+        shutil.rmtree(folder / op["stash"], ignore_errors=True)
+
 
 def _read_ops(folder: Path) -> list[dict[str, Any]]:
-    """The writes logged in an outbox folder, up to a line cut short by a kill."""
+    """The complete writes logged in an outbox folder (a line cut short by a kill is skipped)."""
     path = folder / OPS_FILE
     if not path.is_file():
         return []
@@ -160,8 +205,8 @@ def _read_ops(folder: Path) -> list[dict[str, Any]]:
     for line in path.read_text().splitlines():
         try:
             written.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut short by a kill: nothing after it was written
-            break
+        except json.JSONDecodeError:  # cut short by a kill (older logs may hold one mid-file)
+            continue
     return written
 
 
@@ -177,12 +222,30 @@ def bound_uri(folder: str | os.PathLike) -> str:
 
 
 def pending_outboxes(root: str | os.PathLike) -> list[Path]:
-    """Outbox folders under `root` (or `root` itself) with writes not yet sent."""
-    return [
+    """Outbox folders under `root` (or `root` itself) with writes not yet sent, in sending order.
+
+    Trials' outboxes come before their sweep's: a trial's run must exist before the sweep's
+    writes close it and name it the best.
+    """
+    pending = [
         log.parent
         for log in sorted(Path(root).rglob(OPS_FILE))
-        if OUTBOX_DIR in log.parts and len(_read_ops(log.parent)) > _read_sent(log.parent)
+        if OUTBOX_DIR in log.parts
+        and log.parent.resolve() not in _SENDING
+        and len(_read_ops(log.parent)) > _read_sent(log.parent)
     ]
+    return sorted(pending, key=_is_sweep_box)  # stable: trials first, then sweeps
+
+
+def _is_sweep_box(folder: Path) -> bool:
+    """Whether an outbox holds a sweep run's writes (it opens with "use_run")."""
+    written = _read_ops(folder)
+    return bool(written) and written[0]["op"] == "use_run"
+
+
+def refused_outboxes(root: str | os.PathLike) -> list[Path]:
+    """Outbox folders under `root` holding writes the tracking store refused."""
+    return [log.parent for log in sorted(Path(root).rglob(REFUSED_FILE)) if OUTBOX_DIR in log.parts]
 
 
 def flush_pending(root: str | os.PathLike, grace: float = END_OF_SWEEP_GRACE_S) -> list[Path]:
