@@ -1,0 +1,104 @@
+"""tfkd as a user installs it: a wheel built from the checkout, installed into a fresh folder far
+from it, and a smoke sweep run with `python -m tfkd` from yet another folder; the sweep leaves
+nothing of tfkd's in its (private) temp folder."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import assert_ok, clean_env, sqlite_uri
+
+pytestmark = pytest.mark.slow
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def test_the_package_list_names_every_package_of_the_checkout():
+    listed = set(
+        tomllib.loads((CHECKOUT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(init.parent.relative_to(CHECKOUT).parts)
+        for root in ("tfkd", "analysis")
+        for init in (CHECKOUT / root).rglob("__init__.py")
+    }
+    assert found <= listed, f"pyproject.toml's packages lack {sorted(found - listed)}"
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """The wheel of the checkout, installed (without its dependencies) into a fresh folder."""
+    wheels = tmp_path_factory.mktemp("wheels")
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(CHECKOUT), "--no-deps", "--no-build-isolation"]
+        + ["-w", str(wheels), "-q"],
+        cwd=wheels,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert_ok(built)
+    (wheel,) = wheels.glob("tfkd-*.whl")
+    target = tmp_path_factory.mktemp("site")
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)]
+        + ["-q"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert_ok(done)
+    return target
+
+
+def run_installed(site: Path, cwd: Path, *args: str, tmpdir: Path | None = None):
+    env = clean_env(PYTHONPATH=str(site), **({"TMPDIR": str(tmpdir)} if tmpdir else {}))
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_the_installed_package_ships_its_search_spaces_and_paper_table(installed, tmp_path):
+    script = (
+        "import tfkd, analysis.paper as p; from tfkd.sweep import search_space as s; "
+        "print(tfkd.__file__); print(s.SEARCH_SPACES_DIR); print(len(p.load()))"
+    )
+    done = run_installed(installed, tmp_path, "-c", script)
+    assert_ok(done)
+    module, spaces, rows = done.stdout.split()
+    assert Path(module).is_relative_to(installed), "tfkd was imported from the checkout"
+    assert Path(spaces).is_relative_to(installed)
+    assert sorted(p.name for p in Path(spaces).glob("*.yaml")) == sorted(
+        p.name for p in (CHECKOUT / "search_spaces").glob("*.yaml")
+    )
+    assert int(rows) > 0
+
+
+def test_python_m_tfkd_runs_a_smoke_sweep_from_any_folder_and_leaves_no_temp_files(
+    installed, tmp_path, request
+):
+    private_tmp = Path(tempfile.mkdtemp(prefix="t", dir="/tmp"))  # short: Ray's sockets go there
+    request.addfinalizer(lambda: shutil.rmtree(private_tmp, ignore_errors=True))
+    uri = sqlite_uri(tmp_path)
+    done = run_installed(
+        installed,
+        tmp_path,
+        *("-m", "tfkd", "--mode", "lsr", "--dataset", "digits", "--model", "resnet8"),
+        *("--fixed", "--epochs", "2", "--name", "smoke", "--mlflow-uri", uri),
+        tmpdir=private_tmp,
+    )
+    assert_ok(done)
+    assert (tmp_path / "ray_results" / "smoke" / "best_config.yaml").is_file()
+    client = MlflowClient(uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name != "Default"]
+    statuses = sorted(r.info.status for r in client.search_runs([experiment.experiment_id]))
+    assert statuses == ["FINISHED", "FINISHED"]  # the sweep's run and its trial's
+    left = sorted(str(p.relative_to(private_tmp)) for p in private_tmp.rglob("*tfkd*"))
+    assert left == [], f"tfkd left temp files: {left}"
