@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,8 @@ from tfkd.core import atomic
 
 CHECKPOINT_FILE = "checkpoint.pt"
 WEIGHTS_FILE = "model.pt"
+RAM_FOLDER = Path("/dev/shm")  # Linux's memory-backed file system, where there is one
+SCRATCH_PREFIX = "tfkd-ckpt-"
 
 
 def save_atomic(state: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -61,3 +67,56 @@ def export_weights(path: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write only the model weights and metadata (what a teacher needs), atomically."""
     state = load(path)
     return save_atomic({"model": state["model"], "meta": state.get("meta", {})}, out)
+
+
+def state_bytes(state: Any) -> int:
+    """The bytes of the tensors in a (nested) checkpoint state."""
+    if isinstance(state, torch.Tensor):
+        return state.nelement() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state)
+    return 0
+
+
+@contextlib.contextmanager
+def scratch_folder(needed_bytes: int) -> Iterator[Path]:
+    """A fresh folder for one epoch's checkpoint on its way to its owner, removed afterwards.
+
+    In memory (/dev/shm) when it has room for twice `needed_bytes`: the checkpoint is copied
+    to its storage by its owner (Ray), so writing it to a disk first would write it twice. Else
+    in the temp folder. Folders left by processes that were killed are removed first.
+    """
+    parent = RAM_FOLDER if _has_room(RAM_FOLDER, 2 * needed_bytes) else Path(tempfile.gettempdir())
+    _remove_orphans(parent)
+    folder = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _has_room(folder: Path, needed_bytes: int) -> bool:
+    try:
+        return os.access(folder, os.W_OK) and shutil.disk_usage(folder).free > needed_bytes
+    except OSError:
+        return False
+
+
+def _remove_orphans(parent: Path) -> None:
+    """Scratch folders of processes that no longer run (killed mid-epoch)."""
+    for folder in parent.glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = folder.name[len(SCRATCH_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import random
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -276,12 +273,9 @@ def _checkpoint_state(
 
 def _report_epoch(report: Report, epoch_metrics: dict[str, Any], state: dict[str, Any]) -> None:
     """Write the epoch's checkpoint to a fresh folder, hand both to `report`, then clean up."""
-    folder = tempfile.mkdtemp(prefix="tfkd-ckpt-")
-    try:
-        checkpoint.save_atomic(state, Path(folder) / checkpoint.CHECKPOINT_FILE)
-        report(epoch_metrics, folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    with checkpoint.scratch_folder(checkpoint.state_bytes(state)) as folder:
+        checkpoint.save_atomic(state, folder / checkpoint.CHECKPOINT_FILE)
+        report(epoch_metrics, str(folder))
 
 
 def _resume(

@@ -81,19 +81,19 @@ TRIAL_HOME = "tfkd"  # inside the trial's results folder: its outbox and best we
 FAILED_MARK = "failed_by_hyperparameters.txt"  # in the trial's home: why its values failed
 
 
-def _restore_point(scratch: Path) -> str | None:
+def _restore_point(scratch: Path, trial_folders: tuple[Path, ...]) -> str | None:
     """The checkpoint folder to continue from when Tune restarts or resumes this trial.
 
-    The one Tune names (fetched into `scratch` when it is not a local folder already), unless
-    the trial's own folder holds a later whole one (Tune's record of the experiment can lag
-    behind the trial's last checkpoint when the driver is killed).
+    The one Tune names (fetched into `scratch`), unless the trial's own folders hold a later
+    whole one (Tune's record of the experiment can lag behind the trial's last checkpoint when
+    the driver is killed).
     """
     saved = tune.get_checkpoint()
     if saved is None:
         return None
     named = saved.to_directory(str(scratch / "restored"))
-    written = Path(tune.get_context().get_trial_dir()).glob("checkpoint_*")
-    return str(newest_complete([named, *sorted(written)]) or named)
+    written = [path for folder in trial_folders for path in sorted(folder.glob("checkpoint_*"))]
+    return str(newest_complete([named, *written]) or named)
 
 
 def trial_home(experiment_dir: str, trial_dir: str) -> tuple[Path, bool]:
@@ -165,7 +165,7 @@ def _train(
     context = tune.get_context()
     home, carry_best = trial_home(experiment_dir, context.get_trial_dir())
     _fail_again_if_failed_by_values(home)
-    resume_dir = _restore_point(scratch)
+    resume_dir = _restore_point(scratch, (Path(context.get_trial_dir()), home.parent))
     record = TrialRecord.restore(home, resume_dir, carry_best)
     record.ran_on(ray.get_runtime_context().get_node_id())
     tracker = tracking.trial_tracker(

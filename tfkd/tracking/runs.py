@@ -7,6 +7,7 @@ trial's own run is tfkd.tracking.trials.
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -165,8 +166,10 @@ def finish_sweep(
 
 
 def sweep_outbox(context: TrackingContext) -> Path:
-    """Where the sweep run's own writes wait: beside its trials in a local results folder."""
-    root = Path(context.outbox_root or Path(tempfile.gettempdir()) / "tfkd-outbox")
+    """Where the sweep run's own writes wait: beside its trials in a local results folder, else
+    in the user's cache folder (never the temp folder, which may be emptied before a replay)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tfkd"
+    root = Path(context.outbox_root or cache)
     return root / OUTBOX_DIR / context.parent_run_id
 
 
