@@ -99,7 +99,9 @@ def test_baseline_registers_teacher_and_snapshot(server, teacher_sweep):
     assert best.tags["kind"] == "final" and snapshot.tags["epoch"] == "1"
 
 
-def test_self_training_finds_its_teacher(server, teacher_sweep, workdir_m):
+@pytest.fixture(scope="module")
+def self_training_sweep(server, teacher_sweep, workdir_m) -> str:
+    """A two-trial tfkd_self sweep taught by the registered teacher, with system metrics."""
     run_ok(
         "--mode tfkd_self --num-samples 2 --system-metrics",
         FAKE,
@@ -107,7 +109,11 @@ def test_self_training_finds_its_teacher(server, teacher_sweep, workdir_m):
         cwd=workdir_m,
         env=clean_env(MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1"),
     )
-    (parent,), children = runs_of(server, "tfkd_self-fake-resnet8")
+    return "tfkd_self-fake-resnet8"
+
+
+def test_self_training_finds_its_teacher(server, self_training_sweep):
+    (parent,), children = runs_of(server, self_training_sweep)
     best = MlflowClient(server).get_model_version_by_alias("tfkd-fake-resnet8", "best")
     assert parent.data.tags["teacher"] == "resnet8@best"
     assert parent.data.tags["teacher_location"] == f"runs:/{best.run_id}/teacher"
@@ -119,10 +125,10 @@ def test_self_training_finds_its_teacher(server, teacher_sweep, workdir_m):
     assert set(parent.data.metrics) == SWEEP_METRICS | {"teacher_val_accuracy"}
 
 
-def test_the_sweep_run_compares_its_trials(server, teacher_sweep, workdir_m):
+def test_the_sweep_run_compares_its_trials(server, self_training_sweep):
     """Trials named by their searched values; the sweep run holds the comparison."""
     client = MlflowClient(server)
-    (parent,), children = runs_of(server, "tfkd_self-fake-resnet8")
+    (parent,), children = runs_of(server, self_training_sweep)
     space = search_space.load(search_space.default_path("tfkd_self"), "tfkd_self")
     searched = list(space.params)  # the shipped space's searched keys, in its order
     for child in children:
@@ -146,8 +152,8 @@ def test_the_sweep_run_compares_its_trials(server, teacher_sweep, workdir_m):
     assert {row.split(",")[0] for row in rows[1:]} == {c.info.run_name for c in children}
 
 
-def test_system_metrics_are_logged_per_trial(server, teacher_sweep):
-    _, children = runs_of(server, "tfkd_self-fake-resnet8")
+def test_system_metrics_are_logged_per_trial(server, self_training_sweep):
+    _, children = runs_of(server, self_training_sweep)
     for child in children:
         assert "system/cpu_utilization_percentage" in child.data.metrics, child.data.metrics
         assert "system/system_memory_usage_megabytes" in child.data.metrics
@@ -245,12 +251,9 @@ def tidy_for_screenshot(driver) -> None:
     time.sleep(1)
 
 
-def test_mlflow_ui_lists_the_sweep_runs(server, teacher_sweep, workdir_m):
+def test_mlflow_ui_lists_the_sweep_runs(server, self_training_sweep):
     client = MlflowClient(server)
-    experiment = client.get_experiment_by_name("tfkd_self-fake-resnet8")
-    if experiment is None:  # run on its own: make the sweep it shows
-        run_ok("--mode tfkd_self --num-samples 2", FAKE, mlflow_uri=server, cwd=workdir_m)
-        experiment = client.get_experiment_by_name("tfkd_self-fake-resnet8")
+    experiment = client.get_experiment_by_name(self_training_sweep)
     names = [r.info.run_name for r in client.search_runs([experiment.experiment_id])]
     driver, profile = chrome()
     screenshot = ARTIFACTS / "mlflow_ui_runs.png"

@@ -7,7 +7,7 @@ its process ends only after its training thread has.
 
 from __future__ import annotations
 
-import tempfile
+import shutil
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -79,19 +79,21 @@ def dataset_of(spec: SweepSpec) -> data.Dataset:
 
 TRIAL_HOME = "tfkd"  # inside the trial's results folder: its outbox and best weights
 FAILED_MARK = "failed_by_hyperparameters.txt"  # in the trial's home: why its values failed
+RESTORED_DIR = "restoring"  # in the trial's home: the checkpoint a restart continues from
 
 
-def _restore_point(scratch: Path, trial_folders: tuple[Path, ...]) -> str | None:
+def _restore_point(folder: Path, trial_folders: tuple[Path, ...]) -> str | None:
     """The checkpoint folder to continue from when Tune restarts or resumes this trial.
 
-    The one Tune names (fetched into `scratch`), unless the trial's own folders hold a later
-    whole one (Tune's record of the experiment can lag behind the trial's last checkpoint when
-    the driver is killed).
+    The one Tune names (fetched into `folder`, in the trial's home: never the temp folder),
+    unless the trial's own folders hold a later whole one (Tune's record of the experiment can
+    lag behind the trial's last checkpoint when the driver is killed).
     """
     saved = tune.get_checkpoint()
     if saved is None:
         return None
-    named = saved.to_directory(str(scratch / "restored"))
+    shutil.rmtree(folder, ignore_errors=True)  # left by a process killed while restoring
+    named = saved.to_directory(str(folder))
     written = [path for folder in trial_folders for path in sorted(folder.glob("checkpoint_*"))]
     return str(newest_complete([named, *written]) or named)
 
@@ -150,23 +152,27 @@ def trainable(
     if gpus > 0:
         config["gpu_share"] = gpus
         cluster.warn_if_time_sliced(resolve_device(config["device"]), gpus)
-    with tempfile.TemporaryDirectory(prefix="tfkd-restore-") as scratch:
-        _train(config, packed_dataset, tracking_context, experiment_dir, Path(scratch))
+    context = tune.get_context()
+    home, carry_best = trial_home(experiment_dir, context.get_trial_dir())
+    _fail_again_if_failed_by_values(home)
+    restored = home / RESTORED_DIR
+    try:
+        resume_dir = _restore_point(restored, (Path(context.get_trial_dir()), home.parent))
+        record = TrialRecord.restore(home, resume_dir, carry_best)
+        _train(config, packed_dataset, tracking_context, record, resume_dir)
+    finally:
+        shutil.rmtree(restored, ignore_errors=True)
 
 
 def _train(
     config: dict[str, Any],
     packed_dataset: Mapping[str, Any],
     tracking_context: tracking.TrackingContext | None,
-    experiment_dir: str,
-    scratch: Path,
+    record: TrialRecord,
+    resume_dir: str | None,
 ) -> None:
-    """The trial from its restore point to its last report (`trainable` cleans `scratch`)."""
+    """The trial from its restore point to its last report, tracked in its run."""
     context = tune.get_context()
-    home, carry_best = trial_home(experiment_dir, context.get_trial_dir())
-    _fail_again_if_failed_by_values(home)
-    resume_dir = _restore_point(scratch, (Path(context.get_trial_dir()), home.parent))
-    record = TrialRecord.restore(home, resume_dir, carry_best)
     record.ran_on(ray.get_runtime_context().get_node_id())
     tracker = tracking.trial_tracker(
         tracking_context,
@@ -174,7 +180,7 @@ def _train(
         context.get_trial_id(),
         context.get_trial_name(),
         record,
-        home / tracking.OUTBOX_DIR,
+        record.home / tracking.OUTBOX_DIR,
     )
     uri = tracking_context.uri if tracking_context else None
     config["teacher_checkpoint"] = tracking.local_path(config["teacher_checkpoint"], uri)
@@ -189,7 +195,7 @@ def _train(
     try:
         run_trial(config, report, dataset=unpack_dataset(packed_dataset), resume_from=resume_dir)
     except TrainingFailure as exc:
-        atomic.write_text(home / FAILED_MARK, str(exc))
+        atomic.write_text(record.home / FAILED_MARK, str(exc))
         tracker.on_failed(exc)
         tune.report({FAILED_BY_HYPERPARAMETERS: str(exc)})
         raise
