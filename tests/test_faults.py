@@ -9,9 +9,11 @@ each epoch logged exactly once, the best checkpoint kept, nothing left running.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,12 +55,14 @@ SWEEP = (
 # ---------------------------------------------------------------- helpers
 
 
-def start_driver(*words: str, cwd: Path, log: Path, **options) -> subprocess.Popen:
+def start_driver(
+    *words: str, cwd: Path, log: Path, env: dict | None = None, **options
+) -> subprocess.Popen:
     """tune_main.py in its own process group (as a shell runs a foreground job)."""
     return subprocess.Popen(
         [sys.executable, str(TUNE_MAIN), *cli_args(*words, **options)],
         cwd=cwd,
-        env=clean_env(),
+        env=env or clean_env(),
         stdout=open(log, "w"),  # noqa: SIM115
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -163,18 +167,36 @@ def restartable_mlflow_server(root: Path) -> Iterator[tuple[str, Callable, Calla
 # ---------------------------------------------------------------- 1 and 7: driver killed, --resume
 
 
-def test_killed_driver_leaves_nothing_running_and_resume_completes_every_trial(workdir):
+@pytest.fixture
+def private_tmp(request) -> Path:
+    """A temp folder of the test's own (short: Ray's sockets go there), removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="t", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(folder, ignore_errors=True))
+    return folder
+
+
+def tfkd_temp_files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*tfkd*"))
+
+
+def test_killed_driver_leaves_nothing_running_and_resume_completes_every_trial(
+    workdir, private_tmp
+):
     uri = sqlite_uri(workdir)
     experiment = workdir / "ray_results" / "killed"
-    driver = start_driver(SWEEP, name="killed", mlflow_uri=uri, cwd=workdir, log=workdir / "1.log")
+    env = clean_env(TMPDIR=str(private_tmp))
+    driver = start_driver(
+        SWEEP, name="killed", mlflow_uri=uri, cwd=workdir, log=workdir / "1.log", env=env
+    )
     wait_until(lambda: checkpoints(experiment, 2), "a second checkpoint", driver)
     family = descendants(driver.pid)
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     wait_until(lambda: not alive(family), "the killed driver's processes to end", timeout=60)
 
-    done = tune_main(SWEEP, name="killed", resume=True, mlflow_uri=uri, cwd=workdir)
+    done = tune_main(SWEEP, name="killed", resume=True, mlflow_uri=uri, cwd=workdir, env=env)
     assert_ok(done)
+    assert tfkd_temp_files(private_tmp) == [], "tfkd left files in the temp folder"
     runs = trial_runs(uri, "lsr-fake-resnet8")
     assert len(runs) == 2, "a resumed trial opened a second MLflow run"
     assert all(r.info.status == "FINISHED" for r in runs)
@@ -284,12 +306,13 @@ def test_max_failures_takes_a_count_or_minus_one(workdir):
 
 
 @contextmanager
-def sweep_past_its_first_checkpoint(workdir: Path, name: str):
-    """SWEEP against a restartable MLflow server, once its first checkpoint is written."""
+def sweep_past_its_first_checkpoint(workdir: Path, name: str, sweep: str = SWEEP, **options):
+    """A sweep (SWEEP by default) against a restartable MLflow server, once its first
+    checkpoint is written."""
     with restartable_mlflow_server(workdir / "mlflow") as (uri, start, stop):
         experiment = workdir / "ray_results" / name
         log = workdir / f"{name}.log"
-        driver = start_driver(SWEEP, name=name, mlflow_uri=uri, cwd=workdir, log=log)
+        driver = start_driver(sweep, name=name, mlflow_uri=uri, cwd=workdir, log=log, **options)
         wait_until(lambda: checkpoints(experiment, 1), "a first checkpoint", driver)
         yield SimpleNamespace(
             uri=uri, start=start, stop=stop, experiment=experiment, log=log, driver=driver
@@ -326,6 +349,50 @@ def test_training_does_not_wait_for_a_dead_tracking_server_and_replay_completes(
         )
         assert_ok(replayed)
         assert "best_run_id" in assert_every_run_finished(sweep.uri).data.tags
+
+
+# Two learning rates on digits, one after the other: ASHA stops the one that learns nothing.
+ASHA_SWEEP = (
+    "--mode lsr --dataset digits --model resnet8 --search-alg grid --epochs 3 --grace-period 1 "
+    "--max-concurrent 1 --experiment lsr-asha"
+)
+ASHA_SPACE = "mode: lsr\nparams:\n  lr: {distribution: choice, values: [0.1, 0.000001]}\n"
+
+
+def replay(folder: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tfkd.tracking", "replay", str(folder)],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_asha_stops_during_an_outage_end_finished_and_stopped_early_after_replay(workdir):
+    """The server is down from the first checkpoint to after the sweep: every write waits in
+    the outboxes, and `replay` closes each run in its true state."""
+    space = workdir / "lr.yaml"
+    space.write_text(ASHA_SPACE)
+    with sweep_past_its_first_checkpoint(workdir, "asha", ASHA_SWEEP, search_space=space) as sweep:
+        sweep.stop()
+        assert sweep.driver.wait(timeout=300) == 0, sweep.log.read_text()[-3000:]
+        sweep.start()
+        assert_ok(replay(sweep.experiment))
+        runs = runs_of_kind(sweep.uri, "lsr-asha", "trial")
+        assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+        epochs = {r.info.run_id: steps(sweep.uri, r.info.run_id) for r in runs}
+        stopped = {
+            r.data.params["lr"]: r.data.tags["stopped_early"] for r in runs
+        }  # a tag on every run, true exactly when it ran fewer epochs
+        assert stopped == {"0.1": "false", "1e-06": "true"}, stopped
+        for run in runs:
+            ran = epochs[run.info.run_id]
+            assert ran == list(range(1, len(ran) + 1))
+            assert (len(ran) < 3) == (run.data.tags["stopped_early"] == "true")
+        (parent,) = runs_of_kind(sweep.uri, "lsr-asha", "sweep")
+        best = {r.data.params["lr"]: r.info.run_id for r in runs}["0.1"]
+        assert parent.info.status == "FINISHED" and parent.data.tags["best_run_id"] == best
 
 
 def test_a_tracking_server_back_during_the_sweep_gets_everything(workdir):

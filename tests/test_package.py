@@ -102,3 +102,14 @@ def test_python_m_tfkd_runs_a_smoke_sweep_from_any_folder_and_leaves_no_temp_fil
     assert statuses == ["FINISHED", "FINISHED"]  # the sweep's run and its trial's
     left = sorted(str(p.relative_to(private_tmp)) for p in private_tmp.rglob("*tfkd*"))
     assert left == [], f"tfkd left temp files: {left}"
+    # --resume with other data or search flags is refused before anything starts
+    resumed = run_installed(
+        installed,
+        tmp_path,
+        *("-m", "tfkd", "--mode", "lsr", "--dataset", "digits", "--model", "resnet8"),
+        *("--fixed", "--epochs", "3", "--set", "val_fraction=0.2", "--name", "smoke"),
+        *("--mlflow-uri", uri, "--resume"),
+    )
+    assert resumed.returncode == 2, resumed.stdout + resumed.stderr
+    (line,) = resumed.stderr.strip().splitlines()
+    assert "--epochs was 2, now 3" in line and "--set val_fraction" in line, line

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from tfkd.cli import flags, teachers
+from tfkd.cli import flags, saved_flags, teachers
 from tfkd.cli.flags import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser, positive_int
 from tfkd.core import atomic, data, models, modes
 from tfkd.core.config import TrialConfig
@@ -337,8 +337,16 @@ def prepare(args: argparse.Namespace) -> Prepared:
         tracking.check_new_sweep(mlflow_uri, plan.experiment, plan.name, args.resume)
     teacher = teachers.resolve(teachers.TeacherRequest.from_args(args), mlflow_uri)
     plan, teacher_accuracy = _attach_teacher(plan, teacher, dataset, mlflow_uri)
+    _check_resume_flags(args, plan)
     lock = storage.SweepLock(args.storage, plan.name)  # last: every check has passed
     return Prepared(args, plan, dataset, mlflow_uri, teacher, teacher_accuracy, lock)
+
+
+def _check_resume_flags(args: argparse.Namespace, plan: Plan) -> None:
+    """--resume refuses flags that differ from the sweep's start; a new sweep saves its own."""
+    experiment_dir = storage.local_experiment_dir(args.storage, plan.name)
+    current = saved_flags.sweep_flags(args, plan.config, plan.space.text)
+    saved_flags.check_or_save(experiment_dir, args.resume, current)
 
 
 def _attach_teacher(
