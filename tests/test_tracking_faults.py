@@ -16,8 +16,8 @@ pytestmark = pytest.mark.slow
 
 # Two learning rates on digits, one after the other: ASHA stops the one that learns nothing.
 ASHA_SWEEP = (
-    "--mode lsr --dataset digits --model resnet8 --search-alg grid --epochs 3 --grace-period 1 "
-    "--max-concurrent 1 --experiment lsr-asha"
+    "--mode lsr --dataset digits --model resnet8 --search-alg grid --num-samples 1 --epochs 3 "
+    "--grace-period 1 --max-concurrent 1 --experiment lsr-asha"
 )
 ASHA_SPACE = "mode: lsr\nparams:\n  lr: {distribution: choice, values: [0.1, 0.000001]}\n"
 
