@@ -238,12 +238,31 @@ def test_trials_asha_stopped_are_pruned_with_their_intermediate_values(default_s
     pruned = [t for t in default_sweep.trials if t.state == TrialState.PRUNED]
     complete = [t for t in default_sweep.trials if t.state == TrialState.COMPLETE]
     assert pruned, "ASHA stopped no trial"
-    for trial in pruned:
-        assert trial.value is None
+    for trial in pruned:  # Optuna gives a pruned trial its last intermediate value
         assert max(trial.intermediate_values) in judged  # stopped at a rung, before the end
+        assert trial.value == trial.intermediate_values[max(trial.intermediate_values)]
         assert sorted(trial.intermediate_values) == list(
             range(1, len(trial.intermediate_values) + 1)
         )
     for trial in complete:
         assert max(trial.intermediate_values) == 4
         assert trial.value == trial.intermediate_values[4]
+
+
+def plan_of(*words: str):
+    from tfkd.cli import tune as cli
+
+    base = "--mode tfkd_reg --dataset fake --model resnet18 --epochs 30".split()
+    return cli.make_plan(cli.build_parser().parse_args([*base, *words]))
+
+
+def test_setting_both_weights_fixes_them_and_the_originals_keys_follow():
+    plan = plan_of("--set", "ce_weight=0.5", "--set", "kl_weight=2")
+    assert list(plan.space.params) == ["temperature"]
+    trial = TrialConfig.from_dict(plan.first_trial())
+    assert (trial.alpha, trial.multiplier) == (0.5, 4.0)
+
+
+def test_the_default_sweep_judges_on_the_schedule_and_grace_period_is_geometric():
+    assert plan_of().rungs == (lr_drops(30)[1] + 1,)
+    assert plan_of("--grace-period", "2").rungs == ()

@@ -24,7 +24,7 @@ import yaml
 from tfkd.cli import flags, teachers
 from tfkd.cli.flags import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser, positive_int
 from tfkd.core import atomic, data, models, modes
-from tfkd.core.config import TrialConfig
+from tfkd.core.config import WEIGHTS, TrialConfig
 from tfkd.core.config import keys as config_keys
 from tfkd.core.errors import UserError
 from tfkd.sweep import cluster, rungs, search_space, storage
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-samples",
         type=positive_int,
         default=8,
-        help="trials (default 8; TPE models from the 3rd finished trial, a quarter of the budget)",
+        help="trials (default 8; TPE models once num_samples/8 of them, at least 1, have finished)",
     )
     how.add_argument(
         "--epochs",
@@ -224,6 +224,10 @@ def _base_config(
     """Fixed trial config: defaults < preset's unsearched values < --smoke-test < --set."""
     teacher = teachers.TeacherRequest.from_args(args).architecture
     preset = space.preset_for(args.model, teacher)
+    # --set ce_weight/kl_weight decide alpha and multiplier: the preset's would contradict them
+    decided = set(space.params) | (
+        {"alpha", "multiplier"} if set(WEIGHTS) & set(overrides) else set()
+    )
     config = {
         "mode": args.mode,
         "model": args.model,
@@ -232,7 +236,7 @@ def _base_config(
         "download": args.download,
         "seed": args.seed,
         "teacher": teacher,
-        **{k: v for k, v in {**space.defaults, **preset}.items() if k not in space.params},
+        **{k: v for k, v in {**space.defaults, **preset}.items() if k not in decided},
         **extra,
         **overrides,
     }

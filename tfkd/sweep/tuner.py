@@ -52,12 +52,13 @@ def _concurrency(spec: SweepSpec) -> int | None:
 
 
 def startup_trials(num_samples: int) -> int:
-    """How many trials TPE draws at random before it models: a quarter of the budget, at least 2.
+    """How many finished trials TPE waits for before it models: an eighth of the budget, >= 1.
 
-    Optuna's default (10) makes a default-budget sweep entirely random; the first point (the
-    preset) counts as one of them.
+    Optuna's default (10) makes a default-budget sweep (8 trials) entirely random. The first
+    point (the preset) is one of them; the trials running and the one pending when it finishes
+    were proposed before any result, so a larger count leaves few trials to the model.
     """
-    return max(2, num_samples // 4)
+    return max(1, num_samples // 8)
 
 
 def searcher(spec: SweepSpec):
@@ -111,17 +112,21 @@ class _OptunaSearch(OptunaSearch):
             super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        stopped_early = (
-            not error
-            and trial_id in self._ot_trials
-            and trial_id not in self._completed_trials
-            and 0 < self._last_epoch.get(trial_id, 0) < self._epochs
-        )
-        if not stopped_early:
+        """The result a trial ends on (its last epoch, or the rung ASHA stopped it at) comes here,
+        not through on_trial_result: it becomes the last intermediate value, then the trial is
+        COMPLETE if it ran the schedule, PRUNED if it stopped before."""
+        if error or trial_id not in self._ot_trials or trial_id in self._completed_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        ended_at = int(result.get("epoch", 0)) if result and self.metric in result else 0
+        trial = self._ot_trials[trial_id]
+        if ended_at > self._last_epoch.get(trial_id, 0):
+            trial.report(result[self.metric], ended_at)
+            self._last_epoch[trial_id] = ended_at
+        if not 0 < self._last_epoch.get(trial_id, 0) < self._epochs:
             return super().on_trial_complete(trial_id, result, error)
         from optuna.trial import TrialState
 
-        self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+        self._ot_study.tell(trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 
 
