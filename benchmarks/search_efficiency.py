@@ -58,11 +58,13 @@ GRIDS: dict[str, dict[str, list[float]]] = {
         "alpha": [0.1, 0.5, 0.95],
         "multiplier": [1, 50, 100],
     },
+    "lsr": {"epsilon": [0.1]},  # the original's only value (hard-coded)
 }
 GRID_FIXED = {"semantics": "reference", "correct_prob": 0.99}  # the original code's values
 # name -> --search-alg; "tpe_wide": TPE on the spaces given by --wide-spaces (e.g. the pre-#12 ones)
 METHODS = {"grid": "grid", "random": "random", "tpe": "optuna", "tpe_wide": "optuna"}
 TARGET_FRACTION = 1 / 3
+DEFAULT_SAMPLES = cli.build_parser().get_default("num_samples")  # tune_main's default budget
 SMOKE_TEST = {"epochs": 2, "num_samples": 2, "seeds": [0], "fake_size": 256}
 
 
@@ -178,7 +180,7 @@ class Setting:
     dataset: str
     epochs: int
     batch_size: int
-    grace_period: int
+    grace_period: int | None  # None: the schedule rungs of tune_main
     concurrency: int
     workdir: Path
     extra_sets: tuple[str, ...] = ()
@@ -208,7 +210,8 @@ def tune_main_args(
     args = [
         *("--mode", mode, "--dataset", setting.dataset, "--model", "resnet8"),
         *("--epochs", str(setting.epochs), "--set", f"batch_size={setting.batch_size}"),
-        *("--search-alg", METHODS[method], "--num-samples", str(samples), "--seed", str(seed)),
+        *("--search-alg", METHODS[method], "--num-samples", str(samples)),
+        *("--search-seed", str(seed), "--seed", "0"),  # every sweep's trials share one seed
         *("--storage", str(setting.workdir / "ray_results"), "--data-dir", str(setting.workdir)),
         *("--name", f"{mode}-{method}-{seed}", "--mlflow-uri", setting.mlflow_uri),
         *("--max-concurrent", str(setting.concurrency), "--cpus-per-trial", "1"),
@@ -252,7 +255,8 @@ def run_one(
         search_alg=METHODS[method],
         num_samples=samples,
         grace_period=setting.epochs if method == "grid" else setting.grace_period,
-        seed=seed,
+        rungs=plan.rungs,
+        search_seed=seed,
         cpus_per_trial=1.0,
         gpus_per_trial=0.0,
         max_concurrent=setting.concurrency,
@@ -451,15 +455,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--modes", nargs="+", default=list(GRIDS), choices=list(GRIDS))
     parser.add_argument("--epochs", type=int, default=20, help="the full schedule (default 20)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--grace-period", type=int, default=4, help="ASHA's (default 4)")
+    parser.add_argument(
+        "--grace-period",
+        type=int,
+        default=None,
+        help="geometric ASHA rungs from N (default: tune_main's rungs on the schedule)",
+    )
     parser.add_argument(
         "--num-samples",
         nargs="+",
-        default=["tfkd_self=12", "tfkd_reg=16"],
+        default=[],
         metavar="MODE=N",
-        help="trials per search sweep (default tfkd_self=12 tfkd_reg=16)",
+        help="trials per search sweep (default tune_main's, 8)",
     )
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--tolerance", type=float, default=0.3, help="pp below the grid's best")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument(
@@ -513,7 +522,7 @@ def run(opts: argparse.Namespace, workdir: Path, out: Path) -> dict[str, Any]:
         dataset,
         epochs,
         opts.batch_size,
-        min(opts.grace_period, epochs),
+        None if opts.grace_period is None else min(opts.grace_period, epochs),
         opts.concurrency,
         workdir,
         extra,
@@ -525,7 +534,7 @@ def run(opts: argparse.Namespace, workdir: Path, out: Path) -> dict[str, Any]:
         "epochs": epochs,
         "batch_size": opts.batch_size,
         "grace_period": setting.grace_period,
-        "num_samples": {mode: samples.get(mode, 12) for mode in opts.modes},
+        "num_samples": {mode: samples.get(mode, DEFAULT_SAMPLES) for mode in opts.modes},
         "concurrency": opts.concurrency,
         "seeds": seeds,
         "tolerance": opts.tolerance,
@@ -541,7 +550,15 @@ def run(opts: argparse.Namespace, workdir: Path, out: Path) -> dict[str, Any]:
         for mode in opts.modes:
             grid = smoke_grid(GRIDS[mode]) if opts.smoke_test else GRIDS[mode]
             document["results"].append(
-                run_mode(setting, mode, grid, samples.get(mode, 12), seeds, opts.tolerance, wide)
+                run_mode(
+                    setting,
+                    mode,
+                    grid,
+                    samples.get(mode, DEFAULT_SAMPLES),
+                    seeds,
+                    opts.tolerance,
+                    wide,
+                )
             )
             document["wall_seconds"] = round(time.perf_counter() - started, 1)
             write_outputs(document, out)

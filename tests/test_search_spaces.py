@@ -1,20 +1,28 @@
 """The shipped search spaces put their mass where Tf-KD trains.
 
-For the KD losses the KL term pulls on the logits about alpha * m / K times as hard as the CE
-(reference form; alpha * m in the paper's form). A search that spends most of its samples at
-weights of several times the CE's is mostly training failures; these tests sample each space
-and check where its mass lies.
+For the KD losses the KL term pulls on the logits about kl_weight / K times as hard as the CE
+(reference form; kl_weight in the paper's form; kl_weight = alpha * m). A search that spends
+most of its samples at weights of several times the CE's is mostly training failures; these
+tests sample each space and check where its mass lies, and that the original's presets are
+still the original's losses.
 """
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
+from tfkd.core import modes
+from tfkd.core.config import TrialConfig
 from tfkd.sweep import search_space
 
 KD_MODES = ("kd", "rekd", "dekd", "tfkd_self")
 NUM_CLASSES = 10  # digits, CIFAR-10; CIFAR-100's K = 100 only lowers the weights
+REFERENCE = Path(__file__).resolve().parent  # original_hparams.csv: a copy of reference/
 
 
 def sample(param: search_space.Param, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -26,12 +34,9 @@ def sample(param: search_space.Param, rng: np.random.Generator, n: int) -> np.nd
     return rng.uniform(param.low, param.high, n)
 
 
-def kl_weight(points: dict[str, np.ndarray], defaults: dict) -> np.ndarray:
-    """alpha * multiplier, divided by K in the reference form."""
-    n = len(points["alpha"])
-    semantics = points.get("semantics", np.full(n, defaults.get("semantics", "reference")))
-    per_class = np.where(semantics == "reference", 1.0 / NUM_CLASSES, 1.0)
-    return points["alpha"] * points["multiplier"] * per_class
+def per_sample_kl_weight(points: dict[str, np.ndarray]) -> np.ndarray:
+    """The KL's weight beside the CE's: kl_weight / K in the reference form."""
+    return points["kl_weight"] / NUM_CLASSES
 
 
 @pytest.mark.parametrize("mode", KD_MODES)
@@ -41,17 +46,43 @@ def test_kd_spaces_put_most_samples_at_a_moderate_kl_weight(mode):
     assert space.defaults["semantics"] == "reference"
     rng = np.random.default_rng(0)
     points = {name: sample(p, rng, 20_000) for name, p in space.params.items()}
-    weight = kl_weight(points, space.defaults)
-    assert np.mean(weight <= 1.0) >= 0.6  # 0.68; the tfkd_self space before #12: 0.38
-    assert np.mean(weight > 5.0) <= 0.1  # 0.04; before #12: 0.33
+    weight = per_sample_kl_weight(points)
+    assert np.mean(weight <= 1.0) >= 0.6  # 0.68
+    assert np.mean(weight > 5.0) <= 0.1  # 0.09
 
 
-@pytest.mark.parametrize("mode", (*KD_MODES, "tfkd_reg"))
-def test_the_original_presets_stay_first_points(mode):
+def original_rows(mode: str) -> list[dict[str, str]]:
+    lines = (REFERENCE / "original_hparams.csv").read_text().splitlines()
+    rows = csv.DictReader(line for line in lines if not line.startswith("#"))
+    return [r for r in rows if r["mode"] == mode]
+
+
+def loss_of(config: dict, logits, labels, teacher):
+    cfg = TrialConfig.from_dict(config)
+    return modes.get(cfg.mode).loss(logits, labels, teacher, cfg).total
+
+
+@pytest.mark.parametrize("mode", ("kd", "rekd", "tfkd_self", "tfkd_reg"))
+def test_the_original_presets_stay_first_points_with_the_originals_loss(mode):
+    """Each original row's first point, in the space's coordinates, is the original's loss."""
     space = search_space.load(search_space.default_path(mode), mode)
-    for preset in space.presets:
-        point = space.first_point(preset["model"], preset.get("teacher", ""))
-        assert {k: preset[k] for k in point if k in preset} == {
-            k: v for k, v in point.items() if k in preset
-        }
+    gen = torch.Generator().manual_seed(0)
+    logits, teacher = torch.randn(64, 10, generator=gen), 3 * torch.randn(64, 10, generator=gen)
+    labels = torch.randint(0, 10, (64,), generator=gen)
+    rows = original_rows(mode)
+    assert rows
+    for row in rows:
+        point = space.first_point(row["model"], row["teacher"])
         assert all(space.params[k].contains(v) for k, v in point.items())
+        fixed = {k: v for k, v in space.defaults.items() if k not in space.sets()}
+        original = {
+            "mode": mode,
+            "temperature": float(row["temperature"]),
+            "alpha": float(row["alpha"]),
+            "multiplier": float(row["multiplier"] or 1.0),
+            "semantics": "reference",
+            **({"correct_prob": float(row["correct_prob"])} if row["correct_prob"] else {}),
+        }
+        mine = loss_of({"mode": mode, **fixed, **point}, logits, labels, teacher)
+        theirs = loss_of(original, logits, labels, teacher)
+        torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=0)

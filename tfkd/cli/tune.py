@@ -24,10 +24,10 @@ import yaml
 from tfkd.cli import flags, saved_flags, teachers
 from tfkd.cli.flags import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser, positive_int
 from tfkd.core import atomic, data, models, modes
-from tfkd.core.config import TrialConfig
+from tfkd.core.config import WEIGHTS, TrialConfig
 from tfkd.core.config import keys as config_keys
 from tfkd.core.errors import UserError
-from tfkd.sweep import cluster, search_space, storage
+from tfkd.sweep import cluster, rungs, search_space, storage
 from tfkd.sweep import status as progress
 
 _SMOKE_TEST = {
@@ -120,7 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="search-space YAML (default search_spaces/<mode>.yaml)",
     )
-    how.add_argument("--num-samples", type=positive_int, default=8, help="trials (default 8)")
+    how.add_argument(
+        "--num-samples",
+        type=positive_int,
+        default=8,
+        help="trials (default 8; TPE models once num_samples/8 of them, at least 1, have finished)",
+    )
     how.add_argument(
         "--epochs",
         type=positive_int,
@@ -130,14 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument(
         "--grace-period",
         type=positive_int,
-        default=1,
-        help="ASHA: epochs before a trial can be stopped (default 1)",
+        default=None,
+        help="ASHA with geometric rungs at N, 2N, 4N, ... epochs instead of --rungs",
+    )
+    how.add_argument(
+        "--rungs",
+        default=",".join(rungs.DEFAULT_RUNGS),
+        help="ASHA judges at these points of the lr schedule: warmup, beforeK (the last epoch "
+        "before drop K), afterK (the first after it); default %(default)s",
     )
     how.add_argument(
         "--search-alg",
         choices=("optuna", "random", "grid"),
         default="optuna",
-        help="optuna (seeded multivariate TPE; default), random or grid",
+        help="optuna (multivariate TPE seeded by --search-seed; default), random or grid",
     )
     how.add_argument(
         "--fixed",
@@ -145,7 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="no search: one trial with the original implementation's values "
         "for this model (the mode's defaults when it has none)",
     )
-    how.add_argument("--seed", type=int, default=0, help="seed of the search and the trials")
+    how.add_argument(
+        "--seed", type=int, default=0, help="the trials' seed: initial weights, order (default 0)"
+    )
+    how.add_argument("--search-seed", type=int, default=0, help="the sampler's seed (default 0)")
     how.add_argument(
         "--set",
         action="append",
@@ -210,6 +224,10 @@ def _base_config(
     """Fixed trial config: defaults < preset's unsearched values < --smoke-test < --set."""
     teacher = teachers.TeacherRequest.from_args(args).architecture
     preset = space.preset_for(args.model, teacher)
+    # --set ce_weight/kl_weight decide alpha and multiplier: the preset's would contradict them
+    decided = set(space.params) | (
+        {"alpha", "multiplier"} if set(WEIGHTS) & set(overrides) else set()
+    )
     config = {
         "mode": args.mode,
         "model": args.model,
@@ -218,7 +236,7 @@ def _base_config(
         "download": args.download,
         "seed": args.seed,
         "teacher": teacher,
-        **{k: v for k, v in {**space.defaults, **preset}.items() if k not in space.params},
+        **{k: v for k, v in {**space.defaults, **preset}.items() if k not in decided},
         **extra,
         **overrides,
     }
@@ -237,6 +255,7 @@ class Plan:
     space: search_space.SearchSpace
     first_point: dict[str, Any]
     fixed: bool
+    rungs: tuple[int, ...] = ()  # the epochs ASHA judges at (none with --grace-period)
 
     def first_trial(self) -> dict[str, Any]:
         """The complete config of the first trial (the preset's point of the search)."""
@@ -249,7 +268,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     overrides = _parse_overrides(args.set)
     path = args.search_space or search_space.default_path(args.mode)
     space = search_space.load(path, args.mode)
-    space = replace(space, params={k: v for k, v in space.params.items() if k not in overrides})
+    space = space.without(overrides)
     config = _base_config(args, space, extra, overrides)
     first = space.first_point(args.model, teachers.TeacherRequest.from_args(args).architecture)
     first_trial = TrialConfig.from_dict({**config, **first})  # the first trial must be valid
@@ -258,8 +277,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
             "--set val_fraction=0: a sweep chooses and stops trials on the validation split, so "
             "it needs one (e.g. 0.1); val_fraction=0 is for reproductions (analysis.reproduce)"
         )
+    judged_at = _rung_epochs(args, first_trial.to_dict())
     if not args.fixed:
-        config = {k: v for k, v in config.items() if k not in space.params}
+        config = {k: v for k, v in config.items() if k not in space.sets()}
     what = f"{args.mode}-{config['dataset']}-{config['model']}"
     return Plan(
         name=_sweep_name(args, what),
@@ -268,7 +288,18 @@ def make_plan(args: argparse.Namespace) -> Plan:
         space=space,
         first_point=first,
         fixed=args.fixed,
+        rungs=judged_at,
     )
+
+
+def _rung_epochs(args: argparse.Namespace, config: Mapping[str, Any]) -> tuple[int, ...]:
+    """--rungs as epochs of this schedule; none when --grace-period asks for geometric rungs."""
+    if args.grace_period is not None or args.fixed:
+        return ()
+    try:
+        return rungs.epochs_of(rungs.parse(args.rungs), config)
+    except rungs.RungError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _sweep_name(args: argparse.Namespace, what: str) -> str:
@@ -430,7 +461,8 @@ def run_prepared(prepared: Prepared) -> int:
             search_alg=args.search_alg,
             num_samples=args.num_samples,
             grace_period=args.grace_period,
-            seed=args.seed,
+            rungs=plan.rungs,
+            search_seed=args.search_seed,
             fixed=plan.fixed,
             tracking=context,
             first_point=plan.first_point,

@@ -158,13 +158,14 @@ class TrialConfig:
     def from_dict(cls, values: Mapping[str, Any]) -> TrialConfig:
         """Validate a flat dict; unknown keys, wrong types and out-of-range values raise."""
         known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
+        unknown = sorted(set(values) - set(known) - set(WEIGHTS))
         if unknown:
             raise ValueError(
                 f"unknown config key(s): {', '.join(unknown)}; known keys: {', '.join(known)}"
             )
         if "mode" not in values:
             raise ValueError("config key 'mode' is required")
+        values = from_weights(values)
         coerced = {name: _coerce(known[name], value) for name, value in values.items()}
         for name, value in coerced.items():
             _check(known[name], value)
@@ -177,13 +178,79 @@ class TrialConfig:
         return TrialConfig.from_dict({**self.to_dict(), **changes})
 
     @property
+    def ce_weight(self) -> float:
+        """The cross-entropy's weight in the loss: 1 - alpha."""
+        return 1.0 - self.alpha
+
+    @property
+    def kl_weight(self) -> float:
+        """The regulariser's (KL's) weight in the loss: alpha x multiplier."""
+        return self.alpha * self.multiplier
+
+    @property
     def scaled_lr(self) -> float:
         """The paper's rule: lr x batch_size / 128."""
         return self.lr * self.batch_size / 128
 
 
 def keys() -> list[str]:
-    return [f.name for f in dataclasses.fields(TrialConfig)]
+    """Every key a config dict may hold: the fields, and the loss weights that set two of them."""
+    return [f.name for f in dataclasses.fields(TrialConfig)] + list(WEIGHTS)
+
+
+# The KD-type losses are (1 - alpha) CE + alpha m KL = ce_weight CE + kl_weight KL. alpha and
+# m each move both terms' weights (they are confounded); ce_weight and kl_weight move one term
+# each, so a search varies them instead. They are not stored: they set alpha and multiplier.
+WEIGHTS = ("ce_weight", "kl_weight")
+
+
+def weights_of(alpha: float, multiplier: float) -> dict[str, float]:
+    """(alpha, multiplier) -> {ce_weight, kl_weight}: the same loss in independent weights."""
+    return {"ce_weight": 1.0 - alpha, "kl_weight": alpha * multiplier}
+
+
+def from_weights(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A config dict with ce_weight / kl_weight turned into the alpha and multiplier they set.
+
+    alpha = 1 - ce_weight and multiplier = kl_weight / alpha, so the loss is the same; the
+    CE weight must lie in [0, 1). Both weights come together; alpha or multiplier given beside
+    them must agree with them (a reproduction logs all four).
+    """
+    given = [k for k in WEIGHTS if k in values]
+    if not given:
+        return dict(values)
+    if len(given) == 1:
+        other = next(k for k in WEIGHTS if k not in values)
+        raise ValueError(f"config key '{given[0]}' needs '{other}' too (together they set alpha)")
+    ce, kl = (_coerce_weight(name, values[name]) for name in WEIGHTS)
+    if not 0 <= ce < 1 or kl <= 0:
+        raise ValueError(
+            f"config keys ce_weight = {ce!r}, kl_weight = {kl!r} are out of range "
+            "(ce_weight: at least 0 and below 1; kl_weight: greater than 0)"
+        )
+    derived = {"alpha": 1.0 - ce, "multiplier": kl / (1.0 - ce)}
+    for key, value in derived.items():
+        if key in values and not math.isclose(float(values[key]), value, rel_tol=1e-6):
+            raise ValueError(
+                f"config key '{key}' = {values[key]!r} disagrees with ce_weight and kl_weight "
+                f"(which set it to {value:.6g}); give one or the other"
+            )
+    rest = {k: v for k, v in values.items() if k not in WEIGHTS}
+    return {**rest, **derived}
+
+
+def _coerce_weight(name: str, value: Any) -> float:
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"config key '{name}' must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"config key '{name}' must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"config key '{name}' must be finite, got {value!r}")
+    return number
 
 
 def key_types() -> dict[str, type]:

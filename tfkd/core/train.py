@@ -88,7 +88,16 @@ def _prepare(module: nn.Module, cfg: TrialConfig, device: torch.device) -> nn.Mo
 
 
 def build_student(cfg: TrialConfig, num_classes: int, device: torch.device) -> nn.Module:
-    return _prepare(models.build(cfg.model, num_classes), cfg, device)
+    """The student, initialised from its own seed alone.
+
+    Its weights depend only on (seed, model, classes), never on what was drawn before it (a
+    teacher built first, a dataset split): a kd-vs-baseline difference at one seed is then the
+    method's, not a different initialisation's. The global generator is left as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = models.build(cfg.model, num_classes)
+    return _prepare(model, cfg, device)
 
 
 def load_teacher(cfg: TrialConfig, num_classes: int, device: torch.device) -> nn.Module:

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from tfkd.core.config import WEIGHTS, TrialConfig, weights_of
 from tfkd.core.config import keys as config_keys
 
 
@@ -106,9 +107,35 @@ class SearchSpace:
         return {}
 
     def first_point(self, model: str, teacher: str = "") -> dict[str, Any]:
-        """The searched values of the preset (or the mode's defaults): Optuna's first trial."""
-        values = {**self.defaults, **self.preset_for(model, teacher)}
+        """The searched values of the preset (or the mode's defaults): Optuna's first trial.
+
+        Presets keep the original's alpha and multiplier; a space that searches the loss weights
+        gets them converted (the same loss).
+        """
+        values = _with_weights({**self.defaults, **self.preset_for(model, teacher)}, self.params)
         return {name: values[name] for name in self.params if name in values}
+
+    def sets(self) -> set[str]:
+        """The trial config fields the searched keys decide (the weights decide two others)."""
+        decided = set(self.params) - set(WEIGHTS)
+        return decided | ({"alpha", "multiplier"} if set(WEIGHTS) & set(self.params) else set())
+
+    def without(self, fixed: Mapping[str, Any]) -> SearchSpace:
+        """This space less the keys `fixed` sets; fixing any loss weight fixes both weights."""
+        pair = set(WEIGHTS) | {"alpha", "multiplier"}
+        dropped = set(fixed) | (set(WEIGHTS) if pair & set(fixed) else set())
+        params = {k: v for k, v in self.params.items() if k not in dropped}
+        return SearchSpace(self.path, self.mode, params, self.defaults, self.presets, self.text)
+
+
+def _with_weights(values: Mapping[str, Any], params: Mapping[str, Param]) -> dict[str, Any]:
+    """`values` plus the loss weights its alpha and multiplier (or the defaults') give, if
+    `params` searches the weights and `values` does not already state them."""
+    if not set(WEIGHTS) & set(params) or set(WEIGHTS) <= set(values):
+        return dict(values)
+    base = TrialConfig(mode="kd")
+    alpha, multiplier = values.get("alpha", base.alpha), values.get("multiplier", base.multiplier)
+    return {**weights_of(alpha, multiplier), **values}
 
 
 def default_path(mode: str) -> Path:
@@ -141,9 +168,10 @@ def loads(text: str, path: str | Path = "<text>", mode: str | None = None) -> Se
     presets = tuple(_preset(path, i, row) for i, row in enumerate(doc.get("presets") or []))
     space = SearchSpace(path, file_mode or mode or "", params, defaults, presets, text)
     for i, row in enumerate(presets):
-        searched = {k: v for k, v in row.items() if k in params}
-        _check_in_bounds(path, f"presets[{i}]", searched, params)
-    _check_in_bounds(path, "defaults", {k: v for k, v in defaults.items() if k in params}, params)
+        point = _with_weights({**defaults, **row}, params)
+        _check_in_bounds(path, f"presets[{i}]", {k: point[k] for k in params if k in point}, params)
+    point = _with_weights(defaults, params)
+    _check_in_bounds(path, "defaults", {k: point[k] for k in params if k in point}, params)
     return space
 
 

@@ -34,8 +34,9 @@ class SweepSpec:
     space: SearchSpace
     search_alg: str = "optuna"
     num_samples: int = 8
-    grace_period: int = 1
-    seed: int = 0
+    grace_period: int | None = None  # geometric ASHA rungs from here; None: `rungs`
+    rungs: tuple[int, ...] = ()  # epochs ASHA judges at (tfkd.sweep.rungs); () and no grace: none
+    search_seed: int = 0  # the sampler's; the trials' seed is base_config["seed"]
     fixed: bool = False
     gpus_per_trial: float | None = None
     cpus_per_trial: float = 1.0

@@ -71,44 +71,102 @@ def _concurrency(spec: SweepSpec) -> int | None:
     return spec.max_concurrent if spec.max_concurrent and spec.max_concurrent > 0 else None
 
 
+def startup_trials(num_samples: int) -> int:
+    """How many finished trials TPE waits for before it models: an eighth of the budget, >= 1.
+
+    Optuna's default (10) makes a default-budget sweep (8 trials) entirely random. The first
+    point (the preset) is one of them; the trials running and the one pending when it finishes
+    were proposed before any result, so a larger count leaves few trials to the model.
+    """
+    return max(1, num_samples // 8)
+
+
 def searcher(spec: SweepSpec):
-    """Optuna's seeded multivariate TPE, starting from the paper's preset; or random/grid."""
+    """Optuna's multivariate TPE seeded by --search-seed, starting from the preset; or random/grid.
+
+    TPE models from `startup_trials(num_samples)` finished trials on (pruned ones included, by
+    their intermediate values).
+    """
     points = [spec.first_point] if spec.first_point and spec.space.params else None
     if spec.fixed or spec.search_alg == "grid":
         return BasicVariantGenerator(max_concurrent=_concurrency(spec) or 0)
     if spec.search_alg == "random":
         return BasicVariantGenerator(
             points_to_evaluate=points,
-            random_state=spec.seed,
+            random_state=spec.search_seed,
             max_concurrent=_concurrency(spec) or 0,
         )
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=spec.seed, multivariate=True)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # multivariate TPE is flagged experimental
-        alg = _OptunaSearch(sampler=sampler, points_to_evaluate=points)
+        warnings.simplefilter("ignore")  # multivariate TPE and constant_liar are experimental
+        sampler = optuna.samplers.TPESampler(
+            seed=spec.search_seed,
+            multivariate=True,
+            n_startup_trials=startup_trials(spec.num_samples),
+            constant_liar=True,  # concurrent proposals do not all land on one point
+        )
+        alg = _OptunaSearch(spec.epochs, sampler=sampler, points_to_evaluate=points)
     limit = _concurrency(spec)
     return ConcurrencyLimiter(alg, max_concurrent=limit) if limit else alg
 
 
 class _OptunaSearch(OptunaSearch):
-    """Optuna's searcher, deaf to the one result that only says a trial failed by its values."""
+    """Optuna's searcher, told the truth about how each trial ended.
+
+    Ray's searcher tells Optuna a trial that ASHA stopped is COMPLETE, with its early accuracy
+    as if it were final; here it is PRUNED (its per-epoch values are already in the study), so
+    TPE ranks it below the finished trials. The one result that only says a trial failed by
+    its values is not reported as an accuracy.
+    """
+
+    def __init__(self, epochs: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._epochs = epochs
+        self._last_epoch: dict[str, int] = {}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if self.metric in result:
+            self._last_epoch[trial_id] = int(result.get("epoch", 0))
             super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        """The result a trial ends on (its last epoch, or the rung ASHA stopped it at) comes here,
+        not through on_trial_result: it becomes the last intermediate value, then the trial is
+        COMPLETE if it ran the schedule, PRUNED if it stopped before."""
+        if error or trial_id not in self._ot_trials or trial_id in self._completed_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        ended_at = int(result.get("epoch", 0)) if result and self.metric in result else 0
+        trial = self._ot_trials[trial_id]
+        if ended_at > self._last_epoch.get(trial_id, 0):
+            trial.report(result[self.metric], ended_at)
+            self._last_epoch[trial_id] = ended_at
+        if not 0 < self._last_epoch.get(trial_id, 0) < self._epochs:
+            return super().on_trial_complete(trial_id, result, error)
+        from optuna.trial import TrialState
+
+        self._ot_study.tell(trial, state=TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+
+
+class _ScheduleASHA(ASHAScheduler):
+    """ASHA whose rungs are given epochs (points of the schedule) instead of grace x 2^k."""
+
+    def __init__(self, rungs: tuple[int, ...], **kwargs: Any) -> None:
+        super().__init__(grace_period=rungs[0], brackets=1, **kwargs)
+        for bracket in self._brackets:
+            bracket._rungs = [(epoch, {}) for epoch in sorted(rungs, reverse=True)]
 
 
 def scheduler(spec: SweepSpec) -> ASHAScheduler:
-    """ASHA on the validation accuracy, with time measured in epochs."""
-    return ASHAScheduler(
-        time_attr="epoch",
-        max_t=spec.epochs,
-        grace_period=min(spec.grace_period, spec.epochs),
-        reduction_factor=2,
-    )
+    """ASHA on the validation accuracy, time in epochs: at the schedule's rungs by default,
+    geometric from --grace-period when one is given."""
+    common = {"time_attr": "epoch", "max_t": spec.epochs, "reduction_factor": 2}
+    if spec.grace_period is None and spec.rungs:
+        return _ScheduleASHA(spec.rungs, **common)
+    grace = spec.grace_period if spec.grace_period is not None else spec.epochs
+    return ASHAScheduler(grace_period=min(grace, spec.epochs), **common)
 
 
 def resources(spec: SweepSpec) -> dict[str, float]:

@@ -1,0 +1,268 @@
+"""A search that searches: live axes, loss weights, schedule rungs, separate seeds, and a study
+that models from its first trials and holds stopped trials as pruned."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tfkd.core import modes, recipe, train
+from tfkd.core.config import TrialConfig
+from tfkd.sweep import rungs, search_space, tuner
+from tfkd.sweep.search_space import SEARCH_SPACES_DIR
+
+from conftest import assert_ok, tune_main
+
+NUM_CLASSES = 10
+STEPS = 400  # weight decay acts through the trajectory, not one step
+DEAD = 0.05  # an axis whose ends move the weights by less than this share changes nothing
+
+
+# ---------------------------------------------------------------- every searched axis matters
+
+
+def trained_weights(cfg: TrialConfig) -> torch.Tensor:
+    """A linear model after STEPS steps of the mode's loss and the recipe's SGD: how far it went.
+
+    Fixed inputs, labels and teacher logits; only the config differs between calls.
+    """
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 16, generator=gen)
+    labels = torch.randint(0, NUM_CLASSES, (256,), generator=gen)
+    teacher = 3 * torch.randn(256, NUM_CLASSES, generator=gen)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(16, NUM_CLASSES)
+    start = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    optimizer = recipe.build_optimizer(model, cfg)
+    loss = modes.get(cfg.mode).loss
+    for _ in range(STEPS):
+        optimizer.zero_grad()
+        loss(model(x), labels, teacher, cfg).total.backward()
+        optimizer.step()
+    return torch.cat([p.detach().flatten() for p in model.parameters()]) - start
+
+
+def axis_effect(space: search_space.SearchSpace, name: str) -> float:
+    """How much the trained weights differ between the axis's two ends (others at the first
+    point), relative to the longer of the two paths."""
+    param = space.params[name]
+    fixed = {k: v for k, v in space.defaults.items() if k not in space.sets()}
+    point = {"mode": space.mode, **fixed, **space.first_point("resnet8")}
+    ends = [
+        trained_weights(TrialConfig.from_dict({**point, name: value}))
+        for value in (param.low, param.high)
+    ]
+    return float((ends[0] - ends[1]).norm() / max(e.norm() for e in ends))
+
+
+SHIPPED = sorted(SEARCH_SPACES_DIR.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_axis_of_every_shipped_space_changes_training(path):
+    space = search_space.load(path)
+    numeric = [n for n, p in space.params.items() if p.distribution != "choice"]
+    assert numeric == list(space.params)  # no choice axes: each one is measured here
+    effects = {name: axis_effect(space, name) for name in numeric}
+    assert all(e > DEAD for e in effects.values()), effects
+
+
+def test_the_measure_finds_the_dead_axis_of_the_old_tfkd_reg_space(tmp_path):
+    """correct_prob over 0.5-0.999 in the reference form: the axis this issue removed."""
+    space = search_space.loads(
+        "mode: tfkd_reg\nparams:\n"
+        "  correct_prob: {distribution: uniform, low: 0.5, high: 0.999}\n"
+        "  temperature: {distribution: loguniform, low: 1, high: 40}\n"
+        "defaults: {temperature: 20, alpha: 0.95, multiplier: 1.0, correct_prob: 0.99}\n"
+    )
+    assert axis_effect(space, "correct_prob") < DEAD / 10
+    assert axis_effect(space, "temperature") > DEAD
+
+
+# ---------------------------------------------------------------- the loss weights
+
+
+def test_the_weights_set_alpha_and_multiplier_and_give_the_same_loss():
+    cfg = TrialConfig.from_dict({"mode": "tfkd_self", "ce_weight": 0.1, "kl_weight": 45.0})
+    assert cfg.alpha == pytest.approx(0.9) and cfg.multiplier == pytest.approx(50.0)
+    original = TrialConfig.from_dict({"mode": "tfkd_self", "alpha": 0.9, "multiplier": 50.0})
+    gen = torch.Generator().manual_seed(1)
+    logits, teacher = torch.randn(32, 10, generator=gen), torch.randn(32, 10, generator=gen)
+    labels = torch.randint(0, 10, (32,), generator=gen)
+    loss = modes.get("tfkd_self").loss
+    torch.testing.assert_close(
+        loss(logits, labels, teacher, cfg).total, loss(logits, labels, teacher, original).total
+    )
+
+
+@pytest.mark.parametrize(
+    "values, needle",
+    [
+        ({"ce_weight": 0.5}, "needs 'kl_weight'"),
+        ({"ce_weight": 1.0, "kl_weight": 1.0}, "below 1"),
+        ({"ce_weight": 0.5, "kl_weight": 1.0, "alpha": 0.9}, "disagrees"),
+    ],
+)
+def test_bad_weights_name_the_problem(values, needle):
+    with pytest.raises(ValueError, match=needle):
+        TrialConfig.from_dict({"mode": "kd", **values})
+
+
+# ---------------------------------------------------------------- rungs on the schedule
+
+
+def lr_drops(epochs: int) -> list[int]:
+    """The epochs after which the learning rate the recipe's scheduler gives falls."""
+    cfg = TrialConfig.from_dict({"mode": "baseline", "epochs": epochs})
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.scaled_lr)
+    scheduler = recipe.build_scheduler(optimizer, cfg, steps_per_epoch=2)
+    rates = []
+    for _ in range(epochs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        for _ in range(2):
+            optimizer.step()
+            scheduler.step()
+    return [e for e in range(1, epochs) if rates[e] < rates[e - 1] * 0.5]
+
+
+@pytest.mark.parametrize("epochs", [200, 30])
+def test_default_rung_judges_just_after_the_second_drop(epochs):
+    drops = lr_drops(epochs)
+    judged = rungs.epochs_of(rungs.DEFAULT_RUNGS, {"mode": "baseline", "epochs": epochs})
+    assert judged == (drops[1] + 1,)
+    if epochs == 200:
+        assert drops == [60, 120, 160]
+
+
+def test_a_rung_the_schedule_lacks_is_one_clear_line(workdir, capsys):
+    from tfkd.cli import tune as cli
+
+    code = cli.main("--mode lsr --dataset fake --model resnet8 --epochs 20 --rungs after7".split())
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "after7" in err and "after3" in err
+
+
+# ---------------------------------------------------------------- seeds that separate
+
+
+def initial_student(config: dict) -> dict[str, torch.Tensor]:
+    """The student run_trial builds, as built (before any step)."""
+    built: list[dict[str, torch.Tensor]] = []
+    real = train.build_student
+
+    def recording(*args, **kwargs):
+        model = real(*args, **kwargs)
+        built.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return model
+
+    train.build_student = recording
+    try:
+        train.run_trial({**config, "epochs": 1, "lr": 1e-6}, None)
+    finally:
+        train.build_student = real
+    return built[0]
+
+
+def test_a_students_initial_weights_do_not_depend_on_a_teacher(tmp_path):
+    common = {"model": "resnet8", "dataset": "fake", "fake_size": 64, "device": "cpu"}
+    teacher_dir = tmp_path / "teacher"
+
+    def keep(metrics, checkpoint_dir):
+        shutil.copytree(checkpoint_dir, teacher_dir, dirs_exist_ok=True)
+
+    train.run_trial({"mode": "baseline", **common, "epochs": 1, "seed": 7}, keep)
+    for seed in (0, 3):
+        alone = initial_student({"mode": "baseline", **common, "seed": seed})
+        taught = initial_student(
+            {"mode": "tfkd_self", **common, "seed": seed, "teacher_checkpoint": str(teacher_dir)}
+        )
+        assert alone.keys() == taught.keys()
+        assert all(torch.equal(alone[k], taught[k]) for k in alone)
+    other = initial_student({"mode": "baseline", **common, "seed": 1})
+    assert not torch.equal(other["fc.weight"], alone["fc.weight"])
+
+
+# ---------------------------------------------------------------- the study a default sweep leaves
+
+
+def searcher_study(experiment: Path):
+    """The Optuna study in the searcher state Tune saved for the experiment."""
+    (state_file,) = experiment.glob("searcher-state-*.pkl")
+    state = pickle.loads(state_file.read_bytes())
+    while "_ot_study" not in state:  # a wrapping searcher saves the inner one's state
+        state = state.get("searcher", state).__dict__
+    return state["_ot_study"]
+
+
+@pytest.fixture(scope="module")
+def default_sweep(tmp_path_factory):
+    """A default-budget tfkd_reg sweep on digits, 4 epochs, default sampler and rungs."""
+    workdir = tmp_path_factory.mktemp("study")
+    done = tune_main(
+        "--mode tfkd_reg --dataset digits --model resnet8 --epochs 4 --name study",
+        "--storage",
+        str(workdir / "ray_results"),
+        cwd=workdir,
+    )
+    assert_ok(done)
+    return searcher_study(workdir / "ray_results" / "study")
+
+
+@pytest.mark.slow
+def test_a_default_sweep_proposes_most_trials_from_its_model(default_sweep):
+    from optuna.trial import TrialState
+
+    trials = sorted(default_sweep.trials, key=lambda t: t.number)
+    assert len(trials) == 8
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    startup = tuner.startup_trials(8)
+
+    def modelled(trial) -> bool:
+        """Proposed when the sampler had its start-up count of finished trials to model."""
+        seen = [t for t in finished if t.datetime_complete <= trial.datetime_start]
+        return trial.number > 0 and len(seen) >= startup
+
+    assert sum(map(modelled, trials)) > len(trials) / 2
+
+
+@pytest.mark.slow
+def test_trials_asha_stopped_are_pruned_with_their_intermediate_values(default_sweep):
+    from optuna.trial import TrialState
+
+    judged = set(rungs.epochs_of(rungs.DEFAULT_RUNGS, {"mode": "baseline", "epochs": 4}))
+    pruned = [t for t in default_sweep.trials if t.state == TrialState.PRUNED]
+    complete = [t for t in default_sweep.trials if t.state == TrialState.COMPLETE]
+    assert pruned, "ASHA stopped no trial"
+    for trial in pruned:  # Optuna gives a pruned trial its last intermediate value
+        assert max(trial.intermediate_values) in judged  # stopped at a rung, before the end
+        assert trial.value == trial.intermediate_values[max(trial.intermediate_values)]
+        assert sorted(trial.intermediate_values) == list(
+            range(1, len(trial.intermediate_values) + 1)
+        )
+    for trial in complete:
+        assert max(trial.intermediate_values) == 4
+        assert trial.value == trial.intermediate_values[4]
+
+
+def plan_of(*words: str):
+    from tfkd.cli import tune as cli
+
+    base = "--mode tfkd_reg --dataset fake --model resnet18 --epochs 30".split()
+    return cli.make_plan(cli.build_parser().parse_args([*base, *words]))
+
+
+def test_setting_both_weights_fixes_them_and_the_originals_keys_follow():
+    plan = plan_of("--set", "ce_weight=0.5", "--set", "kl_weight=2")
+    assert list(plan.space.params) == ["temperature"]
+    trial = TrialConfig.from_dict(plan.first_trial())
+    assert (trial.alpha, trial.multiplier) == (0.5, 4.0)
+
+
+def test_the_default_sweep_judges_on_the_schedule_and_grace_period_is_geometric():
+    assert plan_of().rungs == (lr_drops(30)[1] + 1,)
+    assert plan_of("--grace-period", "2").rungs == ()
