@@ -23,7 +23,7 @@ import yaml
 
 from tfkd.cli import flags, teachers
 from tfkd.cli.flags import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser, positive_int
-from tfkd.core import atomic, data, models, modes
+from tfkd.core import atomic, data, models, modes, recipe
 from tfkd.core.config import TrialConfig
 from tfkd.core.config import keys as config_keys
 from tfkd.core.errors import UserError
@@ -207,10 +207,12 @@ def _base_config(
     extra: Mapping[str, Any],
     overrides: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Fixed trial config: defaults < preset's unsearched values < --smoke-test < --set."""
+    """Fixed trial config: defaults < the dataset's recipe < preset's unsearched values <
+    --smoke-test < --set."""
     teacher = teachers.TeacherRequest.from_args(args).architecture
     preset = space.preset_for(args.model, teacher)
     config = {
+        **recipe.dataset_defaults(args.dataset),
         "mode": args.mode,
         "model": args.model,
         "dataset": args.dataset,
