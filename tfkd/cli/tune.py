@@ -207,12 +207,11 @@ def _base_config(
     extra: Mapping[str, Any],
     overrides: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Fixed trial config: defaults < the dataset's recipe < preset's unsearched values <
-    --smoke-test < --set."""
+    """Fixed trial config: defaults < the space's defaults < the dataset's recipe < preset's
+    unsearched values < --smoke-test < --set."""
     teacher = teachers.TeacherRequest.from_args(args).architecture
-    preset = space.preset_for(args.model, teacher)
+    preset = {**recipe.dataset_defaults(args.dataset), **space.preset_for(args.model, teacher)}
     config = {
-        **recipe.dataset_defaults(args.dataset),
         "mode": args.mode,
         "model": args.model,
         "dataset": args.dataset,
@@ -253,7 +252,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     space = search_space.load(path, args.mode)
     space = replace(space, params={k: v for k, v in space.params.items() if k not in overrides})
     config = _base_config(args, space, extra, overrides)
-    first = space.first_point(args.model, teachers.TeacherRequest.from_args(args).architecture)
+    first = _first_point(args, space)
     first_trial = TrialConfig.from_dict({**config, **first})  # the first trial must be valid
     if first_trial.val_fraction == 0:
         raise UserError(
@@ -271,6 +270,16 @@ def make_plan(args: argparse.Namespace) -> Plan:
         first_point=first,
         fixed=args.fixed,
     )
+
+
+def _first_point(args: argparse.Namespace, space: search_space.SearchSpace) -> dict[str, Any]:
+    """The search's first point: the preset's values, else the dataset's recipe, else the
+    space's defaults (the ImageNet recipe's weight decay, not the CIFAR default)."""
+    teacher = teachers.TeacherRequest.from_args(args).architecture
+    first = space.first_point(args.model, teacher)
+    preset = space.preset_for(args.model, teacher)
+    dataset = recipe.dataset_defaults(args.dataset)
+    return {k: preset.get(k, dataset.get(k, v)) for k, v in first.items()}
 
 
 def _sweep_name(args: argparse.Namespace, what: str) -> str:

@@ -116,7 +116,14 @@ def load_teacher(cfg: TrialConfig, num_classes: int, device: torch.device) -> nn
             f"the dataset has {num_classes}"
         )
     teacher = models.build(name, num_classes)
-    teacher.load_state_dict(state["model"])
+    try:
+        teacher.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split("\n")[1:2]).strip()
+        raise ValueError(
+            f"teacher weights {cfg.teacher_checkpoint} do not fit a {name} with {num_classes} "
+            f"classes ({detail}); torchvision's pretrained teachers have 1000"
+        ) from None
     teacher.requires_grad_(False)
     return _prepare(teacher, cfg, device).eval()
 
