@@ -40,10 +40,10 @@ def _seed() -> None:
 
 
 def test_names_lists_all_models_sorted() -> None:
-    assert models.names() == sorted(PARAMS_100)
+    assert models.paper_names() == sorted(PARAMS_100)
 
 
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", models.paper_names())
 def test_param_count(name: str) -> None:
     assert n_params(models.build(name, 100)) == PARAMS_100[name]
 
@@ -52,7 +52,7 @@ def test_resnet20_is_the_classic_027m() -> None:
     assert n_params(models.build("resnet20", 10)) == 269_722
 
 
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", models.paper_names())
 def test_forward_backward_32_and_forward_64(name: str) -> None:
     model = models.build(name, 100).to(memory_format=torch.channels_last).train()
     x = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
@@ -80,7 +80,7 @@ def test_channels_last_matches_contiguous(name: str) -> None:
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", models.paper_names())
 def test_num_classes_changes_only_the_classifier(name: str) -> None:
     sd100 = models.build(name, 100).state_dict()
     sd10 = models.build(name, 10).state_dict()
@@ -127,7 +127,7 @@ def test_register_and_duplicate() -> None:
     assert name not in models.names()
 
 
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", models.paper_names())
 def test_device_agnostic_on_meta(name: str) -> None:
     """Built and run under a non-CPU default device: nothing may pin tensors to a device."""
     with torch.device("meta"):

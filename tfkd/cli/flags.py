@@ -87,6 +87,15 @@ def add_resource_args(
         "--cpus-per-trial", type=non_negative_float, default=1.0, help="CPUs per trial (default 1)"
     )
     group.add_argument(
+        "--workers-per-trial",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="train each trial data-parallel on N Ray Train workers (DDP), each with "
+        "--cpus-per-trial CPUs and --gpus-per-trial GPUs (default 1 GPU with GPUs), the batch "
+        "split between them (default 1: the trial's own process, fractional GPUs allowed)",
+    )
+    group.add_argument(
         "--max-concurrent",
         type=positive_int,
         default=None,
@@ -135,6 +144,7 @@ def resource_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "gpus_per_trial": args.gpus_per_trial,
         "cpus_per_trial": args.cpus_per_trial,
+        "workers_per_trial": args.workers_per_trial,
         "max_concurrent": args.max_concurrent,
         "storage": args.storage,
         "resume": args.resume,

@@ -17,6 +17,7 @@ from typing import Any
 
 from tfkd.core import checkpoint, data, models, modes
 from tfkd.core.errors import UserError
+from tfkd.core.models import torchvision_zoo
 
 # TeacherRequest's fields and the tune_main flags (argparse destinations) that set them.
 _FLAG_OF = {
@@ -53,7 +54,13 @@ class TeacherRequest:
         """The teacher's model: the student's own for tfkd_self, else --teacher's model."""
         if modes.get(self.mode).teacher_is_student and not self.teacher:
             return self.model
-        return (self.teacher or "").partition("@")[0]
+        model, _, alias = (self.teacher or "").partition("@")
+        return torchvision_zoo.registry_name(model) if self.pretrained else model
+
+    @property
+    def pretrained(self) -> bool:
+        """--teacher NAME@torchvision: torchvision's pretrained ImageNet weights."""
+        return (self.teacher or "").partition("@")[2] == torchvision_zoo.PRETRAINED_ALIAS
 
 
 def _teacher_flags(request: TeacherRequest) -> list[str]:
@@ -111,6 +118,8 @@ def resolve(request: TeacherRequest, mlflow_uri: str | None) -> Teacher | None:
 
     model = request.architecture
     alias = tracking.parse_teacher(request.teacher)[1] if request.teacher else tracking.BEST_ALIAS
+    if request.pretrained and not request.checkpoint:
+        return _pretrained(model)
     if request.checkpoint:
         path = Path(request.checkpoint).expanduser().resolve()
         if not path.exists():
@@ -142,6 +151,15 @@ def resolve(request: TeacherRequest, mlflow_uri: str | None) -> Teacher | None:
             raise
         location = ""
     return Teacher(model, alias, location)
+
+
+def _pretrained(model: str) -> Teacher:
+    """torchvision's cached ImageNet weights of `model` (never downloaded here)."""
+    try:
+        path = torchvision_zoo.pretrained_file(model)
+    except FileNotFoundError as exc:
+        raise UserError(f"--teacher {model.removeprefix('tv_')}@torchvision: {exc}") from None
+    return Teacher(model, torchvision_zoo.PRETRAINED_ALIAS, str(path))
 
 
 def attach(

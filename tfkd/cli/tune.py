@@ -23,7 +23,7 @@ import yaml
 
 from tfkd.cli import flags, saved_flags, teachers
 from tfkd.cli.flags import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser, positive_int
-from tfkd.core import atomic, data, models, modes
+from tfkd.core import atomic, data, models, modes, recipe
 from tfkd.core.config import WEIGHTS, TrialConfig
 from tfkd.core.config import keys as config_keys
 from tfkd.core.errors import UserError
@@ -221,9 +221,10 @@ def _base_config(
     extra: Mapping[str, Any],
     overrides: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Fixed trial config: defaults < preset's unsearched values < --smoke-test < --set."""
+    """Fixed trial config: defaults < the space's defaults < the dataset's recipe < preset's
+    unsearched values < --smoke-test < --set."""
     teacher = teachers.TeacherRequest.from_args(args).architecture
-    preset = space.preset_for(args.model, teacher)
+    preset = {**recipe.dataset_defaults(args.dataset), **space.preset_for(args.model, teacher)}
     # --set ce_weight/kl_weight decide alpha and multiplier: the preset's would contradict them
     decided = set(space.params) | (
         {"alpha", "multiplier"} if set(WEIGHTS) & set(overrides) else set()
@@ -270,7 +271,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     space = search_space.load(path, args.mode)
     space = space.without(overrides)
     config = _base_config(args, space, extra, overrides)
-    first = space.first_point(args.model, teachers.TeacherRequest.from_args(args).architecture)
+    first = _first_point(args, space)
     first_trial = TrialConfig.from_dict({**config, **first})  # the first trial must be valid
     if first_trial.val_fraction == 0:
         raise UserError(
@@ -300,6 +301,16 @@ def _rung_epochs(args: argparse.Namespace, config: Mapping[str, Any]) -> tuple[i
         return rungs.epochs_of(rungs.parse(args.rungs), config)
     except rungs.RungError as exc:
         raise UserError(str(exc)) from None
+
+
+def _first_point(args: argparse.Namespace, space: search_space.SearchSpace) -> dict[str, Any]:
+    """The search's first point: the preset's values, else the dataset's recipe, else the
+    space's defaults (the ImageNet recipe's weight decay, not the CIFAR default)."""
+    teacher = teachers.TeacherRequest.from_args(args).architecture
+    first = space.first_point(args.model, teacher)
+    preset = space.preset_for(args.model, teacher)
+    dataset = recipe.dataset_defaults(args.dataset)
+    return {k: preset.get(k, dataset.get(k, v)) for k, v in first.items()}
 
 
 def _sweep_name(args: argparse.Namespace, what: str) -> str:

@@ -58,9 +58,20 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
         raise ValueError(
             f"cannot read checkpoint {file}: {exc.__class__.__name__}: {exc}"
         ) from None
+    if _is_bare_weights(state):  # a state_dict alone, e.g. torchvision's pretrained files
+        return {"model": state, "meta": {}}
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"{file} is not a tfkd checkpoint (no 'model' weights)")
     return state
+
+
+def _is_bare_weights(state: Any) -> bool:
+    return (
+        isinstance(state, dict)
+        and "model" not in state
+        and bool(state)
+        and all(isinstance(v, torch.Tensor) for v in state.values())
+    )
 
 
 def export_weights(path: str | os.PathLike, out: str | os.PathLike) -> Path:

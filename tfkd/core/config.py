@@ -117,7 +117,10 @@ class TrialConfig:
     fake_size: int = field(default=2048, metadata=_meta(_positive, "size of the fake set"))
     epochs: int = field(default=200, metadata=_meta(_positive, "full schedule length"))
     batch_size: int = field(default=128, metadata=_meta(_positive, "training batch size"))
-    lr: float = field(default=0.1, metadata=_meta(_positive, "learning rate at batch size 128"))
+    lr: float = field(default=0.1, metadata=_meta(_positive, "learning rate at batch lr_batch"))
+    lr_batch: int = field(
+        default=128, metadata=_meta(_positive, "batch size that lr is given for (lr scales)")
+    )
     momentum: float = field(default=0.9, metadata=_meta(_half_open_unit, "SGD momentum"))
     weight_decay: float = field(default=5e-4, metadata=_meta(_non_negative, "SGD weight decay"))
     warmup_epochs: int = field(default=1, metadata=_meta(_non_negative, "linear warm-up"))
@@ -149,6 +152,9 @@ class TrialConfig:
     loader: str = field(default="device", metadata=_meta(_registered("loader"), "input pipeline"))
     augment: str = field(default="default", metadata=_meta(None, "augmentations or 'default'"))
     num_workers: int = field(default=0, metadata=_meta(_non_negative, "classic loader workers"))
+    image_size: int = field(
+        default=224, metadata=_meta(_positive, "crop size of image-folder datasets")
+    )
     eval_batch_size: int = field(default=1000, metadata=_meta(_positive, "evaluation batch"))
     divergence_factor: float = field(
         default=1000.0, metadata=_meta(_above_one, "loss / first epoch's loss that fails a trial")
@@ -189,8 +195,8 @@ class TrialConfig:
 
     @property
     def scaled_lr(self) -> float:
-        """The paper's rule: lr x batch_size / 128."""
-        return self.lr * self.batch_size / 128
+        """The linear scaling rule: lr x batch_size / lr_batch (128 for CIFAR, 256 ImageNet)."""
+        return self.lr * self.batch_size / self.lr_batch
 
 
 def keys() -> list[str]:

@@ -29,3 +29,9 @@ def expected_calibration_error(logits: Tensor, labels: Tensor, n_bins: int = 15)
     conf_sum = torch.zeros(n_bins, device=logits.device).index_add_(0, bins, confidence)
     acc_sum = torch.zeros(n_bins, device=logits.device).index_add_(0, bins, correct)
     return 100.0 * ((acc_sum - conf_sum).abs().sum() / max(len(labels), 1)).item()
+
+
+def top_k_accuracy(logits: Tensor, labels: Tensor, k: int = 5) -> float:
+    """Top-k accuracy in percent: the true class among the k largest logits (k capped at C)."""
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    return 100.0 * (top == labels[:, None]).any(dim=1).float().mean().item()

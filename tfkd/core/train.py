@@ -7,19 +7,20 @@ after `report` returns).
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from tfkd.core import checkpoint, data, metrics, models, modes, recipe, steps
 from tfkd.core.config import TrialConfig
+from tfkd.core.evaluate import Evaluator, channels_last_batches, eval_loader, predict  # noqa: F401
+from tfkd.core.parallel import SINGLE, Parallel
 from tfkd.core.steps import NonFiniteLossError, TrainingFailure
 
 Report = Callable[[dict[str, Any], "str | None"], None]
@@ -76,10 +77,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _autocast(cfg: TrialConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    return steps.autocast(cfg, device)
-
-
 def _prepare(module: nn.Module, cfg: TrialConfig, device: torch.device) -> nn.Module:
     module = module.to(device)
     if device.type == "cuda" and cfg.channels_last:
@@ -125,7 +122,14 @@ def load_teacher(cfg: TrialConfig, num_classes: int, device: torch.device) -> nn
             f"the dataset has {num_classes}"
         )
     teacher = models.build(name, num_classes)
-    teacher.load_state_dict(state["model"])
+    try:
+        teacher.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split("\n")[1:2]).strip()
+        raise ValueError(
+            f"teacher weights {cfg.teacher_checkpoint} do not fit a {name} with {num_classes} "
+            f"classes ({detail}); torchvision's pretrained teachers have 1000"
+        ) from None
     teacher.requires_grad_(False)
     return _prepare(teacher, cfg, device).eval()
 
@@ -142,76 +146,6 @@ def load_dataset(cfg: TrialConfig) -> data.Dataset:
     )
 
 
-def eval_loader(split: data.Split, cfg: TrialConfig, device: torch.device) -> Any:
-    """The one way to a loader that evaluates a split: in order, no augmentation."""
-    return data.make_loader(
-        cfg.loader,
-        split,
-        batch_size=cfg.eval_batch_size,
-        train=False,
-        device=device,
-        seed=cfg.seed,
-        augment="none",
-    )
-
-
-def _batches(
-    loader: Any, cfg: TrialConfig, device: torch.device
-) -> Iterator[tuple[Tensor, Tensor]]:
-    to_channels_last = device.type == "cuda" and cfg.channels_last
-    for images, labels in loader:
-        if to_channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        yield images, labels
-
-
-@torch.no_grad()
-def predict(model: nn.Module, loader: Any, cfg: TrialConfig, device: torch.device) -> Tensor:
-    """Logits (float32) for a whole split, in loader order."""
-    was_training = model.training
-    model.eval()
-    outputs = []
-    with _autocast(cfg, device):
-        for images, _ in _batches(loader, cfg, device):
-            outputs.append(model(images).float())
-    model.train(was_training)
-    return torch.cat(outputs)
-
-
-class Evaluator:
-    """Evaluates a split; the teacher's logits on it are computed once (they never change)."""
-
-    def __init__(
-        self,
-        split: data.Split,
-        cfg: TrialConfig,
-        device: torch.device,
-        teacher: nn.Module | None,
-        prefix: str,
-    ) -> None:
-        self.cfg, self.device, self.prefix = cfg, device, prefix
-        self.loader = eval_loader(split, cfg, device)
-        self.labels = split.labels.to(device)
-        self.teacher_logits = predict(teacher, self.loader, cfg, device) if teacher else None
-
-    @torch.no_grad()
-    def __call__(self, model: nn.Module, epoch: int) -> dict[str, float]:
-        logits = predict(model, self.loader, self.cfg, self.device)
-        if not bool(torch.isfinite(logits).all()):
-            raise NonFiniteLossError(
-                f"non-finite outputs on the {self.prefix} split after epoch {epoch}: the weights "
-                "diverged; lower the learning rate, temperature or multiplier"
-            )
-        terms = modes.get(self.cfg.mode).loss(logits, self.labels, self.teacher_logits, self.cfg)
-        p = self.prefix
-        return {
-            f"{p}_loss": terms.total.item(),
-            f"{p}_accuracy": metrics.accuracy(logits, self.labels),
-            f"{p}_ece": metrics.expected_calibration_error(logits, self.labels),
-            f"{p}_nll": metrics.nll(logits, self.labels),
-        }
-
-
 def train_one_epoch(
     step: steps.Step,
     loader: Any,
@@ -219,16 +153,18 @@ def train_one_epoch(
     cfg: TrialConfig,
     device: torch.device,
     epoch: int,
+    parallel: Parallel = SINGLE,
 ) -> dict[str, float]:
     """One pass over the training split: `step` trains on each batch, the rate moves per batch.
 
     Nothing here waits for the device except the non-finite-loss check, every
-    FINITE_CHECK_INTERVAL steps, and the epoch's sums read at the end.
+    FINITE_CHECK_INTERVAL steps, and the epoch's sums read at the end (summed over the
+    workers of a data-parallel trial, so every worker reports the global batch's figures).
     """
     step.meter.reset()
     check_every = FINITE_CHECK_INTERVAL.get(device.type, 1)
     count = 0
-    for count, (images, labels) in enumerate(_batches(loader, cfg, device), start=1):
+    for count, (images, labels) in enumerate(channels_last_batches(loader, cfg, device), start=1):
         step(images, labels)
         scheduler.step()
         step.meter.seen += labels.shape[0]
@@ -236,6 +172,9 @@ def train_one_epoch(
             step.meter.check(epoch)
     if count % check_every:
         step.meter.check(epoch)
+    seen = parallel.sum_(torch.tensor([float(step.meter.seen)], device=device))
+    parallel.sum_(step.meter.sums)
+    step.meter.seen = int(seen.item())
     return step.meter.summary()
 
 
@@ -280,8 +219,16 @@ def _checkpoint_state(
     }
 
 
-def _report_epoch(report: Report, epoch_metrics: dict[str, Any], state: dict[str, Any]) -> None:
-    """Write the epoch's checkpoint to a fresh folder, hand both to `report`, then clean up."""
+def _report_epoch(
+    report: Report, epoch_metrics: dict[str, Any], state: dict[str, Any], parallel: Parallel
+) -> None:
+    """Write the epoch's checkpoint to a fresh folder, hand both to `report`, then clean up.
+
+    Only rank 0 of a data-parallel trial writes one; the other workers report the metrics alone.
+    """
+    if not parallel.main:
+        report(epoch_metrics, None)
+        return
     with checkpoint.scratch_folder(checkpoint.state_bytes(state)) as folder:
         checkpoint.save_atomic(state, folder / checkpoint.CHECKPOINT_FILE)
         report(epoch_metrics, str(folder))
@@ -326,18 +273,22 @@ def run_trial(
     """Train one configuration and return the final epoch's metrics (with the test metrics).
 
     `dataset` lets a caller share an already loaded dataset (the search loads it once per node);
-    `resume_from` is a checkpoint written by an earlier call (a file or its folder).
+    `resume_from` is a checkpoint written by an earlier call (a file or its folder). Inside a
+    data-parallel trial (torch.distributed initialised) each worker trains its shard of every
+    global batch (tfkd.core.parallel) and does not capture its step.
     """
     cfg = TrialConfig.from_dict(config)
+    parallel = Parallel.current()
     mode = modes.get(cfg.mode)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     if dataset is None:
         dataset = load_dataset(cfg)
     teacher = load_teacher(cfg, dataset.num_classes, device) if mode.needs_teacher else None
-    model = build_student(cfg, dataset.num_classes, device)
-    train_model = torch.compile(model) if cfg.compile else model
-    step_kind = steps.kind_for(cfg, device, len(dataset.train))
+    model = parallel.global_batch_norm(build_student(cfg, dataset.num_classes, device), device)
+    train_model = parallel.data_parallel(model, device)
+    train_model = torch.compile(train_model) if cfg.compile else train_model
+    step_kind = steps.kind_for(cfg, device, len(dataset.train)) if parallel.world == 1 else "eager"
     train_loader = data.make_loader(
         cfg.loader,
         dataset.train,
@@ -347,7 +298,9 @@ def run_trial(
         seed=cfg.seed,
         augment=cfg.augment,
         num_workers=cfg.num_workers,
-        drop_last=steps.STEPS[step_kind].drop_last,
+        drop_last=steps.STEPS[step_kind].drop_last or parallel.world > 1,
+        image_size=cfg.image_size,
+        shard=parallel.shard,
     )
     optimizer = recipe.build_optimizer(model, cfg)
     scheduler = recipe.build_scheduler(optimizer, cfg, steps_per_epoch=len(train_loader))
@@ -373,7 +326,9 @@ def run_trial(
         train_loader.set_epoch(epoch)
         _sync(device)
         started = time.perf_counter()
-        train_stats = train_one_epoch(train_step, train_loader, scheduler, cfg, device, epoch)
+        train_stats = train_one_epoch(
+            train_step, train_loader, scheduler, cfg, device, epoch, parallel
+        )
         _sync(device)
         train_seconds = time.perf_counter() - started
         first_loss = train_stats["train_loss"] if first_loss is None else first_loss
@@ -398,6 +353,7 @@ def run_trial(
                     epoch_metrics,
                     first_loss,
                 ),
+                parallel,
             )
     return epoch_metrics
 

@@ -40,6 +40,7 @@ class SweepSpec:
     fixed: bool = False
     gpus_per_trial: float | None = None
     cpus_per_trial: float = 1.0
+    workers_per_trial: int = 1  # > 1: each trial data-parallel on Ray Train (sweep.distributed)
     max_concurrent: int | None = None
     storage: str = DEFAULT_STORAGE
     resume: bool = False

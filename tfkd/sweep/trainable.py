@@ -21,8 +21,8 @@ from ray import tune
 from tfkd import tracking
 from tfkd.core import atomic, data
 from tfkd.core.config import TrialConfig
-from tfkd.core.train import TrainingFailure, load_dataset, resolve_device, run_trial
-from tfkd.sweep import cluster
+from tfkd.core.train import TrainingFailure, load_dataset, resolve_device
+from tfkd.sweep import cluster, distributed
 from tfkd.sweep.record import TrialRecord, newest_complete
 from tfkd.sweep.spec import FAILED_BY_HYPERPARAMETERS, SweepSpec
 from tfkd.sweep.storage import GIVEN_CONFIG_KEY, local_experiment_dir
@@ -30,43 +30,44 @@ from tfkd.sweep.storage import GIVEN_CONFIG_KEY, local_experiment_dir
 # ---------------------------------------------------------------- sharing the dataset
 
 
+def _pack_split(split: Any) -> dict[str, Any]:
+    """A split as plain values: decoded images as a numpy array, a file split as its paths."""
+    files = isinstance(split, data.FileSplit)
+    return {
+        "paths" if files else "images": split.images.paths if files else split.images.numpy(),
+        "labels": split.labels.numpy(),
+        "mean": split.mean,
+        "std": split.std,
+        "augment": split.augment,
+    }
+
+
+def _unpack_split(p: Mapping[str, Any]) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # read-only shared memory: loaders never write to it
+        labels = torch.from_numpy(np.asarray(p["labels"]))
+        if "paths" in p:
+            images = data.FileImages(tuple(p["paths"]))
+        else:
+            images = torch.from_numpy(np.asarray(p["images"]))
+    kind = data.FileSplit if "paths" in p else data.Split
+    return kind(images, labels, tuple(p["mean"]), tuple(p["std"]), tuple(p["augment"]))
+
+
 def pack_dataset(dataset: data.Dataset) -> dict[str, Any]:
     """Numpy arrays, so that trials read them zero-copy from the object store."""
-
-    def pack_split(split: data.Split) -> dict[str, Any]:
-        return {
-            "images": split.images.numpy(),
-            "labels": split.labels.numpy(),
-            "mean": split.mean,
-            "std": split.std,
-            "augment": split.augment,
-        }
-
     return {
         "name": dataset.name,
         "num_classes": dataset.num_classes,
-        **{s: pack_split(getattr(dataset, s)) for s in ("train", "val", "test")},
+        **{s: _pack_split(getattr(dataset, s)) for s in ("train", "val", "test")},
     }
 
 
 def unpack_dataset(packed: Mapping[str, Any]) -> data.Dataset:
-    def unpack_split(p: Mapping[str, Any]) -> data.Split:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # read-only shared memory: loaders never write to it
-            images = torch.from_numpy(np.asarray(p["images"]))
-            labels = torch.from_numpy(np.asarray(p["labels"]))
-        return data.Split(
-            images=images,
-            labels=labels,
-            mean=tuple(p["mean"]),
-            std=tuple(p["std"]),
-            augment=tuple(p["augment"]),
-        )
-
     return data.Dataset(
         name=packed["name"],
         num_classes=packed["num_classes"],
-        **{s: unpack_split(packed[s]) for s in ("train", "val", "test")},
+        **{s: _unpack_split(packed[s]) for s in ("train", "val", "test")},
     )
 
 
@@ -138,8 +139,12 @@ def trainable(
     cpus: float,
     gpus: float,
     experiment_dir: str = "",
+    workers: int = 1,
 ) -> None:
     """The thin Ray trainable: resume point in, run_trial, per-epoch tune.report out.
+
+    With `workers` > 1 the trial trains data-parallel on that many Ray Train workers
+    (tfkd.sweep.distributed), reporting here exactly as a single-worker trial.
 
     Every checkpoint carries the trial's record (epoch history, best weights, nodes), so a
     restarted or resumed trial keeps its best checkpoint and its tracking history. A failure
@@ -159,7 +164,8 @@ def trainable(
     try:
         resume_dir = _restore_point(restored, (Path(context.get_trial_dir()), home.parent))
         record = TrialRecord.restore(home, resume_dir, carry_best)
-        _train(config, packed_dataset, tracking_context, record, resume_dir)
+        runner = distributed.runner_for(workers, cpus, gpus)
+        _train(config, packed_dataset, tracking_context, record, resume_dir, runner)
     finally:
         shutil.rmtree(restored, ignore_errors=True)
 
@@ -170,8 +176,10 @@ def _train(
     tracking_context: tracking.TrackingContext | None,
     record: TrialRecord,
     resume_dir: str | None,
+    runner: distributed.Runner,
 ) -> None:
-    """The trial from its restore point to its last report, tracked in its run."""
+    """The trial from its restore point to its last report, tracked in its run; `runner`
+    trains it on one process or on Ray Train workers."""
     context = tune.get_context()
     record.ran_on(ray.get_runtime_context().get_node_id())
     tracker = tracking.trial_tracker(
@@ -193,7 +201,7 @@ def _train(
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
 
     try:
-        run_trial(config, report, dataset=unpack_dataset(packed_dataset), resume_from=resume_dir)
+        runner(config, report, packed_dataset, resume_dir)
     except TrainingFailure as exc:
         atomic.write_text(record.home / FAILED_MARK, str(exc))
         tracker.on_failed(exc)
@@ -270,7 +278,8 @@ def with_resources(spec: SweepSpec, packed: Mapping[str, Any], resources: dict[s
                 cpus=resources["cpu"],
                 gpus=resources["gpu"],
                 experiment_dir=local_experiment_dir(spec.storage, spec.name),
+                workers=spec.workers_per_trial,
             )
         ),
-        resources,
+        distributed.trial_resources(resources, spec.workers_per_trial),
     )

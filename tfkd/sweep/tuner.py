@@ -172,8 +172,9 @@ def scheduler(spec: SweepSpec) -> ASHAScheduler:
 def resources(spec: SweepSpec) -> dict[str, float]:
     """What each trial asks for: its CPUs, and a quarter GPU by default on a cluster with GPUs."""
     gpus = spec.gpus_per_trial
-    if gpus is None:
-        gpus = 0.25 if cluster.cluster_gpus() > 0 else 0.0
+    if gpus is None:  # a data-parallel trial's workers hold whole GPUs
+        share = 1.0 if spec.workers_per_trial > 1 else 0.25
+        gpus = share if cluster.cluster_gpus() > 0 else 0.0
     return {"cpu": spec.cpus_per_trial, "gpu": gpus}
 
 

@@ -9,9 +9,11 @@
 Datasets are registered in `sources.py` (one decorated function each); `names()` lists them.
 `DeviceLoader` keeps the data on the accelerator and augments whole batches there;
 `ClassicLoader` is the original PIL + torchvision-transforms + DataLoader pipeline (for
-comparison and benchmarks). `make_loader("device" | "classic", split, ...)` picks one.
+comparison and benchmarks); `JpegLoader` reads image folders (`imagenet`, `folder`: a FileSplit
+of JPEG files, see folders.py and images.py). `make_loader(kind, split, ...)` picks one.
 """
 
+from . import folders as _folders  # noqa: F401  (registers imagenet and folder)
 from . import sources as _sources  # noqa: F401  (registers the built-in datasets)
 from .augment import (
     AUGMENTATIONS,
@@ -36,7 +38,8 @@ from .core import (
     register,
     stratified_split,
 )
-from .loaders import LOADERS, ClassicLoader, DeviceLoader, make_loader
+from .folders import FileImages, FileSplit
+from .loaders import LOADERS, ClassicLoader, DeviceLoader, JpegLoader, make_loader
 
 __all__ = [
     "AUGMENTATIONS",
@@ -48,6 +51,9 @@ __all__ = [
     "Dataset",
     "DatasetNotFoundError",
     "DeviceLoader",
+    "FileImages",
+    "FileSplit",
+    "JpegLoader",
     "Request",
     "Source",
     "Split",

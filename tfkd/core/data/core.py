@@ -252,24 +252,31 @@ def _undone_on_failure(root: Path) -> Iterator[None]:
         raise
 
 
+def _take(images: Any, index: torch.Tensor) -> Any:
+    """Rows `index` of a uint8 tensor, or of a file list (`FileImages.take`)."""
+    return images.index_select(0, index) if isinstance(images, torch.Tensor) else images.take(index)
+
+
+def _split_kind(images: Any) -> Callable[..., Any]:
+    """`Split` for decoded tensors; the file-backed split kind for a file list."""
+    return Split if isinstance(images, torch.Tensor) else images.split_kind()
+
+
 def _assemble(name: str, src: Source, val_fraction: float, seed: int) -> Dataset:
-    def split(images: torch.Tensor, labels: torch.Tensor) -> Split:
-        return Split(images, labels, src.mean, src.std, src.augment)
+    kind = _split_kind(src.train_images)
+
+    def split(images: Any, labels: torch.Tensor, index: torch.Tensor | None = None) -> Any:
+        if index is not None:
+            images, labels = _take(images, index), labels.index_select(0, index)
+        return kind(images, labels, src.mean, src.std, src.augment)
 
     if val_fraction == 0.0:
-        n, c, h, w = src.train_images.shape
-        train = split(src.train_images, src.train_labels)
-        val = split(
-            torch.empty((0, c, h, w), dtype=torch.uint8), torch.empty((0,), dtype=torch.int64)
-        )
+        train_idx = torch.arange(src.train_labels.shape[0])
+        val_idx = torch.empty((0,), dtype=torch.int64)
     else:
         train_idx, val_idx = stratified_split(src.train_labels, val_fraction, seed)
-        train = split(
-            src.train_images.index_select(0, train_idx), src.train_labels.index_select(0, train_idx)
-        )
-        val = split(
-            src.train_images.index_select(0, val_idx), src.train_labels.index_select(0, val_idx)
-        )
+    train = split(src.train_images, src.train_labels, train_idx if val_fraction else None)
+    val = split(src.train_images, src.train_labels, val_idx)
     test = split(src.test_images, src.test_labels)
     return Dataset(name, src.num_classes, train, val, test)
 

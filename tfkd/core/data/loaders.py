@@ -16,7 +16,8 @@ import torch
 
 from tfkd.core.registry import Registry
 
-from .augment import MAX_DEGREES, PAD, augment_batch, parse_augment
+from . import images
+from .augment import MAX_DEGREES, PAD, AugmentParams, apply_params, parse_augment, sample_params
 from .core import Split, seed_from
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -41,6 +42,8 @@ class _BaseLoader(abc.ABC):
         num_workers: int = 0,
         pad: int = PAD,
         max_degrees: float = MAX_DEGREES,
+        image_size: int = 224,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -56,6 +59,8 @@ class _BaseLoader(abc.ABC):
         self.drop_last = bool(drop_last) if (drop_last is not None and self.train) else False
         self.num_workers = num_workers
         self.pad, self.max_degrees = pad, max_degrees
+        self.image_size = image_size
+        self.shard = _check_shard(shard, batch_size, self.train)
         self.epoch = 0
         self._build(split)
 
@@ -77,6 +82,29 @@ class _BaseLoader(abc.ABC):
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
 
+def _check_shard(shard: tuple[int, int], batch_size: int, train: bool) -> tuple[int, int]:
+    """(rank, world): this data-parallel worker's share of every global batch."""
+    rank, world = (int(v) for v in shard)
+    if not 0 <= rank < world:
+        raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
+    if world > 1 and (not train or batch_size < world):
+        raise ValueError(f"a sharded loader trains on global batches of at least {world}")
+    return rank, world
+
+
+def _normaliser(split: Split, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with (x / 255 - mean) / std == x * scale + shift, per channel."""
+    std = torch.tensor(split.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    mean = torch.tensor(split.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return 1.0 / (255.0 * std), -mean / std
+
+
+def _shard_slice(n: int, shard: tuple[int, int]) -> slice:
+    """The contiguous slice of an n-sample global batch that worker `rank` of `world` trains on."""
+    rank, world = shard
+    return slice(n * rank // world, n * (rank + 1) // world)
+
+
 class DeviceLoader(_BaseLoader):
     """Keeps the uint8 split on `device` and augments whole batches there.
 
@@ -90,10 +118,7 @@ class DeviceLoader(_BaseLoader):
     def _build(self, split: Split) -> None:
         self.images = split.images.to(self.device)
         self.labels = split.labels.to(self.device)
-        std = torch.tensor(split.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        mean = torch.tensor(split.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self._scale = 1.0 / (255.0 * std)  # (x / 255 - mean) / std == x * scale + shift
-        self._shift = -mean / std
+        self._scale, self._shift = _normaliser(split, self.device)
 
     def __iter__(self) -> Iterator[Batch]:
         epoch = self._next_epoch()
@@ -109,12 +134,35 @@ class DeviceLoader(_BaseLoader):
         perm = torch.randperm(n, generator=gen, device=self.device)
         for start in range(0, stop, bs):
             idx = perm[start : start + bs]
-            x = self.images.index_select(0, idx)
-            x = augment_batch(x, self.augment, gen, pad=self.pad, max_degrees=self.max_degrees)
-            yield self._normalise(x), self.labels.index_select(0, idx)
+            params = sample_params(
+                idx.shape[0], self.augment, gen, pad=self.pad, max_degrees=self.max_degrees
+            )  # drawn for the whole global batch, so a shard's randomness is its slice's
+            part = _shard_slice(idx.shape[0], self.shard)
+            x = apply_params(self.images.index_select(0, idx[part]), _sliced(params, part))
+            yield self._normalise(x), self.labels.index_select(0, idx[part])
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         return x.mul_(self._scale).add_(self._shift)
+
+
+def _sliced(params: AugmentParams, part: slice) -> AugmentParams:
+    def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t[part]
+
+    return AugmentParams(cut(params.offsets), cut(params.flip), cut(params.angles), params.pad)
+
+
+class JpegLoader(_BaseLoader):
+    """JPEG files (a FileSplit) decoded and transformed as ImageNet's recipe (data.images)."""
+
+    def _build(self, split: Split) -> None:
+        self._scale, self._shift = _normaliser(split, self.device)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mul_(self._scale).add_(self._shift)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return images.iterate(self, self._next_epoch())
 
 
 class _PILDataset(torch.utils.data.Dataset):
@@ -148,6 +196,9 @@ class ClassicLoader(_BaseLoader):
 
     def _build(self, split: Split) -> None:
         from torchvision import transforms as T
+
+        if self.shard[1] > 1:
+            raise ValueError("the classic loader trains one worker only; use loader=device")
 
         size = tuple(split.images.shape[2:])
         steps = []
@@ -199,8 +250,12 @@ class ClassicLoader(_BaseLoader):
 LOADERS: Registry[type[_BaseLoader]] = Registry("loader")
 LOADERS.add("device", DeviceLoader)
 LOADERS.add("classic", ClassicLoader)
+LOADERS.add("jpeg", JpegLoader)
 
 
-def make_loader(kind: str, split: Split, **kwargs) -> DeviceLoader | ClassicLoader:  # noqa: ANN003
-    """Build a loader by kind ("device" or "classic"); an unknown kind raises ValueError."""
-    return LOADERS.get(kind)(split, **kwargs)
+def make_loader(kind: str, split: Split, **kwargs) -> _BaseLoader:  # noqa: ANN003
+    """Build a loader by kind ("device", "classic" or "jpeg"); an unknown kind raises ValueError.
+
+    A split that names its own loader (a FileSplit of JPEG files: "jpeg") is read by that one.
+    """
+    return LOADERS.get(getattr(split, "loader", kind))(split, **kwargs)
