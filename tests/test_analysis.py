@@ -560,6 +560,10 @@ def test_reproductions_are_logged_and_linked(pipeline):
         assert r.data.tags["config_rank"] == "1"
         assert r.data.tags["config_hash"] == config_hash(r.data.params)
         assert "test_accuracy" in r.data.metrics and "val_accuracy" not in r.data.metrics
+        # no validation split: the best epoch is chosen, and named, by training accuracy
+        history = client.get_metric_history(r.info.run_id, "train_accuracy")
+        assert r.data.metrics["best_epoch_train_accuracy"] == max(m.value for m in history)
+        assert not {"best_val_accuracy", "best_epoch_val_accuracy"} & set(r.data.metrics)
         assert r.info.run_name == f"#1 seed {r.data.params['seed']}"
     parent = runs_of_kind(client, SWEEP, "reproduction-set")
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"

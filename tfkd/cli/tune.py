@@ -461,23 +461,29 @@ def _percent(value: Any) -> str:
     return f"{value:.2f}%" if isinstance(value, float) else str(value)
 
 
-def _resume_command(args: argparse.Namespace, plan: Plan) -> str:
-    """The command that continues this sweep: the same flags, its --name, and --resume."""
+def _resume_command(args: argparse.Namespace, name: str | None) -> str:
+    """The command that continues sweep `name`: the same flags, its --name, and --resume once
+    its results folder exists (an interrupted --resume continues, or starts afresh when Tune
+    had saved nothing); before that, the same command again."""
     argv = [a for a in sys.argv[1:] if a != "--resume"]
-    if args.name is None:
-        argv += ["--name", plan.name]
-    return " ".join(["python tune_main.py", *map(shlex.quote, argv), "--resume"])
+    if args.name is None and name is not None:
+        argv += ["--name", name]
+    resumable = name is not None and storage.sweep_folder_exists(args.storage, name)
+    return " ".join(["python tune_main.py", *map(shlex.quote, argv), *["--resume"] * resumable])
+
+
+def _interrupted(args: argparse.Namespace, name: str | None) -> int:
+    print(
+        f"tune_main.py: interrupted; continue with: {_resume_command(args, name)}",
+        file=sys.stderr,
+    )
+    return EXIT_INTERRUPTED
 
 
 def _print_outcome(result: Any, plan: Plan, args: argparse.Namespace) -> int:
     """The sweep's summary; exit 0 only when every trial ran to its end."""
     if result.interrupted:
-        print(
-            f"tune_main.py: interrupted; the sweep {plan.name!r} is saved, resume it with: "
-            f"{_resume_command(args, plan)}",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
+        return _interrupted(args, plan.name)
     print(
         f"[tfkd] {result.trials} trials: {result.failed} failed, "
         f"{result.stopped_early} stopped early by ASHA"
@@ -498,7 +504,7 @@ def _print_outcome(result: Any, plan: Plan, args: argparse.Namespace) -> int:
     if not result.complete:
         print(
             f"tune_main.py: {result.failed_by_infrastructure} trial(s) could not be completed "
-            f"(see above); retry them with: {_resume_command(args, plan)}",
+            f"(see above); retry them with: {_resume_command(args, plan.name)}",
             file=sys.stderr,
         )
         return EXIT_FAILED
@@ -519,16 +525,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         prepared = prepare(args)
     except (UserError, ValueError, OSError) as exc:
         return _user_error(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
+    except KeyboardInterrupt:  # while checking: nothing started
+        return _interrupted(args, args.name)
     try:
         with cluster.session(args.address):
             return run_prepared(prepared)
     except UserError as exc:
         return _user_error(str(exc).splitlines()[0])
-    except KeyboardInterrupt:  # a second Ctrl-C: Tune's graceful stop was cut short
-        print(
-            f"tune_main.py: interrupted; resume with: {_resume_command(args, prepared.plan)}",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # before Tune's handler, or a second Ctrl-C cut its stop short
+        return _interrupted(args, prepared.plan.name)
     finally:
         prepared.lock.release()
