@@ -30,7 +30,6 @@ SWEEP = (
     f"--epochs {EPOCHS} --grace-period {EPOCHS} --max-concurrent 1 --set fake_size=384 "
     f"--experiment {EXPERIMENT}"
 )
-PREFIX = "tune_main.py: interrupted; continue with: "
 
 
 def start(argv: list[str], cwd: Path, log: Path) -> subprocess.Popen:
@@ -60,10 +59,10 @@ def ctrl_c(proc: subprocess.Popen, log: Path) -> list[str]:
     said = log.read_text()
     assert "Tuner.restore" not in said, "Ray's own resume advice contradicts tfkd's"
     last = said.strip().splitlines()[-1]
-    assert last.startswith(PREFIX), said[-3000:]
-    words = shlex.split(last.removeprefix(PREFIX))
-    assert words[:2] == ["python", "tune_main.py"]
-    return words[2:]
+    assert last.startswith("tune_main.py: interrupted;") and ": python " in last, said[-3000:]
+    words = shlex.split(last.split(": python ", 1)[1])
+    assert words[0] == "tune_main.py"
+    return words[1:]
 
 
 def checkpoint_count(experiment: Path) -> int:

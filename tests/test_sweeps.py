@@ -157,7 +157,9 @@ def assert_status_table(stdout: str, trials: int, stopped: int, epochs: int) -> 
         trials - stopped
     )
     after = [line for line in last[2 + trials :] if line.strip()]
-    assert after[0].startswith(f"[tfkd] {trials} trials:") and len(after) == 4, after
+    assert after[0].startswith(f"[tfkd] {trials} trials:") and len(after) == 5, after
+    assert after[-1].startswith("[tfkd] compare the trials in MLflow: run `mlflow ui")
+    assert after[-1].endswith("/artifacts/trials.html?workflowType=machine_learning")
 
 
 FOUR_SHORT_TRIALS = "--num-samples 4 --search-alg random --epochs 2 --set fake_size=1024"

@@ -56,6 +56,8 @@ def configure_driver(verbose: bool) -> None:
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
         logging.ERROR
     )
+    # MLflow draws a progress bar on the terminal when it downloads a teacher's weights.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # tfkd prints the command that resumes an interrupted sweep; Ray's Python advice would
     # contradict it.
     logging.getLogger("ray.tune.tune").addFilter(_not_rays_resume_advice)

@@ -36,6 +36,7 @@ from tfkd.tracking.store import (
     ensure_experiment,
     mlflow_client,
     resolve_uri,
+    ui_link,
 )
 from tfkd.tracking.teachers import (
     BEST_ALIAS,
@@ -81,4 +82,5 @@ __all__ = [
     "teacher_uri_from_registry",
     "teacher_uri_from_run",
     "trial_tracker",
+    "ui_link",
 ]
