@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import TUNE_MAIN, clean_env, cli_args, runs_of_kind, sqlite_uri
+from conftest import TUNE_MAIN, assert_ok, clean_env, cli_args, runs_of_kind, sqlite_uri, tune_main
 
 pytestmark = pytest.mark.slow
 
@@ -100,15 +100,8 @@ def test_ctrl_c_before_during_and_while_resuming_then_the_printed_command_comple
     argv = ctrl_c(driver, log)
 
     # 4: the printed command runs the sweep to its end
-    done = subprocess.run(
-        [sys.executable, str(TUNE_MAIN), *argv],
-        cwd=tmp_path,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    done = tune_main(*argv, cwd=tmp_path)  # (no word of this command holds a space)
+    assert_ok(done)
     assert (experiment / "best_config.yaml").is_file()
     final_table = done.stdout.split("[tfkd] ctrlc:")[-1]
     assert final_table.count(f"{EPOCHS}/{EPOCHS}") == 2, done.stdout[-3000:]

@@ -118,6 +118,7 @@ def test_self_training_finds_its_teacher(server, self_sweep):
     assert parent.data.tags["teacher"] == "resnet8@best"
     assert parent.data.tags["teacher_location"] == f"runs:/{best.run_id}/teacher"
     assert 0 <= parent.data.metrics["teacher_val_accuracy"] <= 100
+    assert f"[tfkd] teacher resnet8@best: runs:/{best.run_id}/teacher\n" in self_sweep
     assert len(children) == 2
     assert all(
         c.data.params["teacher_checkpoint"] == f"runs:/{best.run_id}/teacher" for c in children
@@ -310,7 +311,7 @@ def test_mlflow_ui_opens_a_sweep_on_its_training_runs_with_the_comparison_one_cl
     link = found.group(1)
     assert link.startswith(server) and parent.info.run_id in link
     driver, profile = chrome()
-    shots = {name: ARTIFACTS / f"mlflow_ui_{name}.png" for name in ("trials", "list")}
+    shots = {"trials": ARTIFACTS / "mlflow_ui_trials.png"}
     ARTIFACTS.mkdir(exist_ok=True)
     try:
         # 1. the link tune_main printed: the sweep run's trials table (in the artifact viewer)
@@ -326,23 +327,6 @@ def test_mlflow_ui_opens_a_sweep_on_its_training_runs_with_the_comparison_one_cl
         click_text(driver, "Runs")
         assert wait_for(driver, lambda: parent.info.run_name in driver.page_source)
         assert "/runs?" in driver.current_url and "overview" not in driver.current_url
-        # 3. without tfkd's link: "Model training" chosen once in the sidebar switch, and the
-        #    experiments list opens a tfkd experiment on its runs table
-        driver.execute_script("window.localStorage.clear()")
-        driver.get(f"{server}/#/experiments")
-        click_text(driver, "Model training")
-        driver.get(f"{server}/#/experiments")  # a later visit: the browser remembers the choice
-        links = []
-        assert wait_for(
-            driver,
-            lambda: links.extend(driver.find_elements("link text", experiment.name)) or links,
-        )
-        driver.get(links[0].get_attribute("href"))  # where the list's link leads
-        shown = wait_for(driver, lambda: parent.info.run_name in driver.page_source)
-        driver.save_screenshot(str(shots["list"]))
-        assert shown, driver.current_url
-        assert f"/experiments/{experiment.experiment_id}/runs" in driver.current_url
-        assert "Detect Issues" not in driver.page_source
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)

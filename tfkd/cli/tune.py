@@ -476,6 +476,9 @@ def _announce(plan: Plan, prepared: Prepared) -> None:
     tracked = f"MLflow experiment {plan.experiment}" if prepared.mlflow_uri else "not tracked"
     where = storage.join(prepared.args.storage, plan.name)
     print(f"[tfkd] sweep {plan.name} ({tracked}; results in {where})", flush=True)
+    teacher = prepared.teacher
+    if teacher is not None and teacher.location:
+        print(f"[tfkd] teacher {teacher.model}@{teacher.alias}: {teacher.location}", flush=True)
 
 
 def _best_config_document(result: Any, plan: Plan) -> dict[str, Any]:

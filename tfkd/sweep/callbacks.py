@@ -115,7 +115,8 @@ class ProgressCallback(tune.Callback):
         for trial in trials:
             ended = _ENDED.get(trial.status, "")
             known = trial.trial_id in self.status.rows
-            if (ended or not known) and (trial.last_result or ended):
+            reported = bool((trial.last_result or {}).get("epoch"))
+            if (ended or not known) and (reported or ended):
                 self.status.on_restored(
                     trial.trial_id, str(trial), _epochs_of(trial), trial.last_result or {}, ended
                 )
