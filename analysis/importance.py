@@ -25,6 +25,9 @@ from tfkd.sweep import search_space
 
 MIN_FULL_TRIALS = 3  # fewer full-schedule trials than this: score every trial at a common epoch
 MIN_POINTS = 2
+# fANOVA fits a random forest to (values, score) pairs and splits the score's variance among
+# the parameters; from fewer trials than this its ranking is noise, so no importance is shown.
+MIN_IMPORTANCE_TRIALS = 8
 
 OPTUNA_DISTRIBUTIONS: dict[str, Callable[[search_space.Param], BaseDistribution]] = {
     "uniform": lambda p: FloatDistribution(p.low, p.high),
@@ -138,6 +141,11 @@ def study(points: SweepPoints) -> optuna.Study:
 
 def importances(points: SweepPoints) -> dict[str, float]:
     """Optuna's fANOVA importances (seeded, so a report is reproducible), largest first."""
+    if len(points.points) < MIN_IMPORTANCE_TRIALS:
+        raise NotEnoughTrials(
+            f"{len(points.points)} scored trials; an importance needs at least "
+            f"{MIN_IMPORTANCE_TRIALS} (fANOVA on fewer ranks noise)"
+        )
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
     try:
         return optuna.importance.get_param_importances(study(points), evaluator=evaluator)

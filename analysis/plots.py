@@ -206,6 +206,9 @@ def parallel_coordinates(points: SweepPoints) -> bytes:
         )
         for point in points.points
     ]
-    ticks = {n: _axis_ticks(points.distributions[n]) for n in names}
+    shown = [f"{n} (log)" if _log_scale(points.distributions[n]) else n for n in names]
+    ticks = {
+        label: _axis_ticks(points.distributions[n]) for label, n in zip(shown, names, strict=True)
+    }
     title = f"{points.sweep}: {len(points.points)} trials\nscore: {points.label}"
-    return sweep_files.parallel_coordinates_png(title, names, ticks, lines, "val acc (%)")
+    return sweep_files.parallel_coordinates_png(title, shown, ticks, lines, "val acc (%)")

@@ -106,17 +106,18 @@ def file_stem(name: str) -> str:
 
 
 def sweep_figures(sweep: sweeps.Sweep) -> tuple[dict[str, bytes], str | None]:
-    """importance_<sweep>.png and parallel_<sweep>.png, or a note why they are missing."""
+    """parallel_<sweep>.png and importance_<sweep>.png, and a note on what is missing and why."""
     try:
         points = importance.sweep_points(sweep)
-        scores = importance.importances(points)
     except importance.NotEnoughTrials as exc:
         return {}, f"{sweep.name}: no importance / parallel-coordinates plot: {exc}"
     stem = file_stem(sweep.name)
-    return {
-        f"importance_{stem}.png": plots.importance_bars(points, scores),
-        f"parallel_{stem}.png": plots.parallel_coordinates(points),
-    }, None
+    files = {f"parallel_{stem}.png": plots.parallel_coordinates(points)}
+    try:
+        scores = importance.importances(points)
+    except importance.NotEnoughTrials as exc:
+        return files, f"{sweep.name}: no importance plot: {exc}"
+    return {**files, f"importance_{stem}.png": plots.importance_bars(points, scores)}, None
 
 
 def load_sweeps(mlflow_client: Any, experiments: dict[str, str]) -> list[sweeps.Sweep]:

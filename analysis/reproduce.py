@@ -208,8 +208,11 @@ def run_jobs(
     """Train the jobs as one Ray Tune run and log them to MLflow."""
     from tfkd import tracking
     from tfkd.sweep import cluster, tuner
+    from tfkd.sweep import status as progress
     from tfkd.sweep.search_space import SearchSpace
     from tfkd.sweep.spec import SweepSpec
+
+    progress.configure_driver(verbose=False)  # tune_main's quiet output: the trials' own in logs
 
     # a rerun trains the pairs still missing into the same folder
     storage.check_storage(args.storage, set_name(sweep), args.resume, reuse=True)

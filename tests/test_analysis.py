@@ -323,12 +323,19 @@ def hand_sweep(curves: dict[str, list[float]], stopped: set[str] = frozenset()) 
 
 
 def test_importance_scores_full_schedule_trials_when_enough_ran_it():
-    sweep = hand_sweep({"a": [1, 2, 3, 40], "b": [1, 2, 3, 50], "c": [1, 2, 3, 45], "d": [9, 99]})
+    curves = {f"t{i}": [1, 2, 3, 40 + i] for i in range(8)}
+    sweep = hand_sweep({**curves, "d": [9, 99]})
     points = importance.sweep_points(sweep)
-    assert sorted(p.value for p in points.points) == [40, 45, 50]
+    assert sorted(p.value for p in points.points) == [40 + i for i in range(8)]
     assert list(points.distributions) == ["lr"]  # only lr varies
     assert "epoch 4" in points.label
     assert set(importance.importances(points)) == {"lr"}
+
+
+def test_no_importance_from_fewer_trials_than_fanova_supports():
+    sweep = hand_sweep({f"t{i}": [1, 2, 3, 40 + i] for i in range(7)})
+    with pytest.raises(importance.NotEnoughTrials, match="7 scored trials; .* at least 8"):
+        importance.importances(importance.sweep_points(sweep))
 
 
 def test_importance_scores_at_the_last_common_epoch_otherwise():
@@ -343,9 +350,12 @@ def test_importance_scores_at_the_last_common_epoch_otherwise():
 
 
 def test_sweep_plots_are_skipped_with_a_note_when_they_cannot_be_drawn():
-    files, note = report.sweep_figures(hand_sweep({"a": [1, 1, 1, 5], "b": [1, 1, 1, 5]}))
-    assert files == {} and "hand" in note
+    files, note = report.sweep_figures(hand_sweep({"a": [1, 1, 1, 5]}))
+    assert files == {} and "hand: no importance / parallel-coordinates plot" in note
     files, note = report.sweep_figures(hand_sweep({"a": [1, 2, 3, 40], "b": [1, 2, 3, 50]}))
+    assert sorted(files) == ["parallel_hand.png"] and "no importance plot: 2 scored" in note
+    curves = {f"t{i}": [1, 2, 3, 40 + i] for i in range(8)}
+    files, note = report.sweep_figures(hand_sweep(curves))
     assert note is None and sorted(files) == ["importance_hand.png", "parallel_hand.png"]
     assert all(data.startswith(PNG_SIGNATURE) for data in files.values())
 
@@ -560,6 +570,10 @@ def test_reproductions_are_logged_and_linked(pipeline):
         assert r.data.tags["config_rank"] == "1"
         assert r.data.tags["config_hash"] == config_hash(r.data.params)
         assert "test_accuracy" in r.data.metrics and "val_accuracy" not in r.data.metrics
+        # no validation split: the best epoch is chosen, and named, by training accuracy
+        history = client.get_metric_history(r.info.run_id, "train_accuracy")
+        assert r.data.metrics["best_epoch_train_accuracy"] == max(m.value for m in history)
+        assert not {"best_val_accuracy", "best_epoch_val_accuracy"} & set(r.data.metrics)
         assert r.info.run_name == f"#1 seed {r.data.params['seed']}"
     parent = runs_of_kind(client, SWEEP, "reproduction-set")
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
@@ -578,6 +592,10 @@ def test_reproduce_ends_with_the_accuracy_table_of_what_it_ran(pipeline):
         f"{mean:.2f} ± {std:.2f} | " + rows[0].split(" | ", 8)[-1]
     ]
     assert lines.index(rows[0]) > max(i for i, line in enumerate(lines) if "[analysis]" in line)
+    said = pipeline["first"].stdout + pipeline["first"].stderr
+    for noise in ("Token authentication", "(trainable pid=", "Checkpoint successfully created"):
+        assert noise not in said, noise  # Ray's own output stays in the logs
+    assert "\x1b[" not in said  # no colour codes
 
 
 @pytest.mark.slow
@@ -599,14 +617,14 @@ def test_report_files_and_artifacts(pipeline):
     markdown = (out / "results.md").read_text()
     assert "| digits | resnet8 | baseline |" in markdown and " ± " in markdown
     assert markdown.splitlines()[0] in pipeline["report"].stdout  # printed to the terminal
+    assert f"{SWEEP}: no importance plot: 4 scored trials" in pipeline["report"].stdout
     pngs = sorted(p.name for p in out.glob("*.png"))
     stem = SWEEP
     assert pngs == sorted(
         [
             "accuracy_vs_paper.png",
             "learning_curves.png",
-            f"importance_{stem}.png",
-            f"parallel_{stem}.png",
+            f"parallel_{stem}.png",  # no importance from the sweep's 4 trials: a note says so
         ]
     )
     for name in pngs:

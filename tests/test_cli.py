@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -120,6 +123,50 @@ def test_bad_flags_exit_2_from_the_real_command(workdir, args, needle):
     done = tune_main(args, cwd=workdir, timeout=120, env=clean_env())
     assert done.returncode == EXIT_USAGE
     assert_one_line(done.stderr, needle)
+
+
+PARSE_ERRORS = [
+    "--mode lsr",  # --dataset missing
+    "--mode lsr --dataset digits --num-samples 0",
+    "--mode lsr --dataset digits --gpus-per-trial -1",
+    "--mode lsr --dataset digits --snapshot-epochs x",
+    "--mode lsr --dataset digits --no-such-flag",
+]
+# Runs each mistake through tune_main's main() in one fresh interpreter; prints, per mistake,
+# the exit status and which of torch, Ray and MLflow had been imported by then.
+IMPORTS_AT_ERROR = """
+import json, sys
+from tfkd.cli import tune
+seen = []
+for words in json.loads(sys.argv[1]):
+    try:
+        tune.main(words.split())
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+    seen.append([code, sorted({m.split(".")[0] for m in sys.modules} & {"torch", "ray", "mlflow"})])
+print(json.dumps(seen))
+"""
+
+
+def imports_at_error(mistakes: list[str]) -> list:
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORTS_AT_ERROR, json.dumps(mistakes)],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_argument_errors_come_before_torch_ray_and_mlflow_are_imported():
+    assert imports_at_error(PARSE_ERRORS) == [[EXIT_USAGE, []]] * len(PARSE_ERRORS)
+
+
+def test_an_unknown_name_is_checked_against_the_registries_before_ray_and_mlflow():
+    assert imports_at_error(["--mode nope --dataset digits"]) == [[EXIT_USAGE, ["torch"]]]
 
 
 def test_help_documents_every_flag_and_mode():

@@ -123,3 +123,38 @@ def test_the_status_table_survives_pickling_for_resume():
     restored = pickle.loads(pickle.dumps(status))
     assert restored.out is sys.stdout and restored.rows["a"].name == "T1"
     assert restored.started <= time.monotonic()
+
+
+def test_the_status_tables_best_is_a_full_length_trials_last_epoch():
+    """Trial a peaked at 40% but ended at 30%; b ended at 35%; c, stopped early, at 50%: the
+    sweep's best is b (the summary and best_config.yaml choose the same way)."""
+    out = io.StringIO()
+    status = progress.SweepStatus("s", total=3, epochs=2, out=out)
+    for trial, curve in {"a": [40.0, 30.0], "b": [20.0, 35.0], "c": [50.0]}.items():
+        status.on_start(trial, trial, 2)
+        for epoch, accuracy in enumerate(curve, start=1):
+            status.on_result(trial, trial, {"epoch": epoch, "val_accuracy": accuracy})
+        status.on_complete(trial, trial)
+    status.print()
+    assert "| best 35.00% (b) |" in out.getvalue()
+    full = [("a", 30.0, True), ("b", 35.0, True), ("c", 50.0, False)]
+    assert progress.best_of(full) == "b"
+    assert progress.best_of([("c", 50.0, False), ("d", float("nan"), False)]) == "c"
+    assert progress.best_of([("d", None, True)]) is None
+
+
+def test_a_resumed_sweep_shows_the_trials_that_had_ended():
+    """Tune restores ended trials without starting them: the table still shows them."""
+    out = io.StringIO()
+    status = progress.SweepStatus("s", total=3, epochs=4, out=out)
+    status.on_restored("a", "lr.1", 4, {"epoch": 1, "val_accuracy": 4.83}, "DONE")  # ASHA stop
+    status.on_restored("b", "lr.2", 4, {"epoch": 4, "val_accuracy": 30.0}, "DONE")
+    status.on_restored("c", "lr.3", 4, {"epoch": 2, "val_accuracy": 20.0}, "")  # to resume
+    status.print()
+    header, _, *rows = out.getvalue().strip().splitlines()
+    assert "1 done, 0 running, 1 stopped, 0 failed, 1 pending of 3" in header
+    assert [row.split()[-3:] for row in rows] == [
+        ["1/4", "4.83%", "STOPPED"],
+        ["4/4", "30.00%", "DONE"],
+        ["2/4", "20.00%", "PENDING"],
+    ]

@@ -123,6 +123,23 @@ def test_digits_sweep_asha_stops_bad_trials(workdir):
     assert f"{len(stopped)} stopped early by ASHA" in done.stdout
     assert {r.info.run_name for r in runs} <= {"lr.1", "lr.1 #2", "lr.1 #3", "lr2e-4", "lr2e-4 #2"}
     assert_status_table(done.stdout, trials=4, stopped=len(stopped), epochs=4)
+    assert_one_best(done.stdout, best, uri, full)
+
+
+def assert_one_best(stdout: str, best: dict, uri: str, full: list) -> None:
+    """Status table, summary, best_config.yaml and the sweep run name one best: the highest
+    last-epoch validation accuracy of the full-length trials, as their MLflow runs hold it."""
+    expected = max(r.data.metrics["val_accuracy"] for r in full)
+    header = stdout.split("\n[tfkd] " + sweep_name(stdout) + ": ")[-1].splitlines()[0]
+    assert f"| best {expected:.2f}% (" in header, header
+    assert f"val_accuracy {expected:.2f}%" in stdout.split("[tfkd] best trial ")[-1]
+    assert best["metrics"]["val_accuracy"] == pytest.approx(expected)
+    (sweep,) = runs_of_kind(uri, "baseline-digits-resnet8", "sweep")
+    assert sweep.data.metrics["best_val_accuracy"] == pytest.approx(expected)
+    for run in full:  # a trial's best epoch is named as such, never as the sweep's best
+        history = MlflowClient(uri).get_metric_history(run.info.run_id, "val_accuracy")
+        assert run.data.metrics["best_epoch_val_accuracy"] == max(m.value for m in history)
+        assert "best_val_accuracy" not in run.data.metrics
 
 
 def assert_status_table(stdout: str, trials: int, stopped: int, epochs: int) -> None:
@@ -140,7 +157,9 @@ def assert_status_table(stdout: str, trials: int, stopped: int, epochs: int) -> 
         trials - stopped
     )
     after = [line for line in last[2 + trials :] if line.strip()]
-    assert after[0].startswith(f"[tfkd] {trials} trials:") and len(after) == 4, after
+    assert after[0].startswith(f"[tfkd] {trials} trials:") and len(after) == 5, after
+    assert after[-1].startswith("[tfkd] compare the trials in MLflow: run `mlflow ui")
+    assert after[-1].endswith("/artifacts/trials.html?workflowType=machine_learning")
 
 
 FOUR_SHORT_TRIALS = "--num-samples 4 --search-alg random --epochs 2 --set fake_size=1024"

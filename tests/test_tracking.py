@@ -4,6 +4,7 @@ the MLflow UI in headless Chromium."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -100,24 +101,24 @@ def test_baseline_registers_teacher_and_snapshot(server, teacher_sweep):
 
 
 @pytest.fixture(scope="module")
-def self_training_sweep(server, teacher_sweep, workdir_m) -> str:
-    """A two-trial tfkd_self sweep taught by the registered teacher, with system metrics."""
-    run_ok(
+def self_sweep(server, teacher_sweep, workdir_m) -> str:
+    """A two-trial tfkd_self sweep taught by the registered baseline; what tune_main said."""
+    return run_ok(
         "--mode tfkd_self --num-samples 2 --system-metrics",
         FAKE,
         mlflow_uri=server,
         cwd=workdir_m,
         env=clean_env(MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1"),
     )
-    return "tfkd_self-fake-resnet8"
 
 
-def test_self_training_finds_its_teacher(server, self_training_sweep):
-    (parent,), children = runs_of(server, self_training_sweep)
+def test_self_training_finds_its_teacher(server, self_sweep):
+    (parent,), children = runs_of(server, "tfkd_self-fake-resnet8")
     best = MlflowClient(server).get_model_version_by_alias("tfkd-fake-resnet8", "best")
     assert parent.data.tags["teacher"] == "resnet8@best"
     assert parent.data.tags["teacher_location"] == f"runs:/{best.run_id}/teacher"
     assert 0 <= parent.data.metrics["teacher_val_accuracy"] <= 100
+    assert f"[tfkd] teacher resnet8@best: runs:/{best.run_id}/teacher\n" in self_sweep
     assert len(children) == 2
     assert all(
         c.data.params["teacher_checkpoint"] == f"runs:/{best.run_id}/teacher" for c in children
@@ -125,10 +126,10 @@ def test_self_training_finds_its_teacher(server, self_training_sweep):
     assert set(parent.data.metrics) == SWEEP_METRICS | {"teacher_val_accuracy"}
 
 
-def test_the_sweep_run_compares_its_trials(server, self_training_sweep):
+def test_the_sweep_run_compares_its_trials(server, self_sweep):
     """Trials named by their searched values; the sweep run holds the comparison."""
     client = MlflowClient(server)
-    (parent,), children = runs_of(server, self_training_sweep)
+    (parent,), children = runs_of(server, "tfkd_self-fake-resnet8")
     space = search_space.load(search_space.default_path("tfkd_self"), "tfkd_self")
     searched = list(space.params)  # the shipped space's searched keys, in its order
     for child in children:
@@ -152,8 +153,8 @@ def test_the_sweep_run_compares_its_trials(server, self_training_sweep):
     assert {row.split(",")[0] for row in rows[1:]} == {c.info.run_name for c in children}
 
 
-def test_system_metrics_are_logged_per_trial(server, self_training_sweep):
-    _, children = runs_of(server, self_training_sweep)
+def test_system_metrics_are_logged_per_trial(server, self_sweep):
+    _, children = runs_of(server, "tfkd_self-fake-resnet8")
     for child in children:
         assert "system/cpu_utilization_percentage" in child.data.metrics, child.data.metrics
         assert "system/system_memory_usage_megabytes" in child.data.metrics
@@ -251,9 +252,9 @@ def tidy_for_screenshot(driver) -> None:
     time.sleep(1)
 
 
-def test_mlflow_ui_lists_the_sweep_runs(server, self_training_sweep):
+def test_mlflow_ui_lists_the_sweep_runs(server, self_sweep):
     client = MlflowClient(server)
-    experiment = client.get_experiment_by_name(self_training_sweep)
+    experiment = client.get_experiment_by_name("tfkd_self-fake-resnet8")
     names = [r.info.run_name for r in client.search_runs([experiment.experiment_id])]
     driver, profile = chrome()
     screenshot = ARTIFACTS / "mlflow_ui_runs.png"
@@ -275,3 +276,59 @@ def test_mlflow_ui_lists_the_sweep_runs(server, self_training_sweep):
     if os.environ.get("TFKD_UPDATE_DOCS") == "1":  # README's picture of the runs table
         DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(screenshot, DOCS_SCREENSHOT)
+
+
+TRIALS_SCREENSHOT = REPO / "docs" / "mlflow_trials.png"
+
+
+def click_text(driver, text: str, selector: str = "a, button, span") -> None:
+    """Click the first element of `selector` that shows exactly `text`, once it is there."""
+
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def click() -> bool:  # the page may re-render between finding an element and clicking it
+        try:
+            shown = driver.find_elements("css selector", selector)
+            found = [e for e in shown if e.text.strip() == text]
+            if found:
+                found[0].click()
+            return bool(found)
+        except StaleElementReferenceException:
+            return False
+
+    assert wait_for(driver, click), f"nothing shows {text!r}"
+
+
+def test_mlflow_ui_opens_a_sweep_on_its_training_runs_with_the_comparison_one_click_away(
+    server, self_sweep
+):
+    client = MlflowClient(server)
+    experiment = client.get_experiment_by_name("tfkd_self-fake-resnet8")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    (parent,), children = runs_of(server, "tfkd_self-fake-resnet8")
+    found = re.search(r"^\[tfkd\] compare the trials in MLflow: (\S+)$", self_sweep, re.M)
+    assert found, self_sweep[-2000:]
+    link = found.group(1)
+    assert link.startswith(server) and parent.info.run_id in link
+    driver, profile = chrome()
+    shots = {"trials": ARTIFACTS / "mlflow_ui_trials.png"}
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        # 1. the link tune_main printed: the sweep run's trials table (in the artifact viewer)
+        driver.get(link)
+        assert wait_for(driver, lambda: driver.find_elements("css selector", "iframe"))
+        driver.switch_to.frame(driver.find_elements("css selector", "iframe")[0])
+        names = [c.info.run_name for c in children]
+        assert wait_for(driver, lambda: all(n in driver.page_source for n in names)), names
+        driver.switch_to.default_content()
+        tidy_for_screenshot(driver)
+        driver.save_screenshot(str(shots["trials"]))
+        # 2. one click to the experiment's runs table, on the training side (not GenAI's overview)
+        click_text(driver, "Runs")
+        assert wait_for(driver, lambda: parent.info.run_name in driver.page_source)
+        assert "/runs?" in driver.current_url and "overview" not in driver.current_url
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+    if os.environ.get("TFKD_UPDATE_DOCS") == "1":  # README's picture of the comparison
+        shutil.copyfile(shots["trials"], TRIALS_SCREENSHOT)

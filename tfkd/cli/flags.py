@@ -7,6 +7,7 @@ Nothing here imports torch, Ray or MLflow.
 from __future__ import annotations
 
 import argparse
+import importlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,20 @@ MLFLOW_URI_HELP = (
     "MLflow tracking URI (default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working "
     "directory)"
 )
+
+
+class LazyModule:
+    """A module imported when one of its names is first used.
+
+    tfkd.core's registries (modes, models, datasets) live in modules that import torch; the
+    command line parses before touching them, so a mistyped flag is answered at once.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(importlib.import_module(self._name), attribute)
 
 
 class Parser(argparse.ArgumentParser):

@@ -13,11 +13,19 @@ import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tfkd.core import checkpoint, data, models, modes
+from tfkd.cli.flags import LazyModule
 from tfkd.core.errors import UserError
 from tfkd.core.models import torchvision_zoo
+
+if TYPE_CHECKING:
+    from tfkd.core import data
+
+# torch-backed: imported at first use, after the command line is parsed (tfkd.cli.flags)
+checkpoint = LazyModule("tfkd.core.checkpoint")
+models = LazyModule("tfkd.core.models")
+modes = LazyModule("tfkd.core.modes")
 
 # TeacherRequest's fields and the tune_main flags (argparse destinations) that set them.
 _FLAG_OF = {

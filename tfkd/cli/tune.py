@@ -22,14 +22,29 @@ from typing import Any
 import yaml
 
 from tfkd.cli import flags, saved_flags, teachers
-from tfkd.cli.flags import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser, positive_int
-from tfkd.core import atomic, data, models, modes, recipe
+from tfkd.cli.flags import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    LazyModule,
+    Parser,
+    positive_int,
+)
+from tfkd.core import atomic
 from tfkd.core.config import WEIGHTS, TrialConfig
 from tfkd.core.config import keys as config_keys
 from tfkd.core.errors import UserError
 from tfkd.sweep import cluster, rungs, search_space, storage
 from tfkd.sweep import status as progress
 
+# torch-backed registries: imported after the command line is parsed (tfkd.cli.flags.LazyModule)
+data = LazyModule("tfkd.core.data")
+models = LazyModule("tfkd.core.models")
+modes = LazyModule("tfkd.core.modes")
+recipe = LazyModule("tfkd.core.recipe")
+# The flags whose values name a registry entry, and the registry's module.
+_NAMED = {"mode": modes, "dataset": data, "model": models}
 _SMOKE_TEST = {
     "dataset": "fake",
     "model": "resnet8",
@@ -56,23 +71,29 @@ def _modes_epilog() -> str:
     return "teacher modes (--mode):\n" + "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(registries: bool = True) -> argparse.ArgumentParser:
+    """tune_main's parser; without `registries`, --mode, --dataset and --model take any name
+    (`parse_args` checks them after parsing: the registries import torch)."""
+
+    def names(flag: str) -> list[str] | None:
+        return _NAMED[flag].names() if registries else None
+
     parser = Parser(
         prog="tune_main.py",
         description="Hyper-parameter search for Teacher-free Knowledge Distillation and its "
         "comparison modes (Ray Tune + Optuna + ASHA, tracked in MLflow).",
-        epilog=_modes_epilog(),
+        epilog=_modes_epilog() if registries else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     what = parser.add_argument_group("what to train")
     what.add_argument(
-        "--mode", required=True, choices=modes.names(), help="teacher mode (listed below)"
+        "--mode", required=True, choices=names("mode"), help="teacher mode (listed below)"
     )
-    what.add_argument("--dataset", required=True, choices=data.names(), help="dataset")
+    what.add_argument("--dataset", required=True, choices=names("dataset"), help="dataset")
     what.add_argument(
         "--model",
         default="resnet18",
-        choices=models.names(),
+        choices=names("model"),
         help="student model (default resnet18)",
     )
     what.add_argument(
@@ -481,7 +502,25 @@ def run_prepared(prepared: Prepared) -> int:
             **flags.resource_options(args),
         )
         result = tuner.run_sweep(spec, prepared.dataset)
-    return _print_outcome(result, plan, args)
+    code = _print_outcome(result, plan, args)
+    if context is not None and code == EXIT_OK:
+        _print_comparison(context)
+    return code
+
+
+MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+
+
+def _print_comparison(context: Any) -> None:
+    """Where MLflow's UI compares the sweep's trials (its sweep run's trials.html)."""
+    from tfkd import tracking
+
+    link = tracking.ui_link(
+        context.uri, context.experiment_id, context.parent_run_id, "trials.html"
+    )
+    if "://" not in link.split("#")[0]:
+        link = f"run `mlflow ui --backend-store-uri {context.uri}`, open {MLFLOW_UI}/{link}"
+    print(f"[tfkd] compare the trials in MLflow: {link}")
 
 
 def _announce(plan: Plan, prepared: Prepared) -> None:
@@ -489,6 +528,9 @@ def _announce(plan: Plan, prepared: Prepared) -> None:
     tracked = f"MLflow experiment {plan.experiment}" if prepared.mlflow_uri else "not tracked"
     where = storage.join(prepared.args.storage, plan.name)
     print(f"[tfkd] sweep {plan.name} ({tracked}; results in {where})", flush=True)
+    teacher = prepared.teacher
+    if teacher is not None and teacher.location:
+        print(f"[tfkd] teacher {teacher.model}@{teacher.alias}: {teacher.location}", flush=True)
 
 
 def _best_config_document(result: Any, plan: Plan) -> dict[str, Any]:
@@ -512,23 +554,29 @@ def _percent(value: Any) -> str:
     return f"{value:.2f}%" if isinstance(value, float) else str(value)
 
 
-def _resume_command(args: argparse.Namespace, plan: Plan) -> str:
-    """The command that continues this sweep: the same flags, its --name, and --resume."""
+def _resume_command(args: argparse.Namespace, name: str | None) -> str:
+    """The command that continues sweep `name`: the same flags, its --name, and --resume once
+    its results folder exists (an interrupted --resume continues, or starts afresh when Tune
+    had saved nothing); before that, the same command again."""
     argv = [a for a in sys.argv[1:] if a != "--resume"]
-    if args.name is None:
-        argv += ["--name", plan.name]
-    return " ".join(["python tune_main.py", *map(shlex.quote, argv), "--resume"])
+    if args.name is None and name is not None:
+        argv += ["--name", name]
+    resumable = name is not None and storage.sweep_folder_exists(args.storage, name)
+    return " ".join(["python tune_main.py", *map(shlex.quote, argv), *["--resume"] * resumable])
+
+
+def _interrupted(args: argparse.Namespace, name: str | None) -> int:
+    print(
+        f"tune_main.py: interrupted; continue with: {_resume_command(args, name)}",
+        file=sys.stderr,
+    )
+    return EXIT_INTERRUPTED
 
 
 def _print_outcome(result: Any, plan: Plan, args: argparse.Namespace) -> int:
     """The sweep's summary; exit 0 only when every trial ran to its end."""
     if result.interrupted:
-        print(
-            f"tune_main.py: interrupted; the sweep {plan.name!r} is saved, resume it with: "
-            f"{_resume_command(args, plan)}",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
+        return _interrupted(args, plan.name)
     print(
         f"[tfkd] {result.trials} trials: {result.failed} failed, "
         f"{result.stopped_early} stopped early by ASHA"
@@ -553,7 +601,7 @@ def _print_outcome(result: Any, plan: Plan, args: argparse.Namespace) -> int:
     if not result.complete:
         print(
             f"tune_main.py: {result.failed_by_infrastructure} trial(s) could not be completed "
-            f"(see above); retry them with: {_resume_command(args, plan)}",
+            f"(see above); retry them with: {_resume_command(args, plan.name)}",
             file=sys.stderr,
         )
         return EXIT_FAILED
@@ -567,23 +615,35 @@ def _print_outcome(result: Any, plan: Plan, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed before torch, Ray or MLflow is imported; then the names of
+    --mode, --dataset and --model, checked against tfkd.core's registries."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(registries=bool({"-h", "--help"} & set(argv)))
+    args = parser.parse_args(argv)
+    for flag, registry in _NAMED.items():
+        value, known = getattr(args, flag), registry.names()
+        if value not in known:
+            choices = ", ".join(map(repr, known))
+            parser.error(f"argument --{flag}: invalid choice: {value!r} (choose from {choices})")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     progress.configure_driver(args.verbose)
     try:
         prepared = prepare(args)
     except (UserError, ValueError, OSError) as exc:
         return _user_error(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
+    except KeyboardInterrupt:  # while checking: nothing started
+        return _interrupted(args, args.name)
     try:
         with cluster.session(args.address):
             return run_prepared(prepared)
     except UserError as exc:
         return _user_error(str(exc).splitlines()[0])
-    except KeyboardInterrupt:  # a second Ctrl-C: Tune's graceful stop was cut short
-        print(
-            f"tune_main.py: interrupted; resume with: {_resume_command(args, prepared.plan)}",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # before Tune's handler, or a second Ctrl-C cut its stop short
+        return _interrupted(args, prepared.plan.name)
     finally:
         prepared.lock.release()

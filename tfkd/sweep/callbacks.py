@@ -87,6 +87,10 @@ def _epochs_of(trial) -> int:
     return int(trial.config.get(GIVEN_CONFIG_KEY, trial.config).get("epochs", 0))
 
 
+# Tune's end states of a trial, as the status table names them.
+_ENDED = {"TERMINATED": "DONE", "ERROR": "FAILED"}
+
+
 class ProgressCallback(tune.Callback):
     """Feeds the sweep's status table (tfkd.sweep.status) and prints it, throttled."""
 
@@ -105,6 +109,17 @@ class ProgressCallback(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.status.on_error(trial.trial_id, str(trial))
         print(f"[tfkd] trial {trial} failed; its error is in {trial.path}/error.txt", flush=True)
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        """Trials a resumed sweep brought back: Tune starts only the unfinished ones."""
+        for trial in trials:
+            ended = _ENDED.get(trial.status, "")
+            known = trial.trial_id in self.status.rows
+            reported = bool((trial.last_result or {}).get("epoch"))
+            if (ended or not known) and (reported or ended):
+                self.status.on_restored(
+                    trial.trial_id, str(trial), _epochs_of(trial), trial.last_result or {}, ended
+                )
 
     def on_step_end(self, iteration, trials, **info) -> None:
         self.status.maybe_print()

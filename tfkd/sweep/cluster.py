@@ -19,12 +19,14 @@ import os
 import socket
 import sys
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from tfkd.core.errors import UserError
 from tfkd.sweep import processes, watchdog
 from tfkd.sweep import status as progress
+
+if TYPE_CHECKING:
+    import torch
 
 # ---------------------------------------------------------------- joining the cluster
 

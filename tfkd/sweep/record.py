@@ -43,6 +43,7 @@ class TrialRecord:
         self.carry_best = carry_best
         self.history: list[dict[str, Any]] = []
         self.best_accuracy = float("-inf")
+        self.best_metric = "val_accuracy"  # what best_accuracy is: train_accuracy without a split
         self.best_epoch = 0
         self.nodes: list[str] = []
 
@@ -63,6 +64,7 @@ class TrialRecord:
         record.history = list(saved["history"])
         record.best_accuracy = float(saved["best_accuracy"])
         record.best_epoch = int(saved["best_epoch"])
+        record.best_metric = str(saved.get("best_metric", record.best_metric))
         record.nodes = list(saved["nodes"])
         carried = Path(folder) / BEST_FILE
         if carried.is_file() and not record.best_weights.is_file():
@@ -79,7 +81,8 @@ class TrialRecord:
         Returns True when the epoch is the best so far (its weights become the best weights).
         """
         self.history.append({k: v for k, v in metrics.items() if _is_number(v)})
-        accuracy = metrics.get("val_accuracy", metrics.get("train_accuracy", float("-inf")))
+        self.best_metric = "val_accuracy" if "val_accuracy" in metrics else "train_accuracy"
+        accuracy = metrics.get(self.best_metric, float("-inf"))
         improved = accuracy > self.best_accuracy
         if improved:
             previous = self.best_epoch
@@ -92,6 +95,7 @@ class TrialRecord:
             "history": self.history,
             "best_accuracy": self.best_accuracy,
             "best_epoch": self.best_epoch,
+            "best_metric": self.best_metric,
             "nodes": self.nodes,
         }
         atomic.write_text(Path(checkpoint_dir) / RECORD_FILE, json.dumps(document))

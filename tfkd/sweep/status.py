@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 # Short names of the keys a search varies (anything else keeps its full name).
 ABBREVIATIONS = {
@@ -37,6 +37,7 @@ ABBREVIATIONS = {
     "seed": "seed",
 }
 REFRESH_S = 15.0
+T = TypeVar("T")
 STATES = ("PENDING", "RUNNING", "DONE", "STOPPED", "FAILED")
 
 _forward_trial_output = True
@@ -55,6 +56,15 @@ def configure_driver(verbose: bool) -> None:
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
         logging.ERROR
     )
+    # MLflow draws a progress bar on the terminal when it downloads a teacher's weights.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # tfkd prints the command that resumes an interrupted sweep; Ray's Python advice would
+    # contradict it.
+    logging.getLogger("ray.tune.tune").addFilter(_not_rays_resume_advice)
+
+
+def _not_rays_resume_advice(record: logging.LogRecord) -> bool:
+    return "Tuner.restore(" not in record.getMessage()
 
 
 def forward_trial_output() -> bool:
@@ -98,6 +108,26 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+# ---------------------------------------------------------------- the sweep's best
+
+
+def best_of(candidates: Iterable[tuple[T, float | None, bool]]) -> T | None:
+    """The sweep's best of (item, score, full length) triples; None when none has a score.
+
+    A trial's score is its validation accuracy at the last epoch it reported: what ASHA and
+    the searcher judged it by, what MLflow shows as its val_accuracy. Full-length trials come
+    first (an early-stopped trial's score is from fewer epochs). The status table, the summary,
+    best_config.yaml and the sweep run's best_* metrics all take their best from here.
+    """
+    scored = [(item, score, full) for item, score, full in candidates if _is_score(score)]
+    pool = [c for c in scored if c[2]] or scored
+    return max(pool, key=lambda c: c[1])[0] if pool else None
+
+
+def _is_score(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 # ---------------------------------------------------------------- the status table
 
 
@@ -139,7 +169,6 @@ class SweepStatus:
         self.started = clock()
         self.last_print = -math.inf
         self.rows: dict[str, LiveTrial] = {}
-        self.best: tuple[float, str] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its callbacks with the experiment (--resume restores them)."""
@@ -167,10 +196,8 @@ class SweepStatus:
         row.state = "RUNNING"
         row.epoch = int(metrics.get("epoch", row.epoch))
         accuracy = metrics.get("val_accuracy")
-        if isinstance(accuracy, (int, float)) and math.isfinite(accuracy):
+        if _is_score(accuracy):
             row.val_accuracy = float(accuracy)
-            if self.best is None or accuracy > self.best[0]:
-                self.best = (float(accuracy), row.name)
 
     def on_complete(self, trial_id: str, name: str) -> None:
         row = self._row(trial_id, name)
@@ -178,6 +205,24 @@ class SweepStatus:
 
     def on_error(self, trial_id: str, name: str) -> None:
         self._row(trial_id, name).state = "FAILED"
+
+    def on_restored(
+        self, trial_id: str, name: str, epochs: int, metrics: Mapping[str, Any], ended: str
+    ) -> None:
+        """A trial that a resumed sweep brings back: its last metrics, and how it ended ('DONE'
+        or 'FAILED'; '' while it is still to run). Tune starts only the unfinished ones."""
+        row = self.rows.get(trial_id)
+        if row is None:
+            row = self._row(trial_id, name, epochs)
+            if metrics:
+                self.on_result(trial_id, name, metrics)
+            row.state = "PENDING"
+        if ended and row.state in ("PENDING", "RUNNING"):
+            (self.on_error if ended == "FAILED" else self.on_complete)(trial_id, name)
+
+    def best(self) -> LiveTrial | None:
+        """The best trial so far (best_of)."""
+        return best_of((r, r.val_accuracy, r.epoch >= r.epochs) for r in self.rows.values())
 
     # -- rendering
 
@@ -201,7 +246,8 @@ class SweepStatus:
         counts = self.counts()
         elapsed = self.clock() - self.started
         remaining = self.remaining_s(elapsed)
-        best = f"best {self.best[0]:.2f}% ({self.best[1]})" if self.best else "best -"
+        top = self.best()
+        best = f"best {top.val_accuracy:.2f}% ({top.name})" if top else "best -"
         left = f", at most ~{duration(remaining)} left" if remaining is not None else ""
         return (
             f"[tfkd] {self.sweep}: {counts['DONE']} done, {counts['RUNNING']} running, "

@@ -4,7 +4,6 @@ why, and every trial's end state for the sweep run's report in MLflow.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,11 +35,12 @@ def _failure_reason(result: tune.Result) -> str:
 
 
 def summarise(grid: tune.ResultGrid, spec: SweepSpec, interrupted: bool) -> SweepResult:
-    """The best trial (full-length ones first), the counts, and one line per failure."""
+    """The best trial (tfkd.sweep.status.best_of), the counts, and one line per failure."""
     finished = [r for r in grid if r.error is None and r.metrics and METRIC in r.metrics]
     full = [r for r in finished if _is_full_length(r.metrics, spec.epochs)]
-    candidates = full or finished
-    best = max(candidates, key=lambda r: r.metrics.get(METRIC, -math.inf), default=None)
+    best = progress.best_of(
+        (r, r.metrics[METRIC], _is_full_length(r.metrics, spec.epochs)) for r in finished
+    )
     failed = [r for r in grid if r.error is not None]
     keep = ("trial_id", "epoch", METRIC, "test_accuracy")
     return SweepResult(

@@ -100,7 +100,7 @@ def _axis(param: Param, values: Sequence[Any]):
 
         return categorical, [(categorical(c), str(c)) for c in choices]
     low, high = float(param.low), float(param.high)
-    log = param.distribution.startswith("log") and low > 0
+    log = _is_log(param)
     lo, hi = (math.log(low), math.log(high)) if log else (low, high)
     span = (hi - lo) or 1.0
 
@@ -109,6 +109,11 @@ def _axis(param: Param, values: Sequence[Any]):
         return (x - lo) / span
 
     return numeric, [(0.0, short_number(low)), (1.0, short_number(high))]
+
+
+def _is_log(param: Param) -> bool:
+    """A log-scaled axis: a log-uniform searched value (marked '(log)' on the plot)."""
+    return param.distribution.startswith("log") and float(param.low or 0) > 0
 
 
 @dataclass(frozen=True)
@@ -158,8 +163,8 @@ def parallel_coordinates_png(
         for y, text in ticks[name]:
             ax.annotate(text, (x, y), textcoords="offset points", xytext=(3, 0), fontsize=7)
     ax.axvline(len(names), color="0.6", linewidth=0.8)
-    for y, text in ((0.0, f"{low:.2f}"), (1.0, f"{high:.2f}")):
-        ax.annotate(text, (len(names), y), textcoords="offset points", xytext=(3, 0), fontsize=7)
+    scale = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(low, low + span))
+    fig.colorbar(scale, ax=ax, pad=0.02).set_label(score_label, fontsize=8)
     ax.set_xticks(range(len(names) + 1), [*names, score_label], fontsize=8)
     ax.set_yticks([])
     ax.set_xlim(-0.2, len(names) + 0.6)
@@ -181,6 +186,7 @@ def parallel_plot(
         return None
     names = list(params)
     axes = {n: _axis(params[n], [r.values.get(n) for r in scored]) for n in names}
+    shown = [f"{n} (log)" if _is_log(params[n]) else n for n in names]
     lines = [
         Line(
             ys=[axes[n][0](row.values[n]) if n in row.values else 0.5 for n in names],
@@ -189,9 +195,12 @@ def parallel_plot(
         )
         for row in scored
     ]
-    ticks = {n: axes[n][1] for n in names}
-    title = f"{title}: {len(scored)} trials (dashed: stopped early)"
-    return parallel_coordinates_png(title, names, ticks, lines)
+    ticks = {label: axes[n][1] for label, n in zip(shown, names, strict=True)}
+    title = (
+        f"{title}: {len(scored)} trials, each scored at its last epoch "
+        f"(of {epochs}; dashed: stopped early)"
+    )
+    return parallel_coordinates_png(title, shown, ticks, lines)
 
 
 def files(

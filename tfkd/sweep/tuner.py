@@ -17,14 +17,13 @@ from dataclasses import replace
 from typing import Any
 
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from tfkd import tracking
 from tfkd.core import data
-from tfkd.core.errors import UserError
 from tfkd.sweep import callbacks, cluster, summary, trainable
+from tfkd.sweep.asha import ResumableASHA, ScheduleASHA, SchedulerState
 from tfkd.sweep.spec import METRIC, MODE, SweepResult, SweepSpec, param_space, storage_uri
 from tfkd.sweep.storage import GIVEN_CONFIG_KEY
 
@@ -150,23 +149,15 @@ class _OptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
-class _ScheduleASHA(ASHAScheduler):
-    """ASHA whose rungs are given epochs (points of the schedule) instead of grace x 2^k."""
-
-    def __init__(self, rungs: tuple[int, ...], **kwargs: Any) -> None:
-        super().__init__(grace_period=rungs[0], brackets=1, **kwargs)
-        for bracket in self._brackets:
-            bracket._rungs = [(epoch, {}) for epoch in sorted(rungs, reverse=True)]
-
-
-def scheduler(spec: SweepSpec) -> ASHAScheduler:
+def scheduler(spec: SweepSpec) -> ResumableASHA:
     """ASHA on the validation accuracy, time in epochs: at the schedule's rungs by default,
-    geometric from --grace-period when one is given."""
+    geometric from --grace-period when one is given; its state survives --resume
+    (tfkd.sweep.asha)."""
     common = {"time_attr": "epoch", "max_t": spec.epochs, "reduction_factor": 2}
     if spec.grace_period is None and spec.rungs:
-        return _ScheduleASHA(spec.rungs, **common)
+        return ScheduleASHA(spec.rungs, **common)
     grace = spec.grace_period if spec.grace_period is not None else spec.epochs
-    return ASHAScheduler(grace_period=min(grace, spec.epochs), **common)
+    return ResumableASHA(grace_period=min(grace, spec.epochs), **common)
 
 
 def resources(spec: SweepSpec) -> dict[str, float]:
@@ -185,7 +176,9 @@ def _trainable_of(spec: SweepSpec, packed: Mapping[str, Any]):
     return trainable.with_resources(spec, packed, resources(spec))
 
 
-def _run_config(spec: SweepSpec, total: int | None = None) -> tune.RunConfig:
+def _run_config(
+    spec: SweepSpec, total: int | None = None, asha: ResumableASHA | None = None
+) -> tune.RunConfig:
     return tune.RunConfig(
         name=spec.name,
         storage_path=storage_uri(spec.storage),
@@ -195,18 +188,18 @@ def _run_config(spec: SweepSpec, total: int | None = None) -> tune.RunConfig:
             callbacks.SweepCallback(spec.tracking),
             *spec.callbacks,
             callbacks.progress_callback(spec, total),
+            *([SchedulerState(asha)] if asha else []),
         ],
         verbose=0,  # tfkd's own status table (tfkd.sweep.status) instead of Ray's
     )
 
 
-def _restored(spec: SweepSpec, fn) -> tune.Tuner:
+def _restored(spec: SweepSpec, fn) -> tune.Tuner | None:
+    """The interrupted sweep's Tuner, or None when it was interrupted before Tune saved any
+    state: nothing of it ran, so --resume starts it afresh under the same name."""
     experiment = f"{storage_uri(spec.storage).rstrip('/')}/{spec.name}"
     if not tune.Tuner.can_restore(experiment):
-        raise UserError(
-            f"--resume: no experiment to resume at {experiment}; run without "
-            "--resume first (or fix --name / --storage)"
-        )
+        return None
     return tune.Tuner.restore(
         experiment, trainable=fn, resume_unfinished=True, resume_errored=True, restart_errored=False
     )
@@ -223,13 +216,15 @@ def _total_trials(spec: SweepSpec) -> int:
 
 def _tuner(spec: SweepSpec, packed: Mapping[str, Any]) -> tune.Tuner:
     fn = _trainable_of(spec, packed)
-    if spec.resume:
-        return _restored(spec, fn)
+    restored = _restored(spec, fn) if spec.resume else None
+    if restored is not None:
+        return restored
+    asha = scheduler(spec)
     tune_config = tune.TuneConfig(
         metric=METRIC,
         mode=MODE,
         search_alg=searcher(spec),
-        scheduler=scheduler(spec),
+        scheduler=asha,
         num_samples=1 if spec.fixed else spec.num_samples,
         max_concurrent_trials=_concurrency(spec) if spec.search_alg != "optuna" else None,
         reuse_actors=False,
@@ -240,7 +235,7 @@ def _tuner(spec: SweepSpec, packed: Mapping[str, Any]) -> tune.Tuner:
         fn,
         param_space=param_space(spec),
         tune_config=tune_config,
-        run_config=_run_config(spec, _total_trials(spec)),
+        run_config=_run_config(spec, _total_trials(spec), asha),
     )
 
 
@@ -294,9 +289,8 @@ def _configs_tuner(
     spec: SweepSpec, configs: list[dict[str, Any]], dataset: data.Dataset
 ) -> tune.Tuner:
     fn = _trainable_of(spec, trainable.pack_dataset(dataset))
-    if spec.resume:
-        tuner = _restored(spec, fn)
-    else:
+    tuner = _restored(spec, fn) if spec.resume else None
+    if tuner is None:
         tuner = tune.Tuner(
             fn,
             param_space={GIVEN_CONFIG_KEY: tune.grid_search(configs)},

@@ -37,6 +37,7 @@ from tfkd.tracking.store import (
     ensure_experiment,
     mlflow_client,
     resolve_uri,
+    ui_link,
 )
 from tfkd.tracking.teachers import (
     BEST_ALIAS,
@@ -83,4 +84,5 @@ __all__ = [
     "teacher_uri_from_registry",
     "teacher_uri_from_run",
     "trial_tracker",
+    "ui_link",
 ]

@@ -29,6 +29,12 @@ REPORT = "report"
 FINISHED = "FINISHED"
 PAGE = 1000  # runs per search_runs request
 SQLITE = "sqlite:///"
+# MLflow 3 marks an experiment's kind with this tag; "custom_model_development" is a training
+# experiment, whose page is its runs table (the GenAI overview otherwise).
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+# MLflow 3.17's UI reads the GenAI / Model training switch from the page address before the
+# experiment's kind (and from the browser's last choice without it): links tfkd prints carry it.
+TRAINING_VIEW = "?workflowType=machine_learning"
 
 
 def import_mlflow():
@@ -137,18 +143,31 @@ def ensure_experiment(uri: str, name: str) -> str:
     store_client = mlflow_client(uri)
     found = store_client.get_experiment_by_name(name)
     if found is not None:
+        if found.tags.get(EXPERIMENT_KIND_TAG) != TRAINING_KIND:  # made before tfkd marked them
+            store_client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
         return found.experiment_id
-    try:  # MLflow 3's UI opens an experiment on its GenAI overview unless told it trains models
+    try:
         return store_client.create_experiment(
             name,
             artifact_location=_artifact_root(uri),
-            tags={"mlflow.experimentKind": "custom_model_development"},
+            tags={EXPERIMENT_KIND_TAG: TRAINING_KIND},
         )
     except Exception:  # a concurrent sweep created it first
         found = store_client.get_experiment_by_name(name)
         if found is None:
             raise
         return found.experiment_id
+
+
+def ui_link(uri: str, experiment_id: str, run_id: str = "", artifact: str = "") -> str:
+    """Where MLflow's UI shows an experiment's runs, a run, or one of its artifacts, on the
+    training side of MLflow 3's GenAI / Model training switch (`TRAINING_VIEW`). For a store
+    without a server, the part after `mlflow ui`'s address."""
+    page = f"#/experiments/{experiment_id}/runs"
+    page += f"/{run_id}" if run_id else ""
+    page += f"/artifacts/{artifact}" if run_id and artifact else ""
+    base = uri.rstrip("/") + "/" if uri.startswith(("http://", "https://")) else ""
+    return f"{base}{page}{TRAINING_VIEW}"
 
 
 def git_commit() -> str:

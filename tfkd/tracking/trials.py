@@ -35,6 +35,7 @@ class TrialProgress(Protocol):
     history: list[dict[str, Any]]  # metrics of every epoch trained so far
     best_epoch: int  # 0 before the first epoch
     best_accuracy: float
+    best_metric: str  # what best_accuracy is: val_accuracy, or train_accuracy without a split
     nodes: list[str]  # the Ray nodes that ran the trial, in order
 
     @property
@@ -118,7 +119,9 @@ class TrialTracker:
         self.outbox.put({"op": "epoch", "step": epoch, "metrics": numeric(metrics)})
 
     def _put_best(self) -> None:
-        best = {"best_val_accuracy": self.record.best_accuracy}
+        # the trial's best epoch (its weights are best_checkpoint); the sweep run's best_* metrics
+        # are those of its best trial
+        best = {f"best_epoch_{self.record.best_metric}": self.record.best_accuracy}
         self.outbox.put({"op": "metrics", "step": self.record.best_epoch, "metrics": best})
 
     def on_epoch(self, metrics: Mapping[str, Any], checkpoint_dir: str, best: bool) -> None:
