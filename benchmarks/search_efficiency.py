@@ -46,6 +46,9 @@ from ray import tune  # noqa: E402
 
 from tfkd import tracking  # noqa: E402
 from tfkd.cli import tune as cli  # noqa: E402
+from tfkd.cli.flags import EXIT_OK  # noqa: E402
+from tfkd.cli.parser import build_parser  # noqa: E402
+from tfkd.cli.plan import Plan  # noqa: E402
 from tfkd.core import modes  # noqa: E402
 from tfkd.sweep import cluster, tuner  # noqa: E402
 from tfkd.sweep.spec import SweepSpec  # noqa: E402
@@ -64,7 +67,7 @@ GRID_FIXED = {"semantics": "reference", "correct_prob": 0.99}  # the original co
 # name -> --search-alg; "tpe_wide": TPE on the spaces given by --wide-spaces (e.g. the pre-#12 ones)
 METHODS = {"grid": "grid", "random": "random", "tpe": "optuna", "tpe_wide": "optuna"}
 TARGET_FRACTION = 1 / 3
-DEFAULT_SAMPLES = cli.build_parser().get_default("num_samples")  # tune_main's default budget
+DEFAULT_SAMPLES = build_parser().get_default("num_samples")  # tune_main's default budget
 SMOKE_TEST = {"epochs": 2, "num_samples": 2, "seeds": [0], "fake_size": 256}
 
 
@@ -222,14 +225,14 @@ def tune_main_args(
     return args + (["--search-space", str(space)] if space else [])
 
 
-def prepare(args: list[str]) -> tuple[cli.Plan, Any]:
+def prepare(args: list[str]) -> tuple[Plan, Any]:
     """tune_main's own validation and teacher resolution (training the teacher if missing)."""
-    prepared = cli.prepare(cli.build_parser().parse_args(args))
+    prepared = cli.prepare(build_parser().parse_args(args))
     try:
         code, prepared = cli.train_missing_teacher(prepared)
     finally:
         prepared.lock.release()  # run_one runs the sweep itself, under its own name
-    if code != cli.EXIT_OK:
+    if code != EXIT_OK:
         raise SystemExit(f"training the teacher failed (exit {code})")
     plan = prepared.plan
     location = plan.config.get("teacher_checkpoint", "")

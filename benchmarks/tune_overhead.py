@@ -31,6 +31,8 @@ import torch  # noqa: E402
 from ray import tune  # noqa: E402
 
 from tfkd.cli import tune as cli  # noqa: E402
+from tfkd.cli.parser import build_parser  # noqa: E402
+from tfkd.cli.plan import make_plan  # noqa: E402
 from tfkd.core.train import run_trial  # noqa: E402
 from tfkd.sweep import cluster, tuner  # noqa: E402
 from tfkd.sweep.spec import SweepSpec  # noqa: E402
@@ -83,7 +85,7 @@ def run_direct(config: dict, seeds: list[int]) -> list[float]:
 
 
 def run_tuned(args: list[str], concurrency: int) -> tuple[Timeline, float]:
-    prepared = cli.prepare(cli.build_parser().parse_args(args))
+    prepared = cli.prepare(build_parser().parse_args(args))
     plan = prepared.plan
     timeline = Timeline()
     spec = SweepSpec(
@@ -133,7 +135,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         args = trial_args(opts.trials, opts.epochs, workdir, opts.concurrency)
-        plan = cli.make_plan(cli.build_parser().parse_args(args))
+        plan = make_plan(build_parser().parse_args(args))
         direct = run_direct({**plan.config, "data_dir": str(workdir)}, list(range(opts.trials)))
         timeline, total = run_tuned(args, opts.concurrency)
     result = {

@@ -12,6 +12,8 @@ import pytest
 
 from tfkd.cli import tune as cli
 from tfkd.cli.flags import EXIT_USAGE
+from tfkd.cli.parser import build_parser
+from tfkd.cli.plan import Plan, make_plan
 from tfkd.core import modes
 from tfkd.sweep import storage
 
@@ -170,7 +172,7 @@ def test_an_unknown_name_is_checked_against_the_registries_before_ray_and_mlflow
 
 
 def test_help_documents_every_flag_and_mode():
-    text = cli.build_parser().format_help()
+    text = build_parser().format_help()
     flags = (
         "--mode --dataset --model --teacher --teacher-checkpoint --search-space --num-samples "
         "--epochs --grace-period --search-alg --fixed --seed --set --gpus-per-trial "
@@ -184,8 +186,8 @@ def test_help_documents_every_flag_and_mode():
         assert f"{name}  " in text and modes.get(name).description in text
 
 
-def plan_of(*words: str, **options) -> cli.Plan:
-    return cli.make_plan(cli.build_parser().parse_args(cli_args(*words, **options)))
+def plan_of(*words: str, **options) -> Plan:
+    return make_plan(build_parser().parse_args(cli_args(*words, **options)))
 
 
 def test_fixed_uses_the_original_preset():

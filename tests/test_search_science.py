@@ -250,10 +250,11 @@ def test_trials_asha_stopped_are_pruned_with_their_intermediate_values(default_s
 
 
 def plan_of(*words: str):
-    from tfkd.cli import tune as cli
+    from tfkd.cli.parser import build_parser
+    from tfkd.cli.plan import make_plan
 
     base = "--mode tfkd_reg --dataset fake --model resnet18 --epochs 30".split()
-    return cli.make_plan(cli.build_parser().parse_args([*base, *words]))
+    return make_plan(build_parser().parse_args([*base, *words]))
 
 
 def test_setting_both_weights_fixes_them_and_the_originals_keys_follow():

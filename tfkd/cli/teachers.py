@@ -1,6 +1,7 @@
 """Where a sweep's teacher comes from, checked before anything starts.
 
-Architecture: tune_main (tfkd/cli.py) builds a `TeacherRequest` from its flags; `resolve` finds the
+Architecture: tune_main (tfkd.cli.tune) builds a `TeacherRequest` from its flags; `resolve` finds
+the
 teacher's weights (--teacher-checkpoint > --teacher-run > the MLflow registry entry
 tfkd-<dataset>-<model>@alias) or, with --train-teacher, says that a baseline run must train it
 first; `attach` puts the teacher's location into the trial config and measures its validation
@@ -16,16 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tfkd.cli.flags import LazyModule
+from tfkd.cli.registries import models, modes
 from tfkd.core.errors import UserError
-from tfkd.core.models import torchvision_zoo
 
 if TYPE_CHECKING:
     from tfkd.core import data
 
 # torch-backed: imported at first use, after the command line is parsed (tfkd.cli.flags)
 checkpoint = LazyModule("tfkd.core.checkpoint")
-models = LazyModule("tfkd.core.models")
-modes = LazyModule("tfkd.core.modes")
+torchvision_zoo = LazyModule("tfkd.core.models.torchvision_zoo")
 
 # TeacherRequest's fields and the tune_main flags (argparse destinations) that set them.
 _FLAG_OF = {

@@ -1,0 +1,117 @@
+"""What tune_main prints and writes at the end: the summary, best_config.yaml, the command that
+continues an interrupted sweep, and where to compare the trials in MLflow."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from tfkd.cli.flags import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+)
+from tfkd.cli.plan import Plan
+from tfkd.core import atomic
+from tfkd.sweep import storage
+
+MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+
+
+def print_comparison(context: Any) -> None:
+    """Where MLflow's UI compares the sweep's trials (its sweep run's trials.html)."""
+    from tfkd import tracking
+
+    link = tracking.ui_link(
+        context.uri, context.experiment_id, context.parent_run_id, "trials.html"
+    )
+    if "://" not in link.split("#")[0]:
+        link = f"run `mlflow ui --backend-store-uri {context.uri}`, open {MLFLOW_UI}/{link}"
+    print(f"[tfkd] compare the trials in MLflow: {link}")
+
+
+def _best_config_document(result: Any, plan: Plan) -> dict[str, Any]:
+    config = {k: v for k, v in result.best_config.items()}
+    metrics = result.best_metrics or {}
+    return {
+        "experiment": plan.name,
+        "trial_id": result.best_trial_id,
+        "metrics": {k: metrics.get(k) for k in ("epoch", "val_accuracy", "test_accuracy")},
+        "searched": {k: config[k] for k in plan.space.params if k in config},
+        "config": config,
+    }
+
+
+def _write_best_config(experiment_path: str, document: Mapping[str, Any]) -> str:
+    text = yaml.safe_dump(dict(document), sort_keys=False)
+    return atomic.write_bytes(storage.join(experiment_path, "best_config.yaml"), text.encode())
+
+
+def _percent(value: Any) -> str:
+    return f"{value:.2f}%" if isinstance(value, float) else str(value)
+
+
+def _resume_command(args: argparse.Namespace, name: str | None) -> str:
+    """The command that continues sweep `name`: the same flags, its --name, and --resume once
+    its results folder exists (an interrupted --resume continues, or starts afresh when Tune
+    had saved nothing); before that, the same command again."""
+    argv = [a for a in sys.argv[1:] if a != "--resume"]
+    if args.name is None and name is not None:
+        argv += ["--name", name]
+    resumable = name is not None and storage.sweep_folder_exists(args.storage, name)
+    return " ".join(["python tune_main.py", *map(shlex.quote, argv), *["--resume"] * resumable])
+
+
+def interrupted(args: argparse.Namespace, name: str | None) -> int:
+    print(
+        f"tune_main.py: interrupted; continue with: {_resume_command(args, name)}",
+        file=sys.stderr,
+    )
+    return EXIT_INTERRUPTED
+
+
+def print_outcome(result: Any, plan: Plan, args: argparse.Namespace) -> int:
+    """The sweep's summary; exit 0 only when every trial ran to its end."""
+    if result.interrupted:
+        return interrupted(args, plan.name)
+    print(
+        f"[tfkd] {result.trials} trials: {result.failed} failed, "
+        f"{result.stopped_early} stopped early by ASHA"
+    )
+    for trial_id, reason in result.failures.items():
+        print(f"[tfkd] trial {trial_id} failed: {reason}")
+    if result.tracking_pending:
+        from tfkd import tracking
+
+        print(
+            f"[tfkd] MLflow lacks the last writes of {len(result.tracking_pending)} run(s) "
+            "(tracking server unreachable); send them when it is back with: "
+            f"{tracking.REPLAY_COMMAND} {shlex.quote(result.experiment_path)}"
+        )
+    for folder in result.tracking_refused:
+        print(
+            f"[tfkd] MLflow refused some writes of a run; they are kept in {folder}/refused.jsonl"
+        )
+    if result.best_config is None:
+        print("tune_main.py: every trial failed; see the trial errors above", file=sys.stderr)
+        return EXIT_FAILED
+    if not result.complete:
+        print(
+            f"tune_main.py: {result.failed_by_infrastructure} trial(s) could not be completed "
+            f"(see above); retry them with: {_resume_command(args, plan.name)}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    document = _best_config_document(result, plan)
+    where = _write_best_config(result.experiment_path, document)
+    shown = ", ".join(f"{k} {_percent(v)}" for k, v in document["metrics"].items())
+    print(f"[tfkd] best trial {result.best_trial_id}: {shown}")
+    searched = " ".join(f"--set {k}={v}" for k, v in document["searched"].items())
+    print(f"[tfkd] best config: {searched or '(nothing searched)'}")
+    print(f"[tfkd] written to {where}")
+    return EXIT_OK

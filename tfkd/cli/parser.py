@@ -1,0 +1,189 @@
+"""tune_main's flags: the parser, and parsing before torch, Ray or MLflow is imported."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from tfkd.cli import flags
+from tfkd.cli.flags import (
+    Parser,
+    positive_int,
+)
+from tfkd.cli.registries import data, models, modes
+from tfkd.core.config import TrialConfig
+from tfkd.sweep import rungs
+
+_NAMED = {"mode": modes, "dataset": data, "model": models}
+
+
+def _epochs_list(text: str) -> tuple[int, ...]:
+    try:
+        epochs = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected epochs like 1,50, got {text!r}") from None
+    if not epochs or min(epochs) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive epochs like 1,50, got {text!r}")
+    return epochs
+
+
+def _modes_epilog() -> str:
+    """Every registered mode with its description, for --help."""
+    width = max(len(name) for name in modes.names())
+    lines = [f"  {name:<{width}}  {modes.get(name).description}" for name in modes.names()]
+    return "teacher modes (--mode):\n" + "\n".join(lines)
+
+
+def build_parser(registries: bool = True) -> argparse.ArgumentParser:
+    """tune_main's parser; without `registries`, --mode, --dataset and --model take any name
+    (`parse_args` checks them after parsing: the registries import torch)."""
+
+    def names(flag: str) -> list[str] | None:
+        return _NAMED[flag].names() if registries else None
+
+    parser = Parser(
+        prog="tune_main.py",
+        description="Hyper-parameter search for Teacher-free Knowledge Distillation and its "
+        "comparison modes (Ray Tune + Optuna + ASHA, tracked in MLflow).",
+        epilog=_modes_epilog() if registries else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = parser.add_argument_group("what to train")
+    what.add_argument(
+        "--mode", required=True, choices=names("mode"), help="teacher mode (listed below)"
+    )
+    what.add_argument("--dataset", required=True, choices=names("dataset"), help="dataset")
+    what.add_argument(
+        "--model",
+        default="resnet18",
+        choices=names("model"),
+        help="student model (default resnet18)",
+    )
+    what.add_argument(
+        "--teacher",
+        default=None,
+        help="teacher for kd/rekd/dekd: a model name, found in the MLflow "
+        "registry as tfkd-<dataset>-<model>@best; NAME@epoch-N takes a "
+        "snapshot (tfkd_self uses the student's own architecture)",
+    )
+    what.add_argument(
+        "--teacher-checkpoint",
+        default=None,
+        metavar="PATH",
+        help="teacher weights file (overrides the registry)",
+    )
+    what.add_argument(
+        "--teacher-run",
+        default=None,
+        metavar="RUN_ID",
+        help="take the teacher weights of this MLflow run",
+    )
+    what.add_argument(
+        "--train-teacher",
+        action="store_true",
+        help="train the teacher first (a baseline run) if it is not registered",
+    )
+    what.add_argument(
+        "--snapshot-epochs",
+        type=_epochs_list,
+        default=(),
+        help="baseline: also register the weights at these epochs as "
+        "aliases epoch-N (e.g. 1,50: Defective-KD teachers)",
+    )
+    what.add_argument(
+        "--data-dir",
+        default=TrialConfig.data_dir,
+        help=f"dataset root (default {TrialConfig.data_dir})",
+    )
+    what.add_argument("--download", action="store_true", help="download CIFAR if missing")
+
+    how = parser.add_argument_group("search")
+    how.add_argument(
+        "--search-space",
+        default=None,
+        metavar="PATH",
+        help="search-space YAML (default search_spaces/<mode>.yaml)",
+    )
+    how.add_argument(
+        "--num-samples",
+        type=positive_int,
+        default=8,
+        help="trials (default 8; TPE models once num_samples/8 of them, at least 1, have finished)",
+    )
+    how.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=None,
+        help="the full schedule and ASHA's max_t (default 200)",
+    )
+    how.add_argument(
+        "--grace-period",
+        type=positive_int,
+        default=None,
+        help="ASHA with geometric rungs at N, 2N, 4N, ... epochs instead of --rungs",
+    )
+    how.add_argument(
+        "--rungs",
+        default=",".join(rungs.DEFAULT_RUNGS),
+        help="ASHA judges at these points of the lr schedule: warmup, beforeK (the last epoch "
+        "before drop K), afterK (the first after it); default %(default)s",
+    )
+    how.add_argument(
+        "--search-alg",
+        choices=("optuna", "random", "grid"),
+        default="optuna",
+        help="optuna (multivariate TPE seeded by --search-seed; default), random or grid",
+    )
+    how.add_argument(
+        "--fixed",
+        action="store_true",
+        help="no search: one trial with the original implementation's values "
+        "for this model (the mode's defaults when it has none)",
+    )
+    how.add_argument(
+        "--seed", type=int, default=0, help="the trials' seed: initial weights, order (default 0)"
+    )
+    how.add_argument("--search-seed", type=int, default=0, help="the sampler's seed (default 0)")
+    how.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a trial config key (repeatable); fixes a searched key",
+    )
+    how.add_argument(
+        "--name",
+        default=None,
+        help="the sweep's name: its results folder and MLflow run (default "
+        "mode-dataset-model-YYYYMMDD-HHMMSS; an existing name needs --resume)",
+    )
+    how.add_argument(
+        "--resume", action="store_true", help="continue the sweep --name after an interruption"
+    )
+    how.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show every trial's own output (its per-epoch lines) besides the status table",
+    )
+    how.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help="tiny everything (fake data, resnet8, 2 epochs, 2 trials)",
+    )
+    flags.add_resource_args(parser)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed before torch, Ray or MLflow is imported; then the names of
+    --mode, --dataset and --model, checked against tfkd.core's registries."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(registries=bool({"-h", "--help"} & set(argv)))
+    args = parser.parse_args(argv)
+    for flag, registry in _NAMED.items():
+        value, known = getattr(args, flag), registry.names()
+        if value not in known:
+            choices = ", ".join(map(repr, known))
+            parser.error(f"argument --{flag}: invalid choice: {value!r} (choose from {choices})")
+    return args

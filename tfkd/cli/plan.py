@@ -1,0 +1,158 @@
+"""From parsed flags to a plan: the trial config, the search space, the rungs, the sweep name.
+
+Every mistake in the flags, the search-space file or the --set values is a `UserError` here,
+before anything starts."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tfkd.cli import teachers
+from tfkd.cli.registries import recipe
+from tfkd.core.config import WEIGHTS, TrialConfig
+from tfkd.core.config import keys as config_keys
+from tfkd.core.errors import UserError
+from tfkd.sweep import rungs, search_space, storage
+
+_SMOKE_TEST = {
+    "dataset": "fake",
+    "model": "resnet8",
+    "epochs": 2,
+    "num_samples": 2,
+    "fake_size": 512,
+}
+
+
+def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """--set KEY=VALUE pairs, values typed as YAML would type them."""
+    out: dict[str, Any] = {}
+    known = config_keys()
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--set {pair!r}: expected KEY=VALUE")
+        if key not in known:
+            raise UserError(f"--set {key}: unknown config key; known keys: {', '.join(known)}")
+        out[key] = yaml.safe_load(value) if value.strip() else ""
+    return out
+
+
+def _apply_smoke_test(args: argparse.Namespace) -> dict[str, Any]:
+    """--smoke-test: fake data, resnet8, 2 epochs, 2 trials; returns the extra config."""
+    args.dataset, args.model = _SMOKE_TEST["dataset"], _SMOKE_TEST["model"]
+    args.epochs, args.num_samples = _SMOKE_TEST["epochs"], _SMOKE_TEST["num_samples"]
+    return {"fake_size": _SMOKE_TEST["fake_size"]}
+
+
+def _base_config(
+    args: argparse.Namespace,
+    space: search_space.SearchSpace,
+    extra: Mapping[str, Any],
+    overrides: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Fixed trial config: defaults < the space's defaults < the dataset's recipe < preset's
+    unsearched values < --smoke-test < --set."""
+    teacher = teachers.TeacherRequest.from_args(args).architecture
+    preset = {**recipe.dataset_defaults(args.dataset), **space.preset_for(args.model, teacher)}
+    # --set ce_weight/kl_weight decide alpha and multiplier: the preset's would contradict them
+    decided = set(space.params) | (
+        {"alpha", "multiplier"} if set(WEIGHTS) & set(overrides) else set()
+    )
+    config = {
+        "mode": args.mode,
+        "model": args.model,
+        "dataset": args.dataset,
+        "data_dir": str(Path(args.data_dir).expanduser().resolve()),
+        "download": args.download,
+        "seed": args.seed,
+        "teacher": teacher,
+        **{k: v for k, v in {**space.defaults, **preset}.items() if k not in decided},
+        **extra,
+        **overrides,
+    }
+    if args.epochs is not None:
+        config["epochs"] = args.epochs
+    return TrialConfig.from_dict(config).to_dict()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated sweep, ready to start."""
+
+    name: str
+    experiment: str
+    config: dict[str, Any]
+    space: search_space.SearchSpace
+    first_point: dict[str, Any]
+    fixed: bool
+    rungs: tuple[int, ...] = ()  # the epochs ASHA judges at (none with --grace-period)
+
+    def first_trial(self) -> dict[str, Any]:
+        """The complete config of the first trial (the preset's point of the search)."""
+        return {**self.config, **self.first_point}
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    teachers.check_request(teachers.TeacherRequest.from_args(args))
+    extra = _apply_smoke_test(args) if args.smoke_test else {}
+    overrides = _parse_overrides(args.set)
+    path = args.search_space or search_space.default_path(args.mode)
+    space = search_space.load(path, args.mode)
+    space = space.without(overrides)
+    config = _base_config(args, space, extra, overrides)
+    first = _first_point(args, space)
+    first_trial = TrialConfig.from_dict({**config, **first})  # the first trial must be valid
+    if first_trial.val_fraction == 0:
+        raise UserError(
+            "--set val_fraction=0: a sweep chooses and stops trials on the validation split, so "
+            "it needs one (e.g. 0.1); val_fraction=0 is for reproductions (analysis.reproduce)"
+        )
+    judged_at = _rung_epochs(args, first_trial.to_dict())
+    if not args.fixed:
+        config = {k: v for k, v in config.items() if k not in space.sets()}
+    what = f"{args.mode}-{config['dataset']}-{config['model']}"
+    return Plan(
+        name=_sweep_name(args, what),
+        experiment=args.experiment or what,
+        config=config,
+        space=space,
+        first_point=first,
+        fixed=args.fixed,
+        rungs=judged_at,
+    )
+
+
+def _rung_epochs(args: argparse.Namespace, config: Mapping[str, Any]) -> tuple[int, ...]:
+    """--rungs as epochs of this schedule; none when --grace-period asks for geometric rungs."""
+    if args.grace_period is not None or args.fixed:
+        return ()
+    try:
+        return rungs.epochs_of(rungs.parse(args.rungs), config)
+    except rungs.RungError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _first_point(args: argparse.Namespace, space: search_space.SearchSpace) -> dict[str, Any]:
+    """The search's first point: the preset's values, else the dataset's recipe, else the
+    space's defaults (the ImageNet recipe's weight decay, not the CIFAR default)."""
+    teacher = teachers.TeacherRequest.from_args(args).architecture
+    first = space.first_point(args.model, teacher)
+    preset = space.preset_for(args.model, teacher)
+    dataset = recipe.dataset_defaults(args.dataset)
+    return {k: preset.get(k, dataset.get(k, v)) for k, v in first.items()}
+
+
+def _sweep_name(args: argparse.Namespace, what: str) -> str:
+    """--name, else a new unique mode-dataset-model-YYYYMMDD-HHMMSS: sweeps never mix."""
+    if args.name:
+        return args.name
+    if args.resume:
+        raise UserError("--resume needs --name NAME: the sweep to continue (tune_main printed it)")
+    return storage.timestamped(what, lambda name: storage.sweep_folder_exists(args.storage, name))
