@@ -1,17 +1,18 @@
 """What the search buys over the paper's hand grid: accuracy found per compute spent.
 
-    python benchmarks/search_efficiency.py [--epochs 20] [--batch-size 64] [--seeds 0 1 2]
-        [--modes tfkd_self tfkd_reg] [--out DIR] [--json] [--smoke-test]
+    python benchmarks/search_efficiency.py [--epochs 20] [--batch-size 64] [--seeds 0 1 2 3 4]
+        [--modes tfkd_self tfkd_reg lsr] [--out DIR] [--json] [--smoke-test]
 
-For tfkd_self and tfkd_reg on scikit-learn's digits (resnet8, real data, offline), three ways of
-choosing the hyper-parameters, each a sweep through `tfkd.sweep.tuner.run_sweep` (the code path of
-tune_main), one CPU thread per trial, two trials at a time:
+For tfkd_self, tfkd_reg and lsr on scikit-learn's digits (resnet8, real data, offline), three
+ways of choosing the hyper-parameters, each a sweep through `tfkd.sweep.tuner.run_sweep` (the
+code path of tune_main), one CPU thread per trial, two trials at a time:
 
   grid    the paper's protocol: every combination of the values the original authors used across
           models (reference/original_hparams.csv), each trained for the full schedule;
   random  random search + ASHA on the mode's search space (search_spaces/<mode>.yaml);
   tpe     Optuna's multivariate TPE + ASHA, tfkd's default, the preset (or defaults) first;
-          random and tpe once per search seed.
+          random and tpe once per search seed (--search-seed), every trial at seed 0, at
+          tune_main's default budget and rungs unless --num-samples / --grace-period say else.
 
 A Tune callback records every reported epoch in the order the driver receives it; one report is
 one trial-epoch of compute. A sweep has found a configuration when a trial reports the last epoch

@@ -184,7 +184,7 @@ def test_a_students_initial_weights_do_not_depend_on_a_teacher(tmp_path):
         assert alone.keys() == taught.keys()
         assert all(torch.equal(alone[k], taught[k]) for k in alone)
     other = initial_student({"mode": "baseline", **common, "seed": 1})
-    assert not torch.equal(other["fc.weight"], alone["fc.weight"])
+    assert any(not torch.equal(other[k], alone[k]) for k in alone)  # the seed does matter
 
 
 # ---------------------------------------------------------------- the study a default sweep leaves

@@ -1,8 +1,7 @@
 """Where a sweep's teacher comes from, checked before anything starts.
 
 Architecture: tune_main (tfkd.cli.tune) builds a `TeacherRequest` from its flags; `resolve` finds
-the
-teacher's weights (--teacher-checkpoint > --teacher-run > the MLflow registry entry
+the teacher's weights (--teacher-checkpoint > --teacher-run > the MLflow registry entry
 tfkd-<dataset>-<model>@alias) or, with --train-teacher, says that a baseline run must train it
 first; `attach` puts the teacher's location into the trial config and measures its validation
 accuracy. Registry lookups go through tfkd.tracking (the only module that imports MLflow).

@@ -115,7 +115,7 @@ class _OptunaSearch(OptunaSearch):
     """Optuna's searcher, told the truth about how each trial ended.
 
     Ray's searcher tells Optuna a trial that ASHA stopped is COMPLETE, with its early accuracy
-    as if it were final; here it is PRUNED (its per-epoch values are already in the study), so
+    as if it were final; here it is PRUNED, with its per-epoch values as intermediate values, so
     TPE ranks it below the finished trials. The one result that only says a trial failed by
     its values is not reported as an accuracy.
     """
