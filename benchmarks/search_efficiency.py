@@ -48,7 +48,7 @@ from ray import tune  # noqa: E402
 from tfkd import tracking  # noqa: E402
 from tfkd.cli import tune as cli  # noqa: E402
 from tfkd.cli.flags import EXIT_OK  # noqa: E402
-from tfkd.cli.parser import build_parser  # noqa: E402
+from tfkd.cli.parser import build_parser as tune_main_parser  # noqa: E402
 from tfkd.cli.plan import Plan  # noqa: E402
 from tfkd.core import modes  # noqa: E402
 from tfkd.sweep import cluster, tuner  # noqa: E402
@@ -68,7 +68,7 @@ GRID_FIXED = {"semantics": "reference", "correct_prob": 0.99}  # the original co
 # name -> --search-alg; "tpe_wide": TPE on the spaces given by --wide-spaces (e.g. the pre-#12 ones)
 METHODS = {"grid": "grid", "random": "random", "tpe": "optuna", "tpe_wide": "optuna"}
 TARGET_FRACTION = 1 / 3
-DEFAULT_SAMPLES = build_parser().get_default("num_samples")  # tune_main's default budget
+DEFAULT_SAMPLES = tune_main_parser().get_default("num_samples")  # tune_main's default budget
 SMOKE_TEST = {"epochs": 2, "num_samples": 2, "seeds": [0], "fake_size": 256}
 
 
@@ -228,7 +228,7 @@ def tune_main_args(
 
 def prepare(args: list[str]) -> tuple[Plan, Any]:
     """tune_main's own validation and teacher resolution (training the teacher if missing)."""
-    prepared = cli.prepare(build_parser().parse_args(args))
+    prepared = cli.prepare(tune_main_parser().parse_args(args))
     try:
         code, prepared = cli.train_missing_teacher(prepared)
     finally:

@@ -254,7 +254,11 @@ def _fit(tuner: tune.Tuner, spec: SweepSpec, record_best: bool) -> SweepResult:
     if best_id is not None:
         summary.log_sweep_files(spec, grid)
     sent = tracking.finish_sweep(
-        spec.tracking, best_id, result.best_metrics if best_id else None, status=result.status
+        spec.tracking,
+        best_id,
+        result.best_metrics if best_id else None,
+        status=result.status,
+        ended=_ended_trials(result, spec.epochs),
     )
     if not sent and spec.tracking is not None:
         pending.add(tracking.sweep_outbox(spec.tracking))
@@ -264,6 +268,16 @@ def _fit(tuner: tune.Tuner, spec: SweepSpec, record_best: bool) -> SweepResult:
         tracking_pending=sorted(map(str, pending)),
         tracking_refused=sorted(map(str, refused)),
     )
+
+
+def _ended_trials(result: SweepResult, epochs: int) -> list[str]:
+    """Trials Tune saw end without error: at the last epoch, or stopped by ASHA in a sweep that
+    was not interrupted. Their runs are FINISHED whatever order their own writes arrive in."""
+    return [
+        m["trial_id"]
+        for m in result.trial_metrics
+        if m.get("trial_id") and (m.get("epoch") == epochs or not result.interrupted)
+    ]
 
 
 def run_sweep(spec: SweepSpec, dataset: data.Dataset | None = None) -> SweepResult:

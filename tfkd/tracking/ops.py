@@ -160,9 +160,12 @@ def _finish_sweep(run: BoundRun, client, op: dict[str, Any]) -> None:
         if child is not None:
             client.set_tag(run.run_id, "best_run_id", child.info.run_id)
         log_metrics(client, run.run_id, op["best_metrics"], step=0)
+    ended = set(op.get("ended", ()))
     for child in store.child_runs(client, op["experiment_id"], run.run_id):
         if child.info.status == "RUNNING":
-            client.set_terminated(child.info.run_id, status="KILLED")
+            trial_id = child.data.tags.get(store.TRIAL_TAG)
+            status = "FINISHED" if trial_id in ended else "KILLED"
+            client.set_terminated(child.info.run_id, status=status)
     client.set_terminated(run.run_id, status=op["status"])
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,8 +143,12 @@ def finish_sweep(
     best_trial_id: str | None,
     best_metrics: Mapping[str, Any] | None,
     status: str = "FINISHED",
+    ended: Sequence[str] = (),
 ) -> bool:
     """Record the best trial on the parent run, close runs left open, close the parent.
+
+    A run left open is FINISHED when its trial is in `ended` (the driver saw it end), else
+    KILLED.
 
     Sent through the sweep's outbox: False when the tracking server did not take it in time
     (it stays on disk for `replay`).
@@ -159,6 +163,7 @@ def finish_sweep(
             "best_trial_id": best_trial_id,
             "best_metrics": numeric(best_of_sweep(best_metrics)),
             "status": status,
+            "ended": list(ended),
         }
     )
     del _SWEEP_BOXES[context.parent_run_id]
