@@ -202,7 +202,7 @@ def test_killed_driver_leaves_nothing_running_and_resume_completes_every_trial(
     assert tfkd_temp_files(private_tmp) == [], "tfkd left files in the temp folder"
     runs = trial_runs(uri, "lsr-fake-resnet8")
     assert len(runs) == 2, "a resumed trial opened a second MLflow run"
-    assert all(r.info.status == "FINISHED" for r in runs), [(r.info.status, sorted(r.data.tags.items())[-6:], sorted(r.data.metrics)) for r in runs]
+    assert all(r.info.status == "FINISHED" for r in runs), [r.info.status for r in runs]
     assert_complete_history(uri, runs)
     for run in runs:
         assert_best_checkpoint_logged(uri, run, workdir / run.info.run_id)
