@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tfkd.core.config import TrialConfig
+from tfkd.core.config import WEIGHTS, TrialConfig
 from tfkd.core.config import keys as config_keys
 from tfkd.sweep import search_space
 from tfkd.sweep import status as progress
@@ -79,7 +79,8 @@ def test_sweep_and_trial_runs_are_recorded(server, teacher_sweep):
     assert sweep_files == {"trials.csv", "trials.html"}  # nothing searched: no plot
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert child.info.status == "FINISHED" and child.data.tags["stopped_early"] == "false"
-    assert set(child.data.params) == set(config_keys())
+    # every stored key of the config; the loss weights are coordinates of alpha and multiplier
+    assert set(child.data.params) == set(config_keys()) - set(WEIGHTS)
     assert TrialConfig.from_dict(child.data.params).epochs == 2
     for metric in ("val_accuracy", "train_loss", "val_ece", "lr", "images_per_second"):
         assert [m.step for m in client.get_metric_history(child.info.run_id, metric)] == [1, 2]
@@ -133,9 +134,11 @@ def test_the_sweep_run_compares_its_trials(server, self_sweep):
     space = search_space.load(search_space.default_path("tfkd_self"), "tfkd_self")
     searched = list(space.params)  # the shipped space's searched keys, in its order
     for child in children:
-        assert child.info.run_name == progress.short_name(
-            TrialConfig.from_dict(child.data.params).to_dict(), searched
-        )
+        config = TrialConfig.from_dict(child.data.params).to_dict()
+        # the searched loss weights, from the logged alpha and multiplier (W = alpha * m)
+        config["ce_weight"] = 1 - config["alpha"]
+        config["kl_weight"] = config["alpha"] * config["multiplier"]
+        assert child.info.run_name == progress.short_name(config, searched)
         assert len(child.info.run_name) <= 30 and child.info.run_name.startswith("T")
     files = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert files == {"trials.csv", "trials.html", "parallel_coordinates.png"}
