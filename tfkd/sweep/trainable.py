@@ -193,7 +193,10 @@ def _train(
     uri = tracking_context.uri if tracking_context else None
     config["teacher_checkpoint"] = tracking.local_path(config["teacher_checkpoint"], uri)
 
+    reported: list[int] = []  # the epochs this attempt trained and reported
+
     def report(metrics: dict[str, Any], checkpoint_dir: str) -> None:
+        reported.append(int(metrics["epoch"]))
         best = record.add_epoch(metrics, checkpoint_dir)
         tracker.on_epoch(metrics, checkpoint_dir, best)  # queued: never waits on the server
         if metrics["epoch"] == config["epochs"]:
@@ -202,6 +205,8 @@ def _train(
 
     try:
         runner(config, report, packed_dataset, resume_dir)
+        if not reported and _trained_to_the_end(record, config):
+            _report_the_end(record, tracker)
     except TrainingFailure as exc:
         atomic.write_text(record.home / FAILED_MARK, str(exc))
         tracker.on_failed(exc)
@@ -213,6 +218,19 @@ def _train(
     except BaseException as exc:
         tracker.on_failed(exc)
         raise
+
+
+def _trained_to_the_end(record: TrialRecord, config: Mapping[str, Any]) -> bool:
+    return bool(record.history) and record.history[-1].get("epoch") == config["epochs"]
+
+
+def _report_the_end(record: TrialRecord, tracker) -> None:
+    """A trial restored from its last epoch's checkpoint (it finished after the driver was
+    killed, before Tune recorded it) has nothing to train: it tells its run and Tune so, with
+    that epoch's metrics (Tune would otherwise keep an older epoch's result as the trial's end
+    and count it stopped early)."""
+    tracker.on_finish(record.history[-1])
+    tune.report(dict(record.history[-1]))
 
 
 # ---------------------------------------------------------------- as Tune runs it

@@ -107,6 +107,7 @@ class TrialTracker:
             "experiment_id": context.experiment_id,
             "parent_run_id": context.parent_run_id,
             "trial_id": trial_id,
+            "session": context.session,
             "name": trial_name,
             "tags": tags,
             "params": {k: str(v) for k, v in config.items()},
@@ -180,7 +181,9 @@ class TrialTracker:
             if tags:
                 self.outbox.put({"op": "tags", "tags": dict(tags)})
             if status:
-                self.outbox.put({"op": "terminate", "status": status})
+                self.outbox.put(
+                    {"op": "terminate", "status": status, "session": self.context.session}
+                )
         return self.outbox.close(self.flush_seconds)
 
     def _put_results(self) -> None:
