@@ -249,6 +249,9 @@ class _StopsCleanly:
 
     STOP_GRACE_S = 120.0
 
+    def restore(self, checkpoint_path):
+        return super().restore(still_on_storage(checkpoint_path))
+
     def cleanup(self) -> None:
         thread = training_thread()
         try:
@@ -256,6 +259,22 @@ class _StopsCleanly:
         finally:
             if thread is not None and thread.is_alive():
                 thread.join(self.STOP_GRACE_S)
+
+
+def still_on_storage(result):
+    """The checkpoint Tune restores a trial from, or the trial's newest whole one when that is
+    gone: the experiment state saved before a driver was killed can lag two or more epochs
+    behind a trial with short epochs, and name a checkpoint the keep-the-latest rule deleted
+    (Ray would fail the trial, and every retry, with "does not exist on storage anymore")."""
+    checkpoint = getattr(result, "checkpoint", None)
+    if checkpoint is None or checkpoint.filesystem.type_name != "local":
+        return result
+    named = Path(checkpoint.path)
+    if not named.exists():
+        newest = newest_complete(sorted(named.parent.glob("checkpoint_*")))
+        if newest is not None:
+            result.checkpoint = tune.Checkpoint.from_directory(str(newest))
+    return result
 
 
 def training_thread():
