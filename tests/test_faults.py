@@ -300,8 +300,8 @@ def test_a_failure_of_the_hyper_parameters_fails_once_and_is_not_retried(workdir
 
 
 def test_a_trial_failed_by_its_values_stays_failed_across_resume(workdir):
-    """lr=1000 diverges at epoch 2; `--resume` restarts errored trials, and this one fails at
-    once without training again: its run keeps its one epoch, its status and its reason."""
+    """lr=1000 diverges after an epoch or two; `--resume` restarts errored trials, and this one
+    fails at once without training again: its run keeps its epochs, its status and its reason."""
     uri = sqlite_uri(workdir)
     sweep = (
         "--mode tfkd_reg --dataset fake --model resnet8 --fixed --epochs 3 --set fake_size=256 "
@@ -311,7 +311,8 @@ def test_a_trial_failed_by_its_values_stays_failed_across_resume(workdir):
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
     (run,) = trial_runs(uri, "tfkd_reg-fake-resnet8")
     reason = run.data.tags["error"]
-    assert "diverged" in reason and steps(uri, run.info.run_id) == [1]
+    trained = steps(uri, run.info.run_id)
+    assert "diverged" in reason and trained and len(trained) < 3, (reason, trained)
 
     resumed = tune_main(sweep, resume=True, mlflow_uri=uri, cwd=workdir, timeout=300)
     assert resumed.returncode == 1, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -319,7 +320,7 @@ def test_a_trial_failed_by_its_values_stays_failed_across_resume(workdir):
     assert len(failed) == 1 and "diverged" in failed[0], resumed.stdout[-3000:]
     (again,) = trial_runs(uri, "tfkd_reg-fake-resnet8")
     assert again.info.run_id == run.info.run_id and again.info.status == "FAILED"
-    assert steps(uri, run.info.run_id) == [1], "the resume trained it again"
+    assert steps(uri, run.info.run_id) == trained, "the resume trained it again"
     assert "diverged" in again.data.tags["error"]
     assert [r.info.status for r in sweep_runs(uri, "tfkd_reg-fake-resnet8")] == ["FAILED"]
     assert not (workdir / "ray_results" / "diverged" / "best_config.yaml").exists()

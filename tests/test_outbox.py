@@ -253,12 +253,24 @@ def test_sent_artifacts_leave_no_copy_in_the_outbox(tmp_path):
     uri = sqlite_uri(tmp_path)
     weights = tmp_path / "model.pt"
     torch.save({"model": {"w": torch.ones(2)}}, weights)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    parent = client.create_run(experiment, run_name="sweep").info.run_id
     box = tracking.Outbox(tmp_path / "box", uri)
-    box.put(open_op(MlflowClient(uri)))
+    box.put(open_op_for(experiment, parent))
+    box.put({"op": "artifact", "name": "model.pt", "artifact_path": "best"}, {"model.pt": weights})
     box.put({"op": "artifact", "name": "model.pt", "artifact_path": "best"}, {"model.pt": weights})
     assert box.close(60)
     assert not list((tmp_path / "box").glob("files-*"))
     assert weights.is_file()
+    # a SQLite store keeps artifacts in a local folder: the logged file is the same file on disk
+    # (no bytes copied), sent twice without harm, and reads back as the weights
+    (run,) = trial_runs_of(client, experiment)
+    logged = Path(client.download_artifacts(run.info.run_id, "best/model.pt", str(tmp_path / "d")))
+    assert torch.equal(torch.load(logged, weights_only=True)["model"]["w"], torch.ones(2))
+    stored = Path(run.info.artifact_uri.removeprefix("file://")) / "best" / "model.pt"
+    assert stored.stat().st_ino == weights.stat().st_ino
+    assert [f.path for f in client.list_artifacts(run.info.run_id, "best")] == ["best/model.pt"]
 
 
 def test_a_write_the_store_refuses_is_reported_on_the_run_and_kept(tmp_path):

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,7 +162,32 @@ def _set_tags(run: BoundRun, client, op: dict[str, Any]) -> None:
 
 
 def _log_artifact(run: BoundRun, client, op: dict[str, Any]) -> None:
-    client.log_artifact(run.run_id, run.stashed(op, op["name"]), op["artifact_path"])
+    source = run.stashed(op, op["name"])
+    if not _linked_into_local_store(client, run.run_id, source, op["artifact_path"]):
+        client.log_artifact(run.run_id, source, op["artifact_path"])
+
+
+def _linked_into_local_store(client, run_id: str, source: str, artifact_path: str | None) -> bool:
+    """A file logged to a run whose artifacts are a local folder (a SQLite store's mlartifacts)
+    becomes a hard link there, which writes no bytes (MLflow would copy them); False where its
+    artifacts are elsewhere (a server, another file system): MLflow uploads it."""
+    where = urllib.parse.urlparse(client.get_run(run_id).info.artifact_uri)
+    if where.scheme not in ("", "file"):
+        return False
+    folder = Path(urllib.parse.unquote(where.path)) / (artifact_path or "")
+    target = folder / Path(source).name
+    link = folder / f".{target.name}.{os.getpid()}.link"
+    try:
+        if target.exists() and target.samefile(source):
+            return True  # a retried write: the link is there
+        folder.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        os.link(source, link)
+        os.replace(link, target)
+    except OSError:
+        link.unlink(missing_ok=True)
+        return False
+    return True
 
 
 def _register(run: BoundRun, client, op: dict[str, Any]) -> None:

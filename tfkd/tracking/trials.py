@@ -140,7 +140,8 @@ class TrialTracker:
             self._put_registration(checkpoint_dir, TEACHER_ARTIFACT, tags)
 
     def _put_registration(self, checkpoint_dir: str, artifact_path: str, tags: dict) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
+        # exported beside the outbox, so that queueing it links the file instead of copying it
+        with tempfile.TemporaryDirectory(dir=self.outbox.folder) as tmp:
             weights = checkpoint.export_weights(checkpoint_dir, Path(tmp) / checkpoint.WEIGHTS_FILE)
             alias = artifact_path.rpartition("/")[2] if tags["kind"] == "snapshot" else None
             self.outbox.put(
