@@ -313,11 +313,15 @@ def test_a_trial_failed_by_its_values_stays_failed_across_resume(workdir):
     reason = run.data.tags["error"]
     trained = steps(uri, run.info.run_id)
     assert "diverged" in reason and trained and len(trained) < 3, (reason, trained)
+    saved = sorted(p.name for p in (workdir / "ray_results" / "diverged").glob("trial_*/check*"))
 
     resumed = tune_main(sweep, resume=True, mlflow_uri=uri, cwd=workdir, timeout=300)
     assert resumed.returncode == 1, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     failed = [line for line in resumed.stdout.splitlines() if "failed:" in line]
     assert len(failed) == 1 and "diverged" in failed[0], resumed.stdout[-3000:]
+    assert "before the resume" in failed[0], failed[0]  # failed at once, by its mark
+    again_saved = (workdir / "ray_results" / "diverged").glob("trial_*/check*")
+    assert sorted(p.name for p in again_saved) == saved, "the resume trained it again"
     (again,) = trial_runs(uri, "tfkd_reg-fake-resnet8")
     assert again.info.run_id == run.info.run_id and again.info.status == "FAILED"
     assert steps(uri, run.info.run_id) == trained, "the resume trained it again"
