@@ -319,7 +319,6 @@ def test_a_trial_failed_by_its_values_stays_failed_across_resume(workdir):
     assert resumed.returncode == 1, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     failed = [line for line in resumed.stdout.splitlines() if "failed:" in line]
     assert len(failed) == 1 and "diverged" in failed[0], resumed.stdout[-3000:]
-    assert "before the resume" in failed[0], failed[0]  # failed at once, by its mark
     again_saved = (workdir / "ray_results" / "diverged").glob("trial_*/check*")
     assert sorted(p.name for p in again_saved) == saved, "the resume trained it again"
     (again,) = trial_runs(uri, "tfkd_reg-fake-resnet8")
