@@ -258,7 +258,7 @@ def _fit(tuner: tune.Tuner, spec: SweepSpec, record_best: bool) -> SweepResult:
         best_id,
         result.best_metrics if best_id else None,
         status=result.status,
-        verdicts=trial_verdicts(result, spec.epochs),
+        verdicts=_trial_verdicts(result, spec.epochs),
     )
     if not sent and spec.tracking is not None:
         pending.add(tracking.sweep_outbox(spec.tracking))
@@ -270,7 +270,7 @@ def _fit(tuner: tune.Tuner, spec: SweepSpec, record_best: bool) -> SweepResult:
     )
 
 
-def trial_verdicts(result: SweepResult, epochs: int) -> dict[str, dict[str, Any]]:
+def _trial_verdicts(result: SweepResult, epochs: int) -> dict[str, dict[str, Any]]:
     """How Tune saw each trial end, for its MLflow run: FAILED with an error; FINISHED at its
     last epoch, or stopped by ASHA (stopped_early) in a sweep that was not interrupted; KILLED
     when the sweep was interrupted before it ended. Its runs end so whatever order their own
