@@ -74,8 +74,12 @@ def test_asha_stops_during_an_outage_the_server_back_before_the_sweep_ends(workd
     space.write_text(ASHA_SPACE)
     with sweep_past_its_first_checkpoint(workdir, "blip", ASHA_SWEEP, search_space=space) as sweep:
         sweep.stop()
-        started = lambda: trials_started(sweep.experiment) == 2  # noqa: E731
-        wait_until(started, "the second trial's first epoch", sweep.driver, timeout=300)
+        wait_until(
+            lambda: trials_started(sweep.experiment) == 2,
+            "the second trial's first epoch",
+            sweep.driver,
+            timeout=300,
+        )
         sweep.start()
         assert sweep.driver.wait(timeout=300) == 0, sweep.log.read_text()[-3000:]
         assert "MLflow lacks" not in sweep.log.read_text()
