@@ -299,6 +299,36 @@ def test_a_failure_of_the_hyper_parameters_fails_once_and_is_not_retried(workdir
     assert (trial_dir / "error.txt").read_text().count("Failure #") == 1, "it was retried"
 
 
+def test_a_trial_failed_by_its_values_stays_failed_across_resume(workdir):
+    """lr=1000 diverges after an epoch or two; `--resume` restarts errored trials, and this one
+    fails at once without training again: its run keeps its epochs, its status and its reason."""
+    uri = sqlite_uri(workdir)
+    sweep = (
+        "--mode tfkd_reg --dataset fake --model resnet8 --fixed --epochs 3 --set fake_size=256 "
+        "--set lr=1000 --set warmup_epochs=0 --name diverged --experiment tfkd_reg-fake-resnet8"
+    )
+    first = tune_main(sweep, mlflow_uri=uri, cwd=workdir, timeout=300)
+    assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
+    (run,) = trial_runs(uri, "tfkd_reg-fake-resnet8")
+    reason = run.data.tags["error"]
+    trained = steps(uri, run.info.run_id)
+    assert "diverged" in reason and trained and len(trained) < 3, (reason, trained)
+    saved = sorted(p.name for p in (workdir / "ray_results" / "diverged").glob("trial_*/check*"))
+
+    resumed = tune_main(sweep, resume=True, mlflow_uri=uri, cwd=workdir, timeout=300)
+    assert resumed.returncode == 1, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    failed = [line for line in resumed.stdout.splitlines() if "failed:" in line]
+    assert len(failed) == 1 and "diverged" in failed[0], resumed.stdout[-3000:]
+    again_saved = (workdir / "ray_results" / "diverged").glob("trial_*/check*")
+    assert sorted(p.name for p in again_saved) == saved, "the resume trained it again"
+    (again,) = trial_runs(uri, "tfkd_reg-fake-resnet8")
+    assert again.info.run_id == run.info.run_id and again.info.status == "FAILED"
+    assert steps(uri, run.info.run_id) == trained, "the resume trained it again"
+    assert "diverged" in again.data.tags["error"]
+    assert [r.info.status for r in sweep_runs(uri, "tfkd_reg-fake-resnet8")] == ["FAILED"]
+    assert not (workdir / "ray_results" / "diverged" / "best_config.yaml").exists()
+
+
 def test_max_failures_takes_a_count_or_minus_one(workdir):
     done = tune_main("--mode lsr --dataset fake --max-failures -2", cwd=workdir, timeout=120)
     assert done.returncode == 2

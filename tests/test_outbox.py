@@ -253,12 +253,24 @@ def test_sent_artifacts_leave_no_copy_in_the_outbox(tmp_path):
     uri = sqlite_uri(tmp_path)
     weights = tmp_path / "model.pt"
     torch.save({"model": {"w": torch.ones(2)}}, weights)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    parent = client.create_run(experiment, run_name="sweep").info.run_id
     box = tracking.Outbox(tmp_path / "box", uri)
-    box.put(open_op(MlflowClient(uri)))
+    box.put(open_op_for(experiment, parent))
+    box.put({"op": "artifact", "name": "model.pt", "artifact_path": "best"}, {"model.pt": weights})
     box.put({"op": "artifact", "name": "model.pt", "artifact_path": "best"}, {"model.pt": weights})
     assert box.close(60)
     assert not list((tmp_path / "box").glob("files-*"))
     assert weights.is_file()
+    # a SQLite store keeps artifacts in a local folder: the logged file is the same file on disk
+    # (no bytes copied), sent twice without harm, and reads back as the weights
+    (run,) = trial_runs_of(client, experiment)
+    logged = Path(client.download_artifacts(run.info.run_id, "best/model.pt", str(tmp_path / "d")))
+    assert torch.equal(torch.load(logged, weights_only=True)["model"]["w"], torch.ones(2))
+    stored = Path(run.info.artifact_uri.removeprefix("file://")) / "best" / "model.pt"
+    assert stored.stat().st_ino == weights.stat().st_ino
+    assert [f.path for f in client.list_artifacts(run.info.run_id, "best")] == ["best/model.pt"]
 
 
 def test_a_write_the_store_refuses_is_reported_on_the_run_and_kept(tmp_path):
@@ -326,3 +338,153 @@ def test_a_replay_after_the_sweep_ends_asha_stopped_trials_finished_and_stopped_
     sweep_run = client.get_run(parent)
     assert sweep_run.info.status == "FINISHED"
     assert sweep_run.data.tags["best_run_id"] == runs["t2"].info.run_id
+
+
+# ------------------------------------------- the trial's and the sweep's writes, in any order
+
+
+def arrival_orders(trial_writes: int, driver_writes: int) -> list[tuple[str, ...]]:
+    """Every order in which the writes of two outboxes (each sent in its own order) can reach
+    the store, as the outbox each write comes from."""
+    if not trial_writes or not driver_writes:
+        return [("trial",) * trial_writes + ("sweep",) * driver_writes]
+    return [("trial", *rest) for rest in arrival_orders(trial_writes - 1, driver_writes)] + [
+        ("sweep", *rest) for rest in arrival_orders(trial_writes, driver_writes - 1)
+    ]
+
+
+def send_in_order(uri: str, folder: Path, parent: str, order, trial: list, driver: list) -> list:
+    """Send the trial outbox's writes to its run (bound by its "open") and the driver's to the
+    sweep run, in `order`; returns the op names as sent."""
+    from tfkd.tracking import ops
+
+    client = MlflowClient(uri)
+    runs = {"trial": ops.BoundRun(uri, folder), "sweep": ops.BoundRun(uri, folder, parent)}
+    queues = {"trial": list(trial), "sweep": list(driver)}
+    sent = []
+    for box in order:
+        op = queues[box].pop(0)
+        ops.send(runs[box], client, op)
+        sent.append(op["op"])
+    return sent
+
+
+def session_open(experiment: str, parent: str, session: int) -> dict:
+    return {**open_op_for(experiment, parent), "session": session}
+
+
+def driver_verdict(experiment: str, session: int, stopped: bool) -> list[dict]:
+    """What the driver sends when Tune saw trial t1 end: its end, then the sweep's end."""
+    verdict = {"status": "FINISHED", "stopped_early": stopped}
+    return [
+        {"op": "close_trial", "experiment_id": experiment, "trial_id": "t1", **verdict},
+        {
+            "op": "finish_sweep",
+            "experiment_id": experiment,
+            "best_trial_id": "t1",
+            "best_metrics": {},
+            "status": "FINISHED",
+            "verdicts": {"t1": verdict},
+        },
+    ]
+
+
+def in_session(writes: list[dict], session: int) -> list[dict]:
+    return [{**op, "session": session} for op in writes]
+
+
+def new_sweep(client: MlflowClient, name: str) -> tuple[str, str]:
+    experiment = client.create_experiment(name)
+    return experiment, client.create_run(experiment, run_name="sweep").info.run_id
+
+
+def the_trial_run(client: MlflowClient, experiment: str):
+    (run,) = trial_runs_of(client, experiment)
+    return run
+
+
+def steps_of(client: MlflowClient, run) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run.info.run_id, "epoch"))
+
+
+def test_a_trial_finished_after_a_killed_driver_ends_finished_whatever_order_the_writes_arrive(
+    tmp_path,
+):
+    """Session 1's driver was killed with the trial's run RUNNING at epoch 3; in the resumed
+    session 2 the trial finishes. Its outbox (the killed attempt's "open" sent again to bind the
+    run, its own "open", epoch 4, its end) and the driver's (the trial's end, the sweep's end)
+    arrive in every order, and a second sender on the trial's outbox repeats its "open" last."""
+    uri = sqlite_uri(tmp_path)
+    client = MlflowClient(uri)
+    orders = arrival_orders(4, 2)
+    for number, order in enumerate(orders):
+        experiment, parent = new_sweep(client, f"e{number}")
+        folder = tmp_path / f"box{number}"
+        killed = [session_open(experiment, parent, 1), *(epoch_op(e, 10.0 * e) for e in (1, 2, 3))]
+        send_in_order(uri, folder, parent, ["trial"] * 4, killed, [])
+        trial = [
+            session_open(experiment, parent, 1),
+            session_open(experiment, parent, 2),
+            epoch_op(4, 40.0),
+            {"op": "tags", "tags": {"stopped_early": "false"}},
+            {"op": "terminate", "status": "FINISHED", "session": 2},
+            session_open(experiment, parent, 2),
+        ]
+        driver = in_session(driver_verdict(experiment, 2, stopped=False), 2)
+        sent = send_in_order(uri, folder, parent, ["trial", *order, "trial"], trial, driver)
+        run = the_trial_run(client, experiment)
+        assert run.info.status == "FINISHED", sent
+        assert run.data.tags["stopped_early"] == "false", sent
+        assert steps_of(client, run) == [1, 2, 3, 4], sent
+        assert client.get_run(parent).info.status == "FINISHED", sent
+    assert len(orders) == 15
+
+
+def test_an_asha_stop_ends_finished_and_stopped_early_even_before_the_trial_run_exists(tmp_path):
+    """A stopped trial's outbox never closes its run (the driver knows why it stopped); the
+    driver's word may reach the store before the trial's run is even created."""
+    uri = sqlite_uri(tmp_path)
+    client = MlflowClient(uri)
+    for number, order in enumerate(arrival_orders(2, 2)):
+        experiment, parent = new_sweep(client, f"e{number}")
+        trial = [session_open(experiment, parent, 1), epoch_op(1, 5.0)]
+        driver = in_session(driver_verdict(experiment, 1, stopped=True), 1)
+        sent = send_in_order(uri, tmp_path / f"box{number}", parent, order, trial, driver)
+        run = the_trial_run(client, experiment)
+        assert run.info.status == "FINISHED", sent
+        assert run.data.tags["stopped_early"] == "true", sent
+        assert steps_of(client, run) == [1], sent
+
+
+def test_a_run_an_interrupted_sweep_killed_is_reopened_by_the_resume_and_corrected_by_late_ends(
+    tmp_path,
+):
+    """Ctrl-C: session 1 ends the unfinished trial's run KILLED. A late "open" of session 1 does
+    not re-open it; the resumed session 2's does; the trial's own end, arriving after a second
+    interrupt's KILLED, makes it FINISHED."""
+    uri = sqlite_uri(tmp_path)
+    client = MlflowClient(uri)
+    experiment, parent = new_sweep(client, "e")
+    interrupted = {
+        "op": "finish_sweep",
+        "experiment_id": experiment,
+        "best_trial_id": None,
+        "status": "KILLED",
+        "verdicts": {"t1": {"status": "KILLED"}},
+    }
+    folder = tmp_path / "box"
+    opened = [session_open(experiment, parent, 1), epoch_op(1, 1.0)]
+    killed = in_session([interrupted], 1)
+    send_in_order(uri, folder, parent, ["trial", "trial", "sweep"], opened, killed)
+    assert the_trial_run(client, experiment).info.status == "KILLED"
+    send_in_order(uri, folder, parent, ["trial"], [session_open(experiment, parent, 1)], [])
+    assert the_trial_run(client, experiment).info.status == "KILLED"
+    send_in_order(uri, folder, parent, ["trial"], [session_open(experiment, parent, 2)], [])
+    assert the_trial_run(client, experiment).info.status == "RUNNING"
+    send_in_order(uri, folder, parent, ["sweep"], [], in_session([interrupted], 2))
+    assert the_trial_run(client, experiment).info.status == "KILLED"
+    end = [{"op": "terminate", "status": "FINISHED", "session": 2}]
+    send_in_order(
+        uri, folder, parent, ["trial"] * 2, [session_open(experiment, parent, 2), *end], []
+    )
+    assert the_trial_run(client, experiment).info.status == "FINISHED"

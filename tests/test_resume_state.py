@@ -9,6 +9,8 @@ Tune's tuner.pkl), then the saved callback state is set and the trials are added
 from __future__ import annotations
 
 import pickle
+import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
@@ -74,3 +76,31 @@ def test_a_resumed_asha_keeps_its_stops_and_decides_as_an_uninterrupted_one():
     # Tune restarts B from its epoch-1 checkpoint: its next result must stop it again
     assert report(asha, "B", 2) == TrialScheduler.STOP
     assert {**first, **run_trials(asha, "CD")} == expected
+
+
+def test_a_restore_named_by_a_lagging_experiment_state_takes_the_newest_whole_checkpoint(tmp_path):
+    """The driver was killed with its saved state two epochs behind: the checkpoint it names
+    was deleted by the keep-the-latest rule; the trial resumes from its newest whole one."""
+    import torch
+    from ray import tune
+
+    from tfkd.core import checkpoint
+    from tfkd.sweep.record import TrialRecord
+    from tfkd.sweep.trainable import still_on_storage
+
+    trial = tmp_path / "trial_a"
+    record = TrialRecord.restore(trial / "tfkd", None)
+    for epoch in (1, 2, 3):
+        folder = trial / f"checkpoint_{epoch - 1:06d}"
+        folder.mkdir(parents=True)
+        checkpoint.save_atomic({"model": {"w": torch.zeros(1)}}, folder / "checkpoint.pt")
+        record.add_epoch({"epoch": epoch, "val_accuracy": float(epoch)}, folder)
+    (trial / "checkpoint_000002" / "checkpoint.pt").write_bytes(b"cut short")  # killed mid-copy
+    shutil.rmtree(trial / "checkpoint_000000")  # pruned after the state was saved
+
+    def named(index: int) -> SimpleNamespace:
+        path = trial / f"checkpoint_{index:06d}"
+        return SimpleNamespace(checkpoint=tune.Checkpoint.from_directory(str(path)), metrics={})
+
+    assert Path(still_on_storage(named(0)).checkpoint.path) == trial / "checkpoint_000001"
+    assert Path(still_on_storage(named(1)).checkpoint.path) == trial / "checkpoint_000001"

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_faults import steps, sweep_past_its_first_checkpoint
+from test_faults import steps, sweep_past_its_first_checkpoint, wait_until
 
 from conftest import assert_ok, clean_env, runs_of_kind
 
@@ -32,6 +32,27 @@ def replay(folder: Path) -> subprocess.CompletedProcess:
     )
 
 
+def assert_every_run_ends_true(uri: str) -> None:
+    """Both trials FINISHED, stopped_early true exactly for the one ASHA stopped (lr 1e-6),
+    each epoch once; the sweep run FINISHED and naming the best trial's run."""
+    runs = runs_of_kind(uri, "lsr-asha", "trial")
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    stopped = {r.data.params["lr"]: r.data.tags["stopped_early"] for r in runs}
+    assert stopped == {"0.1": "false", "1e-06": "true"}, stopped
+    for run in runs:
+        ran = steps(uri, run.info.run_id)
+        assert ran == list(range(1, len(ran) + 1))
+        assert (len(ran) < 3) == (run.data.tags["stopped_early"] == "true")
+    (parent,) = runs_of_kind(uri, "lsr-asha", "sweep")
+    best = {r.data.params["lr"]: r.info.run_id for r in runs}["0.1"]
+    assert parent.info.status == "FINISHED" and parent.data.tags["best_run_id"] == best
+
+
+def trials_started(experiment: Path) -> int:
+    """How many trials have written a checkpoint."""
+    return len({path.parent for path in experiment.glob("trial_*/checkpoint_*")})
+
+
 def test_asha_stops_during_an_outage_end_finished_and_stopped_early_after_replay(workdir):
     """The server is down from the first checkpoint to after the sweep: every write waits in
     the outboxes, and `replay` closes each run in its true state."""
@@ -42,17 +63,24 @@ def test_asha_stops_during_an_outage_end_finished_and_stopped_early_after_replay
         assert sweep.driver.wait(timeout=300) == 0, sweep.log.read_text()[-3000:]
         sweep.start()
         assert_ok(replay(sweep.experiment))
-        runs = runs_of_kind(sweep.uri, "lsr-asha", "trial")
-        assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
-        epochs = {r.info.run_id: steps(sweep.uri, r.info.run_id) for r in runs}
-        stopped = {
-            r.data.params["lr"]: r.data.tags["stopped_early"] for r in runs
-        }  # a tag on every run, true exactly when it ran fewer epochs
-        assert stopped == {"0.1": "false", "1e-06": "true"}, stopped
-        for run in runs:
-            ran = epochs[run.info.run_id]
-            assert ran == list(range(1, len(ran) + 1))
-            assert (len(ran) < 3) == (run.data.tags["stopped_early"] == "true")
-        (parent,) = runs_of_kind(sweep.uri, "lsr-asha", "sweep")
-        best = {r.data.params["lr"]: r.info.run_id for r in runs}["0.1"]
-        assert parent.info.status == "FINISHED" and parent.data.tags["best_run_id"] == best
+        assert_every_run_ends_true(sweep.uri)
+
+
+def test_asha_stops_during_an_outage_the_server_back_before_the_sweep_ends(workdir):
+    """The server is down from the first trial's first checkpoint until the trial ASHA stops
+    has reported (its writes and the driver's verdict on it wait); it is back while the sweep
+    ends, which sends everything: no replay needed."""
+    space = workdir / "lr.yaml"
+    space.write_text(ASHA_SPACE)
+    with sweep_past_its_first_checkpoint(workdir, "blip", ASHA_SWEEP, search_space=space) as sweep:
+        sweep.stop()
+        wait_until(
+            lambda: trials_started(sweep.experiment) == 2,
+            "the second trial's first epoch",
+            sweep.driver,
+            timeout=300,
+        )
+        sweep.start()
+        assert sweep.driver.wait(timeout=300) == 0, sweep.log.read_text()[-3000:]
+        assert "MLflow lacks" not in sweep.log.read_text()
+        assert_every_run_ends_true(sweep.uri)

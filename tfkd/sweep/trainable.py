@@ -193,7 +193,10 @@ def _train(
     uri = tracking_context.uri if tracking_context else None
     config["teacher_checkpoint"] = tracking.local_path(config["teacher_checkpoint"], uri)
 
+    reported: list[int] = []  # the epochs this attempt trained and reported
+
     def report(metrics: dict[str, Any], checkpoint_dir: str) -> None:
+        reported.append(int(metrics["epoch"]))
         best = record.add_epoch(metrics, checkpoint_dir)
         tracker.on_epoch(metrics, checkpoint_dir, best)  # queued: never waits on the server
         if metrics["epoch"] == config["epochs"]:
@@ -202,6 +205,8 @@ def _train(
 
     try:
         runner(config, report, packed_dataset, resume_dir)
+        if not reported and _trained_to_the_end(record, config):
+            _report_the_end(record, tracker)
     except TrainingFailure as exc:
         atomic.write_text(record.home / FAILED_MARK, str(exc))
         tracker.on_failed(exc)
@@ -213,6 +218,19 @@ def _train(
     except BaseException as exc:
         tracker.on_failed(exc)
         raise
+
+
+def _trained_to_the_end(record: TrialRecord, config: Mapping[str, Any]) -> bool:
+    return bool(record.history) and record.history[-1].get("epoch") == config["epochs"]
+
+
+def _report_the_end(record: TrialRecord, tracker) -> None:
+    """A trial restored from its last epoch's checkpoint (it finished after the driver was
+    killed, before Tune recorded it) has nothing to train: it tells its run and Tune so, with
+    that epoch's metrics (Tune would otherwise keep an older epoch's result as the trial's end
+    and count it stopped early)."""
+    tracker.on_finish(record.history[-1])
+    tune.report(dict(record.history[-1]))
 
 
 # ---------------------------------------------------------------- as Tune runs it
@@ -231,6 +249,9 @@ class _StopsCleanly:
 
     STOP_GRACE_S = 120.0
 
+    def restore(self, checkpoint_path):
+        return super().restore(still_on_storage(checkpoint_path))
+
     def cleanup(self) -> None:
         thread = training_thread()
         try:
@@ -238,6 +259,22 @@ class _StopsCleanly:
         finally:
             if thread is not None and thread.is_alive():
                 thread.join(self.STOP_GRACE_S)
+
+
+def still_on_storage(result):
+    """The checkpoint Tune restores a trial from, or the trial's newest whole one when that is
+    gone: the experiment state saved before a driver was killed can lag two or more epochs
+    behind a trial with short epochs, and name a checkpoint the keep-the-latest rule deleted
+    (Ray would fail the trial, and every retry, with "does not exist on storage anymore")."""
+    checkpoint = getattr(result, "checkpoint", None)
+    if checkpoint is None or checkpoint.filesystem.type_name != "local":
+        return result
+    named = Path(checkpoint.path)
+    if not named.exists():
+        newest = newest_complete(sorted(named.parent.glob("checkpoint_*")))
+        if newest is not None:
+            result.checkpoint = tune.Checkpoint.from_directory(str(newest))
+    return result
 
 
 def training_thread():

@@ -258,7 +258,7 @@ def _fit(tuner: tune.Tuner, spec: SweepSpec, record_best: bool) -> SweepResult:
         best_id,
         result.best_metrics if best_id else None,
         status=result.status,
-        ended=_ended_trials(result, spec.epochs),
+        verdicts=_trial_verdicts(result, spec.epochs),
     )
     if not sent and spec.tracking is not None:
         pending.add(tracking.sweep_outbox(spec.tracking))
@@ -270,14 +270,22 @@ def _fit(tuner: tune.Tuner, spec: SweepSpec, record_best: bool) -> SweepResult:
     )
 
 
-def _ended_trials(result: SweepResult, epochs: int) -> list[str]:
-    """Trials Tune saw end without error: at the last epoch, or stopped by ASHA in a sweep that
-    was not interrupted. Their runs are FINISHED whatever order their own writes arrive in."""
-    return [
-        m["trial_id"]
-        for m in result.trial_metrics
-        if m.get("trial_id") and (m.get("epoch") == epochs or not result.interrupted)
-    ]
+def _trial_verdicts(result: SweepResult, epochs: int) -> dict[str, dict[str, Any]]:
+    """How Tune saw each trial end, for its MLflow run: FAILED with an error; FINISHED at its
+    last epoch, or stopped by ASHA (stopped_early) in a sweep that was not interrupted; KILLED
+    when the sweep was interrupted before it ended. Its runs end so whatever order their own
+    writes arrive in (tfkd.tracking.ops)."""
+    verdicts: dict[str, dict[str, Any]] = {t: {"status": "FAILED"} for t in result.failures}
+    for metrics in result.trial_metrics:
+        if not metrics.get("trial_id"):
+            continue
+        full = int(metrics.get("epoch") or 0) >= epochs
+        if full or not result.interrupted:
+            verdict = {"status": "FINISHED", "stopped_early": not full}
+        else:
+            verdict = {"status": "KILLED"}
+        verdicts[metrics["trial_id"]] = verdict
+    return verdicts
 
 
 def run_sweep(spec: SweepSpec, dataset: data.Dataset | None = None) -> SweepResult:

@@ -4,13 +4,27 @@ Every function takes the run the outbox writes to (`BoundRun`), an MlflowClient 
 is idempotent given the run it resolved, so sending a write again after a crash between "sent"
 and "counted" does no harm. The first op of an outbox opens its run ("open": a trial's run,
 found again by its trial id or created; "use_run": a sweep's existing run).
+
+A trial's run ends in its true state whatever order the trial's outbox and its sweep's outbox
+arrive in. The driver's word on how a trial ended (a *verdict*: FINISHED with stopped_early, or
+FAILED, from Tune; KILLED for a trial an interrupted sweep left unfinished) is kept on the sweep
+run as well as applied to the trial's run, and every status write carries its sweep session
+(1, then one more per --resume):
+* "open" re-opens a run (RUNNING) only for a session later than the one that closed it, and a
+  run it creates or finds after the driver's verdict of its session ends as that verdict says;
+* FINISHED and FAILED verdicts and the trial's own "terminate" always apply; KILLED is the
+  weakest end: it closes a RUNNING run and never replaces FINISHED or FAILED, which the trial's
+  final writes arriving later set over it.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,11 +75,11 @@ def _tag_list(tags: Mapping[str, Any]) -> list:
 
 
 def _open_run(run: BoundRun, client, op: dict[str, Any]) -> None:
-    """Find the trial's run under its sweep run (or create it), mark it RUNNING, tag it."""
+    """Find the trial's run under its sweep run (or create it), tag it, and mark it RUNNING,
+    unless its session already ended it (then it keeps its end, or takes the driver's)."""
     found = store.trial_run(client, op["experiment_id"], op["parent_run_id"], op["trial_id"])
     if found is not None:
         run_id = found.info.run_id
-        client.update_run(run_id, status="RUNNING")
     else:
         run_id = client.create_run(op["experiment_id"], run_name=op["name"], tags=op["tags"])
         run_id = run_id.info.run_id
@@ -74,9 +88,56 @@ def _open_run(run: BoundRun, client, op: dict[str, Any]) -> None:
         params = [Param(k, v) for k, v in sorted(op["params"].items())]
         client.log_batch(run_id, params=params)
     client.log_batch(run_id, tags=_tag_list(op["run_tags"]))
+    session = op.get("session", 0)
+    verdict = _verdict(client, op["parent_run_id"], op["trial_id"])
+    if verdict is not None and verdict.get("session", 0) >= session:
+        _close_as(client, client.get_run(run_id), verdict)  # the driver's word came first
+    elif found is None or found.info.status == "RUNNING" or _status_session(found) < session:
+        _set_status(client, run_id, "RUNNING", session)
     run.run_id = run_id
     run.logged_steps = {int(m.step) for m in client.get_metric_history(run_id, "epoch")}
     run.opened.set()
+
+
+def _status_session(found) -> int:
+    """The session whose write last set a run's status (0: written before sessions)."""
+    return int(found.data.tags.get(store.STATUS_SESSION_TAG, 0))
+
+
+def _set_status(client, run_id: str, status: str, session: int) -> None:
+    client.set_tag(run_id, store.STATUS_SESSION_TAG, str(session))
+    if status == "RUNNING":
+        client.update_run(run_id, status="RUNNING")
+    else:
+        client.set_terminated(run_id, status=status)
+
+
+def _verdict(client, parent_run_id: str, trial_id: str) -> dict[str, Any] | None:
+    """The driver's word on how a trial ended, kept on its sweep run (None: not given yet)."""
+    saved = client.get_run(parent_run_id).data.tags.get(store.VERDICT_PREFIX + trial_id)
+    return json.loads(saved) if saved else None
+
+
+def _record_verdicts(client, parent_run_id: str, verdicts: Mapping[str, Mapping]) -> None:
+    tags = {store.VERDICT_PREFIX + t: json.dumps(v, sort_keys=True) for t, v in verdicts.items()}
+    if tags:
+        client.log_batch(parent_run_id, tags=_tag_list(tags))
+
+
+def _close_as(client, trial, verdict: Mapping[str, Any]) -> None:
+    """End a trial's run as the driver saw its trial end: KILLED only closes a RUNNING run;
+    FINISHED (and stopped_early, unless the trial said it) and FAILED always apply."""
+    status = verdict["status"]
+    if status == "KILLED" and trial.info.status != "RUNNING":
+        return
+    stopped = verdict.get("stopped_early")
+    if stopped is not None and "stopped_early" not in trial.data.tags:
+        tags = {"stopped_early": str(stopped).lower()}
+        if stopped:
+            tags["stopped_by"] = "scheduler (ASHA)"
+        client.log_batch(trial.info.run_id, tags=_tag_list(tags))
+    if trial.info.status != status:
+        _set_status(client, trial.info.run_id, status, verdict.get("session", 0))
 
 
 def _use_run(run: BoundRun, client, op: dict[str, Any]) -> None:
@@ -101,7 +162,32 @@ def _set_tags(run: BoundRun, client, op: dict[str, Any]) -> None:
 
 
 def _log_artifact(run: BoundRun, client, op: dict[str, Any]) -> None:
-    client.log_artifact(run.run_id, run.stashed(op, op["name"]), op["artifact_path"])
+    source = run.stashed(op, op["name"])
+    if not _linked_into_local_store(client, run.run_id, source, op["artifact_path"]):
+        client.log_artifact(run.run_id, source, op["artifact_path"])
+
+
+def _linked_into_local_store(client, run_id: str, source: str, artifact_path: str | None) -> bool:
+    """A file logged to a run whose artifacts are a local folder (a SQLite store's mlartifacts)
+    becomes a hard link there, which writes no bytes (MLflow would copy them); False where its
+    artifacts are elsewhere (a server, another file system): MLflow uploads it."""
+    where = urllib.parse.urlparse(client.get_run(run_id).info.artifact_uri)
+    if where.scheme not in ("", "file"):
+        return False
+    folder = Path(urllib.parse.unquote(where.path)) / (artifact_path or "")
+    target = folder / Path(source).name
+    link = folder / f".{target.name}.{os.getpid()}.link"
+    try:
+        if target.exists() and target.samefile(source):
+            return True  # a retried write: the link is there
+        folder.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        os.link(source, link)
+        os.replace(link, target)
+    except OSError:
+        link.unlink(missing_ok=True)
+        return False
+    return True
 
 
 def _register(run: BoundRun, client, op: dict[str, Any]) -> None:
@@ -137,35 +223,44 @@ def _registered_version(client, name: str, run_id: str, artifact_path: str):
 
 
 def _terminate(run: BoundRun, client, op: dict[str, Any]) -> None:
-    client.set_terminated(run.run_id, status=op["status"])
+    """The trial's own end (FINISHED at its last epoch, FAILED): it always applies."""
+    _set_status(client, run.run_id, op["status"], op.get("session", 0))
+
+
+def _verdict_of(op: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "status": op["status"],
+        "stopped_early": op["stopped_early"],
+        "session": op.get("session", 0),
+    }
 
 
 def _close_trial(run: BoundRun, client, op: dict[str, Any]) -> None:
-    """Close a trial's run its trial left open (the sweep's outbox, on the driver's word)."""
+    """The driver's word on a trial that ended (the sweep's outbox): kept on the sweep run and
+    applied to the trial's run (if it exists yet: else its "open" applies it)."""
+    verdict = _verdict_of(op)
+    _record_verdicts(client, run.run_id, {op["trial_id"]: verdict})
     trial = store.trial_run(client, op["experiment_id"], run.run_id, op["trial_id"])
-    if trial is None or trial.info.status != "RUNNING":
-        return
-    if op["stopped_early"] is not None and "stopped_early" not in trial.data.tags:
-        client.set_tag(trial.info.run_id, "stopped_early", str(op["stopped_early"]).lower())
-        if op["stopped_early"]:
-            client.set_tag(trial.info.run_id, "stopped_by", "scheduler (ASHA)")
-    client.set_terminated(trial.info.run_id, status=op["status"])
+    if trial is not None:
+        _close_as(client, trial, verdict)
 
 
 def _finish_sweep(run: BoundRun, client, op: dict[str, Any]) -> None:
-    """Record the best trial on the sweep run, close child runs left open, close the sweep run."""
+    """Record the best trial on the sweep run, end every trial's run as the driver saw it end
+    (a run of a trial it has no word on and still RUNNING: KILLED), close the sweep run."""
     if op["best_trial_id"]:
         client.set_tag(run.run_id, "best_trial_id", op["best_trial_id"])
         child = store.trial_run(client, op["experiment_id"], run.run_id, op["best_trial_id"])
         if child is not None:
             client.set_tag(run.run_id, "best_run_id", child.info.run_id)
         log_metrics(client, run.run_id, op["best_metrics"], step=0)
-    ended = set(op.get("ended", ()))
+    session = op.get("session", 0)
+    verdicts = op.get("verdicts") or {t: {"status": "FINISHED"} for t in op.get("ended", ())}
+    verdicts = {t: {"stopped_early": None, **v, "session": session} for t, v in verdicts.items()}
+    _record_verdicts(client, run.run_id, verdicts)
+    left_open = {"status": "KILLED", "session": session}
     for child in store.child_runs(client, op["experiment_id"], run.run_id):
-        if child.info.status == "RUNNING":
-            trial_id = child.data.tags.get(store.TRIAL_TAG)
-            status = "FINISHED" if trial_id in ended else "KILLED"
-            client.set_terminated(child.info.run_id, status=status)
+        _close_as(client, child, verdicts.get(child.data.tags.get(store.TRIAL_TAG), left_open))
     client.set_terminated(run.run_id, status=op["status"])
 
 

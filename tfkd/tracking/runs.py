@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ class TrackingContext:
     child_tags: tuple[tuple[str, str], ...] = ()  # extra tags of every child run
     outbox_root: str = ""  # local folder for the sweep run's unsent writes (the experiment's)
     system_metrics: bool = False  # each trial logs CPU, memory (and GPU) use as system/...
+    session: int = 1  # the sweep's first start is session 1, each --resume the next
 
 
 # ---------------------------------------------------------------- the sweep (parent run)
@@ -63,11 +64,13 @@ def start_sweep(
     experiment_id = store.ensure_experiment(uri, experiment)
     client = store.mlflow_client(uri)
     parent = store.newest_run_named(client, experiment_id, kind, run_name) if resume else None
+    session = 1
     if parent is None:
         all_tags = {
             **tags,
             "mlflow.runName": run_name,
             store.KIND_TAG: kind,
+            store.SESSION_TAG: session,
             "git_commit": store.git_commit(),
         }
         parent = client.create_run(
@@ -76,6 +79,8 @@ def start_sweep(
             tags={k: str(v) for k, v in all_tags.items() if v != ""},
         )
     else:
+        session = int(parent.data.tags.get(store.SESSION_TAG, 1)) + 1
+        client.set_tag(parent.info.run_id, store.SESSION_TAG, str(session))
         client.update_run(parent.info.run_id, status="RUNNING")
     return TrackingContext(
         uri=uri,
@@ -87,6 +92,7 @@ def start_sweep(
         child_tags=tuple(sorted((child_tags or {}).items())),
         outbox_root=outbox_root,
         system_metrics=system_metrics,
+        session=session,
     )
 
 
@@ -143,12 +149,12 @@ def finish_sweep(
     best_trial_id: str | None,
     best_metrics: Mapping[str, Any] | None,
     status: str = "FINISHED",
-    ended: Sequence[str] = (),
+    verdicts: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> bool:
-    """Record the best trial on the parent run, close runs left open, close the parent.
+    """Record the best trial on the parent run, end the trials' runs, close the parent.
 
-    A run left open is FINISHED when its trial is in `ended` (the driver saw it end), else
-    KILLED.
+    `verdicts` are how the driver saw each trial end ({trial id: {"status", "stopped_early"}});
+    a run of a trial without one that is still open ends KILLED (tfkd.tracking.ops).
 
     Sent through the sweep's outbox: False when the tracking server did not take it in time
     (it stays on disk for `replay`).
@@ -163,7 +169,8 @@ def finish_sweep(
             "best_trial_id": best_trial_id,
             "best_metrics": numeric(best_of_sweep(best_metrics)),
             "status": status,
-            "ended": list(ended),
+            "verdicts": {t: dict(v) for t, v in (verdicts or {}).items()},
+            "session": context.session,
         }
     )
     del _SWEEP_BOXES[context.parent_run_id]
@@ -223,5 +230,6 @@ def close_trial_run(
                 "trial_id": trial_id,
                 "status": status,
                 "stopped_early": stopped_early,
+                "session": context.session,
             }
         )

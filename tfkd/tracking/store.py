@@ -22,6 +22,14 @@ from tfkd.core.errors import UserError
 
 KIND_TAG = "tfkd.kind"
 TRIAL_TAG = "tfkd.ray_trial_id"
+# A sweep's sessions: the first start is session 1, each --resume the next (on the sweep run).
+SESSION_TAG = "tfkd.session"
+# On a trial's run: the session whose write last set its status (an older one's "open" that
+# arrives late never re-opens a run its own session has closed).
+STATUS_SESSION_TAG = "tfkd.status_session"
+# On a sweep run, one per trial: how the driver saw the trial end ({"status", "stopped_early",
+# "session"} as JSON), so a trial's run created after the driver's word still ends as it says.
+VERDICT_PREFIX = "tfkd.trial_end."
 # the kinds of run (values of KIND_TAG)
 SWEEP, TRIAL = "sweep", "trial"
 REPRODUCTION_SET, REPRODUCTION = "reproduction-set", "reproduction"

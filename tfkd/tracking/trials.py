@@ -107,6 +107,7 @@ class TrialTracker:
             "experiment_id": context.experiment_id,
             "parent_run_id": context.parent_run_id,
             "trial_id": trial_id,
+            "session": context.session,
             "name": trial_name,
             "tags": tags,
             "params": {k: str(v) for k, v in config.items()},
@@ -139,7 +140,8 @@ class TrialTracker:
             self._put_registration(checkpoint_dir, TEACHER_ARTIFACT, tags)
 
     def _put_registration(self, checkpoint_dir: str, artifact_path: str, tags: dict) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
+        # exported beside the outbox, so that queueing it links the file instead of copying it
+        with tempfile.TemporaryDirectory(dir=self.outbox.folder) as tmp:
             weights = checkpoint.export_weights(checkpoint_dir, Path(tmp) / checkpoint.WEIGHTS_FILE)
             alias = artifact_path.rpartition("/")[2] if tags["kind"] == "snapshot" else None
             self.outbox.put(
@@ -180,7 +182,9 @@ class TrialTracker:
             if tags:
                 self.outbox.put({"op": "tags", "tags": dict(tags)})
             if status:
-                self.outbox.put({"op": "terminate", "status": status})
+                self.outbox.put(
+                    {"op": "terminate", "status": status, "session": self.context.session}
+                )
         return self.outbox.close(self.flush_seconds)
 
     def _put_results(self) -> None:
