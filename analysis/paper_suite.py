@@ -41,6 +41,7 @@ FORWARDED_RESOURCES = (
     "gpus_per_trial",
     "cpus_per_trial",
     "max_concurrent",
+    "workers_per_trial",
     "address",
     "storage",
     "mlflow_uri",
