@@ -293,7 +293,7 @@ def mark_done(steps: Sequence[Step], uri: str) -> list[Step]:
     return [replace(step, done=finished(mlflow_client, step)) for step in steps]
 
 
-# ---------------------------------------------------------------- ImageNet (the seed's ImageNet_train)
+# ---------------------------------------------------------- ImageNet (the seed's ImageNet_train)
 
 # The seed's ImageNet experiments (ImageNet_train/readme.md) as (paper's model, mode, teacher):
 # planned whether or not analysis/paper_results.csv has rows for them.
@@ -369,7 +369,10 @@ def show(steps: Sequence[Step], dataset: str) -> None:
     say(f"paper suite for {dataset}: {len(steps)} steps, {done} already done (skipped)")
     for number, step in enumerate(steps, start=1):
         note = f"  # {step.note}" if step.note else ""
-        print(f"{number:3d}. [{'skip: done' if step.done else 'run'}] {step.command}{note}")
+        print(
+            f"{number:3d}. [{'skip: done' if step.done else 'run'}] {step.command}{note}",
+            flush=True,
+        )
 
 
 def execute(steps: Sequence[Step]) -> int:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import csv
 import json
-import statistics
 import shlex
+import statistics
 import subprocess
 import sys
 import time
