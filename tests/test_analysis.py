@@ -482,8 +482,9 @@ def test_paper_suite_dry_run_orders_and_skips(tmp_path, capsys):
     assert len(reproductions) == len([line for line in lines if "--mode kd" in line]) + len(dekd)
 
 
-def imagenet_plan_lines(capsys, uri: str) -> list[str]:
-    assert paper_suite.main(["--dataset", "imagenet", "--mlflow-uri", uri, "--dry-run"]) == 0
+def imagenet_plan_lines(capsys, uri: str, *extra: str) -> list[str]:
+    argv = ["--dataset", "imagenet", "--mlflow-uri", uri, "--dry-run", *extra]
+    assert paper_suite.main(argv) == 0
     return [line for line in capsys.readouterr().out.splitlines() if ". [run]" in line]
 
 
@@ -510,7 +511,8 @@ def test_paper_suite_plans_the_seeds_imagenet_experiments_with_or_without_paper_
         "--teacher resnext101_32x8d@torchvision --dataset",
         "tfkd_reg": "--mode tfkd_reg --model tv_resnext101_32x8d --dataset",
     }
-    lines = imagenet_plan_lines(capsys, uri)
+    lines = imagenet_plan_lines(capsys, uri, "--workers-per-trial", "8")
+    assert all("--workers-per-trial 8" in line for line in lines)  # sweeps and reproductions
     for mode, words in resnext.items():
         (line,) = [line for line in lines if words in line]
         assert paper_csv_value("resnext101_32x8d", mode) in line
