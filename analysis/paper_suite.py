@@ -41,6 +41,7 @@ FORWARDED_RESOURCES = (
     "gpus_per_trial",
     "cpus_per_trial",
     "max_concurrent",
+    "workers_per_trial",
     "address",
     "storage",
     "mlflow_uri",
@@ -50,7 +51,8 @@ FORWARDED_RESOURCES = (
 def build_parser() -> Parser:
     from tfkd.cli.flags import add_resource_args
 
-    datasets = sorted({row.dataset for row in paper.load()} & set(data.names()))
+    paper_datasets = {row.dataset for row in paper.load()} | set(DATASET_PLANS)
+    datasets = sorted(paper_datasets & set(data.names()))
     parser = Parser(prog=PROG, description=__doc__.split("\n")[0])
     what = parser.add_argument_group("which comparison")
     what.add_argument("--dataset", required=True, choices=datasets, help="the paper's dataset")
@@ -103,6 +105,7 @@ class Step:
     kind: str
     argv: tuple[str, ...]
     done: bool = False
+    note: str = ""  # what the step is compared with (the paper's value), shown in the plan
 
     @property
     def command(self) -> str:
@@ -290,6 +293,74 @@ def mark_done(steps: Sequence[Step], uri: str) -> list[Step]:
     return [replace(step, done=finished(mlflow_client, step)) for step in steps]
 
 
+# ---------------------------------------------------------- ImageNet (the seed's ImageNet_train)
+
+# The seed's ImageNet experiments (ImageNet_train/readme.md) as (paper's model, mode, teacher):
+# planned whether or not analysis/paper_results.csv has rows for them.
+SEED_IMAGENET = (
+    ("resnet18", "tfkd_self", paper.SELF),
+    ("resnet18", "kd", "densenet121"),
+    ("resnext101_32x8d", "tfkd_self", paper.SELF),
+    ("resnet18", "tfkd_reg", ""),
+    ("resnext101_32x8d", "tfkd_reg", ""),
+    ("resnet18", "lsr", ""),
+    ("densenet121", "lsr", ""),
+)
+
+
+def imagenet_experiments() -> list[tuple[str, str, str]]:
+    """The paper's ImageNet rows and the seed's experiments, plus the baseline of every student
+    (what each is compared with), baselines first."""
+    rows = [(r.model, r.mode, r.teacher) for r in paper.rows_for("imagenet")] + list(SEED_IMAGENET)
+    students = _unique(model for model, _, _ in rows)
+    return list(dict.fromkeys([*((m, BASELINE, "") for m in students), *rows]))
+
+
+def paper_note(dataset: str, model: str, mode: str, teacher: str) -> str:
+    row = paper.match(dataset, model, mode, teacher)
+    return f"paper {row.accuracy:.2f}% ({row.table})" if row else "no paper value"
+
+
+def imagenet_step(
+    model: str, mode: str, teacher: str, args: argparse.Namespace, resources: list[str]
+) -> Step:
+    """torchvision's architecture (tv_<name>) trained with the original's ImageNet recipe;
+    teachers are torchvision's pretrained weights, as in the original (tfkd_self: its own)."""
+    source = model if teacher == paper.SELF else teacher
+    teacher_flag = ["--teacher", f"{source}@torchvision"] if source else []
+    suffix = f"-{teacher}" if teacher and teacher != paper.SELF else ""
+    step = tune_step(
+        "sweep",
+        f"{mode}-{args.dataset}-{model}{suffix}",
+        ["--mode", mode, "--model", f"tv_{model}", *teacher_flag],
+        args,
+        resources,
+    )
+    return replace(step, note=paper_note(args.dataset, model, mode, teacher))
+
+
+def imagenet_plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[Step]:
+    """The sweeps (baselines first), then their reproductions; no teacher sweeps: the teachers
+    are pretrained. Models and modes are chosen by the paper's names (resnet18, ...)."""
+    experiments = [
+        (model, mode, teacher)
+        for model, mode, teacher in imagenet_experiments()
+        if (args.models is None or model in args.models)
+        and (args.modes is None or mode in args.modes)
+    ]
+    if not experiments:
+        known = ", ".join(_unique(m for m, _, _ in imagenet_experiments()))
+        raise UserError(f"no imagenet experiment for these --models / --modes; models: {known}")
+    resources = forwarded(args, parser)
+    sweeps = [imagenet_step(*e, args, resources) for e in experiments]
+    reproductions = [replace(reproduce_step(s, args, resources), note=s.note) for s in sweeps]
+    return [*sweeps, *reproductions]
+
+
+# name of a dataset -> its own planner (others: `plan`, from the paper's rows)
+DATASET_PLANS = {"imagenet": imagenet_plan}
+
+
 # ---------------------------------------------------------------- running
 
 
@@ -297,7 +368,11 @@ def show(steps: Sequence[Step], dataset: str) -> None:
     done = sum(step.done for step in steps)
     say(f"paper suite for {dataset}: {len(steps)} steps, {done} already done (skipped)")
     for number, step in enumerate(steps, start=1):
-        print(f"{number:3d}. [{'skip: done' if step.done else 'run'}] {step.command}", flush=True)
+        note = f"  # {step.note}" if step.note else ""
+        print(
+            f"{number:3d}. [{'skip: done' if step.done else 'run'}] {step.command}{note}",
+            flush=True,
+        )
 
 
 def execute(steps: Sequence[Step]) -> int:
@@ -323,7 +398,8 @@ def suite(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             "--experiment / --no-tracking: the suite gives every sweep its own "
             "MLflow experiment and needs tracking to know what is done"
         )
-    steps = mark_done(plan(args, parser), tracking_uri(args.mlflow_uri))
+    planner = DATASET_PLANS.get(args.dataset, plan)
+    steps = mark_done(planner(args, parser), tracking_uri(args.mlflow_uri))
     show(steps, args.dataset)
     return EXIT_OK if args.dry_run else execute(steps)
 

@@ -8,7 +8,9 @@ Unit tests build MLflow stores and Ray folders by hand for the cases a real swee
 
 from __future__ import annotations
 
+import csv
 import json
+import shlex
 import statistics
 import subprocess
 import sys
@@ -478,6 +480,58 @@ def test_paper_suite_dry_run_orders_and_skips(tmp_path, capsys):
     assert any("--name dekd-cifar100-mobilenet_v2-resnet18-epoch-1" in line for line in dekd)
     assert str(TUNE_MAIN) in lines[0]
     assert len(reproductions) == len([line for line in lines if "--mode kd" in line]) + len(dekd)
+
+
+def imagenet_plan_lines(capsys, uri: str, *extra: str) -> list[str]:
+    argv = ["--dataset", "imagenet", "--mlflow-uri", uri, "--dry-run", *extra]
+    assert paper_suite.main(argv) == 0
+    return [line for line in capsys.readouterr().out.splitlines() if ". [run]" in line]
+
+
+def paper_csv_value(model: str, mode: str) -> str:
+    """The paper's ImageNet value as the CSV holds it, or what the plan says without one."""
+    lines = paper.PAPER_CSV.read_text().splitlines()
+    rows = csv.DictReader(line for line in lines if not line.startswith("#"))
+    value = next(
+        (r for r in rows if (r["dataset"], r["model"], r["mode"]) == ("imagenet", model, mode)),
+        None,
+    )
+    return f"paper {float(value['accuracy']):.2f}%" if value else "no paper value"
+
+
+def test_paper_suite_plans_the_seeds_imagenet_experiments_with_or_without_paper_rows(
+    tmp_path, capsys, monkeypatch
+):
+    from tfkd.cli.parser import build_parser as tune_main_parser
+
+    uri = sqlite_uri(tmp_path)
+    resnext = {
+        "baseline": "--mode baseline --model tv_resnext101_32x8d --dataset",
+        "tfkd_self": "--mode tfkd_self --model tv_resnext101_32x8d "
+        "--teacher resnext101_32x8d@torchvision --dataset",
+        "tfkd_reg": "--mode tfkd_reg --model tv_resnext101_32x8d --dataset",
+    }
+    lines = imagenet_plan_lines(capsys, uri, "--workers-per-trial", "8")
+    assert all("--workers-per-trial 8" in line for line in lines)  # sweeps and reproductions
+    for mode, words in resnext.items():
+        (line,) = [line for line in lines if words in line]
+        assert paper_csv_value("resnext101_32x8d", mode) in line
+    assert lines.index(next(x for x in lines if resnext["baseline"] in x)) < lines.index(
+        next(x for x in lines if resnext["tfkd_self"] in x)
+    )
+    sweeps = [line.split(" [run] ")[1].split("  # ")[0] for line in lines if "tune_main" in line]
+    for command in sweeps:  # every planned sweep is a command tune_main accepts
+        args = tune_main_parser().parse_args(shlex.split(command)[2:])
+        assert args.dataset == "imagenet" and args.model.startswith("tv_")
+    assert len(lines) == 2 * len(sweeps)  # each sweep reproduced
+
+    no_imagenet = tuple(r for r in paper.load() if r.dataset != "imagenet")
+    monkeypatch.setattr(paper, "load", lambda path=paper.PAPER_CSV: no_imagenet)
+    lines = imagenet_plan_lines(capsys, uri)
+    for words in resnext.values():
+        (line,) = [line for line in lines if words in line]
+        assert line.endswith("# no paper value")
+    assert all(line.endswith("# no paper value") for line in lines)
 
 
 def test_paper_suite_bad_input(capsys, tmp_path):

@@ -3,6 +3,7 @@
 One sweep (two trials of four epochs, one at a time, real local Ray, real SQLite MLflow store) is
 interrupted with a real SIGINT to its process group three times: before Tune saved anything,
 during the first trial, and during the resume; each time the printed command is run as printed.
+A SIGTERM to the driver's pid alone (`kill PID`) ends a sweep the same way.
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ def wait_until(condition: Callable[[], bool], what: str, proc: subprocess.Popen)
 def ctrl_c(proc: subprocess.Popen, log: Path) -> list[str]:
     """Ctrl-C; the printed command's arguments (what follows `python tune_main.py`)."""
     os.killpg(proc.pid, signal.SIGINT)
+    return interrupted_command(proc, log)
+
+
+def interrupted_command(proc: subprocess.Popen, log: Path) -> list[str]:
+    """The interrupted driver's exit and its printed command's arguments."""
     assert proc.wait(timeout=240) == 130, log.read_text()[-3000:]
     said = log.read_text()
     assert "Tuner.restore" not in said, "Ray's own resume advice contradicts tfkd's"
@@ -113,3 +119,24 @@ def test_ctrl_c_before_during_and_while_resuming_then_the_printed_command_comple
     for run in trials:
         epochs = sorted(m.step for m in client.get_metric_history(run.info.run_id, "epoch"))
         assert epochs == list(range(1, EPOCHS + 1)), run.info.run_id
+
+
+def test_sigterm_to_the_driver_ends_the_sweep_as_ctrl_c_does_without_a_native_trace(tmp_path):
+    """`kill PID`: Ray's native SIGTERM handler used to print a stack trace and kill the driver
+    unsaved; now Tune stops and saves the sweep and the printed command finishes it."""
+    uri = sqlite_uri(tmp_path)
+    experiment = tmp_path / "ray_results" / "term"
+    log = tmp_path / "term.log"
+    driver = start(cli_args(SWEEP, name="term", mlflow_uri=uri), tmp_path, log)
+    wait_until(lambda: checkpoint_count(experiment) >= 1, "a first checkpoint", driver)
+    os.kill(driver.pid, signal.SIGTERM)
+    argv = interrupted_command(driver, log)
+    said = log.read_text()
+    assert "SIGTERM received" not in said and "logging.cc" not in said, said[-3000:]
+    assert "--resume" in argv and "term" in argv
+    assert list(experiment.glob("experiment_state*.json")), "Tune did not save the sweep"
+    assert [r.info.status for r in runs_of_kind(uri, EXPERIMENT, "sweep")] == ["KILLED"]
+
+    done = tune_main(*argv, cwd=tmp_path)
+    assert_ok(done)
+    assert done.stdout.split("[tfkd] term:")[-1].count(f"{EPOCHS}/{EPOCHS}") == 2

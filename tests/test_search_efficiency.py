@@ -93,7 +93,8 @@ def test_grid_space_file_is_a_valid_space_of_choices(tmp_path):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("search_efficiency")
-    argv = ["--smoke-test", "--modes", "tfkd_reg", "--out", str(tmp / "out")]
+    argv = ["--smoke-test", "--modes", "tfkd_reg", "--methods", "random", "tpe", "gp"]
+    argv += ["--out", str(tmp / "out")]
     done = subprocess.run(
         [sys.executable, str(SCRIPT), *argv, "--workdir", str(tmp / "work")],
         cwd=REPO,
@@ -117,7 +118,7 @@ def ray_recorded_epochs(experiment: Path) -> int:
 def test_smoke_run_counts_the_epochs_ray_recorded(smoke_run):
     (result,) = smoke_run["document"]["results"]
     runs = {(s["method"], s["seed"]): s for s in result["summaries"]}
-    assert set(runs) == {("grid", None), ("random", 0), ("tpe", 0)}
+    assert set(runs) == {("grid", None), ("random", 0), ("tpe", 0), ("gp", 0)}
     assert (runs["grid", None]["trials"], runs["grid", None]["trial_epochs"]) == (2, 4)
     assert result["grid_compute"] == 4
     for (method, seed), summary in runs.items():

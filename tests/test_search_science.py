@@ -267,3 +267,61 @@ def test_setting_both_weights_fixes_them_and_the_originals_keys_follow():
 def test_the_default_sweep_judges_on_the_schedule_and_grace_period_is_geometric():
     assert plan_of().rungs == (lr_drops(30)[1] + 1,)
     assert plan_of("--grace-period", "2").rungs == ()
+
+
+# ---------------------------------------------------------------- the GP sampler (--search-alg gp)
+
+
+def gp_study(search_seed: int):
+    """Eight trials told to the `--search-alg gp` searcher one after the other, as Tune tells
+    them; the third stopped at epoch 1 (as ASHA stops one). Returns the study and the configs."""
+    import math
+
+    from tfkd.sweep.spec import METRIC, MODE, SweepSpec, param_space
+
+    plan = plan_of("--search-alg", "gp")
+    spec = SweepSpec(
+        name="gp",
+        base_config=plan.config,
+        space=plan.space,
+        search_alg="gp",
+        num_samples=8,
+        search_seed=search_seed,
+        first_point=plan.first_point,
+    )
+    searcher = tuner.searcher(spec)
+    searcher.set_search_properties(METRIC, MODE, param_space(spec))
+    configs = []
+    for number in range(8):
+        config = searcher.suggest(f"t{number}")
+        configs.append({k: config[k] for k in plan.space.params})
+        # any smooth score with an optimum inside the space
+        kl, temperature = config["kl_weight"], config["temperature"]
+        score = 90 - (math.log(kl) - 1) ** 2 - (temperature - 8) ** 2 / 9
+        epoch = 1 if number == 2 else spec.epochs
+        searcher.on_trial_complete(f"t{number}", {METRIC: score, "epoch": epoch})
+    return searcher._ot_study, configs
+
+
+def test_the_gp_sampler_proposes_from_its_model_after_its_start_up_trials_seeded():
+    import optuna
+    from optuna.trial import TrialState
+
+    study, configs = gp_study(search_seed=3)
+    assert isinstance(study.sampler, optuna.samplers.GPSampler)
+    trials = sorted(study.trials, key=lambda t: t.number)
+    startup = tuner.startup_trials(8)
+    from_model = [t.number for t in trials if "gp:relative_params:0" in t.system_attrs]
+    assert from_model == list(range(startup, 8))  # the preset and start-up draws are not
+    assert configs[0] == plan_of().first_point  # the preset is the first point
+    assert [t.state for t in trials].count(TrialState.PRUNED) == 1
+    assert trials[2].state == TrialState.PRUNED and list(trials[2].intermediate_values) == [1]
+    assert gp_study(search_seed=3)[1] == configs  # --search-seed makes it repeatable
+    assert gp_study(search_seed=4)[1][startup:] != configs[startup:]
+
+
+def test_every_search_alg_the_command_line_offers_has_a_searcher():
+    from tfkd.cli.parser import build_parser
+
+    (action,) = [a for a in build_parser()._actions if a.dest == "search_alg"]
+    assert set(action.choices) == set(tuner.SEARCHERS)

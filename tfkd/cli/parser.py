@@ -131,9 +131,10 @@ def build_parser(registries: bool = True) -> argparse.ArgumentParser:
     )
     how.add_argument(
         "--search-alg",
-        choices=("optuna", "random", "grid"),
+        choices=("optuna", "gp", "random", "grid"),
         default="optuna",
-        help="optuna (multivariate TPE seeded by --search-seed; default), random or grid",
+        help="optuna (multivariate TPE seeded by --search-seed; default), gp (Optuna's "
+        "Gaussian-process sampler, seeded alike), random or grid",
     )
     how.add_argument(
         "--fixed",

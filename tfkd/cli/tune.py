@@ -203,6 +203,7 @@ def run_prepared(prepared: Prepared) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    cluster.treat_sigterm_as_ctrl_c()
     progress.configure_driver(args.verbose)
     try:
         prepared = prepare(args)

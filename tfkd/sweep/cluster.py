@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +29,30 @@ from tfkd.sweep import status as progress
 
 if TYPE_CHECKING:
     import torch
+
+# ---------------------------------------------------------------- SIGTERM, as Ctrl-C
+
+
+def _sigterm_as_ctrl_c(signum, frame) -> None:  # noqa: ANN001
+    """Whatever Ctrl-C does at this moment: Tune's graceful stop while it runs, else
+    KeyboardInterrupt (also when SIGINT is ignored, as in a shell's background job)."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
+
+
+def treat_sigterm_as_ctrl_c() -> None:
+    """Make SIGTERM (`kill PID`, a scheduler's stop) end the driver as Ctrl-C does.
+
+    `ray.init` installs Ray's native failure handler for SIGTERM (its logging.cc), which prints
+    a native stack trace and kills the driver without Tune saving the sweep; so this runs at the
+    driver's start and again after each `ray.init`. Signal handlers belong to the main thread.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
+
 
 # ---------------------------------------------------------------- joining the cluster
 
@@ -69,7 +95,8 @@ def check_cluster_reachable(address: str, timeout: float = 3.0) -> None:
 
 
 def connect(address: str | None, *, num_cpus: int | None = None) -> str:
-    """Join an existing cluster (token authentication handled) or start a local Ray."""
+    """Join an existing cluster (token authentication handled) or start a local Ray; SIGTERM
+    then still ends the driver as Ctrl-C does."""
     import ray
 
     target = cluster_address(address)
@@ -81,6 +108,7 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> str:
             configure_logging=True,
             logging_level="WARNING",
         )
+        treat_sigterm_as_ctrl_c()
         watchdog.start_for(os.getpid())  # a killed driver's local Ray is stopped with it
         return "local"
     check_cluster_reachable(target)
@@ -92,6 +120,7 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> str:
             "cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN"
         )
         raise UserError(f"cannot join the Ray cluster at {target}: {hint}") from exc
+    treat_sigterm_as_ctrl_c()
     return target
 
 

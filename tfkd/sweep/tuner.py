@@ -1,4 +1,4 @@
-"""Ray Tune sweeps: Optuna (TPE) or random/grid search, ASHA early stopping, fractional GPUs.
+"""Ray Tune sweeps: Optuna (TPE or GP) or random/grid search, ASHA early stopping, fractional GPUs.
 
 A sweep is a spec (tfkd.sweep.spec) run as one Tune experiment: the searcher and scheduler it
 names, the trainable (tfkd.sweep.trainable) with the resources each trial asks for, the driver's
@@ -80,35 +80,79 @@ def startup_trials(num_samples: int) -> int:
     return max(1, num_samples // 8)
 
 
-def searcher(spec: SweepSpec):
-    """Optuna's multivariate TPE seeded by --search-seed, starting from the preset; or random/grid.
+def _first_points(spec: SweepSpec) -> list[dict[str, Any]] | None:
+    return [spec.first_point] if spec.first_point and spec.space.params else None
 
-    TPE models from `startup_trials(num_samples)` finished trials on (pruned ones included, by
-    their intermediate values).
-    """
-    points = [spec.first_point] if spec.first_point and spec.space.params else None
-    if spec.fixed or spec.search_alg == "grid":
-        return BasicVariantGenerator(max_concurrent=_concurrency(spec) or 0)
-    if spec.search_alg == "random":
-        return BasicVariantGenerator(
-            points_to_evaluate=points,
-            random_state=spec.search_seed,
-            max_concurrent=_concurrency(spec) or 0,
-        )
+
+def _grid_searcher(spec: SweepSpec):
+    return BasicVariantGenerator(max_concurrent=_concurrency(spec) or 0)
+
+
+def _random_searcher(spec: SweepSpec):
+    return BasicVariantGenerator(
+        points_to_evaluate=_first_points(spec),
+        random_state=spec.search_seed,
+        max_concurrent=_concurrency(spec) or 0,
+    )
+
+
+def _tpe_sampler(spec: SweepSpec):
+    """Multivariate TPE; constant_liar keeps concurrent proposals apart."""
+    import optuna
+
+    return optuna.samplers.TPESampler(
+        seed=spec.search_seed,
+        multivariate=True,
+        n_startup_trials=startup_trials(spec.num_samples),
+        constant_liar=True,  # concurrent proposals do not all land on one point
+    )
+
+
+def _gp_sampler(spec: SweepSpec):
+    """Optuna's Gaussian-process sampler (log-expected improvement, made for small budgets on
+    continuous spaces). It models the COMPLETE trials only (pruned ones are not in its model)
+    and takes the running trials into account itself."""
+    import optuna
+
+    return optuna.samplers.GPSampler(
+        seed=spec.search_seed,
+        n_startup_trials=startup_trials(spec.num_samples),
+        warn_independent_sampling=False,
+    )
+
+
+# --search-alg name -> the Optuna sampler it searches with (through _OptunaSearch)
+OPTUNA_SAMPLERS = {"optuna": _tpe_sampler, "gp": _gp_sampler}
+
+
+def _optuna_searcher(spec: SweepSpec):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # multivariate TPE and constant_liar are experimental
-        sampler = optuna.samplers.TPESampler(
-            seed=spec.search_seed,
-            multivariate=True,
-            n_startup_trials=startup_trials(spec.num_samples),
-            constant_liar=True,  # concurrent proposals do not all land on one point
-        )
-        alg = _OptunaSearch(spec.epochs, sampler=sampler, points_to_evaluate=points)
+        warnings.simplefilter("ignore")  # multivariate TPE, constant_liar, GP are experimental
+        sampler = OPTUNA_SAMPLERS[spec.search_alg](spec)
+        alg = _OptunaSearch(spec.epochs, sampler=sampler, points_to_evaluate=_first_points(spec))
     limit = _concurrency(spec)
     return ConcurrencyLimiter(alg, max_concurrent=limit) if limit else alg
+
+
+# --search-alg name -> its searcher; --fixed is a grid of one point
+SEARCHERS = {
+    "grid": _grid_searcher,
+    "random": _random_searcher,
+    **dict.fromkeys(OPTUNA_SAMPLERS, _optuna_searcher),
+}
+
+
+def searcher(spec: SweepSpec):
+    """The --search-alg's searcher, seeded by --search-seed and starting from the preset:
+    Optuna's multivariate TPE (`optuna`, the default) or GP sampler (`gp`), random or grid.
+
+    The Optuna samplers model from `startup_trials(num_samples)` finished trials on; trials ASHA
+    stopped are told to the study as pruned, with their intermediate values (TPE models them).
+    """
+    return SEARCHERS["grid" if spec.fixed else spec.search_alg](spec)
 
 
 class _OptunaSearch(OptunaSearch):
@@ -226,7 +270,6 @@ def _tuner(spec: SweepSpec, packed: Mapping[str, Any]) -> tune.Tuner:
         search_alg=searcher(spec),
         scheduler=asha,
         num_samples=1 if spec.fixed else spec.num_samples,
-        max_concurrent_trials=_concurrency(spec) if spec.search_alg != "optuna" else None,
         reuse_actors=False,
         trial_name_creator=callbacks.trial_namer(spec),
         trial_dirname_creator=callbacks.trial_dirname,
