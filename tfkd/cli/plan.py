@@ -75,7 +75,7 @@ def _base_config(
         "seed": args.seed,
         "teacher": teacher,
         **{k: v for k, v in {**space.defaults, **preset}.items() if k not in decided},
-        **_protocol_config(args.protocol),
+        **protocol_config(args.protocol),
         **extra,
         **overrides,
     }
@@ -136,7 +136,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     )
 
 
-def _protocol_config(name: str) -> dict[str, Any]:
+def protocol_config(name: str) -> dict[str, Any]:
     """The trial config keys a protocol sets: its name, and no validation split when it trains
     on the full training set (a --set val_fraction beside it is refused by the config)."""
     return {
