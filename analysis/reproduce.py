@@ -9,8 +9,8 @@ keeps the sweep's validation split, which chooses the epoch whose weights are te
 the end; `paper` trains on the full training set, tests every epoch and reports the maximum
 (`paper_test_accuracy`), as the original did. All (config, seed) pairs run as ONE Ray Tune run
 through tfkd.sweep.tuner.run_configs, with tune_main's resource flags (fractional GPUs,
---address, ...); `--resume` continues an interrupted one. Every pair is an MLflow run of kind "reproduction" under a "reproduction-set"
-run named reproduce-<sweep> (reproduce-<sweep>-paper under the paper's protocol), in the
+--address, ...); `--resume` continues an interrupted one. Every pair is an MLflow run of kind
+"reproduction" under a "reproduction-set" run named reproduce-<sweep> (reproduce-<sweep>-paper under the paper's protocol), in the
 sweep's experiment, tagged with the sweep's run id, the protocol, the config rank and a hash of
 the config. A rerun skips the pairs already FINISHED in MLflow.
 """
