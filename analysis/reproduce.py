@@ -1,7 +1,7 @@
 """Retrain a sweep's best configs from scratch with several seeds, then test each once.
 
     python -m analysis.reproduce --experiment tfkd_reg-cifar100-resnet18 --seeds 3 [--top 1]
-        [--sweep NAME]
+        [--sweep NAME] [--protocol holdout|paper]
 
 Each chosen config (see analysis.best_configs) is trained for the full schedule (`--epochs`
 overrides) with seeds 0..N-1 under `--protocol` (tfkd.core.protocol): `holdout` (the default)
@@ -10,9 +10,10 @@ the end; `paper` trains on the full training set, tests every epoch and reports 
 (`paper_test_accuracy`), as the original did. All (config, seed) pairs run as ONE Ray Tune run
 through tfkd.sweep.tuner.run_configs, with tune_main's resource flags (fractional GPUs,
 --address, ...); `--resume` continues an interrupted one. Every pair is an MLflow run of kind
-"reproduction" under a "reproduction-set" run named reproduce-<sweep> (reproduce-<sweep>-paper under the paper's protocol), in the
-sweep's experiment, tagged with the sweep's run id, the protocol, the config rank and a hash of
-the config. A rerun skips the pairs already FINISHED in MLflow.
+"reproduction" under a "reproduction-set" run named reproduce-<sweep> (reproduce-<sweep>-paper
+under the paper's protocol), in the sweep's experiment, tagged with the sweep's run id, the
+protocol, the config rank and a hash of the config. A rerun skips the pairs already FINISHED in
+MLflow.
 """
 
 from __future__ import annotations
