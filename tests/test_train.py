@@ -12,6 +12,8 @@ from tfkd.core import checkpoint, modes
 from tfkd.core.config import TrialConfig
 from tfkd.core.train import NonFiniteLossError, load_teacher, run_trial
 
+from conftest import test_accuracy_of_weights
+
 REPORTED = {
     "epoch",
     "train_loss",
@@ -104,19 +106,6 @@ def test_resumed_trial_ends_with_the_same_weights(tmp_path):
     assert resumed.metrics[0]["test_accuracy"] == straight.metrics[2]["test_accuracy"]
 
 
-def _test_accuracy_of(weights_file: Path, config: dict) -> float:
-    """The test accuracy (%) of a checkpoint's weights, read back from the file."""
-    from tfkd.core import data, models
-    from tfkd.core.evaluate import eval_loader, predict
-
-    cfg = TrialConfig.from_dict(config)
-    test = data.load(cfg.dataset, cfg.data_dir, fake_size=cfg.fake_size).test
-    model = models.build(cfg.model, 10)
-    model.load_state_dict(checkpoint.load(weights_file)["model"])
-    logits = predict(model, eval_loader(test, cfg, torch.device("cpu")), cfg, torch.device("cpu"))
-    return 100.0 * (logits.argmax(1) == test.labels).double().mean().item()
-
-
 def test_paper_protocol_reports_the_test_maximum_over_epochs_and_its_epoch(tmp_path):
     config = {"mode": "baseline", **base("fake", epochs=3, protocol="paper", val_fraction=0.0)}
     recorder = Recorder(tmp_path)
@@ -128,7 +117,7 @@ def test_paper_protocol_reports_the_test_maximum_over_epochs_and_its_epoch(tmp_p
         assert m["reported_epoch"] == tests.index(max(tests[:epoch])) + 1
     assert final["test_accuracy"] == tests[-1]  # the final epoch's, next to the maximum
     chosen = recorder.checkpoint(final["reported_epoch"])
-    assert _test_accuracy_of(chosen, config) == pytest.approx(final["paper_test_accuracy"])
+    assert test_accuracy_of_weights(chosen, config) == pytest.approx(final["paper_test_accuracy"])
 
 
 def test_holdout_tests_the_weights_of_the_epoch_the_validation_split_chose(tmp_path):
@@ -139,7 +128,7 @@ def test_holdout_tests_the_weights_of_the_epoch_the_validation_split_chose(tmp_p
     assert final["reported_epoch"] == vals.index(max(vals)) + 1
     assert all("test_accuracy" not in m for m in recorder.metrics[:-1])  # tested once, at the end
     chosen = recorder.checkpoint(final["reported_epoch"])
-    assert _test_accuracy_of(chosen, config) == pytest.approx(final["test_accuracy"])
+    assert test_accuracy_of_weights(chosen, config) == pytest.approx(final["test_accuracy"])
 
 
 def test_paper_protocol_has_no_validation_split():
