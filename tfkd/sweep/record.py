@@ -86,7 +86,7 @@ class TrialRecord:
         self.history.append({k: v for k, v in metrics.items() if _is_number(v)})
         epoch = int(metrics["epoch"])
         self.best_metric = _choosing_metric(metrics)
-        improved = int(metrics.get(REPORTED_EPOCH, epoch)) == epoch
+        improved = _is_reported(metrics, self.best_metric, self.best_accuracy)
         if improved:
             previous = self.best_epoch
             self.best_epoch = epoch
@@ -119,6 +119,14 @@ def _choosing_metric(metrics: dict[str, Any]) -> str:
     if "val_accuracy" in metrics:
         return "val_accuracy"
     return "test_accuracy" if PAPER_TEST_ACCURACY in metrics else ""
+
+
+def _is_reported(metrics: dict[str, Any], metric: str, best: float) -> bool:
+    """Whether this epoch is the one the trial reports: the trainer says so (reported_epoch);
+    metrics without it (hand-made, or an older trainer's) improve on the best so far."""
+    if REPORTED_EPOCH in metrics:
+        return int(metrics[REPORTED_EPOCH]) == int(metrics["epoch"])
+    return bool(metric) and float(metrics.get(metric, float("-inf"))) > best
 
 
 def _is_number(value: Any) -> bool:
