@@ -23,7 +23,7 @@ from tfkd.tracking.teachers import (
 )
 
 # of the best trial, as best_<name> (paper_test_accuracy: trials under the paper's protocol)
-SWEEP_METRICS = ("val_accuracy", "test_accuracy", "paper_test_accuracy", "reported_epoch")
+SWEEP_METRICS = ("val_accuracy", "test_accuracy", "paper_test_accuracy")
 
 
 @dataclass(frozen=True)
