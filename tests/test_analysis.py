@@ -645,8 +645,6 @@ def test_reproductions_are_logged_and_linked(pipeline):
     client = pipeline["client"]
     sweep_run = runs_of_kind(client, SWEEP, "sweep")[0]
     runs = runs_of_kind(client, SWEEP, "reproduction")
-    assert len(runs) == SEEDS
-    assert {r.data.params["seed"] for r in runs} == {str(s) for s in range(SEEDS)}
     holdout = [r for r in runs if r.data.tags["protocol"] == "holdout"]
     assert len(holdout) == SEEDS and len(runs) == SEEDS + PAPER_SEEDS
     assert {r.data.params["seed"] for r in holdout} == {str(s) for s in range(SEEDS)}
