@@ -1,4 +1,4 @@
-"""Retrain a sweep's best configs from scratch with several seeds, then test each once.
+"""Retrain a sweep's best configs from scratch with several seeds, tested as --protocol says.
 
     python -m analysis.reproduce --experiment tfkd_reg-cifar100-resnet18 --seeds 3 [--top 1]
         [--sweep NAME] [--protocol holdout|paper]

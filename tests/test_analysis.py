@@ -1,7 +1,9 @@
 """analysis/: best configs, reproductions, the report and the paper suite.
 
 End to end on digits (real data, 2 CPUs): a small sweep with tune_main.py, then best_configs,
-reproduce (2 seeds) and report, each run as a user would; rerunning reproduce skips what is done.
+reproduce (2 seeds under holdout, 1 under the paper's protocol), a 2-trial paper-protocol sweep
+ranked on the test maximum, and report, each run as a user would; rerunning reproduce skips what
+is done.
 Unit tests build MLflow stores and Ray folders by hand for the cases a real sweep cannot force
 (an early-stopped trial with the best validation accuracy) and for bad input.
 """
@@ -561,7 +563,8 @@ def test_paper_suite_bad_input(capsys, tmp_path):
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory) -> dict[str, Any]:
-    """sweep -> best_configs -> reproduce -> report -> reproduce again, on real digits."""
+    """sweep -> best_configs -> reproduce (holdout, paper) -> a paper sweep -> report ->
+    reproduce again, on real digits."""
     root = tmp_path_factory.mktemp("pipeline")
     uri, storage = sqlite_uri(root), str(root / "ray_results")
     store = ["--mlflow-uri", uri, "--storage", storage]
