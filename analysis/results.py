@@ -70,7 +70,7 @@ class Reproduction:
     test_accuracy: float  # what its protocol reports (tfkd.core.protocol: reported_metric)
     test_ece: float
     protocol: str = "holdout"
-    final_test_accuracy: float = math.nan  # the last epoch's (paper); holdout: = test_accuracy
+    final_test_accuracy: float = math.nan  # its test_accuracy metric: the last epoch's (paper)
     val_accuracy: float = math.nan  # the reported epoch's (holdout), nan without a split
 
 
