@@ -1,7 +1,9 @@
 """The paper's published accuracies (analysis/paper_results.csv) and how to find a row's number.
 
-Rows are matched by (dataset, model, mode, teacher). Teachers are written differently on the two
-sides, so both go through `teacher_key`:
+Rows are matched by (dataset, model, mode, teacher), exactly: where the paper gives one
+combination in several tables (the GoogLeNet baseline: 78.72 in T5, 78.15 in T9) the caller names
+the table, or gets `AmbiguousRow`, never the first row. Teachers are written differently on the
+two sides, so both go through `teacher_key`:
 
     paper                       tfkd tag               key
     ""  (baseline, tfkd_reg)    ""                     ""
@@ -99,12 +101,43 @@ def load(path: Path = PAPER_CSV) -> tuple[PaperRow, ...]:
     )
 
 
-def match(
+class AmbiguousRow(LookupError):
+    """The paper gives this combination in several tables; `tables` says which."""
+
+    def __init__(self, key: tuple[str, ...], tables: tuple[str, ...]) -> None:
+        super().__init__(f"the paper gives {'/'.join(key)} in tables {', '.join(tables)}")
+        self.tables = tables
+
+
+def matches(
     dataset: str, model: str, mode: str, teacher: str, rows: tuple[PaperRow, ...] | None = None
-) -> PaperRow | None:
-    """The paper's row for this combination (its first, where the paper repeats one), or None."""
+) -> list[PaperRow]:
+    """Every row of the paper for this combination, in file order (one table each)."""
     wanted = row_key(dataset, model, mode, teacher)
-    return next((row for row in (rows or load()) if row.key == wanted), None)
+    return [row for row in (rows or load()) if row.key == wanted]
+
+
+def match(
+    dataset: str,
+    model: str,
+    mode: str,
+    teacher: str,
+    table: str | None = None,
+    rows: tuple[PaperRow, ...] | None = None,
+) -> PaperRow | None:
+    """The paper's row for this combination (in `table`, when named), or None.
+
+    Raises AmbiguousRow when the paper gives the combination in several tables and `table`
+    does not say which.
+    """
+    found = [
+        row
+        for row in matches(dataset, model, mode, teacher, rows)
+        if table is None or row.table == table
+    ]
+    if len(found) > 1:
+        raise AmbiguousRow(found[0].key, tuple(row.table for row in found))
+    return found[0] if found else None
 
 
 def rows_for(dataset: str, rows: tuple[PaperRow, ...] | None = None) -> list[PaperRow]:

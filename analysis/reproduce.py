@@ -1,17 +1,19 @@
-"""Retrain a sweep's best configs from scratch with several seeds, then test each once.
+"""Retrain a sweep's best configs from scratch with several seeds, tested as --protocol says.
 
     python -m analysis.reproduce --experiment tfkd_reg-cifar100-resnet18 --seeds 3 [--top 1]
-        [--sweep NAME]
+        [--sweep NAME] [--protocol holdout|paper]
 
-Each chosen config (see analysis.best_configs) is trained on the FULL training set
-(val_fraction=0: the validation split already did its job, choosing the config) for the full
-schedule (`--epochs` overrides) with seeds 0..N-1; the trainer evaluates the test split once, at
-the last epoch. All (config, seed) pairs run as ONE Ray Tune run through
-tfkd.sweep.tuner.run_configs,
-with tune_main's resource flags (fractional GPUs, --address, ...); `--resume` continues an
-interrupted one. Every pair is an MLflow run of kind "reproduction" under a "reproduction-set"
-run named reproduce-<sweep>, in the sweep's experiment, tagged with the sweep's run id, the config
-rank and a hash of the config. A rerun skips the pairs already FINISHED in MLflow.
+Each chosen config (see analysis.best_configs) is trained for the full schedule (`--epochs`
+overrides) with seeds 0..N-1 under `--protocol` (tfkd.core.protocol): `holdout` (the default)
+keeps the sweep's validation split, which chooses the epoch whose weights are tested once, at
+the end; `paper` trains on the full training set, tests every epoch and reports the maximum
+(`paper_test_accuracy`), as the original did. All (config, seed) pairs run as ONE Ray Tune run
+through tfkd.sweep.tuner.run_configs, with tune_main's resource flags (fractional GPUs,
+--address, ...); `--resume` continues an interrupted one. Every pair is an MLflow run of kind
+"reproduction" under a "reproduction-set" run named reproduce-<sweep> (reproduce-<sweep>-paper
+under the paper's protocol), in the sweep's experiment, tagged with the sweep's run id, the
+protocol, the config rank and a hash of the config. A rerun skips the pairs already FINISHED in
+MLflow.
 """
 
 from __future__ import annotations
@@ -24,13 +26,17 @@ from typing import Any
 
 from analysis import best_configs, results, sweeps
 from analysis.common import config_hash, run_main, say, tracking_uri, typed_config
-from tfkd.cli import flags
+from tfkd.cli import flags, plan
 from tfkd.cli.flags import EXIT_FAILED, EXIT_OK, Parser, positive_int
 from tfkd.core.errors import UserError
 from tfkd.sweep import storage
 from tfkd.tracking import store
 
 PROG = "python -m analysis.reproduce"
+PROTOCOL_SAYS = {
+    "holdout": "the validation split chooses the epoch, tested once at the end",
+    "paper": "full training set, tested every epoch, the maximum reported (the test set chooses)",
+}
 SET_PREFIX = "reproduce-"
 
 
@@ -65,6 +71,7 @@ def build_parser() -> Parser:
     what.add_argument(
         "--resume", action="store_true", help="continue the interrupted reproduction of this sweep"
     )
+    flags.add_protocol_arg(what)
     best_configs.add_sweep_arg(what)
     add_resource_args(  # --experiment, --storage, --mlflow-uri, ...
         parser, experiment_help="the sweep's MLflow experiment", experiment_required=True
@@ -83,22 +90,29 @@ class Job:
 
 
 def reproduction_config(
-    config: Mapping[str, Any], *, epochs: int, seed: int, data_dir: str | None
+    config: Mapping[str, Any], *, epochs: int, seed: int, data_dir: str | None, protocol: str
 ) -> dict[str, Any]:
-    """The sweep's config on the full training set, for `epochs`, with `seed`."""
-    changes: dict[str, Any] = {"val_fraction": 0.0, "epochs": epochs, "seed": seed}
+    """The sweep's config under `protocol` (its split: the sweep's validation split under
+    holdout, none under paper), for `epochs`, with `seed`."""
+    changes: dict[str, Any] = {
+        "epochs": epochs,
+        "seed": seed,
+        **plan.protocol_config(protocol),
+    }
     if data_dir:
         changes["data_dir"] = str(Path(data_dir).expanduser().resolve())
     return typed_config({**config, **changes}, "reproduction config")
 
 
 def plan_jobs(
-    best: Sequence[sweeps.Trial], seeds: int, epochs: int, data_dir: str | None
+    best: Sequence[sweeps.Trial], seeds: int, epochs: int, data_dir: str | None, protocol: str
 ) -> list[Job]:
     jobs = []
     for rank, trial in enumerate(best, start=1):
         for seed in range(seeds):
-            config = reproduction_config(trial.config, epochs=epochs, seed=seed, data_dir=data_dir)
+            config = reproduction_config(
+                trial.config, epochs=epochs, seed=seed, data_dir=data_dir, protocol=protocol
+            )
             jobs.append(Job(rank, seed, config, config_hash(config)))
     return jobs
 
@@ -144,8 +158,10 @@ def run_name(job: Job) -> str:
     return f"#{job.rank} seed {job.seed}"
 
 
-def set_name(sweep: sweeps.Sweep) -> str:
-    return f"{SET_PREFIX}{sweep.name}"
+def set_name(sweep: sweeps.Sweep, protocol: str = "holdout") -> str:
+    """The reproduction-set run (and results folder) of a sweep under a protocol."""
+    suffix = "" if protocol == "holdout" else f"-{protocol}"
+    return f"{SET_PREFIX}{sweep.name}{suffix}"
 
 
 def link_tags(sweep: sweeps.Sweep) -> dict[str, str]:
@@ -165,12 +181,13 @@ def tracking_options(sweep: sweeps.Sweep, jobs: Sequence[Job], args: argparse.Na
         "dataset": first["dataset"],
         "model": first["model"],
         "epochs": str(first["epochs"]),
+        "protocol": first["protocol"],
         "seeds": str(args.seeds),
         "top": str(args.top),
         **link_tags(sweep),
     }
     return {
-        "run_name": set_name(sweep),
+        "run_name": set_name(sweep, args.protocol),
         "tags": tags,
         "register_teachers": False,
         "dataset": first["dataset"],
@@ -179,7 +196,7 @@ def tracking_options(sweep: sweeps.Sweep, jobs: Sequence[Job], args: argparse.Na
         "kind": store.REPRODUCTION_SET,
         "child_kind": store.REPRODUCTION,
         "child_tags": link_tags(sweep),
-        "outbox_root": storage.local_experiment_dir(args.storage, set_name(sweep)),
+        "outbox_root": storage.local_experiment_dir(args.storage, set_name(sweep, args.protocol)),
         "system_metrics": args.system_metrics,
     }
 
@@ -215,15 +232,17 @@ def run_jobs(
     progress.configure_driver(verbose=False)  # tune_main's quiet output: the trials' own in logs
 
     # a rerun trains the pairs still missing into the same folder
-    storage.check_storage(args.storage, set_name(sweep), args.resume, reuse=True)
+    name = set_name(sweep, args.protocol)
+    storage.check_storage(args.storage, name, args.resume, reuse=True)
     flags.check_system_metrics(args.system_metrics)
     if args.address:
         cluster.check_cluster_reachable(args.address)
     dataset = flags.load_dataset(jobs[0].config)
     with tracking.sweep_run(uri, experiment, **tracking_options(sweep, jobs, args)) as context:
         spec = SweepSpec(
-            name=set_name(sweep),
+            name=name,
             base_config=jobs[0].config,
+            metric=plan.sweep_metric(args.protocol, None, fixed=True)[0],  # the status column
             space=SearchSpace(path=Path(""), mode=jobs[0].config["mode"], params={}),
             tracking=context,
             trial_names=tuple(run_name(job) for job in jobs),
@@ -236,7 +255,7 @@ def run_jobs(
             label_runs(uri, context, jobs)
     say(
         f"{result.trials} reproduction runs, {result.failed} failed; MLflow run "
-        f"{set_name(sweep)} in experiment {experiment!r}"
+        f"{name} in experiment {experiment!r}"
     )
     print_accuracy_table(uri, context, experiment)
     return EXIT_FAILED if result.failed else EXIT_OK
@@ -267,7 +286,7 @@ def reproduce(args: argparse.Namespace) -> int:
     uri = tracking_uri(args.mlflow_uri)
     sweep, best = best_configs.choose(args.experiment, uri, args.storage, args.top, args.sweep)
     experiment = sweep.experiment or args.experiment
-    jobs = plan_jobs(best, args.seeds, args.epochs or sweep.epochs, args.data_dir)
+    jobs = plan_jobs(best, args.seeds, args.epochs or sweep.epochs, args.data_dir, args.protocol)
     todo = jobs if args.resume else pending(jobs, finished_pairs(uri, experiment))
     if not todo:
         say(
@@ -278,7 +297,7 @@ def reproduce(args: argparse.Namespace) -> int:
     say(
         f"reproducing {len(todo)} of {len(jobs)} (config, seed) pairs of {sweep.name}: "
         f"{len(best)} config(s) x seeds 0..{args.seeds - 1}, {todo[0].config['epochs']} epochs, "
-        "full training set, tested once at the end"
+        f"protocol {args.protocol}: {PROTOCOL_SAYS[args.protocol]}"
     )
     return run_jobs(args, uri, experiment, sweep, todo)
 

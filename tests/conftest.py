@@ -276,6 +276,27 @@ def assert_one_line(err: str, *needles: str) -> None:
         assert needle in lines[0], lines[0]
 
 
+def test_accuracy_of_weights(weights_file: str | Path, config: dict) -> float:
+    """The test accuracy (%) of a checkpoint's weights on `config`'s test split, read back from
+    the file: an independent reading of which model a run's number belongs to."""
+    import torch
+
+    from tfkd.core import checkpoint, data, models
+    from tfkd.core.config import TrialConfig
+    from tfkd.core.evaluate import eval_loader, predict
+
+    cfg = TrialConfig.from_dict(config)
+    test = data.load(cfg.dataset, cfg.data_dir, fake_size=cfg.fake_size).test
+    model = models.build(cfg.model, int(test.labels.max()) + 1)
+    model.load_state_dict(checkpoint.load(weights_file)["model"])
+    cpu = torch.device("cpu")
+    logits = predict(model, eval_loader(test, cfg.replace(device="cpu"), cpu), cfg, cpu)
+    return 100.0 * (logits.argmax(1) == test.labels).double().mean().item()
+
+
+test_accuracy_of_weights.__test__ = False  # a helper, not a test
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path

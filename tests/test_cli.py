@@ -93,6 +93,20 @@ def test_search_space_schema_errors(capsys, workdir, yaml_text, needle):
             f"--mode lsr --dataset digits --address 127.0.0.1:{free_port()}",
             ["no Ray cluster reachable"],
         ),
+        # the paper's protocol has no validation split: a search ranks on the test set only
+        # when asked for exactly that; holdout never ranks on the test set
+        (
+            "--mode lsr --dataset digits --protocol paper",
+            ["--protocol paper", "--metric paper_test_accuracy", "--fixed"],
+        ),
+        (
+            "--mode lsr --dataset digits --metric paper_test_accuracy",
+            ["--metric paper_test_accuracy", "'holdout'", "val_accuracy"],
+        ),
+        (
+            "--mode lsr --dataset digits --protocol paper --fixed --set val_fraction=0.1",
+            ["val_fraction", "protocol 'paper'", "val_fraction=0"],
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(capsys, workdir, args, needles):
@@ -178,7 +192,7 @@ def test_help_documents_every_flag_and_mode():
         "--epochs --grace-period --search-alg --fixed --seed --set --gpus-per-trial "
         "--cpus-per-trial --max-concurrent --address --storage --name --resume --data-dir "
         "--download --smoke-test --mlflow-uri --experiment --snapshot-epochs --teacher-run "
-        "--train-teacher --verbose --system-metrics"
+        "--train-teacher --verbose --system-metrics --protocol --metric"
     )
     for flag in flags.split():
         assert flag in text
@@ -196,6 +210,18 @@ def test_fixed_uses_the_original_preset():
     assert (config["temperature"], config["alpha"], config["multiplier"]) == (40, 0.1, 50.0)
     assert config["batch_size"] == 64  # an unsearched preset value is applied as well
     assert plan.fixed
+
+
+def test_the_paper_protocol_trains_on_the_full_training_set_and_ranks_as_asked():
+    plan = plan_of("--mode lsr --dataset digits --protocol paper --metric paper_test_accuracy")
+    assert plan.first_trial()["protocol"] == "paper" and plan.first_trial()["val_fraction"] == 0
+    assert plan.metric == "paper_test_accuracy"
+    assert len(plan.warnings) == 1 and "selects configurations on the test set" in plan.warnings[0]
+    fixed = plan_of("--mode lsr --dataset digits --protocol paper --fixed")
+    assert (fixed.metric, fixed.warnings) == ("paper_test_accuracy", ())  # one trial: no choice
+    holdout = plan_of("--mode lsr --dataset digits")
+    assert holdout.first_trial()["protocol"] == "holdout" and holdout.metric == "val_accuracy"
+    assert holdout.first_trial()["val_fraction"] == 0.1 and holdout.warnings == ()
 
 
 def test_set_fixes_a_searched_key():

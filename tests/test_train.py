@@ -12,6 +12,8 @@ from tfkd.core import checkpoint, modes
 from tfkd.core.config import TrialConfig
 from tfkd.core.train import NonFiniteLossError, load_teacher, run_trial
 
+from conftest import test_accuracy_of_weights
+
 REPORTED = {
     "epoch",
     "train_loss",
@@ -99,6 +101,39 @@ def test_resumed_trial_ends_with_the_same_weights(tmp_path):
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert resumed.metrics[0]["val_accuracy"] == straight.metrics[2]["val_accuracy"]
+    # the epoch the validation split chose (and its weights, tested at the end) survive too
+    assert resumed.metrics[0]["reported_epoch"] == straight.metrics[2]["reported_epoch"]
+    assert resumed.metrics[0]["test_accuracy"] == straight.metrics[2]["test_accuracy"]
+
+
+def test_paper_protocol_reports_the_test_maximum_over_epochs_and_its_epoch(tmp_path):
+    config = {"mode": "baseline", **base("fake", epochs=3, protocol="paper", val_fraction=0.0)}
+    recorder = Recorder(tmp_path)
+    final = run_trial(config, recorder)
+    tests = [m["test_accuracy"] for m in recorder.metrics]
+    assert len(tests) == 3 and not any("val_accuracy" in m for m in recorder.metrics)
+    for epoch, m in enumerate(recorder.metrics, start=1):
+        assert m["paper_test_accuracy"] == max(tests[:epoch])
+        assert m["reported_epoch"] == tests.index(max(tests[:epoch])) + 1
+    assert final["test_accuracy"] == tests[-1]  # the final epoch's, next to the maximum
+    chosen = recorder.checkpoint(final["reported_epoch"])
+    assert test_accuracy_of_weights(chosen, config) == pytest.approx(final["paper_test_accuracy"])
+
+
+def test_holdout_tests_the_weights_of_the_epoch_the_validation_split_chose(tmp_path):
+    config = {"mode": "baseline", **base("fake", epochs=3)}
+    recorder = Recorder(tmp_path)
+    final = run_trial(config, recorder)
+    vals = [m["val_accuracy"] for m in recorder.metrics]
+    assert final["reported_epoch"] == vals.index(max(vals)) + 1
+    assert all("test_accuracy" not in m for m in recorder.metrics[:-1])  # tested once, at the end
+    chosen = recorder.checkpoint(final["reported_epoch"])
+    assert test_accuracy_of_weights(chosen, config) == pytest.approx(final["test_accuracy"])
+
+
+def test_paper_protocol_has_no_validation_split():
+    with pytest.raises(ValueError, match="val_fraction.*protocol 'paper'.*val_fraction=0"):
+        TrialConfig.from_dict({"mode": "baseline", "protocol": "paper", "val_fraction": 0.1})
 
 
 def test_non_finite_loss_stops_the_trial_naming_epoch_and_step():

@@ -11,6 +11,7 @@ import importlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from tfkd.core import protocol
 from tfkd.core.errors import UserError
 from tfkd.sweep.storage import DEFAULT_STORAGE
 
@@ -176,3 +177,14 @@ def load_dataset(config: Mapping[str, Any]) -> data.Dataset:
         return train.load_dataset(TrialConfig.from_dict(config))
     except (OSError, ValueError) as exc:
         raise UserError(str(exc).splitlines()[0]) from None
+
+
+def add_protocol_arg(group: argparse._ArgumentGroup) -> None:
+    """--protocol, shared by tune_main and analysis.reproduce."""
+    lines = "; ".join(f"{n}: {protocol.get(n).description}" for n in protocol.names())
+    group.add_argument(
+        "--protocol",
+        choices=protocol.names(),
+        default="holdout",
+        help=f"which epoch's model is reported and what chooses it ({lines}); default holdout",
+    )

@@ -35,13 +35,20 @@ def print_comparison(context: Any) -> None:
     print(f"[tfkd] compare the trials in MLflow: {link}")
 
 
+# besides epoch, val and test accuracy: what the best trial's protocol reported, where it did
+PROTOCOL_METRICS = ("paper_test_accuracy", "reported_epoch")
+
+
 def _best_config_document(result: Any, plan: Plan) -> dict[str, Any]:
     config = {k: v for k, v in result.best_config.items()}
     metrics = result.best_metrics or {}
     return {
         "experiment": plan.name,
         "trial_id": result.best_trial_id,
-        "metrics": {k: metrics.get(k) for k in ("epoch", "val_accuracy", "test_accuracy")},
+        "metrics": {
+            **{k: metrics.get(k) for k in ("epoch", "val_accuracy", "test_accuracy")},
+            **{k: metrics[k] for k in PROTOCOL_METRICS if k in metrics},
+        },
         "searched": {k: config[k] for k in plan.space.params if k in config},
         "config": config,
     }

@@ -12,6 +12,7 @@ from tfkd.cli.flags import (
     positive_int,
 )
 from tfkd.cli.registries import data, models, modes
+from tfkd.core import protocol
 from tfkd.core.config import TrialConfig
 from tfkd.sweep import rungs
 
@@ -98,6 +99,8 @@ def build_parser(registries: bool = True) -> argparse.ArgumentParser:
     )
     what.add_argument("--download", action="store_true", help="download CIFAR if missing")
 
+    flags.add_protocol_arg(what)
+
     how = parser.add_argument_group("search")
     how.add_argument(
         "--search-space",
@@ -135,6 +138,14 @@ def build_parser(registries: bool = True) -> argparse.ArgumentParser:
         default="optuna",
         help="optuna (multivariate TPE seeded by --search-seed; default), gp (Optuna's "
         "Gaussian-process sampler, seeded alike), random or grid",
+    )
+    how.add_argument(
+        "--metric",
+        choices=("val_accuracy", protocol.PAPER_SWEEP_METRIC),
+        default=None,
+        help="what the search and ASHA rank trials on: val_accuracy (holdout, the default); "
+        f"under --protocol paper a search needs {protocol.PAPER_SWEEP_METRIC}, the test "
+        "split's maximum over epochs (it selects on the test set)",
     )
     how.add_argument(
         "--fixed",

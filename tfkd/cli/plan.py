@@ -15,6 +15,7 @@ import yaml
 
 from tfkd.cli import teachers
 from tfkd.cli.registries import recipe
+from tfkd.core import protocol
 from tfkd.core.config import WEIGHTS, TrialConfig
 from tfkd.core.config import keys as config_keys
 from tfkd.core.errors import UserError
@@ -74,6 +75,7 @@ def _base_config(
         "seed": args.seed,
         "teacher": teacher,
         **{k: v for k, v in {**space.defaults, **preset}.items() if k not in decided},
+        **protocol_config(args.protocol),
         **extra,
         **overrides,
     }
@@ -93,6 +95,8 @@ class Plan:
     first_point: dict[str, Any]
     fixed: bool
     rungs: tuple[int, ...] = ()  # the epochs ASHA judges at (none with --grace-period)
+    metric: str = "val_accuracy"  # what the search, ASHA and "best" rank trials on
+    warnings: tuple[str, ...] = ()  # one line each, printed before the sweep starts
 
     def first_trial(self) -> dict[str, Any]:
         """The complete config of the first trial (the preset's point of the search)."""
@@ -109,11 +113,12 @@ def make_plan(args: argparse.Namespace) -> Plan:
     config = _base_config(args, space, extra, overrides)
     first = _first_point(args, space)
     first_trial = TrialConfig.from_dict({**config, **first})  # the first trial must be valid
-    if first_trial.val_fraction == 0:
+    if first_trial.val_fraction == 0 and first_trial.protocol == "holdout":
         raise UserError(
-            "--set val_fraction=0: a sweep chooses and stops trials on the validation split, so "
-            "it needs one (e.g. 0.1); val_fraction=0 is for reproductions (analysis.reproduce)"
+            "--set val_fraction=0: a holdout sweep chooses and stops trials on the validation "
+            "split, so it needs one (e.g. 0.1); --protocol paper trains on the full training set"
         )
+    metric, warnings = sweep_metric(args.protocol, args.metric, args.fixed)
     judged_at = _rung_epochs(args, first_trial.to_dict())
     if not args.fixed:
         config = {k: v for k, v in config.items() if k not in space.sets()}
@@ -126,7 +131,51 @@ def make_plan(args: argparse.Namespace) -> Plan:
         first_point=first,
         fixed=args.fixed,
         rungs=judged_at,
+        metric=metric,
+        warnings=warnings,
     )
+
+
+def protocol_config(name: str) -> dict[str, Any]:
+    """The trial config keys a protocol sets: its name, and no validation split when it trains
+    on the full training set (a --set val_fraction beside it is refused by the config)."""
+    return {
+        "protocol": name,
+        **({"val_fraction": 0.0} if protocol.get(name).full_training_set else {}),
+    }
+
+
+def sweep_metric(name: str, asked: str | None, fixed: bool) -> tuple[str, tuple[str, ...]]:
+    """What the sweep ranks its trials on under protocol `name`, and the warning it prints.
+
+    holdout ranks on the validation accuracy. The paper's protocol has no split but the test
+    set: a search ranks on the test set's maximum only when --metric asks for exactly that,
+    and then says it selects on the test set; one --fixed trial ranks nothing.
+    """
+    rule = protocol.get(name)
+    if asked is None and rule.sweep_metrics:
+        return rule.sweep_metrics[0], ()
+    if asked is None and fixed:
+        return protocol.PAPER_SWEEP_METRIC, ()
+    if asked is None:
+        raise UserError(
+            f"--protocol {name}: a search ranks its trials on a metric and this protocol has "
+            f"no validation split; add --metric {protocol.PAPER_SWEEP_METRIC} to rank on the "
+            "test set's maximum over epochs (it selects on the test set), run one configuration "
+            "with --fixed, or search under --protocol holdout"
+        )
+    allowed = rule.sweep_metrics or (protocol.PAPER_SWEEP_METRIC,)
+    if asked not in allowed:
+        raise UserError(
+            f"--metric {asked}: protocol {name!r} ranks on {' or '.join(allowed)}; choose "
+            f"--metric {allowed[0]} or another --protocol"
+        )
+    if asked == protocol.PAPER_SWEEP_METRIC and not fixed:
+        return asked, (
+            f"warning: --metric {asked} selects configurations on the test set (the paper's "
+            "protocol): the best trial's test accuracy is optimistic, not an estimate for new data",
+        )
+    return asked, ()
 
 
 def _rung_epochs(args: argparse.Namespace, config: Mapping[str, Any]) -> tuple[int, ...]:

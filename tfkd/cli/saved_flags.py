@@ -28,8 +28,19 @@ FLAG_NAMES = {
     "num_samples": "--num-samples",
     "search_alg": "--search-alg",
     "search_space": "--search-space",
+    "protocol": "--protocol",
+    "metric": "--metric",
 }
-CONFIG_FLAGS = ("mode", "dataset", "model", "data_dir", "fake_size", "val_fraction", "split_seed")
+CONFIG_FLAGS = (
+    "mode",
+    "dataset",
+    "model",
+    "data_dir",
+    "fake_size",
+    "val_fraction",
+    "split_seed",
+    "protocol",
+)
 
 
 def sweep_flags(args: argparse.Namespace, config: Mapping[str, Any], space_text: str) -> dict:
@@ -38,6 +49,7 @@ def sweep_flags(args: argparse.Namespace, config: Mapping[str, Any], space_text:
     flags["epochs"] = config.get("epochs", args.epochs)
     flags["num_samples"] = args.num_samples
     flags["search_alg"] = args.search_alg
+    flags["metric"] = getattr(args, "metric", None)
     flags["search_space"] = hashlib.sha256(space_text.encode()).hexdigest()[:16]
     return flags
 

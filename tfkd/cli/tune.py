@@ -119,11 +119,15 @@ def _sweep_tags(
         "search_space_file": str(plan.space.path),
         "epochs": str(plan.first_trial()["epochs"]),
         "num_samples": str(args.num_samples),
+        "protocol": plan.config["protocol"],
+        "metric": plan.metric,
     }
 
 
 def announce(plan: Plan, prepared: Prepared) -> None:
     """Where the sweep goes: analysis commands and --resume take these names."""
+    for warning in plan.warnings:
+        print(f"tune_main.py: {warning}", file=sys.stderr, flush=True)
     tracked = f"MLflow experiment {plan.experiment}" if prepared.mlflow_uri else "not tracked"
     where = storage.join(prepared.args.storage, plan.name)
     print(f"[tfkd] sweep {plan.name} ({tracked}; results in {where})", flush=True)
@@ -188,6 +192,7 @@ def run_prepared(prepared: Prepared) -> int:
             grace_period=args.grace_period,
             rungs=plan.rungs,
             search_seed=args.search_seed,
+            metric=plan.metric,
             fixed=plan.fixed,
             tracking=context,
             first_point=plan.first_point,

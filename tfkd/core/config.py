@@ -71,11 +71,12 @@ _REGISTRIES = {
     "dataset": ("tfkd.core.data", "DATASETS"),
     "semantics": ("tfkd.core.losses", "KL_REDUCTIONS"),
     "loader": ("tfkd.core.data", "LOADERS"),
+    "protocol": ("tfkd.core.protocol", "PROTOCOLS"),
 }
 
 
 def registry_names(kind: str) -> list[str]:
-    """Names registered for `kind` (mode, model, dataset, semantics or loader)."""
+    """Names registered for `kind` (mode, model, dataset, semantics, loader or protocol)."""
     module, attribute = _REGISTRIES[kind]
     return getattr(importlib.import_module(module), attribute).names()
 
@@ -114,6 +115,12 @@ class TrialConfig:
     download: bool = field(default=False, metadata=_meta(None, "download CIFAR if missing"))
     val_fraction: float = field(default=0.1, metadata=_meta(_half_open_unit, "held-out share"))
     split_seed: int = field(default=0, metadata=_meta(_non_negative, "seed of the val split"))
+    protocol: str = field(
+        default="holdout",
+        metadata=_meta(
+            _registered("protocol"), "what chooses the reported epoch (tfkd.core.protocol)"
+        ),
+    )
     fake_size: int = field(default=2048, metadata=_meta(_positive, "size of the fake set"))
     epochs: int = field(default=200, metadata=_meta(_positive, "full schedule length"))
     batch_size: int = field(default=128, metadata=_meta(_positive, "training batch size"))
@@ -175,7 +182,9 @@ class TrialConfig:
         coerced = {name: _coerce(known[name], value) for name, value in values.items()}
         for name, value in coerced.items():
             _check(known[name], value)
-        return cls(**coerced)
+        config = cls(**coerced)
+        _check_protocol_split(config)
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -197,6 +206,18 @@ class TrialConfig:
     def scaled_lr(self) -> float:
         """The linear scaling rule: lr x batch_size / lr_batch (128 for CIFAR, 256 ImageNet)."""
         return self.lr * self.batch_size / self.lr_batch
+
+
+def _check_protocol_split(config: TrialConfig) -> None:
+    """A protocol that trains on the full training set has no validation split to carve."""
+    from tfkd.core import protocol
+
+    if protocol.get(config.protocol).full_training_set and config.val_fraction != 0:
+        raise ValueError(
+            f"config key 'val_fraction' = {config.val_fraction!r} contradicts protocol "
+            f"{config.protocol!r}, which trains on the full training set: set val_fraction=0 "
+            "or use protocol 'holdout'"
+        )
 
 
 def keys() -> list[str]:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tfkd.core import checkpoint, data, metrics, models, modes, recipe, steps
+from tfkd.core import checkpoint, data, metrics, models, modes, protocol, recipe, steps
 from tfkd.core.config import TrialConfig
 from tfkd.core.evaluate import Evaluator, channels_last_batches, eval_loader, predict  # noqa: F401
 from tfkd.core.parallel import SINGLE, Parallel
@@ -200,9 +200,11 @@ def _checkpoint_state(
     num_classes: int,
     epoch_metrics: Mapping[str, float],
     first_loss: float,
+    selection: protocol.Selection,
 ) -> dict[str, Any]:
     return {
         "first_train_loss": first_loss,
+        "selection": selection.state(epoch),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -235,9 +237,15 @@ def _report_epoch(
 
 
 def _resume(
-    path: str, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, cfg: TrialConfig
+    path: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    cfg: TrialConfig,
+    selection: protocol.Selection,
 ) -> tuple[int, float | None]:
-    """Restore the training state; returns (its epoch, the first epoch's training loss)."""
+    """Restore the training state and the selection; returns (its epoch, the first epoch's
+    training loss)."""
     state = checkpoint.load(path)
     saved_model = state.get("meta", {}).get("model", cfg.model)
     if saved_model != cfg.model:
@@ -249,6 +257,8 @@ def _resume(
         group.update(kept)  # this device's SGD implementation, not the one that wrote the file
     scheduler.load_state_dict(state["scheduler"])
     _restore_rng(state["rng"])
+    if "selection" in state:
+        selection.restore(state["selection"], model)
     return int(state["epoch"]), state.get("first_train_loss")
 
 
@@ -304,8 +314,13 @@ def run_trial(
     )
     optimizer = recipe.build_optimizer(model, cfg)
     scheduler = recipe.build_scheduler(optimizer, cfg, steps_per_epoch=len(train_loader))
+    rule = protocol.get(cfg.protocol)
+    # holdout tests the chosen epoch's weights once, at the end: they are kept until then
+    selection = protocol.Selection(rule, keep_weights=not rule.tests_every_epoch)
     start_epoch, first_loss = (
-        _resume(resume_from, model, optimizer, scheduler, cfg) if resume_from else (0, None)
+        _resume(resume_from, model, optimizer, scheduler, cfg, selection)
+        if resume_from
+        else (0, None)
     )
     # Built after the resume: a captured step keeps pointing at the restored tensors.
     parts = steps.StepParts(
@@ -334,8 +349,12 @@ def run_trial(
         first_loss = train_stats["train_loss"] if first_loss is None else first_loss
         check_divergence(train_stats["train_loss"], first_loss, cfg, epoch)
         epoch_metrics = {"epoch": epoch, "lr": lr, **train_stats}
-        for evaluate in validate + (test if epoch == cfg.epochs else []):
+        for evaluate in validate + (test if rule.tests_every_epoch else []):
             epoch_metrics.update(evaluate(model, epoch))
+        selection.update(epoch, epoch_metrics, model)
+        epoch_metrics.update(selection.metrics())
+        if epoch == cfg.epochs and not rule.tests_every_epoch:
+            epoch_metrics.update(_test_chosen(model, selection, test, epoch))
         epoch_metrics["epoch_seconds"] = time.perf_counter() - started
         epoch_metrics["images_per_second"] = train_stats["train_images"] / train_seconds
         _log_epoch(cfg, epoch_metrics)
@@ -352,10 +371,26 @@ def run_trial(
                     dataset.num_classes,
                     epoch_metrics,
                     first_loss,
+                    selection,
                 ),
                 parallel,
             )
     return epoch_metrics
+
+
+def _test_chosen(
+    model: nn.Module, selection: protocol.Selection, test: list[Evaluator], epoch: int
+) -> dict[str, float]:
+    """The test metrics of the chosen epoch's weights (the model a holdout trial reports);
+    the model keeps its own weights afterwards."""
+    if selection.weights is None or selection.epoch == epoch:
+        return {k: v for evaluate in test for k, v in evaluate(model, epoch).items()}
+    own = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(selection.weights)
+    try:
+        return {k: v for evaluate in test for k, v in evaluate(model, epoch).items()}
+    finally:
+        model.load_state_dict(own)
 
 
 def teacher_accuracy(config: Mapping[str, Any], dataset: data.Dataset) -> float:

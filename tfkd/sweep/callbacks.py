@@ -130,5 +130,7 @@ class ProgressCallback(tune.Callback):
 
 def progress_callback(spec: SweepSpec, total: int | None) -> ProgressCallback:
     """The status table of `spec`'s sweep of `total` trials, as a Tune callback."""
-    status = progress.SweepStatus(spec.name, total or 0, spec.epochs, drain_s=spec.verbose * 2.0)
+    status = progress.SweepStatus(
+        spec.name, total or 0, spec.epochs, drain_s=spec.verbose * 2.0, metric=spec.metric
+    )
     return ProgressCallback(status)

@@ -16,6 +16,7 @@ from typing import Any
 
 from tfkd.core import atomic
 from tfkd.core.checkpoint import export_weights, load
+from tfkd.core.protocol import PAPER_TEST_ACCURACY, REPORTED_EPOCH
 
 RECORD_FILE = "trial_record.json"
 BEST_FILE = "best_model.pt"  # the best weights, when a checkpoint carries them
@@ -26,8 +27,10 @@ class TrialRecord:
     """What every checkpoint of a trial carries besides the training state.
 
     Every finished epoch's metrics (so a restored trial can complete its tracking history), the
-    best epoch by validation accuracy (training accuracy when there is no validation split) with
-    that accuracy, and the nodes that ran the trial. A trial restarted or resumed from any of its
+    best epoch with its accuracy, and the nodes that ran the trial. The best epoch is the one the
+    trial reports (`reported_epoch`, chosen by its protocol: validation accuracy under holdout,
+    the final epoch without a validation split, test accuracy under the paper's protocol), so
+    its weights are the model whose accuracy is logged. A trial restarted or resumed from any of its
     checkpoints therefore loses neither its history nor its best weights; the checkpoints
     themselves may be pruned to the latest few.
 
@@ -43,7 +46,7 @@ class TrialRecord:
         self.carry_best = carry_best
         self.history: list[dict[str, Any]] = []
         self.best_accuracy = float("-inf")
-        self.best_metric = "val_accuracy"  # what best_accuracy is: train_accuracy without a split
+        self.best_metric = "val_accuracy"  # what best_accuracy is (the protocol's choosing metric)
         self.best_epoch = 0
         self.nodes: list[str] = []
 
@@ -81,12 +84,13 @@ class TrialRecord:
         Returns True when the epoch is the best so far (its weights become the best weights).
         """
         self.history.append({k: v for k, v in metrics.items() if _is_number(v)})
-        self.best_metric = "val_accuracy" if "val_accuracy" in metrics else "train_accuracy"
-        accuracy = metrics.get(self.best_metric, float("-inf"))
-        improved = accuracy > self.best_accuracy
+        epoch = int(metrics["epoch"])
+        self.best_metric = _choosing_metric(metrics)
+        improved = _is_reported(metrics, self.best_metric, self.best_accuracy)
         if improved:
             previous = self.best_epoch
-            self.best_accuracy, self.best_epoch = float(accuracy), int(metrics["epoch"])
+            self.best_epoch = epoch
+            self.best_accuracy = float(metrics.get(self.best_metric, float("nan")))
             export_weights(checkpoint_dir, self.best_weights)
             self._forget_best_before(previous)
         if self.carry_best and self.best_weights.is_file():
@@ -107,6 +111,22 @@ class TrialRecord:
             epoch = old.name[len(BEST_PREFIX) : -len(".pt")]
             if epoch.isdigit() and int(epoch) not in (previous, self.best_epoch):
                 old.unlink(missing_ok=True)
+
+
+def _choosing_metric(metrics: dict[str, Any]) -> str:
+    """The metric that chose the reported epoch: the validation accuracy, the test accuracy
+    under the paper's protocol, or none (no validation split: the final epoch is reported)."""
+    if "val_accuracy" in metrics:
+        return "val_accuracy"
+    return "test_accuracy" if PAPER_TEST_ACCURACY in metrics else ""
+
+
+def _is_reported(metrics: dict[str, Any], metric: str, best: float) -> bool:
+    """Whether this epoch is the one the trial reports: the trainer says so (reported_epoch);
+    metrics without it (hand-made, or an older trainer's) improve on the best so far."""
+    if REPORTED_EPOCH in metrics:
+        return int(metrics[REPORTED_EPOCH]) == int(metrics["epoch"])
+    return bool(metric) and float(metrics.get(metric, float("-inf"))) > best
 
 
 def _is_number(value: Any) -> bool:

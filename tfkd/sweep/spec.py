@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from tfkd import tracking
 
-METRIC = "val_accuracy"
+METRIC = "val_accuracy"  # what a sweep ranks trials on unless its spec says otherwise
 MODE = "max"
 # The result a trial reports before failing because of its hyper-parameters. It has no
 # validation accuracy, so ASHA passes over it and the Optuna searcher ignores it.
@@ -37,6 +37,7 @@ class SweepSpec:
     grace_period: int | None = None  # geometric ASHA rungs from here; None: `rungs`
     rungs: tuple[int, ...] = ()  # epochs ASHA judges at (tfkd.sweep.rungs); () and no grace: none
     search_seed: int = 0  # the sampler's; the trials' seed is base_config["seed"]
+    metric: str = METRIC  # what the searcher, ASHA and "best" rank trials on (--metric)
     fixed: bool = False
     gpus_per_trial: float | None = None
     cpus_per_trial: float = 1.0

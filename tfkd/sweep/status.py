@@ -98,6 +98,10 @@ def short_name(config: Mapping[str, Any], keys: Iterable[str]) -> str:
     return " ".join(parts)
 
 
+# the status table's column for the sweep's metric
+COLUMN_LABELS = {"val_accuracy": "val acc", "paper_test_accuracy": "max test"}
+
+
 def duration(seconds: float) -> str:
     """'45s', '3m05s', '2h07m'."""
     seconds = max(0, int(round(seconds)))
@@ -114,8 +118,9 @@ def duration(seconds: float) -> str:
 def best_of(candidates: Iterable[tuple[T, float | None, bool]]) -> T | None:
     """The sweep's best of (item, score, full length) triples; None when none has a score.
 
-    A trial's score is its validation accuracy at the last epoch it reported: what ASHA and
-    the searcher judged it by, what MLflow shows as its val_accuracy. Full-length trials come
+    A trial's score is the sweep's metric (its validation accuracy; under the paper's protocol,
+    when asked, its test set's maximum so far) at the last epoch it reported: what ASHA and the
+    searcher judged it by, what MLflow shows under that name. Full-length trials come
     first (an early-stopped trial's score is from fewer epochs). The status table, the summary,
     best_config.yaml and the sweep run's best_* metrics all take their best from here.
     """
@@ -138,7 +143,7 @@ class LiveTrial:
     name: str
     epochs: int
     epoch: int = 0
-    val_accuracy: float | None = None
+    score: float | None = None  # the sweep's metric at its last epoch (SweepStatus.metric)
     state: str = "PENDING"
 
 
@@ -158,10 +163,12 @@ class SweepStatus:
         refresh_s: float = REFRESH_S,
         drain_s: float = 0.0,
         clock: Any = time.monotonic,
+        metric: str = "val_accuracy",
     ) -> None:
         """`drain_s`: how long the final table waits for the trials' forwarded output (Ray
         forwards it asynchronously) so that it comes after their last epoch lines."""
         self.sweep, self.total, self.epochs = sweep, total, epochs
+        self.metric = metric
         self.out = out or sys.stdout
         self.refresh_s = refresh_s
         self.drain_s = drain_s
@@ -195,9 +202,9 @@ class SweepStatus:
         row = self._row(trial_id, name)
         row.state = "RUNNING"
         row.epoch = int(metrics.get("epoch", row.epoch))
-        accuracy = metrics.get("val_accuracy")
+        accuracy = metrics.get(self.metric)
         if _is_score(accuracy):
-            row.val_accuracy = float(accuracy)
+            row.score = float(accuracy)
 
     def on_complete(self, trial_id: str, name: str) -> None:
         row = self._row(trial_id, name)
@@ -222,7 +229,7 @@ class SweepStatus:
 
     def best(self) -> LiveTrial | None:
         """The best trial so far (best_of)."""
-        return best_of((r, r.val_accuracy, r.epoch >= r.epochs) for r in self.rows.values())
+        return best_of((r, r.score, r.epoch >= r.epochs) for r in self.rows.values())
 
     # -- rendering
 
@@ -247,7 +254,7 @@ class SweepStatus:
         elapsed = self.clock() - self.started
         remaining = self.remaining_s(elapsed)
         top = self.best()
-        best = f"best {top.val_accuracy:.2f}% ({top.name})" if top else "best -"
+        best = f"best {top.score:.2f}% ({top.name})" if top else "best -"
         left = f", at most ~{duration(remaining)} left" if remaining is not None else ""
         return (
             f"[tfkd] {self.sweep}: {counts['DONE']} done, {counts['RUNNING']} running, "
@@ -257,9 +264,10 @@ class SweepStatus:
 
     def render(self) -> str:
         width = max([5, *(len(row.name) for row in self.rows.values())])
-        lines = [self.summary_line(), f"  {'trial':<{width}}  {'epoch':>7}  {'val acc':>7}  state"]
+        label = COLUMN_LABELS.get(self.metric, self.metric)
+        lines = [self.summary_line(), f"  {'trial':<{width}}  {'epoch':>7}  {label:>7}  state"]
         for row in self.rows.values():
-            accuracy = f"{row.val_accuracy:6.2f}%" if row.val_accuracy is not None else "-"
+            accuracy = f"{row.score:6.2f}%" if row.score is not None else "-"
             epoch = f"{row.epoch}/{row.epochs}"
             lines.append(f"  {row.name:<{width}}  {epoch:>7}  {accuracy:>7}  {row.state}")
         return "\n".join(lines)

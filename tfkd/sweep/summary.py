@@ -14,7 +14,7 @@ from tfkd import tracking
 from tfkd.sweep import status as progress
 from tfkd.sweep import sweep_files
 from tfkd.sweep.search_space import Param
-from tfkd.sweep.spec import FAILED_BY_HYPERPARAMETERS, METRIC, SweepResult, SweepSpec
+from tfkd.sweep.spec import FAILED_BY_HYPERPARAMETERS, SweepResult, SweepSpec
 from tfkd.sweep.storage import GIVEN_CONFIG_KEY
 
 
@@ -36,13 +36,14 @@ def _failure_reason(result: tune.Result) -> str:
 
 def summarise(grid: tune.ResultGrid, spec: SweepSpec, interrupted: bool) -> SweepResult:
     """The best trial (tfkd.sweep.status.best_of), the counts, and one line per failure."""
-    finished = [r for r in grid if r.error is None and r.metrics and METRIC in r.metrics]
+    metric = spec.metric
+    finished = [r for r in grid if r.error is None and r.metrics and metric in r.metrics]
     full = [r for r in finished if _is_full_length(r.metrics, spec.epochs)]
     best = progress.best_of(
-        (r, r.metrics[METRIC], _is_full_length(r.metrics, spec.epochs)) for r in finished
+        (r, r.metrics[metric], _is_full_length(r.metrics, spec.epochs)) for r in finished
     )
     failed = [r for r in grid if r.error is not None]
-    keep = ("trial_id", "epoch", METRIC, "test_accuracy")
+    keep = ("trial_id", "epoch", "val_accuracy", "test_accuracy", "paper_test_accuracy")
     return SweepResult(
         experiment_path=grid.experiment_path,
         best_config=dict(best.config.get(GIVEN_CONFIG_KEY, best.config)) if best else None,
@@ -84,7 +85,7 @@ def trial_rows(grid: tune.ResultGrid, spec: SweepSpec) -> list[sweep_files.Trial
                 trial_id=str(metrics.get("trial_id", Path(result.path).name)),
                 state=_trial_state(result, spec.epochs),
                 epoch=int(metrics.get("epoch", 0)),
-                val_accuracy=metrics.get(METRIC),
+                val_accuracy=metrics.get("val_accuracy"),
                 test_accuracy=metrics.get("test_accuracy"),
                 values={k: config[k] for k in keys if k in config},
             )

@@ -24,7 +24,7 @@ from tfkd import tracking
 from tfkd.core import data
 from tfkd.sweep import callbacks, cluster, summary, trainable
 from tfkd.sweep.asha import ResumableASHA, ScheduleASHA, SchedulerState
-from tfkd.sweep.spec import METRIC, MODE, SweepResult, SweepSpec, param_space, storage_uri
+from tfkd.sweep.spec import MODE, SweepResult, SweepSpec, param_space, storage_uri
 from tfkd.sweep.storage import GIVEN_CONFIG_KEY
 
 # The latest checkpoints are kept (restore always finds the one the experiment state names);
@@ -265,7 +265,7 @@ def _tuner(spec: SweepSpec, packed: Mapping[str, Any]) -> tune.Tuner:
         return restored
     asha = scheduler(spec)
     tune_config = tune.TuneConfig(
-        metric=METRIC,
+        metric=spec.metric,
         mode=MODE,
         search_alg=searcher(spec),
         scheduler=asha,

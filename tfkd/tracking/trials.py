@@ -35,7 +35,7 @@ class TrialProgress(Protocol):
     history: list[dict[str, Any]]  # metrics of every epoch trained so far
     best_epoch: int  # 0 before the first epoch
     best_accuracy: float
-    best_metric: str  # what best_accuracy is: val_accuracy, or train_accuracy without a split
+    best_metric: str  # what chose the best epoch: val_accuracy, test_accuracy (paper) or
     nodes: list[str]  # the Ray nodes that ran the trial, in order
 
     @property
@@ -100,6 +100,7 @@ class TrialTracker:
             "model": config["model"],
             "dataset": config["dataset"],
             "teacher": config.get("teacher", ""),
+            "protocol": config.get("protocol", "holdout"),
             **dict(context.child_tags),
         }
         return {
@@ -120,8 +121,10 @@ class TrialTracker:
         self.outbox.put({"op": "epoch", "step": epoch, "metrics": numeric(metrics)})
 
     def _put_best(self) -> None:
-        # the trial's best epoch (its weights are best_checkpoint); the sweep run's best_* metrics
-        # are those of its best trial
+        # the trial's best epoch (its weights are best_checkpoint; every epoch's reported_epoch
+        # metric names it too); the sweep run's best_* metrics are those of its best trial
+        if not self.record.best_metric:  # no validation split: the final epoch is reported
+            return
         best = {f"best_epoch_{self.record.best_metric}": self.record.best_accuracy}
         self.outbox.put({"op": "metrics", "step": self.record.best_epoch, "metrics": best})
 
