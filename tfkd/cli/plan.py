@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from tfkd.cli import teachers
-from tfkd.cli.registries import recipe
+from tfkd.cli.registries import modes, recipe
 from tfkd.core.config import WEIGHTS, TrialConfig
 from tfkd.core.config import keys as config_keys
 from tfkd.core.errors import UserError
@@ -57,10 +57,10 @@ def _base_config(
     extra: Mapping[str, Any],
     overrides: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Fixed trial config: defaults < the space's defaults < the dataset's recipe < preset's
-    unsearched values < --smoke-test < --set."""
+    """Fixed trial config: defaults < the space's defaults < the dataset's and model's recipe <
+    preset's unsearched values < --smoke-test < --set."""
     teacher = teachers.TeacherRequest.from_args(args).architecture
-    preset = {**recipe.dataset_defaults(args.dataset), **space.preset_for(args.model, teacher)}
+    preset = {**_recipe(args), **space.preset_for(args.model, teacher)}
     # --set ce_weight/kl_weight decide alpha and multiplier: the preset's would contradict them
     decided = set(space.params) | (
         {"alpha", "multiplier"} if set(WEIGHTS) & set(overrides) else set()
@@ -140,13 +140,19 @@ def _rung_epochs(args: argparse.Namespace, config: Mapping[str, Any]) -> tuple[i
 
 
 def _first_point(args: argparse.Namespace, space: search_space.SearchSpace) -> dict[str, Any]:
-    """The search's first point: the preset's values, else the dataset's recipe, else the
-    space's defaults (the ImageNet recipe's weight decay, not the CIFAR default)."""
+    """The search's first point: the preset's values, else the dataset's and model's recipe,
+    else the space's defaults (the ImageNet recipe's weight decay, not the CIFAR default)."""
     teacher = teachers.TeacherRequest.from_args(args).architecture
     first = space.first_point(args.model, teacher)
     preset = space.preset_for(args.model, teacher)
-    dataset = recipe.dataset_defaults(args.dataset)
+    dataset = _recipe(args)
     return {k: preset.get(k, dataset.get(k, v)) for k, v in first.items()}
+
+
+def _recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """The original's recipe for this dataset and model (the cnn's depends on the mode)."""
+    distills = modes.get(args.mode).needs_teacher
+    return recipe.recipe_defaults(args.dataset, args.model, distills)
 
 
 def _sweep_name(args: argparse.Namespace, what: str) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CUDA_GRAPHS = ("auto", "off", "capture", "compile")  # how CUDA runs the step (tfkd.core.steps)
+OPTIMIZER_NAMES = ("sgd", "adam")  # tfkd.core.recipe.OPTIMIZERS builds them
 
 
 def _positive(value: float) -> bool:
@@ -121,6 +122,9 @@ class TrialConfig:
     lr_batch: int = field(
         default=128, metadata=_meta(_positive, "batch size that lr is given for (lr scales)")
     )
+    optimizer: str = field(
+        default="sgd", metadata=_meta(_one_of(*OPTIMIZER_NAMES), "optimiser (adam: the cnn's)")
+    )
     momentum: float = field(default=0.9, metadata=_meta(_half_open_unit, "SGD momentum"))
     weight_decay: float = field(default=5e-4, metadata=_meta(_non_negative, "SGD weight decay"))
     warmup_epochs: int = field(default=1, metadata=_meta(_non_negative, "linear warm-up"))
@@ -175,7 +179,9 @@ class TrialConfig:
         coerced = {name: _coerce(known[name], value) for name, value in values.items()}
         for name, value in coerced.items():
             _check(known[name], value)
-        return cls(**coerced)
+        config = cls(**coerced)
+        _check_warmup(config)
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -197,6 +203,16 @@ class TrialConfig:
     def scaled_lr(self) -> float:
         """The linear scaling rule: lr x batch_size / lr_batch (128 for CIFAR, 256 ImageNet)."""
         return self.lr * self.batch_size / self.lr_batch
+
+
+def _check_warmup(cfg: TrialConfig) -> None:
+    """The warm-up must end before the schedule does (else the full rate is never trained)."""
+    if cfg.warmup_epochs >= cfg.epochs:
+        raise ValueError(
+            f"config key 'warmup_epochs' = {cfg.warmup_epochs} is not below epochs = {cfg.epochs}: "
+            "the schedule would end before the full learning rate is reached; set "
+            "warmup_epochs=0 (--set warmup_epochs=0) or train more epochs"
+        )
 
 
 def keys() -> list[str]:
