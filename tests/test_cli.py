@@ -198,6 +198,49 @@ def test_fixed_uses_the_original_preset():
     assert plan.fixed
 
 
+def announced(plan: Plan, capsys, tmp_path) -> list[str]:
+    """What tune_main prints as a sweep starts (untracked, no teacher)."""
+    from types import SimpleNamespace
+
+    from tfkd.cli.tune import announce
+
+    announce(plan, SimpleNamespace(mlflow_uri=None, args=SimpleNamespace(storage=str(tmp_path)),
+                                   teacher=None))  # fmt: skip
+    return capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("words", "says"),
+    [
+        ("--mode tfkd_self --model resnet50", "filled in, not the original's: experiments/"
+         "kd_experiments/resnet50_distill/resnet50_self_teacher/params.json has no multiplier"),
+        ("--mode tfkd_reg --model resnext29", "filled in, not the original's: experiments/"
+         "base_experiments/base_resnext29/params.json has no multiplier"),
+        ("--mode kd --model resnet18 --teacher densenet121", "filled in, not the original's: "
+         "the original's config for this pair is broken"),
+        ("--mode kd --model shufflenet_v2 --teacher mobilenet_v2", "the original has no kd values "
+         "for shufflenet_v2 with teacher mobilenet_v2; its values with teacher resnet18"),
+        ("--mode lsr --model resnet8", "the original has no lsr values for resnet8"),
+    ],
+)  # fmt: skip
+def test_fixed_on_a_preset_that_is_not_the_originals_says_so_in_one_line(
+    words, says, capsys, tmp_path
+):
+    plan = plan_of(f"{words} --dataset cifar100 --fixed")
+    (line,) = [line for line in announced(plan, capsys, tmp_path) if "--fixed" in line]
+    assert line.startswith(f"[tfkd] --fixed: {says}")
+    assert plan.preset_provenance == line.removeprefix("[tfkd] --fixed: ")
+    searched = plan_of(f"{words} --dataset cifar100")  # a search starts there, says nothing
+    assert not [line for line in announced(searched, capsys, tmp_path) if "--fixed" in line]
+
+
+def test_fixed_on_an_original_row_says_nothing_more(capsys, tmp_path):
+    plan = plan_of("--mode dekd --dataset cifar100 --model resnet18 --teacher resnet50@epoch-50 --fixed")
+    assert plan.preset_provenance == "original"
+    assert plan.first_trial()["alpha"] == 0.6 and plan.first_trial()["batch_size"] == 64
+    assert len(announced(plan, capsys, tmp_path)) == 1  # the sweep's own line
+
+
 def test_set_fixes_a_searched_key():
     plan = plan_of("--mode tfkd_reg --dataset digits", set=["alpha=0.3", "semantics=paper"])
     assert "alpha" not in plan.space.params and "semantics" not in plan.space.params

@@ -98,6 +98,16 @@ class Plan:
         """The complete config of the first trial (the preset's point of the search)."""
         return {**self.config, **self.first_point}
 
+    @property
+    def preset_provenance(self) -> str:
+        """'original', or why the preset's values are not the original's (filled in, another
+        teacher's, none); a user's search space without provenance says 'not stated'."""
+        model, teacher = self.config["model"], self.config.get("teacher", "")
+        row = self.space.preset_row(model, teacher)
+        if row and "provenance" not in row:
+            return f"not stated in {self.space.path}"
+        return self.space.filled_in(model, teacher) or "original"
+
 
 def make_plan(args: argparse.Namespace) -> Plan:
     teachers.check_request(teachers.TeacherRequest.from_args(args))

@@ -118,6 +118,7 @@ def _sweep_tags(
         "search_space": plan.space.text,
         "search_space_file": str(plan.space.path),
         "epochs": str(plan.first_trial()["epochs"]),
+        "preset_provenance": plan.preset_provenance,
         "num_samples": str(args.num_samples),
     }
 
@@ -127,6 +128,8 @@ def announce(plan: Plan, prepared: Prepared) -> None:
     tracked = f"MLflow experiment {plan.experiment}" if prepared.mlflow_uri else "not tracked"
     where = storage.join(prepared.args.storage, plan.name)
     print(f"[tfkd] sweep {plan.name} ({tracked}; results in {where})", flush=True)
+    if plan.fixed and plan.preset_provenance != "original":
+        print(f"[tfkd] --fixed: {plan.preset_provenance}", flush=True)
     teacher = prepared.teacher
     if teacher is not None and teacher.location:
         print(f"[tfkd] teacher {teacher.model}@{teacher.alias}: {teacher.location}", flush=True)
