@@ -235,7 +235,9 @@ def test_fixed_on_a_preset_that_is_not_the_originals_says_so_in_one_line(
 
 
 def test_fixed_on_an_original_row_says_nothing_more(capsys, tmp_path):
-    plan = plan_of("--mode dekd --dataset cifar100 --model resnet18 --teacher resnet50@epoch-50 --fixed")
+    plan = plan_of(
+        "--mode dekd --dataset cifar100 --model resnet18 --teacher resnet50@epoch-50 --fixed"
+    )
     assert plan.preset_provenance == "original"
     assert plan.first_trial()["alpha"] == 0.6 and plan.first_trial()["batch_size"] == 64
     assert len(announced(plan, capsys, tmp_path)) == 1  # the sweep's own line

@@ -132,7 +132,9 @@ def test_a_warmup_as_long_as_the_schedule_is_refused(warmup, epochs):
     assert TrialConfig.from_dict({"mode": "baseline", "epochs": epochs, "warmup_epochs": 0})
 
 
-@pytest.mark.parametrize(("mode", "teacher", "lr"), [("baseline", "", 0.1), ("kd", "resnet8", 1e-3)])
+@pytest.mark.parametrize(
+    ("mode", "teacher", "lr"), [("baseline", "", 0.1), ("kd", "resnet8", 1e-3)]
+)
 def test_the_cnn_trains_with_the_originals_adam(mode, teacher, lr):
     """main.py: optim.Adam(lr=learning_rate x batch_size / 128), no weight decay; learning_rate
     1e-1 in base_experiments/base_cnn/params.json, 1e-3 in kd_experiments/cnn_distill."""

@@ -89,7 +89,15 @@ def test_the_original_presets_stay_first_points_with_the_originals_loss(mode):
 
 
 PRESET_MODES = ("baseline", "kd", "rekd", "dekd", "tfkd_self", "tfkd_reg", "lsr")
-VALUE_COLUMNS = ("temperature", "alpha", "multiplier", "correct_prob", "epsilon", "batch_size", "lr")
+VALUE_COLUMNS = (
+    "temperature",
+    "alpha",
+    "multiplier",
+    "correct_prob",
+    "epsilon",
+    "batch_size",
+    "lr",
+)
 
 
 def as_reference_row(mode: str, row: dict) -> dict[str, str]:

@@ -77,7 +77,9 @@ def _sgd(params: list[nn.Parameter], cfg: TrialConfig, fused: bool | None) -> to
     )
 
 
-def _adam(params: list[nn.Parameter], cfg: TrialConfig, fused: bool | None) -> torch.optim.Optimizer:
+def _adam(
+    params: list[nn.Parameter], cfg: TrialConfig, fused: bool | None
+) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=cfg.scaled_lr, weight_decay=cfg.weight_decay, fused=fused)
 
 

@@ -262,7 +262,9 @@ def _preset(path: Path, index: int, row: Any) -> dict[str, Any]:
     values = {k: v for k, v in row.items() if k not in PRESET_SELECTORS + PRESET_NOTES}
     _config_values(path, where, values)
     given = set(PRESET_NOTES) & set(row)  # optional in a user's file; the shipped rows have both
-    if given and (row.get("provenance") not in PROVENANCES or not str(row.get("source", "")).strip()):
+    if given and (
+        row.get("provenance") not in PROVENANCES or not str(row.get("source", "")).strip()
+    ):
         raise SearchSpaceError(
             f"{path}: {where}: provenance must be {' or '.join(PROVENANCES)}, with a source (the "
             "original's params.json, or why the values are filled in)"
