@@ -119,6 +119,13 @@ def test_unreachable_tracking_server(capsys, workdir):
         ("--mode lsr --dataset digits --num-samples 0", "--num-samples"),
         ("--mode lsr --dataset digits --gpus-per-trial -1", "--gpus-per-trial"),
         ("--mode lsr --dataset digits --snapshot-epochs x", "--snapshot-epochs"),
+        ("--mode baseline --dataset digits --snapshot-epochs 1,0", "positive epochs"),
+        ("--mode lsr --dataset digits --snapshot-epochs 1", "only --mode baseline trains"),
+        (
+            "--mode baseline --dataset digits --epochs 3 --snapshot-epochs 1,5",
+            "epoch 5 lies beyond",
+        ),
+        ("--mode baseline --dataset digits --epochs 1", "'warmup_epochs' = 1 is not below epochs"),
     ],
 )
 def test_bad_flags_exit_2_from_the_real_command(workdir, args, needle):

@@ -124,8 +124,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
             "--set val_fraction=0: a sweep chooses and stops trials on the validation split, so "
             "it needs one (e.g. 0.1); val_fraction=0 is for reproductions (analysis.reproduce)"
         )
-    judged_at = _rung_epochs(args, first_trial.to_dict())
-    if not args.fixed:
+    fixed = args.fixed or bool(args.snapshot_epochs)  # a teacher run is one configuration
+    _check_snapshot_epochs(args, first_trial.epochs)
+    judged_at = () if fixed else _rung_epochs(args, first_trial.to_dict())
+    if not fixed:
         config = {k: v for k, v in config.items() if k not in space.sets()}
     what = f"{args.mode}-{config['dataset']}-{config['model']}"
     return Plan(
@@ -134,14 +136,32 @@ def make_plan(args: argparse.Namespace) -> Plan:
         config=config,
         space=space,
         first_point=first,
-        fixed=args.fixed,
+        fixed=fixed,
         rungs=judged_at,
     )
 
 
+def _check_snapshot_epochs(args: argparse.Namespace, epochs: int) -> None:
+    """--snapshot-epochs makes a baseline run a teacher run: snapshots within its schedule."""
+    if not args.snapshot_epochs:
+        return
+    given = ",".join(map(str, args.snapshot_epochs))
+    if args.mode != "baseline":
+        raise UserError(
+            f"--snapshot-epochs {given}: only --mode baseline trains and registers teachers; "
+            f"drop the flag, or run --mode baseline --snapshot-epochs {given} first"
+        )
+    beyond = [e for e in args.snapshot_epochs if e > epochs]
+    if beyond:
+        raise UserError(
+            f"--snapshot-epochs {given}: epoch {beyond[0]} lies beyond the run's {epochs} epochs; "
+            f"choose epochs from 1 to {epochs} or train longer (--epochs)"
+        )
+
+
 def _rung_epochs(args: argparse.Namespace, config: Mapping[str, Any]) -> tuple[int, ...]:
     """--rungs as epochs of this schedule; none when --grace-period asks for geometric rungs."""
-    if args.grace_period is not None or args.fixed:
+    if args.grace_period is not None:
         return ()
     try:
         return rungs.epochs_of(rungs.parse(args.rungs), config)

@@ -114,6 +114,7 @@ def _sweep_tags(
         "model": plan.config["model"],
         "teacher": f"{teacher.model}@{teacher.alias}" if teacher else "",
         "teacher_location": teacher.location if teacher else "",
+        **(teacher.tags() if teacher else {}),
         "search_alg": "fixed" if plan.fixed else args.search_alg,
         "search_space": plan.space.text,
         "search_space_file": str(plan.space.path),
@@ -132,7 +133,27 @@ def announce(plan: Plan, prepared: Prepared) -> None:
         print(f"[tfkd] --fixed: {plan.preset_provenance}", flush=True)
     teacher = prepared.teacher
     if teacher is not None and teacher.location:
-        print(f"[tfkd] teacher {teacher.model}@{teacher.alias}: {teacher.location}", flush=True)
+        print(f"[tfkd] {teacher.describe()}", flush=True)
+
+
+def print_registered(plan: Plan, mlflow_uri: str) -> None:
+    """One line naming the teacher versions a baseline run registered, and how to use them."""
+    from tfkd import tracking
+
+    model = plan.config["model"]
+    found = tracking.registered_by(mlflow_uri, plan.config["dataset"], model, plan.name)
+    if not found:
+        return  # nothing registered yet (writes still queued): the summary says what is pending
+    versions = ", ".join(
+        f"version {v.version} ({f'epoch-{v.epoch}' if v.kind == 'snapshot' else v.kind})"
+        for v in found
+    )
+    alias = next((f"@epoch-{v.epoch}" for v in found if v.kind == "snapshot"), "")
+    print(
+        f"[tfkd] registered teacher {found[0].name}: {versions} of teacher run {plan.name} "
+        f"(MLflow run {found[0].run_id}); use it with --teacher {model}{alias}:{plan.name}",
+        flush=True,
+    )
 
 
 def train_missing_teacher(prepared: Prepared) -> tuple[int, Prepared]:
@@ -176,6 +197,7 @@ def run_prepared(prepared: Prepared) -> int:
         dataset=plan.config["dataset"],
         model=plan.config["model"],
         snapshot_epochs=args.snapshot_epochs,
+        child_tags=prepared.teacher.tags() if prepared.teacher else {},
         resume=args.resume,
         outbox_root=storage.local_experiment_dir(args.storage, plan.name),
         system_metrics=args.system_metrics,
@@ -199,6 +221,8 @@ def run_prepared(prepared: Prepared) -> int:
         )
         result = tuner.run_sweep(spec, prepared.dataset)
     code = outcome.print_outcome(result, plan, args)
+    if context is not None and args.mode == "baseline":
+        print_registered(plan, prepared.mlflow_uri)
     if context is not None and code == EXIT_OK:
         outcome.print_comparison(context)
     return code

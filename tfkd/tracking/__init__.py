@@ -41,10 +41,12 @@ from tfkd.tracking.store import (
 )
 from tfkd.tracking.teachers import (
     BEST_ALIAS,
+    RegisteredTeacher,
     local_path,
     parse_teacher,
+    registered_by,
     registered_model_name,
-    teacher_uri_from_registry,
+    registered_teacher,
     teacher_uri_from_run,
 )
 from tfkd.tracking.trials import NullTracker, TrialTracker, trial_tracker
@@ -58,6 +60,7 @@ __all__ = [
     "REPLAY_COMMAND",
     "TRIAL_TAG",
     "NullTracker",
+    "RegisteredTeacher",
     "Outbox",
     "TrackingContext",
     "TrialTracker",
@@ -75,13 +78,14 @@ __all__ = [
     "parse_teacher",
     "pending_outboxes",
     "refused_outboxes",
+    "registered_by",
     "registered_model_name",
+    "registered_teacher",
     "resolve_uri",
     "send_outbox",
     "start_sweep",
     "sweep_outbox",
     "sweep_run",
-    "teacher_uri_from_registry",
     "teacher_uri_from_run",
     "trial_tracker",
     "ui_link",
