@@ -171,13 +171,11 @@ def resolve(request: TeacherRequest, mlflow_uri: str | None) -> Teacher | None:
         location = tracking.teacher_uri_from_run(mlflow_uri, request.run_id)
         return Teacher(model, alias, location, run_id=request.run_id)
     command = train_command(request, model, alias)
-    run = (request.teacher or "").partition(":")[2]
+    spec = request.teacher or model  # tfkd_self without --teacher: the student's model @best
     try:
-        found = tracking.registered_teacher(
-            mlflow_uri, request.dataset, f"{model}@{alias}" + (f":{run}" if run else ""), command
-        )
+        found = tracking.registered_teacher(mlflow_uri, request.dataset, spec, command)
     except UserError:
-        if not request.train or run:  # a named run cannot be trained again
+        if not request.train or tracking.teacher_run_of(spec):  # a named run is not retrained
             raise
         return Teacher(model, alias, "")
     return Teacher(model, alias, found.location, found.run_id, found.describe(), found.teacher_run)

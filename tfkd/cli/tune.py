@@ -144,14 +144,13 @@ def print_registered(plan: Plan, mlflow_uri: str) -> None:
     found = tracking.registered_by(mlflow_uri, plan.config["dataset"], model, plan.name)
     if not found:
         return  # nothing registered yet (writes still queued): the summary says what is pending
-    versions = ", ".join(
-        f"version {v.version} ({f'epoch-{v.epoch}' if v.kind == 'snapshot' else v.kind})"
-        for v in found
-    )
-    alias = next((f"@epoch-{v.epoch}" for v in found if v.kind == "snapshot"), "")
+    versions = ", ".join(f"version {v.version} ({v.alias})" for v in found)
+    runs = list(dict.fromkeys(v.run_id for v in found))  # one for a teacher run; a sweep's trials
+    alias = next((f"@{v.alias}" for v in found if v.kind == "snapshot"), "")
     print(
         f"[tfkd] registered teacher {found[0].name}: {versions} of teacher run {plan.name} "
-        f"(MLflow run {found[0].run_id}); use it with --teacher {model}{alias}:{plan.name}",
+        f"(MLflow run{'s' * (len(runs) > 1)} {', '.join(runs)}); use it with --teacher "
+        f"{model}{alias}:{plan.name}",
         flush=True,
     )
 

@@ -5,14 +5,15 @@ CIFAR / Tiny-ImageNet (the TrialConfig defaults): lr = base_lr x batch_size / 12
 0.9, weight decay 5e-4; one epoch of linear warm-up, then the rate is multiplied by gamma (0.2,
 i.e. divided by 5) at 30%, 60% and 80% of the epochs (60/120/160 of 200). A short schedule
 keeps the full rate for at least one epoch after the warm-up: no decay fires before the end of
-epoch warmup_epochs + 1 (with round(f x epochs) alone, schedules of 6 epochs or fewer decayed as
+epoch warmup_epochs + 1 (with round(f x epochs) alone, schedules of 4 epochs or fewer decayed as
 the warm-up ended and never trained at the full rate).
 
 The 5-layer `cnn` (`MODEL_RECIPES`): Adam without weight decay, lr 0.1 x batch_size / 128 for
 the modes without a teacher and 1e-3 x batch_size / 128 for distillation, as the original's
-main.py builds it (`optim.Adam(model.parameters(), lr=params.learning_rate * (params.batch_size
-/ 128))`, with learning_rate 1e-1 in experiments/base_experiments/base_cnn/params.json and 1e-3
-in experiments/kd_experiments/cnn_distill/params.json); warm-up and decay as for every model
+main.py builds it (Adam with torch's defaults but the learning rate, learning_rate x batch_size
+/ 128, for model_version cnn and cnn_distill; learning_rate is 1e-1 in
+experiments/base_experiments/base_cnn/params.json and 1e-3 in
+experiments/kd_experiments/cnn_distill/params.json); warm-up and decay as for every model
 (train_kd.py applies them to whichever optimiser main.py built).
 
 Image folders (`imagenet`, `folder`; `dataset_defaults`): the original's ImageNet script, which

@@ -47,6 +47,7 @@ from tfkd.tracking.teachers import (
     registered_by,
     registered_model_name,
     registered_teacher,
+    teacher_run_of,
     teacher_uri_from_run,
 )
 from tfkd.tracking.trials import NullTracker, TrialTracker, trial_tracker
@@ -86,6 +87,7 @@ __all__ = [
     "start_sweep",
     "sweep_outbox",
     "sweep_run",
+    "teacher_run_of",
     "teacher_uri_from_run",
     "trial_tracker",
     "ui_link",

@@ -59,9 +59,14 @@ class RegisteredTeacher:
     teacher_run: str  # the teacher run's (sweep's) name; '' for versions registered before tags
     location: str  # runs:/<run_id>/<artifact path>
 
+    @property
+    def alias(self) -> str:
+        """What the version is in its run: 'epoch-N' (a snapshot) or 'final'."""
+        return f"{SNAPSHOT_PREFIX}{self.epoch}" if self.kind == "snapshot" else self.kind
+
     def describe(self) -> str:
         """'tfkd-fake-resnet8 version 2, the epoch-1 snapshot of teacher run NAME (run ID)'."""
-        what = f"epoch-{self.epoch} snapshot" if self.kind == "snapshot" else "final weights"
+        what = f"{self.alias} snapshot" if self.kind == "snapshot" else "final weights"
         run = f"teacher run {self.teacher_run}" if self.teacher_run else "an unnamed teacher run"
         return f"{self.name} version {self.version}, the {what} of {run} (MLflow run {self.run_id})"
 
