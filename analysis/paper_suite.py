@@ -3,10 +3,13 @@
     python -m analysis.paper_suite --dataset cifar100 [--models ...] [--modes ...] [--dry-run]
 
 The plan, from analysis/paper_results.csv:
-  1. a baseline sweep of every model that is a student or a teacher in the chosen rows, with
-     weight snapshots at epochs 1 and 50 registered (Defective-KD teachers);
-  2. a sweep of every other (model, mode, teacher) row, with the teacher the paper used;
-  3. a reproduction (analysis.reproduce) of every sweep that is a row of the table.
+  1. a baseline sweep of every model that is a student or a teacher in the chosen rows;
+  2. a teacher run of every Defective-KD teacher (`teacher-<dataset>-<model>`: one baseline
+     run with the original's values, --fixed, registering the snapshots the rows need, e.g.
+     epoch 1 of resnet18, 50 of resnet50);
+  3. a sweep of every other (model, mode, teacher) row, with the teacher the paper used (a
+     De-KD row names its teacher run: --teacher resnet18@epoch-1:teacher-cifar100-resnet18);
+  4. a reproduction (analysis.reproduce) of every sweep that is a row of the table.
 A step is done when MLflow holds a FINISHED run of it: a sweep run named like the sweep
 (tfkd.kind=sweep), or a reproduction-set run named reproduce-<sweep>. --dry-run prints the exact
 commands in order, marking the done ones; otherwise they run in order, stopping at a failure.
@@ -34,8 +37,9 @@ from tfkd.tracking import store
 
 PROG = "python -m analysis.paper_suite"
 TUNE_MAIN = Path(__file__).resolve().parent.parent / "tune_main.py"
-SNAPSHOT_EPOCHS = "1,50"
 BASELINE = "baseline"
+DEFECTIVE = "dekd"
+TEACHER_RUN = "teacher"  # the name prefix of a De-KD teacher run
 NO_TEACHER_FLAG = ("", paper.SELF)  # teacher-free modes; tfkd_self's teacher is its own baseline
 FORWARDED_RESOURCES = (
     "gpus_per_trial",
@@ -208,17 +212,50 @@ def tune_step(
 def baseline_step(model: str, args: argparse.Namespace, resources: list[str]) -> Step:
     name = f"{BASELINE}-{args.dataset}-{model}"
     return tune_step(
-        "teacher/baseline",
-        name,
-        ["--mode", BASELINE, "--model", model, "--snapshot-epochs", SNAPSHOT_EPOCHS],
-        args,
-        resources,
+        "teacher/baseline", name, ["--mode", BASELINE, "--model", model], args, resources
     )
 
 
-def mode_step(row: paper.PaperRow, args: argparse.Namespace, resources: list[str]) -> Step:
+def teacher_run_name(dataset: str, model: str) -> str:
+    return f"{TEACHER_RUN}-{dataset}-{model}"
+
+
+def snapshot_epochs(rows: Iterable[paper.PaperRow]) -> dict[str, list[int]]:
+    """De-KD teacher model -> the epochs of its snapshots the rows use (resnet18: [1])."""
+    needed: dict[str, set[int]] = {}
+    for row in rows:
+        if row.mode == DEFECTIVE:
+            model, _, alias = paper.teacher_key(row.mode, row.teacher).partition("@")
+            needed.setdefault(model, set()).add(int(alias.removeprefix("epoch-")))
+    return {model: sorted(epochs) for model, epochs in needed.items()}
+
+
+def teacher_step(
+    model: str, epochs: list[int], args: argparse.Namespace, resources: list[str]
+) -> Step:
+    """One baseline run with the original's values whose snapshots are registered together."""
+    if args.epochs is not None and max(epochs) > args.epochs:
+        raise UserError(
+            f"--epochs {args.epochs}: the De-KD rows need the epoch-{max(epochs)} snapshot of "
+            f"{model}; give --epochs {max(epochs)} or more, or leave out --modes {DEFECTIVE}"
+        )
+    snapshots = ",".join(map(str, epochs))
+    argv = ["--mode", BASELINE, "--model", model, "--fixed", "--snapshot-epochs", snapshots]
+    return tune_step("De-KD teacher", teacher_run_name(args.dataset, model), argv, args, resources)
+
+
+def teacher_flag(row: paper.PaperRow, dataset: str) -> list[str]:
+    """--teacher as the row needs it; a De-KD teacher names the suite's teacher run."""
     key = paper.teacher_key(row.mode, row.teacher)
-    teacher = [] if key in NO_TEACHER_FLAG else ["--teacher", key]
+    if key in NO_TEACHER_FLAG:
+        return []
+    if row.mode == DEFECTIVE:
+        return ["--teacher", f"{key}:{teacher_run_name(dataset, key.partition('@')[0])}"]
+    return ["--teacher", key]
+
+
+def mode_step(row: paper.PaperRow, args: argparse.Namespace, resources: list[str]) -> Step:
+    teacher = teacher_flag(row, args.dataset)
     return tune_step(
         "sweep",
         sweep_name(args.dataset, row),
@@ -257,18 +294,21 @@ def _unique(items: Iterable[str]) -> list[str]:
 
 
 def plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[Step]:
-    """Baselines (teachers first needed), then the other sweeps, then the reproductions."""
+    """Baselines and De-KD teacher runs (teachers first needed), then the other sweeps, then
+    the reproductions."""
     rows = chosen_rows(args)
     resources = forwarded(args, parser)
     baselines = _unique(
         [r.model for r in rows if r.mode == BASELINE]
-        + [teacher_model(r) for r in rows if teacher_model(r)]
+        + [teacher_model(r) for r in rows if teacher_model(r) and r.mode != DEFECTIVE]
     )
     baseline_steps = {m: baseline_step(m, args, resources) for m in baselines}
+    teacher_steps = [teacher_step(m, e, args, resources) for m, e in snapshot_epochs(rows).items()]
     sweeps = [mode_step(r, args, resources) for r in rows if r.mode != BASELINE]
     compared = [baseline_steps[r.model] for r in rows if r.mode == BASELINE] + sweeps
     return [
         *baseline_steps.values(),
+        *teacher_steps,
         *sweeps,
         *(reproduce_step(s, args, resources) for s in compared),
     ]

@@ -542,10 +542,21 @@ def test_paper_suite_dry_run_orders_and_skips(tmp_path, capsys):
     reproductions = [i for i, line in enumerate(lines) if "analysis.reproduce" in line]
     assert baselines == list(range(len(baselines)))  # every teacher first...
     assert min(reproductions) == len(lines) - len(reproductions)  # ...reproductions last
-    assert all("--snapshot-epochs 1,50" in lines[i] for i in baselines)
+    # De-KD teachers: one run each with the original's values (--fixed), the snapshots the rows
+    # use registered together; the rows name that run. Baseline sweeps register no snapshots.
+    teachers = [lines[i] for i in baselines if "--snapshot-epochs" in lines[i]]
+    assert {re.search(r"--name (\S+)", line).group(1) for line in teachers} == {
+        "teacher-cifar100-resnet18",
+        "teacher-cifar100-resnet50",
+        "teacher-cifar100-resnext29",
+    }
+    assert all("--fixed" in line for line in teachers)
+    assert "--snapshot-epochs 1 " in [t for t in teachers if "resnet18" in t][0]
+    assert "--snapshot-epochs 50 " in [t for t in teachers if "resnet50" in t][0]
     skipped = [line for line in lines if "[skip: done]" in line]
     assert len(skipped) == 1 and "--name baseline-cifar100-resnet18 " in skipped[0] + " "
-    assert any("--teacher resnet18@epoch-1" in line for line in dekd)
+    assert any("--teacher resnet18@epoch-1:teacher-cifar100-resnet18 " in line for line in dekd)
+    assert any("--teacher resnet50@epoch-50:teacher-cifar100-resnet50 " in line for line in dekd)
     assert any("--name dekd-cifar100-mobilenet_v2-resnet18-epoch-1" in line for line in dekd)
     assert str(TUNE_MAIN) in lines[0]
     assert len(reproductions) == len([line for line in lines if "--mode kd" in line]) + len(dekd)
@@ -601,6 +612,12 @@ def test_paper_suite_plans_the_seeds_imagenet_experiments_with_or_without_paper_
         (line,) = [line for line in lines if words in line]
         assert line.endswith("# no paper value")
     assert all(line.endswith("# no paper value") for line in lines)
+
+
+def test_paper_suite_refuses_a_schedule_shorter_than_a_de_kd_snapshot(capsys, tmp_path):
+    argv = ["--dataset", "cifar100", "--models", "resnet18", "--modes", "dekd", "--epochs", "10"]
+    assert paper_suite.main([*argv, "--mlflow-uri", sqlite_uri(tmp_path), "--dry-run"]) == 2
+    assert_one_line(capsys.readouterr().err, "--epochs 10", "epoch-50 snapshot of res")
 
 
 def test_paper_suite_bad_input(capsys, tmp_path):

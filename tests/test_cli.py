@@ -133,6 +133,13 @@ def test_unreachable_tracking_server(capsys, workdir):
         ("--mode lsr --dataset digits --num-samples 0", "--num-samples"),
         ("--mode lsr --dataset digits --gpus-per-trial -1", "--gpus-per-trial"),
         ("--mode lsr --dataset digits --snapshot-epochs x", "--snapshot-epochs"),
+        ("--mode baseline --dataset digits --snapshot-epochs 1,0", "positive epochs"),
+        ("--mode lsr --dataset digits --snapshot-epochs 1", "only --mode baseline trains"),
+        (
+            "--mode baseline --dataset digits --epochs 3 --snapshot-epochs 1,5",
+            "epoch 5 lies beyond",
+        ),
+        ("--mode baseline --dataset digits --epochs 1", "'warmup_epochs' = 1 is not below epochs"),
     ],
 )
 def test_bad_flags_exit_2_from_the_real_command(workdir, args, needle):
@@ -222,6 +229,51 @@ def test_the_paper_protocol_trains_on_the_full_training_set_and_ranks_as_asked()
     holdout = plan_of("--mode lsr --dataset digits")
     assert holdout.first_trial()["protocol"] == "holdout" and holdout.metric == "val_accuracy"
     assert holdout.first_trial()["val_fraction"] == 0.1 and holdout.warnings == ()
+
+
+def announced(plan: Plan, capsys, tmp_path) -> list[str]:
+    """What tune_main prints as a sweep starts (untracked, no teacher)."""
+    from types import SimpleNamespace
+
+    from tfkd.cli.tune import announce
+
+    announce(plan, SimpleNamespace(mlflow_uri=None, args=SimpleNamespace(storage=str(tmp_path)),
+                                   teacher=None))  # fmt: skip
+    return capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("words", "says"),
+    [
+        ("--mode tfkd_self --model resnet50", "filled in, not the original's: experiments/"
+         "kd_experiments/resnet50_distill/resnet50_self_teacher/params.json has no multiplier"),
+        ("--mode tfkd_reg --model resnext29", "filled in, not the original's: experiments/"
+         "base_experiments/base_resnext29/params.json has no multiplier"),
+        ("--mode kd --model resnet18 --teacher densenet121", "filled in, not the original's: "
+         "the original's config for this pair is broken"),
+        ("--mode kd --model shufflenet_v2 --teacher mobilenet_v2", "the original has no kd values "
+         "for shufflenet_v2 with teacher mobilenet_v2; its values with teacher resnet18"),
+        ("--mode lsr --model resnet8", "the original has no lsr values for resnet8"),
+    ],
+)  # fmt: skip
+def test_fixed_on_a_preset_that_is_not_the_originals_says_so_in_one_line(
+    words, says, capsys, tmp_path
+):
+    plan = plan_of(f"{words} --dataset cifar100 --fixed")
+    (line,) = [line for line in announced(plan, capsys, tmp_path) if "--fixed" in line]
+    assert line.startswith(f"[tfkd] --fixed: {says}")
+    assert plan.preset_provenance == line.removeprefix("[tfkd] --fixed: ")
+    searched = plan_of(f"{words} --dataset cifar100")  # a search starts there, says nothing
+    assert not [line for line in announced(searched, capsys, tmp_path) if "--fixed" in line]
+
+
+def test_fixed_on_an_original_row_says_nothing_more(capsys, tmp_path):
+    plan = plan_of(
+        "--mode dekd --dataset cifar100 --model resnet18 --teacher resnet50@epoch-50 --fixed"
+    )
+    assert plan.preset_provenance == "original"
+    assert plan.first_trial()["alpha"] == 0.6 and plan.first_trial()["batch_size"] == 64
+    assert len(announced(plan, capsys, tmp_path)) == 1  # the sweep's own line
 
 
 def test_set_fixes_a_searched_key():

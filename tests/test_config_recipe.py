@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tfkd.core import recipe
-from tfkd.core.config import TrialConfig
+from tfkd.core.config import OPTIMIZER_NAMES, TrialConfig
 
 
 def test_defaults_and_round_trip():
@@ -103,3 +103,56 @@ def test_warmup_is_linear_within_the_first_epoch():
     assert seen[0] == pytest.approx(0.1 / 4)  # starts at lr / warm-up steps
     assert steps == pytest.approx([steps[0]] * 4)  # equal increments: linear
     assert seen[4] == pytest.approx(0.1)  # full rate once the first epoch is over
+
+
+@pytest.mark.parametrize(
+    ("epochs", "first_decay", "decayed"),
+    [(2, None, None), (3, 2, 0.1 * 0.2**3), (5, 2, 0.02), (6, 2, 0.02), (10, 3, 0.02)],
+)
+def test_a_short_schedule_trains_one_epoch_at_the_full_rate_before_the_first_decay(
+    epochs, first_decay, decayed
+):
+    """Warm-up in epoch 1, then at least one whole epoch at lr before a decay (round(0.3 x 6) =
+    2 used to decay as the warm-up ended: the full rate was never trained). With 3 epochs all
+    three drops (30/60/80%) fall after epoch 2."""
+    cfg = TrialConfig.from_dict({"mode": "baseline", "epochs": epochs})
+    lrs = lrs_per_epoch(cfg, steps_per_epoch=2)  # the rate at the start of each epoch
+    assert lrs[0] == pytest.approx(0.1 / 2) and lrs[1] == pytest.approx(0.1)
+    if first_decay is None:
+        assert lrs[1:] == pytest.approx([0.1] * (epochs - 1))
+    else:
+        assert lrs[1:first_decay] == pytest.approx([0.1] * (first_decay - 1))
+        assert lrs[first_decay] == pytest.approx(decayed)
+
+
+@pytest.mark.parametrize(("warmup", "epochs"), [(1, 1), (3, 3), (5, 2)])
+def test_a_warmup_as_long_as_the_schedule_is_refused(warmup, epochs):
+    with pytest.raises(ValueError, match="'warmup_epochs' = .* is not below epochs"):
+        TrialConfig.from_dict({"mode": "baseline", "epochs": epochs, "warmup_epochs": warmup})
+    assert TrialConfig.from_dict({"mode": "baseline", "epochs": epochs, "warmup_epochs": 0})
+
+
+@pytest.mark.parametrize(
+    ("mode", "teacher", "lr"), [("baseline", "", 0.1), ("kd", "resnet8", 1e-3)]
+)
+def test_the_cnn_trains_with_the_originals_adam(mode, teacher, lr):
+    """main.py: optim.Adam(lr=learning_rate x batch_size / 128), no weight decay; learning_rate
+    1e-1 in base_experiments/base_cnn/params.json, 1e-3 in kd_experiments/cnn_distill."""
+    from tfkd.cli.parser import build_parser
+    from tfkd.cli.plan import make_plan
+
+    words = f"--mode {mode} --dataset digits --model cnn --fixed --set batch_size=64"
+    words += f" --teacher {teacher}" if teacher else ""
+    config = make_plan(build_parser().parse_args(words.split())).first_trial()
+    optimizer = recipe.build_optimizer(torch.nn.Linear(2, 2), TrialConfig.from_dict(config))
+    assert type(optimizer) is torch.optim.Adam
+    (group,) = optimizer.param_groups
+    assert group["lr"] == pytest.approx(lr * 64 / 128) and group["weight_decay"] == 0
+    assert group["betas"] == (0.9, 0.999)  # torch's defaults, as the original left them
+
+
+def test_other_models_keep_sgd():
+    cfg = TrialConfig.from_dict({"mode": "kd", "model": "resnet8"})
+    optimizer = recipe.build_optimizer(torch.nn.Linear(2, 2), cfg)
+    assert type(optimizer) is torch.optim.SGD and optimizer.param_groups[0]["momentum"] == 0.9
+    assert set(recipe.OPTIMIZERS) == set(OPTIMIZER_NAMES)

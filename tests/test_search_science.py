@@ -162,7 +162,7 @@ def initial_student(config: dict) -> dict[str, torch.Tensor]:
 
     train.build_student = recording
     try:
-        train.run_trial({**config, "epochs": 1, "lr": 1e-6}, None)
+        train.run_trial({**config, "epochs": 1, "warmup_epochs": 0, "lr": 1e-6}, None)
     finally:
         train.build_student = real
     return built[0]
@@ -175,7 +175,9 @@ def test_a_students_initial_weights_do_not_depend_on_a_teacher(tmp_path):
     def keep(metrics, checkpoint_dir):
         shutil.copytree(checkpoint_dir, teacher_dir, dirs_exist_ok=True)
 
-    train.run_trial({"mode": "baseline", **common, "epochs": 1, "seed": 7}, keep)
+    train.run_trial(
+        {"mode": "baseline", **common, "epochs": 1, "warmup_epochs": 0, "seed": 7}, keep
+    )
     for seed in (0, 3):
         alone = initial_student({"mode": "baseline", **common, "seed": seed})
         taught = initial_student(

@@ -62,7 +62,7 @@ def loss_of(config: dict, logits, labels, teacher):
     return modes.get(cfg.mode).loss(logits, labels, teacher, cfg).total
 
 
-@pytest.mark.parametrize("mode", ("kd", "rekd", "tfkd_self", "tfkd_reg"))
+@pytest.mark.parametrize("mode", ("kd", "rekd", "dekd", "tfkd_self", "tfkd_reg"))
 def test_the_original_presets_stay_first_points_with_the_originals_loss(mode):
     """Each original row's first point, in the space's coordinates, is the original's loss."""
     space = search_space.load(search_space.default_path(mode), mode)
@@ -86,3 +86,87 @@ def test_the_original_presets_stay_first_points_with_the_originals_loss(mode):
         mine = loss_of({"mode": mode, **fixed, **point}, logits, labels, teacher)
         theirs = loss_of(original, logits, labels, teacher)
         torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=0)
+
+
+PRESET_MODES = ("baseline", "kd", "rekd", "dekd", "tfkd_self", "tfkd_reg", "lsr")
+VALUE_COLUMNS = (
+    "temperature",
+    "alpha",
+    "multiplier",
+    "correct_prob",
+    "epsilon",
+    "batch_size",
+    "lr",
+)
+
+
+def as_reference_row(mode: str, row: dict) -> dict[str, str]:
+    """A shipped preset row in the reference CSV's columns (tfkd_self's teacher is the model)."""
+    teacher = row["model"] if mode == "tfkd_self" else row.get("teacher", "")
+    values = {k: str(row[k]) if k in row else "" for k in VALUE_COLUMNS}
+    return {"mode": mode, "model": row["model"], "teacher": teacher, **values,
+            "provenance": row["provenance"], "source": row["source"]}  # fmt: skip
+
+
+def reference_row(row: dict[str, str]) -> dict[str, str]:
+    """A CSV row with its numbers as YAML writes them (128 for 128, 1.0 for 1.0)."""
+    return {k: (str(yaml_number(v)) if k in VALUE_COLUMNS and v else v) for k, v in row.items()}
+
+
+def yaml_number(text: str) -> int | float:
+    return int(text) if text.isdigit() else float(text)
+
+
+def test_every_shipped_preset_is_a_row_of_the_reference_with_its_provenance():
+    """search_spaces/*.yaml and tests/original_hparams.csv hold the same rows, each saying
+    whether it is the original's value (and from which params.json) or filled in (and why)."""
+    shipped = [
+        as_reference_row(mode, row)
+        for mode in PRESET_MODES
+        for row in search_space.load(search_space.default_path(mode), mode).presets
+    ]
+    reference = [reference_row(r) for mode in PRESET_MODES for r in original_rows(mode)]
+    key = lambda r: (r["mode"], r["model"], r["teacher"])  # noqa: E731
+    assert sorted(shipped, key=key) == sorted(reference, key=key)
+    for row in shipped:
+        assert row["provenance"] in ("original", "filled-in")
+        if row["provenance"] == "original":
+            assert row["source"].startswith("experiments/") and "params.json" in row["source"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "model", "teacher"),
+    [
+        ("tfkd_self", "resnet50", "resnet50"),  # no multiplier in the original
+        ("tfkd_reg", "densenet121", ""),
+        ("tfkd_reg", "resnext29", ""),
+        ("kd", "resnet18", "densenet121"),  # the original's config is broken
+        ("rekd", "resnext29", "resnet18"),  # its only resnext29 config names mobilenet_v2
+    ],
+)
+def test_the_issues_known_gaps_are_marked_filled_in(mode, model, teacher):
+    space = search_space.load(search_space.default_path(mode), mode)
+    assert space.filled_in(model, teacher).startswith("filled in, not the original's: ")
+
+
+def test_a_teacher_without_its_own_row_and_a_model_without_one_say_so():
+    kd = search_space.load(search_space.default_path("kd"), "kd")
+    assert kd.filled_in("mobilenet_v2", "resnet18") == ""
+    assert "with teacher resnet18" in kd.filled_in("mobilenet_v2", "shufflenet_v2")
+    assert "no kd values for resnet8" in kd.filled_in("resnet8", "resnet18")
+
+
+def test_dekd_presets_are_the_originals_kd_configs_of_the_pair():
+    """Defective KD in the original is --pt_teacher on the pair's KD params.json: the resnet18
+    rows alpha 0.6 at batch 64, the ResNeXt29-teacher rows batch 64 (resnet18_distill/
+    resnet50_teacher and */resnext29_teacher)."""
+    dekd = search_space.load(search_space.default_path("dekd"), "dekd")
+    for teacher in ("resnet50", "resnext29"):
+        assert dekd.preset_for("resnet18", teacher) == {
+            "temperature": 20, "alpha": 0.6, "batch_size": 64, "lr": 0.1
+        }  # fmt: skip
+    assert dekd.preset_for("mobilenet_v2", "resnext29")["batch_size"] == 64
+    assert dekd.preset_for("shufflenet_v2", "resnext29")["batch_size"] == 64
+    assert dekd.preset_for("mobilenet_v2", "resnet18") == {
+        "temperature": 20, "alpha": 0.95, "batch_size": 128, "lr": 0.1
+    }  # fmt: skip

@@ -52,16 +52,20 @@ def runs_of(uri: str, experiment: str) -> tuple:
     return parents, children
 
 
+TEACHER_RUN, TEACHER_EXPERIMENT = "teacher-fake-resnet8", "baseline-fake-resnet8"
+
+
 @pytest.fixture(scope="module")
 def teacher_sweep(server, workdir_m) -> str:
-    """A baseline run that registers its weights, and its epoch-1 snapshot, as teachers."""
-    run_ok("--mode baseline --fixed --snapshot-epochs 1", FAKE, mlflow_uri=server, cwd=workdir_m)
-    return "baseline-fake-resnet8"
+    """A baseline teacher run (experiment TEACHER_EXPERIMENT) that registers its weights, and
+    its epoch-1 snapshot, as teachers; what tune_main said."""
+    words = "--mode baseline --fixed --snapshot-epochs 1"
+    return run_ok(words, FAKE, name=TEACHER_RUN, mlflow_uri=server, cwd=workdir_m)
 
 
 def test_sweep_and_trial_runs_are_recorded(server, teacher_sweep):
     client = MlflowClient(server)
-    parents, children = runs_of(server, teacher_sweep)
+    parents, children = runs_of(server, TEACHER_EXPERIMENT)
     assert len(parents) == 1 and len(children) == 1
     parent, child = parents[0], children[0]
     tags = parent.data.tags
@@ -94,11 +98,35 @@ def test_sweep_and_trial_runs_are_recorded(server, teacher_sweep):
 
 def test_baseline_registers_teacher_and_snapshot(server, teacher_sweep):
     client = MlflowClient(server)
-    _, (child,) = runs_of(server, teacher_sweep)
+    _, (child,) = runs_of(server, TEACHER_EXPERIMENT)
     best = client.get_model_version_by_alias("tfkd-fake-resnet8", "best")
     snapshot = client.get_model_version_by_alias("tfkd-fake-resnet8", "epoch-1")
     assert best.run_id == snapshot.run_id == child.info.run_id
     assert best.tags["kind"] == "final" and snapshot.tags["epoch"] == "1"
+
+
+def test_a_teacher_runs_versions_are_registered_together_and_named(server, teacher_sweep):
+    """Every version a teacher run registers carries its name and run id; its output names them."""
+    client = MlflowClient(server)
+    (parent,), (child,) = runs_of(server, TEACHER_EXPERIMENT)
+    mine = [
+        v
+        for v in client.search_model_versions("name = 'tfkd-fake-resnet8'")
+        if v.tags.get("teacher_run") == TEACHER_RUN
+    ]
+    assert sorted((v.tags["kind"], v.tags["epoch"]) for v in mine) == [
+        ("final", "2"),
+        ("snapshot", "1"),
+    ]
+    assert {v.tags["sweep_run_id"] for v in mine} == {parent.info.run_id}
+    assert {v.run_id for v in mine} == {child.info.run_id}
+    snapshot, final = sorted(mine, key=lambda v: v.tags["kind"] == "final")
+    line = (
+        f"[tfkd] registered teacher tfkd-fake-resnet8: version {snapshot.version} (epoch-1), "
+        f"version {final.version} (final) of teacher run {TEACHER_RUN} "
+        f"(MLflow run {child.info.run_id}); use it with --teacher resnet8@epoch-1:{TEACHER_RUN}\n"
+    )
+    assert line in teacher_sweep
 
 
 @pytest.fixture(scope="module")
@@ -119,11 +147,17 @@ def test_self_training_finds_its_teacher(server, self_sweep):
     assert parent.data.tags["teacher"] == "resnet8@best"
     assert parent.data.tags["teacher_location"] == f"runs:/{best.run_id}/teacher"
     assert 0 <= parent.data.metrics["teacher_val_accuracy"] <= 100
-    assert f"[tfkd] teacher resnet8@best: runs:/{best.run_id}/teacher\n" in self_sweep
+    assert (
+        f"[tfkd] teacher resnet8@best: tfkd-fake-resnet8 version {best.version}, the final "
+        f"weights of teacher run {best.tags['teacher_run']} (MLflow run {best.run_id})\n"
+    ) in self_sweep
     assert len(children) == 2
     assert all(
         c.data.params["teacher_checkpoint"] == f"runs:/{best.run_id}/teacher" for c in children
     )
+    for run in (parent, *children):  # the teacher's run, on the sweep and on every student
+        assert run.data.tags["teacher_run_id"] == best.run_id
+        assert run.data.tags["teacher_run"] == best.tags["teacher_run"]
     assert set(parent.data.metrics) == SWEEP_METRICS | {"teacher_val_accuracy"}
 
 
@@ -163,11 +197,78 @@ def test_system_metrics_are_logged_per_trial(server, self_sweep):
         assert "system/system_memory_usage_megabytes" in child.data.metrics
 
 
-def test_defective_kd_takes_the_epoch_snapshot(server, teacher_sweep, workdir_m):
-    run_ok("--mode dekd --teacher resnet8@epoch-1 --fixed", FAKE, mlflow_uri=server, cwd=workdir_m)
+def test_defective_kd_takes_the_epoch_snapshot_of_the_named_teacher_run(
+    server, teacher_sweep, workdir_m
+):
+    stdout = run_ok(
+        f"--mode dekd --teacher resnet8@epoch-1:{TEACHER_RUN} --fixed",
+        FAKE,
+        mlflow_uri=server,
+        cwd=workdir_m,
+    )
     (parent,), (child,) = runs_of(server, "dekd-fake-resnet8")
-    assert parent.data.tags["teacher_location"].endswith("/snapshots/epoch-1")
+    (teacher,) = [
+        v
+        for v in MlflowClient(server).search_model_versions("name = 'tfkd-fake-resnet8'")
+        if v.tags.get("teacher_run") == TEACHER_RUN and v.tags["kind"] == "snapshot"
+    ]
+    assert parent.data.tags["teacher_location"] == f"runs:/{teacher.run_id}/snapshots/epoch-1"
     assert child.info.status == "FINISHED"
+    assert child.data.tags["teacher_run_id"] == parent.data.tags["teacher_run_id"] == teacher.run_id
+    assert child.data.tags["teacher_run"] == TEACHER_RUN
+    assert (
+        f"[tfkd] teacher resnet8@epoch-1: tfkd-fake-resnet8 version {teacher.version}, the "
+        f"epoch-1 snapshot of teacher run {TEACHER_RUN} (MLflow run {teacher.run_id})\n"
+    ) in stdout
+    # resnet8 has no dekd preset: --fixed says so in one line
+    assert "[tfkd] --fixed: the original has no dekd values for resnet8; the mode's defaults\n" in (
+        stdout
+    )
+
+
+def test_epoch_n_resolves_within_the_newest_or_the_named_teacher_run(tmp_path):
+    """Two teacher runs of one model (--snapshot-epochs alone makes each one fixed trial):
+    resnet8@epoch-1 is the newest run's snapshot, resnet8@epoch-1:RUN the named run's (by
+    name or run id), and an unknown run is one line naming the runs there are. A private
+    SQLite store keeps the shared server's aliases as the other tests left them."""
+    from tfkd.cli.teachers import TeacherRequest, resolve
+    from tfkd.core.errors import UserError
+
+    uri = f"sqlite:///{tmp_path / 'teachers.db'}"
+    words = "--mode baseline --dataset digits --model resnet8 --epochs 2 --snapshot-epochs 1"
+    for name in ("teacher-a", "teacher-b"):
+        run_ok(words, name=name, mlflow_uri=uri, cwd=tmp_path)
+    client = MlflowClient(uri)
+    sweeps = {
+        r.info.run_name: r
+        for r in client.search_runs(
+            [client.get_experiment_by_name("baseline-digits-resnet8").experiment_id]
+        )
+        if r.data.tags.get("tfkd.kind") == "sweep"
+    }
+    assert {s.data.tags["search_alg"] for s in sweeps.values()} == {"fixed"}
+
+    def teacher(spec: str):
+        return resolve(TeacherRequest("dekd", "digits", "resnet8", teacher=spec), uri)
+
+    snapshots = {
+        v.tags["teacher_run"]: v
+        for v in client.search_model_versions("name = 'tfkd-digits-resnet8'")
+        if v.tags["kind"] == "snapshot"
+    }
+    assert set(snapshots) == {"teacher-a", "teacher-b"}
+    newest = teacher("resnet8@epoch-1")
+    assert newest.teacher_run == "teacher-b" and newest.run_id == snapshots["teacher-b"].run_id
+    sweep_id = sweeps["teacher-a"].info.run_id
+    for run in ("teacher-a", sweep_id):
+        named = teacher(f"resnet8@epoch-1:{run}")
+        assert named.teacher_run == "teacher-a" and named.run_id == snapshots["teacher-a"].run_id
+        assert named.location == f"runs:/{named.run_id}/snapshots/epoch-1"
+        assert f"version {snapshots['teacher-a'].version}, the epoch-1 snapshot" in named.describe()
+    assert teacher("resnet8:teacher-a").location.endswith("/teacher")  # its final weights
+    with pytest.raises(UserError, match="teacher runs that did: teacher-a, teacher-b") as error:
+        teacher("resnet8@epoch-1:nope")
+    assert "\n" not in str(error.value)
 
 
 def test_train_teacher_trains_a_missing_teacher_first(server, workdir_m):

@@ -168,6 +168,7 @@ def test_teacher_with_other_classes_is_rejected(teacher, tmp_path):
                 "dataset": "fake",
                 "fake_size": 64,
                 "epochs": 1,
+                "warmup_epochs": 0,
                 "teacher_checkpoint": str(teacher_file),
             },
             dataset=_hundred_class_dataset(),

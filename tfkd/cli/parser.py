@@ -64,9 +64,13 @@ def build_parser(registries: bool = True) -> argparse.ArgumentParser:
     what.add_argument(
         "--teacher",
         default=None,
-        help="teacher for kd/rekd/dekd: a model name, found in the MLflow "
-        "registry as tfkd-<dataset>-<model>@best; NAME@epoch-N takes a "
-        "snapshot (tfkd_self uses the student's own architecture)",
+        metavar="MODEL[@ALIAS][:RUN]",
+        help="teacher for kd/rekd/dekd: a model, found in the MLflow registry as "
+        "tfkd-<dataset>-<model>@best (the final weights with the best validation accuracy); "
+        "MODEL@epoch-N takes the epoch-N snapshot of the newest teacher run that registered "
+        "one; :RUN picks the version of a named teacher run (its sweep name or run id, e.g. "
+        "resnet18@epoch-1:baseline-cifar100-resnet18-20261201-120000); tfkd_self uses the "
+        "student's own architecture",
     )
     what.add_argument(
         "--teacher-checkpoint",
@@ -89,8 +93,10 @@ def build_parser(registries: bool = True) -> argparse.ArgumentParser:
         "--snapshot-epochs",
         type=_epochs_list,
         default=(),
-        help="baseline: also register the weights at these epochs as "
-        "aliases epoch-N (e.g. 1,50: Defective-KD teachers)",
+        metavar="N[,N...]",
+        help="make this baseline run a teacher run: one configuration, the original's values "
+        "(implies --fixed), registering its weights at these epochs (aliases epoch-N, e.g. 1,50: "
+        "Defective-KD teachers) with its final weights, all tagged with the run's name",
     )
     what.add_argument(
         "--data-dir",

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from tfkd.cli import teachers
-from tfkd.cli.registries import recipe
+from tfkd.cli.registries import modes, recipe
 from tfkd.core import protocol
 from tfkd.core.config import WEIGHTS, TrialConfig
 from tfkd.core.config import keys as config_keys
@@ -58,10 +58,10 @@ def _base_config(
     extra: Mapping[str, Any],
     overrides: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Fixed trial config: defaults < the space's defaults < the dataset's recipe < preset's
-    unsearched values < --smoke-test < --set."""
+    """Fixed trial config: defaults < the space's defaults < the dataset's and model's recipe <
+    preset's unsearched values < --smoke-test < --set."""
     teacher = teachers.TeacherRequest.from_args(args).architecture
-    preset = {**recipe.dataset_defaults(args.dataset), **space.preset_for(args.model, teacher)}
+    preset = {**_recipe(args), **space.preset_for(args.model, teacher)}
     # --set ce_weight/kl_weight decide alpha and multiplier: the preset's would contradict them
     decided = set(space.params) | (
         {"alpha", "multiplier"} if set(WEIGHTS) & set(overrides) else set()
@@ -102,6 +102,16 @@ class Plan:
         """The complete config of the first trial (the preset's point of the search)."""
         return {**self.config, **self.first_point}
 
+    @property
+    def preset_provenance(self) -> str:
+        """'original', or why the preset's values are not the original's (filled in, another
+        teacher's, none); a user's search space without provenance says 'not stated'."""
+        model, teacher = self.config["model"], self.config.get("teacher", "")
+        row = self.space.preset_row(model, teacher)
+        if row and "provenance" not in row:
+            return f"not stated in {self.space.path}"
+        return self.space.filled_in(model, teacher) or "original"
+
 
 def make_plan(args: argparse.Namespace) -> Plan:
     teachers.check_request(teachers.TeacherRequest.from_args(args))
@@ -118,9 +128,11 @@ def make_plan(args: argparse.Namespace) -> Plan:
             "--set val_fraction=0: a holdout sweep chooses and stops trials on the validation "
             "split, so it needs one (e.g. 0.1); --protocol paper trains on the full training set"
         )
-    metric, warnings = sweep_metric(args.protocol, args.metric, args.fixed)
-    judged_at = _rung_epochs(args, first_trial.to_dict())
-    if not args.fixed:
+    fixed = args.fixed or bool(args.snapshot_epochs)  # a teacher run is one configuration
+    _check_snapshot_epochs(args, first_trial.epochs)
+    metric, warnings = sweep_metric(args.protocol, args.metric, fixed)
+    judged_at = () if fixed else _rung_epochs(args, first_trial.to_dict())
+    if not fixed:
         config = {k: v for k, v in config.items() if k not in space.sets()}
     what = f"{args.mode}-{config['dataset']}-{config['model']}"
     return Plan(
@@ -129,7 +141,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         config=config,
         space=space,
         first_point=first,
-        fixed=args.fixed,
+        fixed=fixed,
         rungs=judged_at,
         metric=metric,
         warnings=warnings,
@@ -178,9 +190,27 @@ def sweep_metric(name: str, asked: str | None, fixed: bool) -> tuple[str, tuple[
     return asked, ()
 
 
+def _check_snapshot_epochs(args: argparse.Namespace, epochs: int) -> None:
+    """--snapshot-epochs makes a baseline run a teacher run: snapshots within its schedule."""
+    if not args.snapshot_epochs:
+        return
+    given = ",".join(map(str, args.snapshot_epochs))
+    if args.mode != "baseline":
+        raise UserError(
+            f"--snapshot-epochs {given}: only --mode baseline trains and registers teachers; "
+            f"drop the flag, or run --mode baseline --snapshot-epochs {given} first"
+        )
+    beyond = [e for e in args.snapshot_epochs if e > epochs]
+    if beyond:
+        raise UserError(
+            f"--snapshot-epochs {given}: epoch {beyond[0]} lies beyond the run's {epochs} epochs; "
+            f"choose epochs from 1 to {epochs} or train longer (--epochs)"
+        )
+
+
 def _rung_epochs(args: argparse.Namespace, config: Mapping[str, Any]) -> tuple[int, ...]:
     """--rungs as epochs of this schedule; none when --grace-period asks for geometric rungs."""
-    if args.grace_period is not None or args.fixed:
+    if args.grace_period is not None:
         return ()
     try:
         return rungs.epochs_of(rungs.parse(args.rungs), config)
@@ -189,13 +219,19 @@ def _rung_epochs(args: argparse.Namespace, config: Mapping[str, Any]) -> tuple[i
 
 
 def _first_point(args: argparse.Namespace, space: search_space.SearchSpace) -> dict[str, Any]:
-    """The search's first point: the preset's values, else the dataset's recipe, else the
-    space's defaults (the ImageNet recipe's weight decay, not the CIFAR default)."""
+    """The search's first point: the preset's values, else the dataset's and model's recipe,
+    else the space's defaults (the ImageNet recipe's weight decay, not the CIFAR default)."""
     teacher = teachers.TeacherRequest.from_args(args).architecture
     first = space.first_point(args.model, teacher)
     preset = space.preset_for(args.model, teacher)
-    dataset = recipe.dataset_defaults(args.dataset)
+    dataset = _recipe(args)
     return {k: preset.get(k, dataset.get(k, v)) for k, v in first.items()}
+
+
+def _recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """The original's recipe for this dataset and model (the cnn's depends on the mode)."""
+    distills = modes.get(args.mode).needs_teacher
+    return recipe.recipe_defaults(args.dataset, args.model, distills)
 
 
 def _sweep_name(args: argparse.Namespace, what: str) -> str:

@@ -46,7 +46,7 @@ class TeacherRequest:
     mode: str
     dataset: str
     model: str
-    teacher: str | None = None  # MODEL or MODEL@ALIAS
+    teacher: str | None = None  # MODEL[@ALIAS][:RUN]
     checkpoint: str | None = None
     run_id: str | None = None
     train: bool = False
@@ -61,7 +61,7 @@ class TeacherRequest:
         """The teacher's model: the student's own for tfkd_self, else --teacher's model."""
         if modes.get(self.mode).teacher_is_student and not self.teacher:
             return self.model
-        model, _, alias = (self.teacher or "").partition("@")
+        model = (self.teacher or "").partition(":")[0].partition("@")[0]
         return torchvision_zoo.registry_name(model) if self.pretrained else model
 
     @property
@@ -99,11 +99,32 @@ def check_request(request: TeacherRequest) -> None:
 
 @dataclass(frozen=True)
 class Teacher:
-    """A resolved teacher; `location` is '' until a --train-teacher run has trained it."""
+    """A resolved teacher; `location` is '' until a --train-teacher run has trained it.
+
+    `run_id` is the MLflow run whose weights these are, `registered` the registry version and
+    teacher run they come from (tfkd.tracking's `RegisteredTeacher.describe`), when known.
+    """
 
     model: str
     alias: str
     location: str
+    run_id: str = ""
+    registered: str = ""
+    teacher_run: str = ""
+
+    def describe(self) -> str:
+        """Where the teacher comes from, for the sweep's output (one line)."""
+        where = self.registered or (
+            f"the weights of MLflow run {self.run_id} ({self.location}), not a registry version"
+            if self.run_id
+            else f"{self.location} (a file: no registry version or run)"
+        )
+        return f"teacher {self.model}@{self.alias}: {where}"
+
+    def tags(self) -> dict[str, str]:
+        """The teacher's provenance, as tags of the sweep run and of every student's run."""
+        given = {"teacher_run_id": self.run_id, "teacher_run": self.teacher_run}
+        return {k: v for k, v in given.items() if v}
 
 
 def train_command(request: TeacherRequest, model: str, alias: str) -> str:
@@ -147,17 +168,17 @@ def resolve(request: TeacherRequest, mlflow_uri: str | None) -> Teacher | None:
             "given as --teacher-checkpoint PATH"
         )
     if request.run_id:
-        return Teacher(model, alias, tracking.teacher_uri_from_run(mlflow_uri, request.run_id))
+        location = tracking.teacher_uri_from_run(mlflow_uri, request.run_id)
+        return Teacher(model, alias, location, run_id=request.run_id)
     command = train_command(request, model, alias)
+    spec = request.teacher or model  # tfkd_self without --teacher: the student's model @best
     try:
-        location = tracking.teacher_uri_from_registry(
-            mlflow_uri, request.dataset, f"{model}@{alias}", command
-        )
+        found = tracking.registered_teacher(mlflow_uri, request.dataset, spec, command)
     except UserError:
-        if not request.train:
+        if not request.train or tracking.teacher_run_of(spec):  # a named run is not retrained
             raise
-        location = ""
-    return Teacher(model, alias, location)
+        return Teacher(model, alias, "")
+    return Teacher(model, alias, found.location, found.run_id, found.describe(), found.teacher_run)
 
 
 def _pretrained(model: str) -> Teacher:

@@ -114,10 +114,12 @@ def _sweep_tags(
         "model": plan.config["model"],
         "teacher": f"{teacher.model}@{teacher.alias}" if teacher else "",
         "teacher_location": teacher.location if teacher else "",
+        **(teacher.tags() if teacher else {}),
         "search_alg": "fixed" if plan.fixed else args.search_alg,
         "search_space": plan.space.text,
         "search_space_file": str(plan.space.path),
         "epochs": str(plan.first_trial()["epochs"]),
+        "preset_provenance": plan.preset_provenance,
         "num_samples": str(args.num_samples),
         "protocol": plan.config["protocol"],
         "metric": plan.metric,
@@ -131,9 +133,30 @@ def announce(plan: Plan, prepared: Prepared) -> None:
     tracked = f"MLflow experiment {plan.experiment}" if prepared.mlflow_uri else "not tracked"
     where = storage.join(prepared.args.storage, plan.name)
     print(f"[tfkd] sweep {plan.name} ({tracked}; results in {where})", flush=True)
+    if plan.fixed and plan.preset_provenance != "original":
+        print(f"[tfkd] --fixed: {plan.preset_provenance}", flush=True)
     teacher = prepared.teacher
     if teacher is not None and teacher.location:
-        print(f"[tfkd] teacher {teacher.model}@{teacher.alias}: {teacher.location}", flush=True)
+        print(f"[tfkd] {teacher.describe()}", flush=True)
+
+
+def print_registered(plan: Plan, mlflow_uri: str) -> None:
+    """One line naming the teacher versions a baseline run registered, and how to use them."""
+    from tfkd import tracking
+
+    model = plan.config["model"]
+    found = tracking.registered_by(mlflow_uri, plan.config["dataset"], model, plan.name)
+    if not found:
+        return  # nothing registered yet (writes still queued): the summary says what is pending
+    versions = ", ".join(f"version {v.version} ({v.alias})" for v in found)
+    runs = list(dict.fromkeys(v.run_id for v in found))  # one for a teacher run; a sweep's trials
+    alias = next((f"@{v.alias}" for v in found if v.kind == "snapshot"), "")
+    print(
+        f"[tfkd] registered teacher {found[0].name}: {versions} of teacher run {plan.name} "
+        f"(MLflow run{'s' * (len(runs) > 1)} {', '.join(runs)}); use it with --teacher "
+        f"{model}{alias}:{plan.name}",
+        flush=True,
+    )
 
 
 def train_missing_teacher(prepared: Prepared) -> tuple[int, Prepared]:
@@ -177,6 +200,7 @@ def run_prepared(prepared: Prepared) -> int:
         dataset=plan.config["dataset"],
         model=plan.config["model"],
         snapshot_epochs=args.snapshot_epochs,
+        child_tags=prepared.teacher.tags() if prepared.teacher else {},
         resume=args.resume,
         outbox_root=storage.local_experiment_dir(args.storage, plan.name),
         system_metrics=args.system_metrics,
@@ -201,6 +225,8 @@ def run_prepared(prepared: Prepared) -> int:
         )
         result = tuner.run_sweep(spec, prepared.dataset)
     code = outcome.print_outcome(result, plan, args)
+    if context is not None and args.mode == "baseline":
+        print_registered(plan, prepared.mlflow_uri)
     if context is not None and code == EXIT_OK:
         outcome.print_comparison(context)
     return code

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CUDA_GRAPHS = ("auto", "off", "capture", "compile")  # how CUDA runs the step (tfkd.core.steps)
+OPTIMIZER_NAMES = ("sgd", "adam")  # tfkd.core.recipe.OPTIMIZERS builds them
 
 
 def _positive(value: float) -> bool:
@@ -128,6 +129,9 @@ class TrialConfig:
     lr_batch: int = field(
         default=128, metadata=_meta(_positive, "batch size that lr is given for (lr scales)")
     )
+    optimizer: str = field(
+        default="sgd", metadata=_meta(_one_of(*OPTIMIZER_NAMES), "optimiser (adam: the cnn's)")
+    )
     momentum: float = field(default=0.9, metadata=_meta(_half_open_unit, "SGD momentum"))
     weight_decay: float = field(default=5e-4, metadata=_meta(_non_negative, "SGD weight decay"))
     warmup_epochs: int = field(default=1, metadata=_meta(_non_negative, "linear warm-up"))
@@ -184,6 +188,7 @@ class TrialConfig:
             _check(known[name], value)
         config = cls(**coerced)
         _check_protocol_split(config)
+        _check_warmup(config)
         return config
 
     def to_dict(self) -> dict[str, Any]:
@@ -217,6 +222,16 @@ def _check_protocol_split(config: TrialConfig) -> None:
             f"config key 'val_fraction' = {config.val_fraction!r} contradicts protocol "
             f"{config.protocol!r}, which trains on the full training set: set val_fraction=0 "
             "or use protocol 'holdout'"
+        )
+
+
+def _check_warmup(cfg: TrialConfig) -> None:
+    """The warm-up must end before the schedule does (else the full rate is never trained)."""
+    if cfg.warmup_epochs >= cfg.epochs:
+        raise ValueError(
+            f"config key 'warmup_epochs' = {cfg.warmup_epochs} is not below epochs = {cfg.epochs}: "
+            "the schedule would end before the full learning rate is reached; set "
+            "warmup_epochs=0 (--set warmup_epochs=0) or train more epochs"
         )
 
 

@@ -385,12 +385,12 @@ STEPS: dict[str, type[EagerStep] | type[GraphedStep]] = {  # config.CUDA_GRAPHS
 def kind_for(cfg: TrialConfig, device: torch.device, train_size: int) -> str:
     """The step kind a trial uses: `cfg.cuda_graphs` resolved for the device and the data.
 
-    CPU (and `off`) -> eager. `auto` -> capture on CUDA, eager when `compile` is on (the student
-    is then torch.compile'd in its default mode) or when the training split is smaller than one
-    batch (a graph needs one full batch).
+    CPU (and `off`, and any optimiser but SGD) -> eager. `auto` -> capture on CUDA, eager when
+    `compile` is on (the student is then torch.compile'd in its default mode) or when the
+    training split is smaller than one batch (a graph needs one full batch).
     """
-    if device.type != "cuda" or cfg.cuda_graphs == "off":
-        return "eager"
+    if device.type != "cuda" or cfg.cuda_graphs == "off" or cfg.optimizer != "sgd":
+        return "eager"  # the captured step restores SGD's momentum buffers only
     if cfg.cuda_graphs == "auto":
         return "eager" if cfg.compile or train_size < cfg.batch_size else "capture"
     if cfg.compile:

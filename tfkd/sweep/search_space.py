@@ -8,7 +8,12 @@ A file holds, for one mode:
       semantics: {distribution: choice, values: [reference, paper]}
     defaults: {temperature: 20}   # the mode's values when a model has no preset (optional)
     presets:                      # the original implementation's values, per model (and teacher)
-      - {model: resnet18, temperature: 20, alpha: 0.1, multiplier: 100}
+      - {model: resnet18, temperature: 20, alpha: 0.1, multiplier: 100,
+         provenance: original, source: experiments/base_experiments/base_resnet18/params.json}
+
+A preset row may say where its values come from (every shipped row does): `provenance:
+original` (`source`: the original's params.json) or `provenance: filled-in` (`source`: why, and
+what tfkd put in).
 
 Distributions: uniform, loguniform, int, logint (bounds inclusive), quniform (with q), choice.
 The preset of the chosen model is the first point a search evaluates.
@@ -46,6 +51,8 @@ DISTRIBUTION_KEYS = {
     "choice": {"values"},
 }
 PRESET_SELECTORS = ("model", "teacher")
+PROVENANCES = ("original", "filled-in")
+PRESET_NOTES = ("provenance", "source")  # where a preset row's values come from
 
 
 class SearchSpaceError(ValueError):
@@ -89,8 +96,8 @@ class SearchSpace:
     presets: tuple[dict[str, Any], ...] = ()
     text: str = ""
 
-    def preset_for(self, model: str, teacher: str = "") -> dict[str, Any]:
-        """The original implementation's values for this model (and teacher), else {}.
+    def preset_row(self, model: str, teacher: str = "") -> dict[str, Any]:
+        """The preset row this model (and teacher) takes, as written, else {}.
 
         An exact (model, teacher) row wins, then a row for the model without a teacher, then the
         model's first row.
@@ -103,8 +110,28 @@ class SearchSpace:
         ):
             for row in rows:
                 if match(row):
-                    return {k: v for k, v in row.items() if k not in PRESET_SELECTORS}
+                    return dict(row)
         return {}
+
+    def preset_for(self, model: str, teacher: str = "") -> dict[str, Any]:
+        """The original implementation's values for this model (and teacher), else {}."""
+        row = self.preset_row(model, teacher)
+        return {k: v for k, v in row.items() if k not in PRESET_SELECTORS + PRESET_NOTES}
+
+    def filled_in(self, model: str, teacher: str = "") -> str:
+        """Why the values `preset_for` gives are not the original's for this model and teacher
+        ('' when they are): a filled-in row, another teacher's row, or no row at all."""
+        row = self.preset_row(model, teacher)
+        if not row:
+            return f"the original has no {self.mode} values for {model}; the mode's defaults"
+        if row.get("provenance") == "filled-in":
+            return f"filled in, not the original's: {row['source']}"
+        if row.get("teacher", "") not in ("", teacher):
+            return (
+                f"the original has no {self.mode} values for {model} with teacher {teacher}; "
+                f"its values with teacher {row['teacher']} ({row['source']})"
+            )
+        return ""
 
     def first_point(self, model: str, teacher: str = "") -> dict[str, Any]:
         """The searched values of the preset (or the mode's defaults): Optuna's first trial.
@@ -232,8 +259,16 @@ def _preset(path: Path, index: int, row: Any) -> dict[str, Any]:
     where = f"presets[{index}]"
     if not isinstance(row, dict) or "model" not in row:
         raise SearchSpaceError(f"{path}: {where}: needs a 'model'")
-    values = {k: v for k, v in row.items() if k not in PRESET_SELECTORS}
+    values = {k: v for k, v in row.items() if k not in PRESET_SELECTORS + PRESET_NOTES}
     _config_values(path, where, values)
+    given = set(PRESET_NOTES) & set(row)  # optional in a user's file; the shipped rows have both
+    if given and (
+        row.get("provenance") not in PROVENANCES or not str(row.get("source", "")).strip()
+    ):
+        raise SearchSpaceError(
+            f"{path}: {where}: provenance must be {' or '.join(PROVENANCES)}, with a source (the "
+            "original's params.json, or why the values are filled in)"
+        )
     return dict(row)
 
 

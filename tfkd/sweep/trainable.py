@@ -39,6 +39,7 @@ def _pack_split(split: Any) -> dict[str, Any]:
         "mean": split.mean,
         "std": split.std,
         "augment": split.augment,
+        "rotation": split.rotation,
     }
 
 
@@ -51,7 +52,8 @@ def _unpack_split(p: Mapping[str, Any]) -> Any:
         else:
             images = torch.from_numpy(np.asarray(p["images"]))
     kind = data.FileSplit if "paths" in p else data.Split
-    return kind(images, labels, tuple(p["mean"]), tuple(p["std"]), tuple(p["augment"]))
+    augment = tuple(p["augment"])
+    return kind(images, labels, tuple(p["mean"]), tuple(p["std"]), augment, p["rotation"])
 
 
 def pack_dataset(dataset: data.Dataset) -> dict[str, Any]:

@@ -33,6 +33,7 @@ class TrackingContext:
     uri: str
     experiment_id: str
     parent_run_id: str
+    sweep_name: str = ""  # the sweep run's name: a baseline's teacher run, tagged on its versions
     registered_model: str = ""  # baseline sweeps register their weights as teachers
     snapshot_epochs: tuple[int, ...] = ()
     child_kind: str = store.TRIAL  # the tfkd.kind tag of the child runs ("reproduction", ...)
@@ -87,6 +88,7 @@ def start_sweep(
         uri=uri,
         experiment_id=experiment_id,
         parent_run_id=parent.info.run_id,
+        sweep_name=run_name,
         registered_model=registered_model_name(dataset, model) if register_teachers else "",
         snapshot_epochs=tuple(snapshot_epochs),
         child_kind=child_kind,

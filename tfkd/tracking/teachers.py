@@ -1,9 +1,12 @@
 """Teachers in the MLflow model registry: one registered model per dataset and architecture.
 
 A baseline sweep registers its trials' final weights (and snapshots at chosen epochs) as
-versions; the alias `best` follows the final version with the highest validation accuracy, and
-a snapshot's alias is its epoch (`epoch-50`). A distillation sweep names its teacher as
-`MODEL[@ALIAS]` and gets a local file of its weights.
+versions, each tagged with the teacher run (the sweep's name and run id) that made it, so a
+run's versions are found together; the alias `best` follows the final version with the highest
+validation accuracy, and a snapshot's alias is its epoch (`epoch-50`), moved by the newest
+teacher run that registers it. A distillation sweep names its teacher as `MODEL[@ALIAS][:RUN]`
+(RUN: a teacher run's name or run id picks its version instead of the alias's) and gets a
+local file of its weights and the teacher's provenance (`RegisteredTeacher`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from tfkd.core.errors import UserError
@@ -21,7 +25,11 @@ TEACHER_ARTIFACT = "teacher"
 BEST_ARTIFACT = "best_checkpoint"
 SNAPSHOT_ARTIFACT = "snapshots"
 BEST_ALIAS = "best"
+SNAPSHOT_PREFIX = "epoch-"
+RUN_SEPARATOR = ":"  # MODEL@ALIAS:RUN
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
+# the tags of every registered version that name the teacher run which made it
+TEACHER_RUN_TAG, SWEEP_RUN_ID_TAG = "teacher_run", "sweep_run_id"
 
 
 def registered_model_name(dataset: str, model: str) -> str:
@@ -29,23 +37,115 @@ def registered_model_name(dataset: str, model: str) -> str:
 
 
 def parse_teacher(spec: str) -> tuple[str, str]:
-    """'resnet50' -> ('resnet50', 'best'); 'resnet50@epoch-50' -> ('resnet50', 'epoch-50')."""
-    model, _, alias = spec.partition("@")
+    """'resnet50' -> ('resnet50', 'best'); 'resnet50@epoch-50[:RUN]' -> ('resnet50', 'epoch-50')."""
+    model, _, alias = spec.partition(RUN_SEPARATOR)[0].partition("@")
     return model, alias or BEST_ALIAS
 
 
-def teacher_uri_from_registry(uri: str, dataset: str, teacher: str, train_command: str) -> str:
-    """The artifact URI of a registered teacher; a clear error says how to train one."""
+def teacher_run_of(spec: str) -> str:
+    """'resnet50@epoch-50:baseline-x' -> 'baseline-x': the teacher run asked for ('' for none)."""
+    return spec.partition(RUN_SEPARATOR)[2]
+
+
+@dataclass(frozen=True)
+class RegisteredTeacher:
+    """A version of a registered teacher and the run that made it."""
+
+    name: str  # tfkd-<dataset>-<model>
+    version: str
+    kind: str  # final or snapshot
+    epoch: str
+    run_id: str  # the MLflow run (a trial) whose weights these are
+    teacher_run: str  # the teacher run's (sweep's) name; '' for versions registered before tags
+    location: str  # runs:/<run_id>/<artifact path>
+
+    @property
+    def alias(self) -> str:
+        """What the version is in its run: 'epoch-N' (a snapshot) or 'final'."""
+        return f"{SNAPSHOT_PREFIX}{self.epoch}" if self.kind == "snapshot" else self.kind
+
+    def describe(self) -> str:
+        """'tfkd-fake-resnet8 version 2, the epoch-1 snapshot of teacher run NAME (run ID)'."""
+        what = f"{self.alias} snapshot" if self.kind == "snapshot" else "final weights"
+        run = f"teacher run {self.teacher_run}" if self.teacher_run else "an unnamed teacher run"
+        return f"{self.name} version {self.version}, the {what} of {run} (MLflow run {self.run_id})"
+
+
+def _registered(name: str, version) -> RegisteredTeacher:
+    tags = version.tags
+    return RegisteredTeacher(
+        name=name,
+        version=str(version.version),
+        kind=tags.get("kind", ""),
+        epoch=tags.get("epoch", ""),
+        run_id=version.run_id,
+        teacher_run=tags.get(TEACHER_RUN_TAG, ""),
+        location=f"runs:/{version.run_id}/{tags.get('artifact_path', TEACHER_ARTIFACT)}",
+    )
+
+
+def _has_alias(version, alias: str) -> bool:
+    """`version` is what `alias` stands for in a run: its final weights (best) or epoch N."""
+    if alias == BEST_ALIAS:
+        return version.tags.get("kind") == "final"
+    return (
+        version.tags.get("kind") == "snapshot"
+        and alias == f"{SNAPSHOT_PREFIX}{version.tags.get('epoch')}"
+    )
+
+
+def _of_run(version, run: str) -> bool:
+    tags = version.tags
+    return run in (tags.get(TEACHER_RUN_TAG), tags.get(SWEEP_RUN_ID_TAG), version.run_id)
+
+
+def registered_teacher(
+    uri: str, dataset: str, teacher: str, train_command: str
+) -> RegisteredTeacher:
+    """The registered version `teacher` (MODEL[@ALIAS][:RUN]) names; a clear error says how to
+    train one. Without RUN, the alias's version; with it, that teacher run's version of ALIAS
+    (the best by validation accuracy, if the run was a sweep of several trials)."""
     model, alias = parse_teacher(teacher)
+    run = teacher_run_of(teacher)
     name = registered_model_name(dataset, model)
-    try:
-        version = mlflow_client(uri).get_model_version_by_alias(name, alias)
-    except Exception:
+    hint = (
+        f"train one with: {train_command} (or pass --teacher-checkpoint / --teacher-run, or "
+        "--train-teacher)"
+    )
+    client = mlflow_client(uri)
+    if not run:
+        try:
+            return _registered(name, client.get_model_version_by_alias(name, alias))
+        except Exception:
+            raise UserError(
+                f"no teacher '{name}@{alias}' in the MLflow registry at {uri}; {hint}"
+            ) from None
+    versions = [v for v in _versions(client, name) if _has_alias(v, alias)]
+    chosen = [v for v in versions if _of_run(v, run)]
+    if not chosen:
+        runs = sorted({v.tags.get(TEACHER_RUN_TAG) for v in versions} - {None, ""})
         raise UserError(
-            f"no teacher '{name}@{alias}' in the MLflow registry at {uri}; train one with: "
-            f"{train_command} (or pass --teacher-checkpoint / --teacher-run, or --train-teacher)"
-        ) from None
-    return f"runs:/{version.run_id}/{version.tags.get('artifact_path', TEACHER_ARTIFACT)}"
+            f"--teacher {teacher}: teacher run {run!r} registered no '{alias}' version of {name} "
+            f"at {uri} (teacher runs that did: {', '.join(runs) or 'none'}); {hint}"
+        )
+    best = max(chosen, key=lambda v: (float(v.tags.get("val_accuracy", "-inf")), int(v.version)))
+    return _registered(name, best)
+
+
+def registered_by(uri: str, dataset: str, model: str, teacher_run: str) -> list[RegisteredTeacher]:
+    """The versions a teacher run registered, oldest first (none yet if its writes are queued)."""
+    name = registered_model_name(dataset, model)
+    mine = [
+        v for v in _versions(mlflow_client(uri), name) if v.tags.get(TEACHER_RUN_TAG) == teacher_run
+    ]
+    return [_registered(name, v) for v in sorted(mine, key=lambda v: int(v.version))]
+
+
+def _versions(client, name: str) -> list:
+    try:
+        return list(client.search_model_versions(f"name = '{name}'"))
+    except Exception:  # no such registered model yet
+        return []
 
 
 def teacher_uri_from_run(uri: str, run_id: str) -> str:

@@ -24,7 +24,9 @@ from tfkd.tracking.runs import TrackingContext
 from tfkd.tracking.teachers import (
     BEST_ARTIFACT,
     SNAPSHOT_ARTIFACT,
+    SWEEP_RUN_ID_TAG,
     TEACHER_ARTIFACT,
+    TEACHER_RUN_TAG,
 )
 
 
@@ -143,6 +145,14 @@ class TrialTracker:
             self._put_registration(checkpoint_dir, TEACHER_ARTIFACT, tags)
 
     def _put_registration(self, checkpoint_dir: str, artifact_path: str, tags: dict) -> None:
+        """Register weights as a teacher version, tagged with the teacher run that made them
+        (a run's snapshots and final weights are found together by these tags)."""
+        context = self.context
+        tags = {
+            **tags,
+            TEACHER_RUN_TAG: context.sweep_name,
+            SWEEP_RUN_ID_TAG: context.parent_run_id,
+        }
         # exported beside the outbox, so that queueing it links the file instead of copying it
         with tempfile.TemporaryDirectory(dir=self.outbox.folder) as tmp:
             weights = checkpoint.export_weights(checkpoint_dir, Path(tmp) / checkpoint.WEIGHTS_FILE)

@@ -23,6 +23,8 @@ import torch
 
 from tfkd.core.registry import Registry
 
+from .augment import MAX_DEGREES
+
 __all__ = [
     "DataError",
     "Dataset",
@@ -60,7 +62,8 @@ class Split:
     """One split: uint8 N x C x H x W images (contiguous, CPU) and int64 labels.
 
     `mean`/`std` are the dataset's per-channel statistics on the 0-1 scale; `augment` is the
-    dataset's default augmentation (a subset of "crop", "flip", "rotate").
+    dataset's default augmentation (a subset of "crop", "flip", "rotate"), `rotation` the
+    largest angle of its rotation (degrees).
     """
 
     images: torch.Tensor
@@ -68,6 +71,7 @@ class Split:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: tuple[str, ...]
+    rotation: float = MAX_DEGREES
 
     def __post_init__(self) -> None:
         x, y = self.images, self.labels
@@ -110,6 +114,7 @@ class Source:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: tuple[str, ...]
+    rotation: float = MAX_DEGREES  # the largest angle of the "rotate" augmentation, degrees
 
 
 @dataclass(frozen=True)
@@ -268,7 +273,7 @@ def _assemble(name: str, src: Source, val_fraction: float, seed: int) -> Dataset
     def split(images: Any, labels: torch.Tensor, index: torch.Tensor | None = None) -> Any:
         if index is not None:
             images, labels = _take(images, index), labels.index_select(0, index)
-        return kind(images, labels, src.mean, src.std, src.augment)
+        return kind(images, labels, src.mean, src.std, src.augment, src.rotation)
 
     if val_fraction == 0.0:
         train_idx = torch.arange(src.train_labels.shape[0])

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .augment import MAX_DEGREES
 from .core import DataError, DatasetNotFoundError, Request, Source, register
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -60,6 +61,7 @@ class FileSplit:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: tuple[str, ...]
+    rotation: float = MAX_DEGREES  # Split's surface; the jpeg loader does not rotate
     loader = "jpeg"  # the loader kind that reads this split (tfkd.core.data.loaders)
 
     def __len__(self) -> int:

@@ -17,7 +17,7 @@ import torch
 from tfkd.core.registry import Registry
 
 from . import images
-from .augment import MAX_DEGREES, PAD, AugmentParams, apply_params, parse_augment, sample_params
+from .augment import PAD, AugmentParams, apply_params, parse_augment, sample_params
 from .core import Split, seed_from
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -41,7 +41,7 @@ class _BaseLoader(abc.ABC):
         drop_last: bool | None = None,
         num_workers: int = 0,
         pad: int = PAD,
-        max_degrees: float = MAX_DEGREES,
+        max_degrees: float | None = None,
         image_size: int = 224,
         shard: tuple[int, int] = (0, 1),
     ) -> None:
@@ -58,7 +58,8 @@ class _BaseLoader(abc.ABC):
         self.augment: tuple[str, ...] = names if self.train else ()
         self.drop_last = bool(drop_last) if (drop_last is not None and self.train) else False
         self.num_workers = num_workers
-        self.pad, self.max_degrees = pad, max_degrees
+        self.pad = pad
+        self.max_degrees = split.rotation if max_degrees is None else max_degrees
         self.image_size = image_size
         self.shard = _check_shard(shard, batch_size, self.train)
         self.epoch = 0

@@ -34,12 +34,18 @@ from .core import (
     stratified_split,
 )
 
-CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-#: The original recipe: RandomCrop(size, padding=4), RandomHorizontalFlip, RandomRotation(15).
-#: Tiny-ImageNet uses the same 4-pixel padding at 64 x 64.
+# The original's statistics and augmentations, as its data_loader.py (fetch_dataloader) has them.
+#: CIFAR-100's statistics; the original normalises CIFAR-10 with them too (one transform for both).
+CIFAR100_MEAN = (0.5070751592371323, 0.48654887331495095, 0.4409178433670343)
+CIFAR100_STD = (0.2673342858792401, 0.2564384629170883, 0.27615047132568404)
+#: Tiny-ImageNet's own statistics (the original's Normalize for tiny_imagenet).
+TINY_MEAN, TINY_STD = (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)
+#: CIFAR: RandomCrop(32, padding=4), RandomHorizontalFlip(), RandomRotation(15).
 FULL_AUGMENT = ("crop", "flip", "rotate")
+#: Tiny-ImageNet: RandomRotation(20), RandomHorizontalFlip(0.5), no crop. tfkd flips before it
+#: rotates; flip(rotate(x, a)) = rotate(flip(x), -a) and the angle is symmetric about 0, so the
+#: distribution of augmented images is the original's.
+TINY_AUGMENT, TINY_ROTATION = ("flip", "rotate"), 20.0
 
 # ---------------------------------------------------------------------------------------- CIFAR
 
@@ -141,8 +147,8 @@ def cifar10(req: Request) -> Source:
         label_key=b"labels",
         num_classes=10,
         tv_class="CIFAR10",
-        mean=CIFAR10_MEAN,
-        std=CIFAR10_STD,
+        mean=CIFAR100_MEAN,  # the original's, not CIFAR-10's own statistics
+        std=CIFAR100_STD,
     )
 
 
@@ -283,7 +289,7 @@ def tiny_imagenet(req: Request) -> Source:
     t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
     return Source(
         t["train_x"], t["train_y"], t["test_x"], t["test_y"], len(wnids),
-        IMAGENET_MEAN, IMAGENET_STD, FULL_AUGMENT,
+        TINY_MEAN, TINY_STD, TINY_AUGMENT, TINY_ROTATION,
     )  # fmt: skip
 
 
