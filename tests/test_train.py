@@ -129,6 +129,11 @@ def test_holdout_tests_the_weights_of_the_epoch_the_validation_split_chose(tmp_p
     assert all("test_accuracy" not in m for m in recorder.metrics[:-1])  # tested once, at the end
     chosen = recorder.checkpoint(final["reported_epoch"])
     assert test_accuracy_of_weights(chosen, config) == pytest.approx(final["test_accuracy"])
+    for epoch in range(1, 4):  # one copy of the weights per checkpoint: the selection is numbers
+        saved = torch.load(recorder.checkpoint(epoch), weights_only=True)["selection"]
+        assert set(saved) == {"epoch", "score", "chosen_test"}, set(saved)
+        numbers = [saved["epoch"], saved["score"], *(saved["chosen_test"] or {}).values()]
+        assert all(isinstance(v, (int, float)) for v in numbers), saved
 
 
 def test_paper_protocol_has_no_validation_split():

@@ -1,7 +1,7 @@
 """Evaluation protocols: which epoch's model a trial reports, and which split chooses it.
 
     holdout  (tfkd's, the default) a validation split carved from the training set chooses the
-             epoch; the test split is evaluated once, at the end, on that epoch's weights.
+             epoch; the test accuracy of that epoch's weights is reported once, at the end.
     paper    (the original implementation's) train on the full training set, evaluate the test
              split after every epoch and report the maximum over epochs: the test set chooses.
 
@@ -65,29 +65,29 @@ PAPER_SWEEP_METRIC = PAPER_TEST_ACCURACY
 
 
 class Selection:
-    """The epoch a trial reports so far, by its protocol's rule, and (when asked) its weights.
+    """The epoch a trial reports so far, by its protocol's rule, and its test metrics.
 
     The epoch with the highest `chooses_by` metric wins (the earlier one on a tie); an epoch
     without that metric (holdout without a validation split) takes over from every earlier one,
-    so the final epoch is reported. `keep_weights` keeps a copy of the chosen epoch's weights,
-    for a protocol that tests the chosen model once at the end.
+    so the final epoch is reported. A protocol that does not test every epoch (holdout) tests
+    the chosen epoch's weights when it is chosen and reports those metrics at the end
+    (`chosen_test`): the same number as testing its weights at the end, without keeping a
+    second copy of the weights in memory or in every checkpoint.
     """
 
-    def __init__(self, protocol: Protocol, keep_weights: bool) -> None:
+    def __init__(self, protocol: Protocol) -> None:
         self.protocol = protocol
-        self.keep_weights = keep_weights
         self.epoch = 0
         self.score = float("-inf")
-        self.weights: dict[str, Any] | None = None
+        self.chosen_test: dict[str, float] | None = None
 
-    def update(self, epoch: int, metrics: Mapping[str, Any], model: Any) -> bool:
+    def update(self, epoch: int, metrics: Mapping[str, Any]) -> bool:
         """Take the epoch if it is the best so far; returns whether it was."""
         score = metrics.get(self.protocol.chooses_by)
         if score is not None and float(score) <= self.score:
             return False
         self.epoch, self.score = epoch, float("-inf") if score is None else float(score)
-        if self.keep_weights:
-            self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.chosen_test = None
         return True
 
     def metrics(self) -> dict[str, float]:
@@ -98,19 +98,12 @@ class Selection:
             out[PAPER_TEST_ACCURACY] = self.score
         return out
 
-    def state(self, current_epoch: int) -> dict[str, Any]:
-        """For a checkpoint: the chosen epoch and score, and its weights unless they are the
-        checkpoint's own (the current epoch's)."""
-        saved: dict[str, Any] = {"epoch": self.epoch, "score": self.score}
-        if self.weights is not None and self.epoch != current_epoch:
-            saved["weights"] = self.weights
-        return saved
+    def state(self) -> dict[str, Any]:
+        """For a checkpoint: the chosen epoch, its score and its test metrics (a few numbers)."""
+        return {"epoch": self.epoch, "score": self.score, "chosen_test": self.chosen_test}
 
-    def restore(self, saved: Mapping[str, Any], model: Any) -> None:
-        """The selection a checkpoint carried; its weights are the model's when not saved."""
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        """The selection a checkpoint carried."""
         self.epoch, self.score = int(saved["epoch"]), float(saved["score"])
-        if self.keep_weights:
-            weights = saved.get("weights")
-            self.weights = dict(weights) if weights is not None else None
-            if self.weights is None:
-                self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        chosen = saved.get("chosen_test")
+        self.chosen_test = None if chosen is None else {k: float(v) for k, v in chosen.items()}

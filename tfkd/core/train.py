@@ -204,7 +204,7 @@ def _checkpoint_state(
 ) -> dict[str, Any]:
     return {
         "first_train_loss": first_loss,
-        "selection": selection.state(epoch),
+        "selection": selection.state(),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -258,7 +258,7 @@ def _resume(
     scheduler.load_state_dict(state["scheduler"])
     _restore_rng(state["rng"])
     if "selection" in state:
-        selection.restore(state["selection"], model)
+        selection.restore(state["selection"])
     return int(state["epoch"]), state.get("first_train_loss")
 
 
@@ -315,8 +315,7 @@ def run_trial(
     optimizer = recipe.build_optimizer(model, cfg)
     scheduler = recipe.build_scheduler(optimizer, cfg, steps_per_epoch=len(train_loader))
     rule = protocol.get(cfg.protocol)
-    # holdout tests the chosen epoch's weights once, at the end: they are kept until then
-    selection = protocol.Selection(rule, keep_weights=not rule.tests_every_epoch)
+    selection = protocol.Selection(rule)
     start_epoch, first_loss = (
         _resume(resume_from, model, optimizer, scheduler, cfg, selection)
         if resume_from
@@ -351,10 +350,10 @@ def run_trial(
         epoch_metrics = {"epoch": epoch, "lr": lr, **train_stats}
         for evaluate in validate + (test if rule.tests_every_epoch else []):
             epoch_metrics.update(evaluate(model, epoch))
-        selection.update(epoch, epoch_metrics, model)
+        chosen = selection.update(epoch, epoch_metrics)
         epoch_metrics.update(selection.metrics())
-        if epoch == cfg.epochs and not rule.tests_every_epoch:
-            epoch_metrics.update(_test_chosen(model, selection, test, epoch))
+        if not rule.tests_every_epoch:
+            epoch_metrics.update(_test_chosen(model, selection, test, epoch, chosen, cfg.epochs))
         epoch_metrics["epoch_seconds"] = time.perf_counter() - started
         epoch_metrics["images_per_second"] = train_stats["train_images"] / train_seconds
         _log_epoch(cfg, epoch_metrics)
@@ -379,18 +378,23 @@ def run_trial(
 
 
 def _test_chosen(
-    model: nn.Module, selection: protocol.Selection, test: list[Evaluator], epoch: int
+    model: nn.Module,
+    selection: protocol.Selection,
+    test: list[Evaluator],
+    epoch: int,
+    chosen: bool,
+    epochs: int,
 ) -> dict[str, float]:
-    """The test metrics of the chosen epoch's weights (the model a holdout trial reports);
-    the model keeps its own weights afterwards."""
-    if selection.weights is None or selection.epoch == epoch:
-        return {k: v for evaluate in test for k, v in evaluate(model, epoch).items()}
-    own = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(selection.weights)
-    try:
-        return {k: v for evaluate in test for k, v in evaluate(model, epoch).items()}
-    finally:
-        model.load_state_dict(own)
+    """Under a protocol that tests once: the chosen epoch's test metrics, reported at the end.
+
+    An epoch chosen by a validation split is tested as it is chosen (its weights are the
+    model's now), and its metrics are kept with the selection; an epoch chosen for want of a
+    split (the final one takes over) is tested only when it is the last.
+    """
+    chosen_by_split = selection.score > float("-inf")
+    if chosen and (chosen_by_split or epoch == epochs):
+        selection.chosen_test = {k: v for e in test for k, v in e(model, epoch).items()}
+    return dict(selection.chosen_test or {}) if epoch == epochs else {}
 
 
 def teacher_accuracy(config: Mapping[str, Any], dataset: data.Dataset) -> float:
