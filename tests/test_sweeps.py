@@ -154,6 +154,10 @@ def assert_status_table(stdout: str, trials: int, stopped: int, epochs: int) -> 
         trials - stopped
     )
     after = [line for line in last[2 + trials :] if line.strip()]
+    registered = [line for line in after if line.startswith("[tfkd] registered teacher ")]
+    for line in registered:  # a baseline sweep's trials register teachers: one line names them
+        assert f"of teacher run {sweep_name(stdout)} " in line and " version " in line, line
+    after = [line for line in after if line not in registered]
     assert after[0].startswith(f"[tfkd] {trials} trials:") and len(after) == 5, after
     assert after[-1].startswith("[tfkd] compare the trials in MLflow: run `mlflow ui")
     assert after[-1].endswith("/artifacts/trials.html?workflowType=machine_learning")
