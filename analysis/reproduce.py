@@ -198,6 +198,7 @@ def tracking_options(sweep: sweeps.Sweep, jobs: Sequence[Job], args: argparse.Na
         "child_tags": link_tags(sweep),
         "outbox_root": storage.local_experiment_dir(args.storage, set_name(sweep, args.protocol)),
         "system_metrics": args.system_metrics,
+        "grace_s": args.tracking_grace,
     }
 
 

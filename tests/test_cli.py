@@ -132,6 +132,7 @@ def test_unreachable_tracking_server(capsys, workdir):
         ("--mode lsr --dataset mnist", "--dataset"),
         ("--mode lsr --dataset digits --num-samples 0", "--num-samples"),
         ("--mode lsr --dataset digits --gpus-per-trial -1", "--gpus-per-trial"),
+        ("--mode lsr --dataset digits --tracking-grace -5", "--tracking-grace"),
         ("--mode lsr --dataset digits --snapshot-epochs x", "--snapshot-epochs"),
         ("--mode baseline --dataset digits --snapshot-epochs 1,0", "positive epochs"),
         ("--mode lsr --dataset digits --snapshot-epochs 1", "only --mode baseline trains"),

@@ -363,7 +363,8 @@ def assert_every_run_finished(uri: str) -> Any:
 
 
 def test_training_does_not_wait_for_a_dead_tracking_server_and_replay_completes(workdir):
-    with sweep_past_its_first_checkpoint(workdir, "outage") as sweep:
+    """Down for good: the ends of the trials and of the sweep wait --tracking-grace for it."""
+    with sweep_past_its_first_checkpoint(workdir, "outage", tracking_grace=6) as sweep:
         sweep.stop()  # down for the rest of the sweep
         assert sweep.driver.wait(timeout=300) == 0, sweep.log.read_text()[-3000:]
         said = [

@@ -240,7 +240,7 @@ def test_a_failing_trial_fails_alone_and_all_failing_exits_1(workdir):
     assert runs["0.05"].info.status == "FINISHED"
 
     space.write_text("mode: baseline\nparams: {lr: {distribution: choice, values: [1.0e+12]}}\n")
-    done = tune_main(*common, "--name", "all-fail", cwd=workdir)
+    done = tune_main(*common, "--num-samples", "1", "--name", "all-fail", cwd=workdir)
     assert done.returncode == 1
     assert "every trial failed" in done.stderr
 

@@ -135,6 +135,15 @@ def add_resource_args(
         "memory (MLflow's system metrics; needs psutil, and nvidia-ml-py for GPUs)",
     )
     group.add_argument(
+        "--tracking-grace",
+        type=non_negative_float,
+        default=None,
+        metavar="SECONDS",
+        help="how long the end of the sweep waits for an unreachable MLflow server before "
+        "leaving its writes for `python -m tfkd.tracking replay` (default 60; each trial's end "
+        "and the sweep run's last writes wait half of it)",
+    )
+    group.add_argument(
         "--max-failures",
         type=retries,
         default=2,

@@ -204,6 +204,7 @@ def run_prepared(prepared: Prepared) -> int:
         resume=args.resume,
         outbox_root=storage.local_experiment_dir(args.storage, plan.name),
         system_metrics=args.system_metrics,
+        grace_s=args.tracking_grace,
     ) as context:
         if teacher_accuracy is not None:
             tracking.log_sweep_metrics(context, {"teacher_val_accuracy": teacher_accuracy})

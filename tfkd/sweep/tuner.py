@@ -292,7 +292,8 @@ def _fit(tuner: tune.Tuner, spec: SweepSpec, record_best: bool) -> SweepResult:
     result = summary.summarise(grid, spec, interrupted=callbacks.INTERRUPTED.is_set())
     local = "://" not in result.experiment_path
     # trials that ended while the tracking server was down: their writes go first, if it is back
-    pending = set(tracking.flush_pending(result.experiment_path)) if local else set()
+    grace = spec.tracking.grace_s if spec.tracking else tracking.END_OF_SWEEP_GRACE_S
+    pending = set(tracking.flush_pending(result.experiment_path, grace)) if local else set()
     best_id = result.best_trial_id if record_best and not result.interrupted else None
     if best_id is not None:
         summary.log_sweep_files(spec, grid)

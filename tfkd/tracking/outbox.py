@@ -24,8 +24,9 @@ from tfkd.tracking import ops, store
 OUTBOX_DIR = "mlflow_outbox"
 OPS_FILE, SENT_FILE, URI_FILE = "ops.jsonl", "sent", "uri"
 RETRY_SECONDS = (1.0, 30.0)  # back-off while the tracking server is unreachable: first, longest
-SWEEP_FLUSH_SECONDS = 30.0  # how long the driver waits for the sweep run's last writes
-END_OF_SWEEP_GRACE_S = 60.0  # how long a sweep's end waits for a tracking server to come back
+# how long a sweep's end waits for a tracking server to come back (--tracking-grace); a trial's
+# end and the sweep run's last writes wait half of it
+END_OF_SWEEP_GRACE_S = 60.0
 SKIP_AFTER = 3  # a write the reachable store keeps refusing is set aside after this many tries
 REFUSED_FILE = "refused.jsonl"  # the writes the store refused: reported, never silently dropped
 # MLflow's own client retries a request for minutes with back-off; the outbox retries on its own

@@ -17,7 +17,7 @@ from typing import Any
 from tfkd.core.errors import UserError
 from tfkd.tracking import store
 from tfkd.tracking.ops import log_metrics, numeric
-from tfkd.tracking.outbox import OUTBOX_DIR, SWEEP_FLUSH_SECONDS, Outbox
+from tfkd.tracking.outbox import END_OF_SWEEP_GRACE_S, OUTBOX_DIR, Outbox
 from tfkd.tracking.teachers import (
     registered_model_name,
 )
@@ -41,6 +41,12 @@ class TrackingContext:
     outbox_root: str = ""  # local folder for the sweep run's unsent writes (the experiment's)
     system_metrics: bool = False  # each trial logs CPU, memory (and GPU) use as system/...
     session: int = 1  # the sweep's first start is session 1, each --resume the next
+    grace_s: float = END_OF_SWEEP_GRACE_S  # the sweep's end waits this long for a down server
+
+    @property
+    def flush_s(self) -> float:
+        """How long a trial's end, and the sweep run's last writes, wait for the server."""
+        return self.grace_s / 2
 
 
 # ---------------------------------------------------------------- the sweep (parent run)
@@ -61,6 +67,7 @@ def start_sweep(
     child_tags: Mapping[str, str] | None = None,
     outbox_root: str = "",
     system_metrics: bool = False,
+    grace_s: float | None = None,
 ) -> TrackingContext:
     """Create (or, on --resume, find again) the sweep's parent run."""
     experiment_id = store.ensure_experiment(uri, experiment)
@@ -96,6 +103,7 @@ def start_sweep(
         outbox_root=outbox_root,
         system_metrics=system_metrics,
         session=session,
+        grace_s=END_OF_SWEEP_GRACE_S if grace_s is None else grace_s,
     )
 
 
@@ -177,7 +185,7 @@ def finish_sweep(
         }
     )
     del _SWEEP_BOXES[context.parent_run_id]
-    return box.close(SWEEP_FLUSH_SECONDS)
+    return box.close(context.flush_s)
 
 
 def sweep_outbox(context: TrackingContext) -> Path:

@@ -236,4 +236,6 @@ def trial_tracker(
     """The tracker of one trial: a `TrialTracker`, or a `NullTracker` when not tracked."""
     if context is None:
         return NullTracker()
-    return TrialTracker(context, config, trial_id, trial_name, record, outbox_dir)
+    return TrialTracker(
+        context, config, trial_id, trial_name, record, outbox_dir, flush_seconds=context.flush_s
+    )
