@@ -1,8 +1,9 @@
 """A sweep's trials as points of its search space, and Optuna's hyper-parameter importances.
 
 The sweep's `search_space` tag (the YAML text tune_main used) gives the distributions; the trials'
-configs give the values. Every point needs a comparable score: the validation accuracy at the full
-schedule when enough trials ran it, else at the last epoch every trial reached (ASHA stops some
+configs give the values. Every point needs a comparable score: the sweep's ranking metric
+(`Sweep.metric`: val_accuracy, or paper_test_accuracy for a paper sweep) at the full schedule
+when enough trials ran it, else at the last epoch every trial reached (ASHA stops some
 trials early, and a short trial's final accuracy is not comparable with a long one's).
 """
 
@@ -59,6 +60,7 @@ class SweepPoints:
     distributions: dict[str, BaseDistribution]
     points: tuple[Point, ...]
     label: str
+    metric: str  # what the score is: the sweep's ranking metric
 
 
 def distributions(text: str, mode: str) -> dict[str, BaseDistribution]:
@@ -75,16 +77,16 @@ def scored_trials(sweep: sweeps.Sweep) -> tuple[list[tuple[sweeps.Trial, float]]
     full = sweeps.full_schedule_trials(sweep)
     if len(full) >= MIN_FULL_TRIALS:
         return (
-            [(t, t.val_accuracy) for t in full],
-            f"val accuracy at epoch {sweep.epochs} (full schedule, {len(full)} trials)",
+            [(t, t.score) for t in full],
+            f"{sweep.metric} at epoch {sweep.epochs} (full schedule, {len(full)} trials)",
         )
-    ran = [t for t in sweep.trials if not t.failed and t.val_history]
+    ran = [t for t in sweep.trials if not t.failed and t.history]
     if len(ran) < MIN_POINTS:
-        raise NotEnoughTrials(f"{len(ran)} trial(s) reported a validation accuracy")
-    epoch = min(max(t.val_history) for t in ran)
-    scored = [(t, t.val_history[epoch]) for t in ran if epoch in t.val_history]
+        raise NotEnoughTrials(f"{len(ran)} trial(s) reported {sweep.metric}")
+    epoch = min(max(t.history) for t in ran)
+    scored = [(t, t.history[epoch]) for t in ran if epoch in t.history]
     return scored, (
-        f"val accuracy at epoch {epoch}, the last all {len(scored)} trials reached "
+        f"{sweep.metric} at epoch {epoch}, the last all {len(scored)} trials reached "
         f"({len(full)} ran all {sweep.epochs})"
     )
 
@@ -120,7 +122,7 @@ def sweep_points(sweep: sweeps.Sweep) -> SweepPoints:
         )
         for t, value in scored
     )
-    return SweepPoints(sweep.name, dists, points, label)
+    return SweepPoints(sweep.name, dists, points, label, sweep.metric)
 
 
 def study(points: SweepPoints) -> optuna.Study:

@@ -59,17 +59,19 @@ def row_label(row: pd.Series) -> str:
 
 
 def _curve_trial(sweep: sweeps.Sweep) -> sweeps.Trial | None:
-    """The trial whose curve stands for the sweep: its best full-schedule one, else its longest."""
+    """The trial whose curve stands for the sweep: its best full-schedule one (the one
+    sweeps.ranked puts first), else its longest."""
     full = sweeps.full_schedule_trials(sweep)
     if full:
-        return max(full, key=lambda t: t.val_accuracy)
-    ran = [t for t in sweep.trials if t.val_history]
-    return max(ran, key=lambda t: (t.epoch, t.val_accuracy or 0.0), default=None)
+        return sweeps.ranked(sweep, 1)[0]
+    ran = [t for t in sweep.trials if t.history]
+    return max(ran, key=lambda t: (t.epoch, t.score or 0.0), default=None)
 
 
 def learning_curves(table: pd.DataFrame, sweep_list: Sequence[sweeps.Sweep]) -> bytes:
-    """Per mode: each sweep's best trial's val accuracy per epoch (lines), and the reproductions'
-    test accuracy at their last epoch (mean ± std over seeds, squares)."""
+    """Per mode: each sweep's best trial's ranking metric per epoch (lines: val_accuracy, or a
+    paper sweep's paper_test_accuracy), and the reproductions' test accuracy at their last epoch
+    (mean ± std over seeds, squares)."""
     by_mode = sorted(set(table["mode"]) | {s.tags.get("mode", "") for s in sweep_list} - {""})
     fig, axes = panels(len(by_mode))
     for ax, mode in zip(axes, by_mode, strict=True):
@@ -77,9 +79,11 @@ def learning_curves(table: pd.DataFrame, sweep_list: Sequence[sweeps.Sweep]) -> 
         for sweep in (s for s in sweep_list if s.tags.get("mode") == mode):
             trial = _curve_trial(sweep)
             if trial is not None:
-                epochs = sorted(trial.val_history)
+                epochs = sorted(trial.history)
                 (line,) = ax.plot(
-                    epochs, [trial.val_history[e] for e in epochs], label=f"{sweep.name} (val)"
+                    epochs,
+                    [trial.history[e] for e in epochs],
+                    label=f"{sweep.name} ({sweep.metric})",
                 )
                 colors[sweep.name] = line.get_color()
         for _, row in table[table["mode"] == mode].iterrows():
@@ -98,7 +102,8 @@ def learning_curves(table: pd.DataFrame, sweep_list: Sequence[sweeps.Sweep]) -> 
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.suptitle(
-        "Learning curves\nlines: validation accuracy of each sweep's best trial\n"
+        "Learning curves\nlines: each sweep's best trial's ranking metric "
+        "(val_accuracy; paper_test_accuracy for a paper sweep)\n"
         "squares: the reproductions' test accuracy",
         fontsize=8,
     )
@@ -211,4 +216,4 @@ def parallel_coordinates(points: SweepPoints) -> bytes:
         label: _axis_ticks(points.distributions[n]) for label, n in zip(shown, names, strict=True)
     }
     title = f"{points.sweep}: {len(points.points)} trials\nscore: {points.label}"
-    return sweep_files.parallel_coordinates_png(title, shown, ticks, lines, "val acc (%)")
+    return sweep_files.parallel_coordinates_png(title, shown, ticks, lines, f"{points.metric} (%)")

@@ -6,14 +6,15 @@
 Each chosen config (see analysis.best_configs) is trained for the full schedule (`--epochs`
 overrides) with seeds 0..N-1 under `--protocol` (tfkd.core.protocol): `holdout` (the default)
 keeps the sweep's validation split, which chooses the epoch whose weights are tested once, at
-the end; `paper` trains on the full training set, tests every epoch and reports the maximum
-(`paper_test_accuracy`), as the original did. All (config, seed) pairs run as ONE Ray Tune run
-through tfkd.sweep.tuner.run_configs, with tune_main's resource flags (fractional GPUs,
---address, ...); `--resume` continues an interrupted one. Every pair is an MLflow run of kind
-"reproduction" under a "reproduction-set" run named reproduce-<sweep> (reproduce-<sweep>-paper
-under the paper's protocol), in the sweep's experiment, tagged with the sweep's run id, the
-protocol, the config rank and a hash of the config. A rerun skips the pairs already FINISHED in
-MLflow.
+the end (a paper sweep's configs have none: the last epoch is tested, and the command says so;
+reproduce a paper sweep with `--protocol paper`); `paper` trains on the full training set, tests
+every epoch and reports the maximum (`paper_test_accuracy`), as the original did. All (config,
+seed) pairs run as ONE Ray Tune run through tfkd.sweep.tuner.run_configs, with tune_main's
+resource flags (fractional GPUs, --address, ...); `--resume` continues an interrupted one. Every
+pair is an MLflow run of kind "reproduction" under a "reproduction-set" run named
+reproduce-<sweep> (reproduce-<sweep>-paper under the paper's protocol), in the sweep's
+experiment, tagged with the sweep's run id, the protocol, the config rank and a hash of the
+config. A rerun skips the pairs already FINISHED in MLflow.
 """
 
 from __future__ import annotations
@@ -281,11 +282,30 @@ def print_accuracy_table(uri: str, context: Any, experiment: str) -> None:
         print(results.markdown(results.results_table(done)), flush=True)
 
 
+def protocol_change(sweep: sweeps.Sweep, best: sweeps.Trial, protocol: str) -> str | None:
+    """A line when the reproduction's protocol is not the one the sweep searched under."""
+    searched = best.config["protocol"]
+    if searched == protocol:
+        return None
+    split = (
+        "; its configs have no validation split (val_fraction 0), so the last epoch is tested"
+        if protocol == "holdout" and not best.config["val_fraction"]
+        else ""
+    )
+    return (
+        f"sweep {sweep.name} searched under protocol {searched} (ranked on {sweep.metric}); "
+        f"reproducing under --protocol {protocol}{split}"
+    )
+
+
 def reproduce(args: argparse.Namespace) -> int:
     if args.no_tracking:
         raise UserError("--no-tracking: reproductions are MLflow runs; drop the flag")
     uri = tracking_uri(args.mlflow_uri)
     sweep, best = best_configs.choose(args.experiment, uri, args.storage, args.top, args.sweep)
+    note = protocol_change(sweep, best[0], args.protocol)
+    if note:
+        say(note)
     experiment = sweep.experiment or args.experiment
     jobs = plan_jobs(best, args.seeds, args.epochs or sweep.epochs, args.data_dir, args.protocol)
     todo = jobs if args.resume else pending(jobs, finished_pairs(uri, experiment))

@@ -3,44 +3,63 @@
 Both sources give the same `Sweep`, so choosing the best configs does not care where it came
 from. The full schedule is the sweep's `epochs` tag (the configs' `epochs` in the Ray folder):
 a trial that ASHA stopped early never reached it and cannot be chosen, however good its
-validation accuracy looked when it stopped.
+score looked when it stopped. A trial's score is the metric its sweep ranked on (`Sweep.metric`):
+val_accuracy under the holdout protocol, paper_test_accuracy (the test set's maximum over
+epochs, so it selects on the test set) for a `--protocol paper` sweep.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from analysis.common import typed_config
+from tfkd.cli import plan
+from tfkd.core import protocol
 from tfkd.core.errors import UserError
 from tfkd.sweep.storage import GIVEN_CONFIG_KEY, join
 from tfkd.tracking import store
 
-METRIC = "val_accuracy"
+METRIC = "val_accuracy"  # what a sweep ranked on when nothing says otherwise (holdout)
+
+
+def ranking_metric(tags: Mapping[str, str], protocols: Iterable[str] = ()) -> str:
+    """The metric a sweep ranked its trials on: its `metric` tag (tune_main's --metric); without
+    one (the Ray folder, an older sweep) the one tune_main picks for its protocol (its `protocol`
+    tag, else its trials' configs'), else val_accuracy."""
+    if tags.get("metric"):
+        return tags["metric"]
+    name = tags.get("protocol") or next(iter(protocols), None)
+    return plan.sweep_metric(name, None, fixed=True)[0] if name else METRIC
 
 
 @dataclass(frozen=True)
 class Trial:
-    """One trial's config and where it ended (its last reported epoch)."""
+    """One trial's config and where it ended (its last reported epoch).
+
+    `score` and `history` are its sweep's ranking metric (`Sweep.metric`): the last value and
+    {epoch: value}."""
 
     trial_id: str
     run_id: str  # "" when read from the Ray folder
     config: dict[str, Any]
     epoch: int
-    val_accuracy: float | None
+    score: float | None
+    val_accuracy: float | None = None
     test_accuracy: float | None = None
     failed: bool = False
     stopped_early: bool = False
-    val_history: dict[int, float] = field(default_factory=dict)
+    history: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Sweep:
-    """A sweep: its name (the Ray folder and MLflow run name), the full schedule, its trials."""
+    """A sweep: its name (the Ray folder and MLflow run name), the full schedule, its trials and
+    the metric that ranked them (`metric`, each trial's `score`)."""
 
     name: str
     experiment: str  # the MLflow experiment's name ("" when read from the Ray folder)
@@ -51,6 +70,12 @@ class Sweep:
     source: str
     status: str = ""  # the sweep run's MLflow status ("" when read from the Ray folder)
     others: tuple[str, ...] = ()  # the other sweeps of the same MLflow experiment, newest first
+    metric: str = METRIC
+
+    @property
+    def selects_on_test(self) -> bool:
+        """Ranked on the test set (a paper-protocol sweep): its best scores are optimistic."""
+        return self.metric == protocol.PAPER_SWEEP_METRIC
 
     @property
     def searched(self) -> str:
@@ -58,13 +83,13 @@ class Sweep:
 
 
 def completed_full_schedule(trial: Trial, epochs: int) -> bool:
-    """Ran every epoch of the schedule, was not stopped or failed, and reported its metric."""
+    """Ran every epoch of the schedule, was not stopped or failed, and reported its score."""
     return (
         not trial.failed
         and not trial.stopped_early
         and trial.epoch >= epochs
-        and trial.val_accuracy is not None
-        and math.isfinite(trial.val_accuracy)
+        and trial.score is not None
+        and math.isfinite(trial.score)
     )
 
 
@@ -73,16 +98,16 @@ def full_schedule_trials(sweep: Sweep) -> list[Trial]:
 
 
 def ranked(sweep: Sweep, top: int) -> list[Trial]:
-    """The best `top` full-schedule trials by validation accuracy (ties: trial id)."""
+    """The best `top` full-schedule trials by score, the sweep's metric (ties: trial id)."""
     full = full_schedule_trials(sweep)
     if not full:
         raise UserError(
-            f"sweep {sweep.name!r} has no finished trial that ran the full schedule "
-            f"({sweep.epochs} epochs; {len(sweep.trials)} trials, "
+            f"sweep {sweep.name!r} has no finished trial that ran the full schedule and reported "
+            f"{sweep.metric} ({sweep.epochs} epochs; {len(sweep.trials)} trials, "
             f"{sum(t.stopped_early or t.epoch < sweep.epochs for t in sweep.trials)} stopped "
             "early or unfinished); let the sweep finish or resume it with tune_main.py --resume"
         )
-    return sorted(full, key=lambda t: (-t.val_accuracy, t.trial_id))[:top]
+    return sorted(full, key=lambda t: (-t.score, t.trial_id))[:top]
 
 
 # ---------------------------------------------------------------- MLflow
@@ -93,20 +118,21 @@ def _number(metrics: Mapping[str, float], key: str) -> float | None:
     return float(value) if value is not None else None
 
 
-def trial_from_run(run: Any, mlflow_client: Any = None) -> Trial:
-    """A child run as a Trial; with a client, also its validation-accuracy history."""
+def trial_from_run(run: Any, metric: str = METRIC, mlflow_client: Any = None) -> Trial:
+    """A child run as a Trial scored on `metric`; with a client, also that metric's history."""
     metrics, tags = run.data.metrics, run.data.tags
-    history = store.metric_history(mlflow_client, run.info.run_id, METRIC) if mlflow_client else {}
+    history = store.metric_history(mlflow_client, run.info.run_id, metric) if mlflow_client else {}
     return Trial(
         trial_id=tags.get("tfkd.ray_trial_id", run.info.run_id),
         run_id=run.info.run_id,
         config=typed_config(run.data.params, f"MLflow run {run.info.run_id}"),
         epoch=int(metrics.get("epoch", 0)),
-        val_accuracy=_number(metrics, METRIC),
+        score=_number(metrics, metric),
+        val_accuracy=_number(metrics, "val_accuracy"),
         test_accuracy=_number(metrics, "test_accuracy"),
         failed=run.info.status == "FAILED",
         stopped_early=tags.get("stopped_early") == "true",
-        val_history=history,
+        history=history,
     )
 
 
@@ -126,8 +152,11 @@ def sweep_from_run(
         mlflow_client, [experiment], store.TRIAL, parent=parent.info.run_id
     )
     history_client = mlflow_client if with_history else None
-    trials = tuple(trial_from_run(run, history_client) for run in children)
     tags = dict(parent.data.tags)
+    metric = ranking_metric(
+        tags, (c.data.params["protocol"] for c in children if "protocol" in c.data.params)
+    )
+    trials = tuple(trial_from_run(run, metric, history_client) for run in children)
     return Sweep(
         name=store.run_name(parent),
         experiment=store.experiment_name(mlflow_client, experiment),
@@ -138,6 +167,7 @@ def sweep_from_run(
         source="mlflow",
         status=parent.info.status,
         others=others,
+        metric=metric,
     )
 
 
@@ -179,12 +209,14 @@ def _read_text(fs: Any, path: str) -> str | None:
 
 
 def _trial_from_folder(fs: Any, folder: str) -> Trial | None:
-    """A trial folder: params.json (its config) and result.json (one JSON line per epoch)."""
+    """A trial folder: params.json (its config) and result.json (one JSON line per epoch),
+    scored on the metric its config's protocol ranks on (the folder keeps no sweep tags)."""
     params = _read_text(fs, f"{folder}/params.json")
     if params is None:
         return None
     config = json.loads(params)
-    config = config.get(GIVEN_CONFIG_KEY, config)
+    config = typed_config(config.get(GIVEN_CONFIG_KEY, config), f"{folder}/params.json")
+    metric = ranking_metric({}, [config["protocol"]])
     lines = (_read_text(fs, f"{folder}/result.json") or "").splitlines()
     results = [json.loads(line) for line in lines if line.strip()]
     last = results[-1] if results else {}
@@ -194,12 +226,13 @@ def _trial_from_folder(fs: Any, folder: str) -> Trial | None:
     return Trial(
         trial_id=str(last.get("trial_id", folder.rsplit("/", 1)[-1])),
         run_id="",
-        config=typed_config(config, f"{folder}/params.json"),
+        config=config,
         epoch=int(last.get("epoch", 0)),
-        val_accuracy=last.get(METRIC),
+        score=last.get(metric),
+        val_accuracy=last.get("val_accuracy"),
         test_accuracy=last.get("test_accuracy"),
         failed=errored,
-        val_history={int(r["epoch"]): float(r[METRIC]) for r in results if METRIC in r},
+        history={int(r["epoch"]): float(r[metric]) for r in results if metric in r},
     )
 
 
@@ -231,6 +264,7 @@ def sweep_from_ray_folder(
         tags={},
         trials=trials,
         source="ray",
+        metric=ranking_metric({}, (t.config["protocol"] for t in trials)),
     )
 
 

@@ -11,6 +11,7 @@ Unit tests build MLflow stores and Ray folders by hand for the cases a real swee
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import re
@@ -33,6 +34,7 @@ from analysis import (
     importance,
     paper,
     paper_suite,
+    plots,
     report,
     reproduce,
     results,
@@ -88,9 +90,10 @@ def add_trial(
     curve: list[float],
     status: str = "FINISHED",
     stopped_early: str | None = None,
+    metric: str = "val_accuracy",
     **values: Any,
 ) -> str:
-    """A child run like tfkd's: params = the config, metrics per epoch with step = epoch."""
+    """A child run like tfkd's: params = the config, `metric` per epoch with step = epoch."""
     tags = {"mlflow.parentRunId": parent, "tfkd.kind": "trial", "tfkd.ray_trial_id": trial_id}
     if stopped_early is not None:
         tags["stopped_early"] = stopped_early
@@ -99,7 +102,7 @@ def add_trial(
     metrics = [
         Metric(key, value, now, epoch)
         for epoch, accuracy in enumerate(curve, start=1)
-        for key, value in (("epoch", float(epoch)), ("val_accuracy", accuracy))
+        for key, value in (("epoch", float(epoch)), (metric, accuracy))
     ]
     params = [Param(k, str(v)) for k, v in config(**values).items()]
     client.log_batch(run_id, metrics=metrics, params=params)
@@ -107,12 +110,14 @@ def add_trial(
     return run_id
 
 
-def make_sweep(folder: Path, name: str = "hand-made", epochs: int = 4) -> tuple[str, Any, str]:
+def make_sweep(
+    folder: Path, name: str = "hand-made", epochs: int = 4, **more_tags: str
+) -> tuple[str, Any, str]:
     """An empty finished sweep (parent run) in a fresh SQLite store: (uri, client, parent id)."""
     uri = sqlite_uri(folder)
     client = MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment(name, artifact_location=(folder / "art").as_uri())
-    tags = {"tfkd.kind": "sweep", "epochs": str(epochs), "mode": "baseline"}
+    tags = {"tfkd.kind": "sweep", "epochs": str(epochs), "mode": "baseline", **more_tags}
     parent = client.create_run(experiment, run_name=name, tags=tags).info.run_id
     return uri, client, parent
 
@@ -326,16 +331,19 @@ def test_best_configs_excludes_early_stopped_trials(tmp_path):
         (2, second, "ok"),
     ]
     assert document[0]["val_accuracy"] == 50 and document[0]["epoch"] == 4
+    assert document[0]["metric"] == "val_accuracy" and document[0]["score"] == 50
     assert document[0]["config"] == config()
     assert document[1]["config"]["lr"] == 0.05
 
 
-def write_ray_trial(folder: Path, trial_id: str, curve: list[float], **values: Any) -> None:
+def write_ray_trial(
+    folder: Path, trial_id: str, curve: list[float], metric: str = "val_accuracy", **values: Any
+) -> None:
     """A trial folder as Ray Tune writes it: params.json and result.json (JSON lines)."""
     folder.mkdir(parents=True)
     (folder / "params.json").write_text(json.dumps(config(**values)))
     lines = [
-        json.dumps({"trial_id": trial_id, "epoch": e, "val_accuracy": v})
+        json.dumps({"trial_id": trial_id, "epoch": e, metric: v})
         for e, v in enumerate(curve, start=1)
     ]
     (folder / "result.json").write_text("\n".join(lines) + "\n")
@@ -364,6 +372,120 @@ def test_best_configs_falls_back_to_the_ray_folder(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()  # reading never creates a store
 
 
+PAPER = {"protocol": "paper", "val_fraction": 0.0}  # a --protocol paper trial's config keys
+# per-epoch test accuracy of a paper sweep's trials; "asha" was stopped after 2 epochs
+PAPER_TEST_CURVES = {
+    "steady": [30, 41, 52, 60],
+    "peaked": [35, 71, 50, 55],  # its maximum, not its last epoch, is its paper_test_accuracy
+    "late": [10, 20, 40, 66],
+    "asha": [50, 90],
+}
+
+
+def running_max(curve: list[float]) -> list[float]:
+    """paper_test_accuracy per epoch: the test accuracy's maximum so far."""
+    return list(itertools.accumulate(curve, max))
+
+
+def expected_paper_ranking(epochs: int = 4) -> list[tuple[str, float]]:
+    """(trial id, max test accuracy) of the trials that ran the full schedule, best first."""
+    full = {t: max(c) for t, c in PAPER_TEST_CURVES.items() if len(c) == epochs}
+    return sorted(full.items(), key=lambda item: -item[1])
+
+
+def paper_sweep_in_mlflow(tmp_path: Path, **tags: str) -> tuple[str, Any, str, dict[str, str]]:
+    """A finished paper-protocol sweep as tune_main logs it: (uri, client, parent, {trial: run})."""
+    uri, client, parent = make_sweep(tmp_path, **tags)
+    experiment = client.get_experiment_by_name("hand-made").experiment_id
+    runs = {}
+    for i, (trial, curve) in enumerate(PAPER_TEST_CURVES.items()):
+        stopped = "true" if len(curve) < 4 else "false"
+        runs[trial] = add_trial(
+            client, experiment, parent, trial, running_max(curve), stopped_early=stopped,
+            metric="paper_test_accuracy", lr=0.01 * (i + 1), **PAPER,
+        )  # fmt: skip
+        client.log_metric(runs[trial], "test_accuracy", curve[-1], step=len(curve))
+    return uri, client, parent, runs
+
+
+def test_best_configs_of_a_paper_sweep_ranks_on_its_test_maximum(tmp_path, capsys):
+    uri, _, _, runs = paper_sweep_in_mlflow(
+        tmp_path, protocol="paper", metric="paper_test_accuracy"
+    )
+    out = tmp_path / "best.yaml"
+    argv = ["--experiment", "hand-made", "--top", "5", "--mlflow-uri", uri, "--out", str(out)]
+    assert best_configs.main(argv) == 0
+    document = yaml.safe_load(out.read_text())
+    expected = expected_paper_ranking()
+    assert [(d["trial_id"], d["score"]) for d in document] == expected
+    assert [d["run_id"] for d in document] == [runs[t] for t, _ in expected]
+    assert {d["metric"] for d in document} == {"paper_test_accuracy"}
+    assert document[0]["val_accuracy"] is None  # no validation split
+    assert document[0]["test_accuracy"] == PAPER_TEST_CURVES[expected[0][0]][-1]
+    assert document[0]["config"]["protocol"] == "paper"
+    said = capsys.readouterr().out
+    assert "ranked on paper_test_accuracy (it selects on the test set" in said
+    assert f"#1 trial {expected[0][0]}: paper_test_accuracy {expected[0][1]:.2f}%" in said
+
+
+def test_a_paper_sweep_without_a_metric_tag_ranks_on_its_protocols_metric(tmp_path):
+    """An older sweep run (no `metric` tag): its trials' configs say protocol paper."""
+    uri, client, parent, _ = paper_sweep_in_mlflow(tmp_path)
+    sweep = sweeps.sweep_from_run(client, client.get_run(parent))
+    assert sweep.metric == "paper_test_accuracy" and sweep.selects_on_test
+    assert [(t.trial_id, t.score) for t in sweeps.ranked(sweep, 5)] == expected_paper_ranking()
+
+
+def test_a_paper_sweeps_history_is_its_ranking_metric_per_epoch(tmp_path):
+    uri, client, parent, _ = paper_sweep_in_mlflow(tmp_path, metric="paper_test_accuracy")
+    sweep = sweeps.sweep_from_run(client, client.get_run(parent), with_history=True)
+    for trial in sweep.trials:
+        curve = running_max(PAPER_TEST_CURVES[trial.trial_id])
+        assert trial.history == dict(enumerate(curve, start=1))
+
+
+def test_best_configs_of_a_paper_sweep_in_the_ray_folder(tmp_path):
+    """The Ray folder keeps no sweep tags: the trials' configs say protocol paper."""
+    folder = tmp_path / "ray_results" / "paper-ray"
+    for trial, curve in PAPER_TEST_CURVES.items():
+        write_ray_trial(
+            folder / f"trial_{trial}", trial, running_max(curve), "paper_test_accuracy", **PAPER
+        )
+    store = ["--mlflow-uri", sqlite_uri(tmp_path), "--storage", str(tmp_path / "ray_results")]
+    assert best_configs.main(["--experiment", "paper-ray", "--top", "5", *store]) == 0
+    document = yaml.safe_load((folder / "best_configs.yaml").read_text())
+    assert [(d["trial_id"], d["score"]) for d in document] == expected_paper_ranking()
+    assert {d["metric"] for d in document} == {"paper_test_accuracy"}
+
+
+def test_a_holdout_sweep_ranks_on_val_accuracy_not_test_accuracy(tmp_path, capsys):
+    uri, client, parent = make_sweep(tmp_path, protocol="holdout", metric="val_accuracy")
+    experiment = client.get_experiment_by_name("hand-made").experiment_id
+    val, test = {"a": 60, "b": 50}, {"a": 40, "b": 90}
+    for trial in val:
+        run_id = add_trial(client, experiment, parent, trial, [10, 20, 30, val[trial]])
+        client.log_metric(run_id, "test_accuracy", test[trial], step=4)
+    out = tmp_path / "best.yaml"
+    argv = ["--experiment", "hand-made", "--top", "2", "--mlflow-uri", uri, "--out", str(out)]
+    assert best_configs.main(argv) == 0
+    document = yaml.safe_load(out.read_text())
+    by_val = sorted(val, key=lambda t: -val[t])
+    assert [(d["trial_id"], d["metric"], d["score"]) for d in document] == [
+        (t, "val_accuracy", val[t]) for t in by_val
+    ]
+    said = capsys.readouterr().out
+    assert "ranked on val_accuracy" in said and "test set" not in said
+
+
+def test_reproduce_says_when_it_changes_a_sweeps_protocol():
+    paper_trial = sweeps.Trial("a", "", config(**PAPER), 4, 4.0)
+    sweep = sweeps.Sweep("s", "s", "", 4, {}, (paper_trial,), "test", metric="paper_test_accuracy")
+    assert reproduce.protocol_change(sweep, paper_trial, "paper") is None
+    note = reproduce.protocol_change(sweep, paper_trial, "holdout")
+    assert "searched under protocol paper (ranked on paper_test_accuracy)" in note
+    assert "no validation split" in note
+
+
 # ---------------------------------------------------------------- importances
 
 SPACE = """
@@ -375,22 +497,28 @@ params:
 """
 
 
-def hand_sweep(curves: dict[str, list[float]], stopped: set[str] = frozenset()) -> sweeps.Sweep:
-    """A sweep of 4 epochs whose trials differ in lr (weight_decay and semantics fixed)."""
+def hand_sweep(
+    curves: dict[str, list[float]],
+    stopped: set[str] = frozenset(),
+    metric: str = "val_accuracy",
+) -> sweeps.Sweep:
+    """A sweep of 4 epochs whose trials differ in lr (weight_decay and semantics fixed), scored
+    on `metric` (`curves`: its values per epoch)."""
     trials = tuple(
         sweeps.Trial(
             trial_id=name,
             run_id="",
             config=config(lr=0.01 * (i + 1)),
             epoch=len(curve),
-            val_accuracy=curve[-1],
+            score=curve[-1],
+            val_accuracy=curve[-1] if metric == "val_accuracy" else None,
             stopped_early=name in stopped,
-            val_history=dict(enumerate(curve, start=1)),
+            history=dict(enumerate(curve, start=1)),
         )
         for i, (name, curve) in enumerate(curves.items())
     )
-    tags = {"search_space": SPACE, "mode": "baseline"}
-    return sweeps.Sweep("hand", "hand", "", 4, tags, trials, "test")
+    tags = {"search_space": SPACE, "mode": "baseline", "metric": metric}
+    return sweeps.Sweep("hand", "hand", "", 4, tags, trials, "test", metric=metric)
 
 
 def test_importance_scores_full_schedule_trials_when_enough_ran_it():
@@ -418,6 +546,17 @@ def test_importance_scores_at_the_last_common_epoch_otherwise():
         ("c", 30, False),
     ]
     assert "epoch 2" in points.label
+
+
+def test_importance_and_curves_of_a_paper_sweep_score_its_test_maximum():
+    curves = {t: running_max(c) for t, c in PAPER_TEST_CURVES.items()}
+    sweep = hand_sweep(curves, stopped={"asha"}, metric="paper_test_accuracy")
+    points = importance.sweep_points(sweep)  # 3 ran the full schedule: scored there
+    expected = expected_paper_ranking()
+    assert sorted(p.value for p in points.points) == sorted(score for _, score in expected)
+    assert points.metric == "paper_test_accuracy" and "epoch 4" in points.label
+    assert plots._curve_trial(sweep).trial_id == expected[0][0]
+    assert plots.parallel_coordinates(points).startswith(PNG_SIGNATURE)
 
 
 def test_sweep_plots_are_skipped_with_a_note_when_they_cannot_be_drawn():

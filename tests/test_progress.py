@@ -7,6 +7,7 @@ import io
 import pickle
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -105,6 +106,19 @@ def test_the_trials_table_lists_searched_values_and_final_metrics_best_first():
     assert table[1] == ["B", "b", "DONE", "4", "20.0", "reference", "60.0", "58.5"]
     page = sweep_files.table_html("sweep-x", rows(), list(SPACE)).decode()
     assert page.count("<tr>") == 4 and "sweep-x" in page and "<td>58.5</td>" in page
+
+
+def test_a_paper_sweeps_trials_table_ranks_on_its_metric_and_shows_it():
+    maxima = {"A": 70.0, "B": 55.0, "C": None}  # paper_test_accuracy; no val_accuracy (no split)
+    paper_rows = [replace(r, val_accuracy=None, paper_test_accuracy=maxima[r.name]) for r in rows()]
+    text = sweep_files.table_csv(paper_rows, list(SPACE), "paper_test_accuracy").decode()
+    table = list(csv.reader(io.StringIO(text)))
+    assert table[0][-3:] == ["val_accuracy", "test_accuracy", "paper_test_accuracy"]
+    by_max = sorted(maxima, key=lambda n: (maxima[n] is None, -(maxima[n] or 0)))
+    assert [r[0] for r in table[1:]] == by_max
+    assert table[1][-1] == "70.0"
+    files = sweep_files.files("paper", paper_rows, SPACE, 4, "paper_test_accuracy")
+    assert files["parallel_coordinates.png"].startswith(b"\x89PNG\r\n\x1a\n")  # scored: 2 rows
 
 
 def test_the_sweep_files_and_counts():

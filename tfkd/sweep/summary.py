@@ -11,6 +11,7 @@ from typing import Any
 from ray import tune
 
 from tfkd import tracking
+from tfkd.core.protocol import PAPER_TEST_ACCURACY
 from tfkd.sweep import status as progress
 from tfkd.sweep import sweep_files
 from tfkd.sweep.search_space import Param
@@ -88,6 +89,7 @@ def trial_rows(grid: tune.ResultGrid, spec: SweepSpec) -> list[sweep_files.Trial
                 val_accuracy=metrics.get("val_accuracy"),
                 test_accuracy=metrics.get("test_accuracy"),
                 values={k: config[k] for k in keys if k in config},
+                paper_test_accuracy=metrics.get(PAPER_TEST_ACCURACY),
             )
         )
     return rows
@@ -98,5 +100,5 @@ def log_sweep_files(spec: SweepSpec, grid: tune.ResultGrid) -> None:
     if spec.tracking is None:
         return
     rows = trial_rows(grid, spec)
-    files = sweep_files.files(spec.name, rows, _searched(spec), spec.epochs)
+    files = sweep_files.files(spec.name, rows, _searched(spec), spec.epochs, spec.metric)
     tracking.log_sweep_files(spec.tracking, sweep_files.sweep_metrics(rows), files)

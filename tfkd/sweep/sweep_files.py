@@ -20,6 +20,8 @@ from tfkd.sweep.search_space import Param
 from tfkd.sweep.status import short_number
 
 TABLE_CSV, TABLE_HTML, PARALLEL_PNG = "trials.csv", "trials.html", "parallel_coordinates.png"
+ACCURACIES = ("val_accuracy", "test_accuracy")  # every table's; a paper sweep adds its metric
+METRIC = "val_accuracy"  # what a sweep ranks on unless told (a paper sweep: paper_test_accuracy)
 
 
 @dataclass(frozen=True)
@@ -33,29 +35,38 @@ class TrialRow:
     val_accuracy: float | None
     test_accuracy: float | None
     values: dict[str, Any] = field(default_factory=dict)
+    paper_test_accuracy: float | None = None  # the paper protocol's test maximum so far
+
+    def score(self, metric: str) -> float | None:
+        """The value of the metric the sweep ranked on (one of this row's accuracies)."""
+        return getattr(self, metric)
 
 
-def sorted_rows(rows: Sequence[TrialRow]) -> list[TrialRow]:
-    """Best validation accuracy first; trials without one last."""
-    return sorted(rows, key=lambda r: (r.val_accuracy is None, -(r.val_accuracy or 0.0)))
+def sorted_rows(rows: Sequence[TrialRow], metric: str = METRIC) -> list[TrialRow]:
+    """Best score (the sweep's `metric`) first; trials without one last."""
+    return sorted(rows, key=lambda r: (r.score(metric) is None, -(r.score(metric) or 0.0)))
 
 
-def _columns(keys: Sequence[str]) -> list[str]:
-    return ["trial", "trial_id", "state", "epoch", *keys, "val_accuracy", "test_accuracy"]
+def _accuracies(metric: str) -> list[str]:
+    return [*ACCURACIES, *([metric] if metric not in ACCURACIES else [])]
 
 
-def _cells(row: TrialRow, keys: Sequence[str]) -> list[Any]:
+def _columns(keys: Sequence[str], metric: str) -> list[str]:
+    return ["trial", "trial_id", "state", "epoch", *keys, *_accuracies(metric)]
+
+
+def _cells(row: TrialRow, keys: Sequence[str], metric: str) -> list[Any]:
     values = [row.values.get(key, "") for key in keys]
-    accuracies = [row.val_accuracy, row.test_accuracy]
+    accuracies = [row.score(name) for name in _accuracies(metric)]
     return [row.name, row.trial_id, row.state, row.epoch, *values, *accuracies]
 
 
-def table_csv(rows: Sequence[TrialRow], keys: Sequence[str]) -> bytes:
+def table_csv(rows: Sequence[TrialRow], keys: Sequence[str], metric: str = METRIC) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(_columns(keys))
-    for row in sorted_rows(rows):
-        writer.writerow(["" if v is None else v for v in _cells(row, keys)])
+    writer.writerow(_columns(keys, metric))
+    for row in sorted_rows(rows, metric):
+        writer.writerow(["" if v is None else v for v in _cells(row, keys, metric)])
     return out.getvalue().encode()
 
 
@@ -67,12 +78,16 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-def table_html(title: str, rows: Sequence[TrialRow], keys: Sequence[str]) -> bytes:
+def table_html(
+    title: str, rows: Sequence[TrialRow], keys: Sequence[str], metric: str = METRIC
+) -> bytes:
     """A small self-contained page (MLflow's artifact view renders HTML)."""
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in _columns(keys))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in _columns(keys, metric))
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_shown(v))}</td>" for v in _cells(row, keys)) + "</tr>"
-        for row in sorted_rows(rows)
+        "<tr>"
+        + "".join(f"<td>{html.escape(_shown(v))}</td>" for v in _cells(row, keys, metric))
+        + "</tr>"
+        for row in sorted_rows(rows, metric)
     )
     style = (
         "body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
@@ -81,7 +96,7 @@ def table_html(title: str, rows: Sequence[TrialRow], keys: Sequence[str]) -> byt
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{style}</style></head><body><h3>{html.escape(title)}</h3>"
-        f"<p>{len(rows)} trials, best validation accuracy first.</p>"
+        f"<p>{len(rows)} trials, best {html.escape(metric)} first.</p>"
         f"<table><tr>{head}</tr>{body}</table></body></html>"
     )
     return page.encode()
@@ -177,11 +192,15 @@ def parallel_coordinates_png(
 
 
 def parallel_plot(
-    title: str, rows: Sequence[TrialRow], params: Mapping[str, Param], epochs: int
+    title: str,
+    rows: Sequence[TrialRow],
+    params: Mapping[str, Param],
+    epochs: int,
+    metric: str = METRIC,
 ) -> bytes | None:
-    """The sweep's trials across the searched values to their validation accuracy (PNG); dashed:
-    stopped early. None when nothing was searched or no trial reported an accuracy."""
-    scored = [r for r in rows if r.val_accuracy is not None]
+    """The sweep's trials across the searched values to their score, the sweep's `metric` (PNG);
+    dashed: stopped early. None when nothing was searched or no trial reported the metric."""
+    scored = [r for r in rows if r.score(metric) is not None]
     if not params or not scored:
         return None
     names = list(params)
@@ -190,7 +209,7 @@ def parallel_plot(
     lines = [
         Line(
             ys=[axes[n][0](row.values[n]) if n in row.values else 0.5 for n in names],
-            score=row.val_accuracy,
+            score=row.score(metric),
             dashed=row.epoch < epochs,
         )
         for row in scored
@@ -200,16 +219,23 @@ def parallel_plot(
         f"{title}: {len(scored)} trials, each scored at its last epoch "
         f"(of {epochs}; dashed: stopped early)"
     )
-    return parallel_coordinates_png(title, shown, ticks, lines)
+    return parallel_coordinates_png(title, shown, ticks, lines, f"{metric} (%)")
 
 
 def files(
-    title: str, rows: Sequence[TrialRow], params: Mapping[str, Param], epochs: int
+    title: str,
+    rows: Sequence[TrialRow],
+    params: Mapping[str, Param],
+    epochs: int,
+    metric: str = METRIC,
 ) -> dict[str, bytes]:
-    """The sweep run's comparison artifacts: {file name: content}."""
+    """The sweep run's comparison artifacts, ranked on its `metric`: {file name: content}."""
     keys = list(params)
-    out = {TABLE_CSV: table_csv(rows, keys), TABLE_HTML: table_html(title, rows, keys)}
-    plot = parallel_plot(title, rows, params, epochs)
+    out = {
+        TABLE_CSV: table_csv(rows, keys, metric),
+        TABLE_HTML: table_html(title, rows, keys, metric),
+    }
+    plot = parallel_plot(title, rows, params, epochs, metric)
     if plot is not None:
         out[PARALLEL_PNG] = plot
     return out
