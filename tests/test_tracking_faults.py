@@ -58,9 +58,8 @@ def test_asha_stops_during_an_outage_end_finished_and_stopped_early_after_replay
     the outboxes, and `replay` closes each run in its true state."""
     space = workdir / "lr.yaml"
     space.write_text(ASHA_SPACE)
-    with sweep_past_its_first_checkpoint(
-        workdir, "asha", ASHA_SWEEP, search_space=space, tracking_grace=6  # down for good
-    ) as sweep:
+    down_for_good = {"search_space": space, "tracking_grace": 6}  # the ends need not wait 60 s
+    with sweep_past_its_first_checkpoint(workdir, "asha", ASHA_SWEEP, **down_for_good) as sweep:
         sweep.stop()
         assert sweep.driver.wait(timeout=300) == 0, sweep.log.read_text()[-3000:]
         sweep.start()
