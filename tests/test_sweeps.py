@@ -238,6 +238,10 @@ def test_a_failing_trial_fails_alone_and_all_failing_exits_1(workdir):
     assert runs["1000000000000.0"].info.status == "FAILED"
     assert "non-finite" in runs["1000000000000.0"].data.tags["error"]
     assert runs["0.05"].info.status == "FINISHED"
+    said = done.stdout + done.stderr  # tfkd names the failure; Ray's traceback is in error.txt
+    assert "Traceback" not in said and "Trials did not complete" not in said, said[-3000:]
+    (error_file,) = (workdir / "ray_results").glob("*/trial_*/error.txt")
+    assert "NonFiniteLossError" in error_file.read_text()
 
     space.write_text("mode: baseline\nparams: {lr: {distribution: choice, values: [1.0e+12]}}\n")
     done = tune_main(*common, "--num-samples", "1", "--name", "all-fail", cwd=workdir)

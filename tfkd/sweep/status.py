@@ -52,6 +52,10 @@ def configure_driver(verbose: bool) -> None:
     _forward_trial_output = verbose
     if verbose:
         os.environ["RAY_DEDUP_LOGS"] = "0"  # read when Ray is imported
+    else:
+        # A failed trial: tfkd prints its name, its reason and its error.txt, which holds the
+        # traceback Ray would print too (--verbose shows it).
+        os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     # A local Ray enables token authentication by default and says so on every start.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
         logging.ERROR
@@ -61,10 +65,16 @@ def configure_driver(verbose: bool) -> None:
     # tfkd prints the command that resumes an interrupted sweep; Ray's Python advice would
     # contradict it.
     logging.getLogger("ray.tune.tune").addFilter(_not_rays_resume_advice)
+    if not verbose:  # the summary names each failed trial and why
+        logging.getLogger("ray.tune.tune").addFilter(_not_rays_unfinished_list)
 
 
 def _not_rays_resume_advice(record: logging.LogRecord) -> bool:
     return "Tuner.restore(" not in record.getMessage()
+
+
+def _not_rays_unfinished_list(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Trials did not complete")
 
 
 def forward_trial_output() -> bool:
