@@ -121,6 +121,49 @@ def test_ctrl_c_before_during_and_while_resuming_then_the_printed_command_comple
         assert epochs == list(range(1, EPOCHS + 1)), run.info.run_id
 
 
+CTRL_C_WHILE_TUNE_SETS_UP = """
+import signal, tempfile
+import ray
+from ray import tune
+from tfkd.sweep import callbacks, status
+
+class CtrlC(tune.Callback):
+    def setup(self, **info):  # Tune's SIGINT handler is in place, SweepCallback's wrap is not
+        signal.raise_signal(signal.SIGINT)
+
+def trainable(config):
+    tune.report({"epoch": 1})
+
+status.configure_driver(verbose=False)  # as tune_main does
+ray.init(num_cpus=1, include_dashboard=False)
+run = tune.RunConfig(
+    storage_path=tempfile.mkdtemp(), verbose=0, callbacks=[CtrlC(), callbacks.SweepCallback(None)]
+)
+with callbacks.noticing_tunes_interrupt():
+    grid = tune.Tuner(trainable, run_config=run).fit()
+print("trials that reported:", sum(bool(r.metrics) for r in grid))
+print("interrupted" if callbacks.INTERRUPTED.is_set() else "not interrupted")
+"""
+
+
+def test_a_ctrl_c_tune_takes_before_tfkd_wraps_its_handler_still_counts_as_an_interrupt(
+    tmp_path,
+):
+    """The window between Tune installing its SIGINT handler and SweepCallback.setup wrapping
+    it: Tune stops at once, and the sweep must be reported interrupted, not finished."""
+    done = subprocess.run(
+        [sys.executable, "-c", CTRL_C_WHILE_TUNE_SETS_UP],
+        cwd=tmp_path,
+        env=clean_env(PYTHONPATH=str(TUNE_MAIN.parent)),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = done.stdout.strip().splitlines()[-2:]
+    assert said == ["trials that reported: 0", "interrupted"], done.stdout + done.stderr[-3000:]
+
+
 def test_sigterm_to_the_driver_ends_the_sweep_as_ctrl_c_does_without_a_native_trace(tmp_path):
     """`kill PID`: Ray's native SIGTERM handler used to print a stack trace and kill the driver
     unsaved; now Tune stops and saves the sweep and the printed command finishes it."""

@@ -4,8 +4,11 @@ trials left open, the status table, and the trials' names.
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ray import tune
@@ -18,6 +21,27 @@ from tfkd.sweep.storage import GIVEN_CONFIG_KEY
 # Set when Ctrl-C interrupted the sweep in this process. Module-level: a resumed Tuner brings
 # back its own (unpickled) copy of the callback that sets it.
 INTERRUPTED = threading.Event()
+TUNE_LOGGER = "ray.tune.tune"  # says "... has been interrupted ..." when a Ctrl-C stopped a run
+
+
+def _note_tunes_interrupt(record: logging.LogRecord) -> bool:
+    if "has been interrupted" in record.getMessage():
+        INTERRUPTED.set()
+    return True
+
+
+@contextmanager
+def noticing_tunes_interrupt() -> Iterator[None]:
+    """While a Tuner runs: a Ctrl-C that Tune's own handler took before SweepCallback.setup
+    wrapped it (Tune installs it, then sets up the callbacks) still sets INTERRUPTED, from
+    Tune's word that it was interrupted. First among the logger's filters: tfkd's output hides
+    that message (tfkd.sweep.status)."""
+    logger = logging.getLogger(TUNE_LOGGER)
+    logger.filters.insert(0, _note_tunes_interrupt)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_note_tunes_interrupt)
 
 
 class SweepCallback(tune.Callback):

@@ -288,7 +288,8 @@ def _tuner(spec: SweepSpec, packed: Mapping[str, Any]) -> tune.Tuner:
 def _fit(tuner: tune.Tuner, spec: SweepSpec, record_best: bool) -> SweepResult:
     """Run the Tuner; close the sweep's run as what happened (never FINISHED when interrupted)."""
     callbacks.INTERRUPTED.clear()
-    grid = tuner.fit()
+    with callbacks.noticing_tunes_interrupt():
+        grid = tuner.fit()
     result = summary.summarise(grid, spec, interrupted=callbacks.INTERRUPTED.is_set())
     local = "://" not in result.experiment_path
     # trials that ended while the tracking server was down: their writes go first, if it is back
