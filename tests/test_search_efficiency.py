@@ -73,10 +73,16 @@ def test_summary_and_target():
     assert (summary.trials, summary.trial_epochs, summary.to_target) == (3, 7, 6)
     assert (summary.best_val, summary.best_test) == (85.0, 84.0)
     at = [bench.summarise("m", "tpe", s, REPORTS[:k], 3, 79.0) for s, k in ((0, 4), (1, 6))]
-    assert bench.target_met(at, grid_compute=12)  # reached at 4 <= 12 / 3
-    assert not bench.target_met(at, grid_compute=11)
-    never = bench.summarise("m", "tpe", 2, REPORTS[:3], 3, 79.0)
-    assert not bench.target_met([*at, never], grid_compute=100)
+    reached = [s.to_target for s in at]
+    assert reached == [4, 4]
+    assert bench.target_met(reached, grid_compute=12)  # the median seed: 4 <= 12 / 3
+    assert not bench.target_met(reached, grid_compute=11)
+    never = bench.summarise("m", "tpe", 2, REPORTS[:3], 3, 79.0).to_target
+    assert never is None
+    # the median seed decides: one seed of three that never got there does not, two do
+    assert bench.target_met([*reached, never], grid_compute=12)
+    assert not bench.target_met([reached[0], never, never], grid_compute=100)
+    assert bench.median_to_target([9, None, 3, 5]) == 9  # the upper median of an even count
 
 
 def test_grid_space_file_is_a_valid_space_of_choices(tmp_path):
@@ -139,3 +145,25 @@ def test_smoke_run_writes_table_json_and_plot(smoke_run):
     assert (out / "search_efficiency.png").read_bytes().startswith(b"\x89PNG")
     assert smoke_run["document"]["wall_seconds"] > 0
     assert "wall time" in smoke_run["stdout"]
+
+
+def test_render_merges_earlier_runs_into_one_table(smoke_run, tmp_path):
+    """--render rewrites the outputs from runs' JSON (one per --modes run) without sweeping."""
+    source = smoke_run["tmp"] / "out" / "search_efficiency.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--render", str(source), str(source), "--out", str(tmp_path)],
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (result,) = smoke_run["document"]["results"]
+    rendered = json.loads((tmp_path / "search_efficiency.json").read_text())
+    assert rendered["results"] == [result, result]
+    assert rendered["wall_seconds"] == round(2 * smoke_run["document"]["wall_seconds"], 1)
+    table = (tmp_path / "search_efficiency.md").read_text()
+    assert table.count("| tfkd_reg | grid | 1 | 2 | 4 |") == 2
+    assert table.count("by the median seed") == 2
+    assert not list((tmp_path).glob("work*")), "it ran sweeps"
