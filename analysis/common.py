@@ -12,6 +12,7 @@ from typing import Any
 from tfkd.cli import flags
 from tfkd.cli.flags import EXIT_USAGE
 from tfkd.core.config import TrialConfig
+from tfkd.core.config import keys as config_keys
 from tfkd.core.errors import UserError
 from tfkd.sweep.storage import DEFAULT_STORAGE
 
@@ -67,9 +68,11 @@ def tracking_uri(value: str | None) -> str:
 def typed_config(values: Mapping[str, Any], where: str) -> dict[str, Any]:
     """A full, typed trial config from strings (MLflow params) or plain values (YAML, JSON).
 
-    Keys the current TrialConfig does not know (runs from an older tfkd) are dropped.
+    Keys the current TrialConfig does not know (runs from an older tfkd) are dropped; the loss
+    weights a search varies (ce_weight, kl_weight: a trial's params hold them, not the alpha and
+    multiplier they set) are kept and turned into those.
     """
-    known = set(TrialConfig.__dataclass_fields__)
+    known = set(config_keys())
     try:
         return TrialConfig.from_dict({k: v for k, v in values.items() if k in known}).to_dict()
     except ValueError as exc:

@@ -91,9 +91,11 @@ def add_trial(
     status: str = "FINISHED",
     stopped_early: str | None = None,
     metric: str = "val_accuracy",
+    params: dict[str, Any] | None = None,
     **values: Any,
 ) -> str:
-    """A child run like tfkd's: params = the config, `metric` per epoch with step = epoch."""
+    """A child run like tfkd's: params = the config (or `params`, as given), `metric` per epoch
+    with step = epoch."""
     tags = {"mlflow.parentRunId": parent, "tfkd.kind": "trial", "tfkd.ray_trial_id": trial_id}
     if stopped_early is not None:
         tags["stopped_early"] = stopped_early
@@ -104,7 +106,7 @@ def add_trial(
         for epoch, accuracy in enumerate(curve, start=1)
         for key, value in (("epoch", float(epoch)), (metric, accuracy))
     ]
-    params = [Param(k, str(v)) for k, v in config(**values).items()]
+    params = [Param(k, str(v)) for k, v in (params or config(**values)).items()]
     client.log_batch(run_id, metrics=metrics, params=params)
     client.set_terminated(run_id, status=status)
     return run_id
@@ -334,6 +336,30 @@ def test_best_configs_excludes_early_stopped_trials(tmp_path):
     assert document[0]["metric"] == "val_accuracy" and document[0]["score"] == 50
     assert document[0]["config"] == config()
     assert document[1]["config"]["lr"] == 0.05
+
+
+def test_a_config_searched_in_loss_weights_is_the_one_chosen_and_reproduced(tmp_path):
+    """A KD-type trial logs the searched ce_weight and kl_weight, not the alpha and multiplier
+    they set: best_configs and reproduce must train that loss, not the mode's defaults."""
+    uri, client, parent = make_sweep(tmp_path, mode="tfkd_reg")
+    experiment = client.get_experiment_by_name("hand-made").experiment_id
+    searched = {"temperature": 1.1, "ce_weight": 0.33, "kl_weight": 99.0}
+    given = {"mode": "tfkd_reg", "model": "resnet8", "dataset": "digits", "epochs": 4, **searched}
+    add_trial(client, experiment, parent, "w", [10, 20, 30, 40], params=given)
+    out = tmp_path / "best.yaml"
+    assert (
+        best_configs.main(["--experiment", "hand-made", "--mlflow-uri", uri, "--out", str(out)])
+        == 0
+    )
+    (chosen,) = yaml.safe_load(out.read_text())
+    sweep = sweeps.load("hand-made", uri, str(tmp_path / "ray_results"))
+    (job, *_) = reproduce.plan_jobs(
+        sweep.trials, seeds=2, epochs=4, data_dir=None, protocol="holdout"
+    )
+    for trained in (chosen["config"], job.config):
+        assert trained["temperature"] == 1.1
+        assert 1 - trained["alpha"] == pytest.approx(0.33)  # the CE's weight
+        assert trained["alpha"] * trained["multiplier"] == pytest.approx(99.0)  # the KL's
 
 
 def write_ray_trial(
