@@ -22,6 +22,7 @@ from optuna.distributions import (
 )
 
 from analysis import sweeps
+from tfkd.core.config import WEIGHTS, weights_of
 from tfkd.sweep import search_space
 
 MIN_FULL_TRIALS = 3  # fewer full-schedule trials than this: score every trial at a common epoch
@@ -100,6 +101,14 @@ def _varying(name: str, dist: BaseDistribution, values: list[Any]) -> bool:
     return inside and len({repr(v) for v in values}) > 1
 
 
+def searched_value(config: dict[str, Any], name: str) -> Any:
+    """A trial's value of a searched parameter; the loss weights (ce_weight, kl_weight) from
+    the alpha and multiplier they set (a config holds those)."""
+    if name in WEIGHTS:
+        return weights_of(config["alpha"], config["multiplier"])[name]
+    return config.get(name)
+
+
 def sweep_points(sweep: sweeps.Sweep) -> SweepPoints:
     """The sweep's trials as scored points over the searched parameters that vary."""
     if not sweep.searched:
@@ -109,14 +118,14 @@ def sweep_points(sweep: sweeps.Sweep) -> SweepPoints:
     dists = {
         name: dist
         for name, dist in distributions(sweep.searched, mode).items()
-        if _varying(name, dist, [t.config.get(name) for t, _ in scored])
+        if _varying(name, dist, [searched_value(t.config, name) for t, _ in scored])
     }
     if not dists:
         raise NotEnoughTrials("no searched parameter took two different values")
     points = tuple(
         Point(
             t.trial_id,
-            {name: t.config[name] for name in dists},
+            {name: searched_value(t.config, name) for name in dists},
             float(value),
             sweeps.completed_full_schedule(t, sweep.epochs),
         )

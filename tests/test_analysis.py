@@ -585,6 +585,28 @@ def test_importance_and_curves_of_a_paper_sweep_score_its_test_maximum():
     assert plots.parallel_coordinates(points).startswith(PNG_SIGNATURE)
 
 
+def test_importance_reads_the_loss_weights_a_kd_type_sweep_searched():
+    """tfkd_reg searches ce_weight and kl_weight; the chosen configs hold the alpha and
+    multiplier they set, and the points are placed on the searched weights again."""
+    searched = [(0.3, 9.0), (0.6, 0.5), (0.9, 40.0)]
+    trials = tuple(
+        sweeps.Trial(
+            trial_id=f"t{i}",
+            run_id="",
+            config=config(mode="tfkd_reg", temperature=4, ce_weight=ce, kl_weight=kl),
+            epoch=4,
+            score=80.0 + i,
+        )
+        for i, (ce, kl) in enumerate(searched)
+    )
+    space = (Path(TUNE_MAIN).parent / "search_spaces" / "tfkd_reg.yaml").read_text()
+    tags = {"search_space": space, "mode": "tfkd_reg"}  # the tag holds the space's YAML
+    points = importance.sweep_points(sweeps.Sweep("reg", "reg", "", 4, tags, trials, "test"))
+    assert list(points.distributions) == ["ce_weight", "kl_weight"]  # temperature did not vary
+    placed = [p.params[name] for p in points.points for name in ("ce_weight", "kl_weight")]
+    assert placed == pytest.approx([weight for pair in searched for weight in pair])
+
+
 def test_sweep_plots_are_skipped_with_a_note_when_they_cannot_be_drawn():
     files, note = report.sweep_figures(hand_sweep({"a": [1, 1, 1, 5]}))
     assert files == {} and "hand: no importance / parallel-coordinates plot" in note
