@@ -56,6 +56,8 @@ def watch(driver: Process) -> None:
     while _running(driver):
         seen |= below(driver[0])
         time.sleep(POLL_SECONDS)
+    # what the survivors started since the last look (a worker Ray spawned in the last second)
+    seen |= {child for process in list(seen) if _running(process) for child in below(process[0])}
     seen.discard(_identity(os.getpid()))
     _signal_all(seen, signal.SIGTERM)
     deadline = time.monotonic() + GRACE_SECONDS
