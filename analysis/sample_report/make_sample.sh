@@ -8,7 +8,8 @@
 # Teachers: resnet8@best (the baseline sweep's best trial) for tfkd_self, resnet20 (one fixed
 # run) for kd, resnet20@epoch-1 (that run's snapshot after one epoch) for dekd, the plain
 # 5-layer cnn (one fixed run) for rekd.
-# Two trials at a time, one CPU thread each.
+# Two trials at a time, one CPU thread each: the sweeps took 27 minutes and the reproductions 20
+# on 2 CPU cores (2026-12-01).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=${WORK:-$(mktemp -d)}
