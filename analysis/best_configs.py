@@ -103,10 +103,11 @@ def write(args: Any) -> int:
     text = yaml.safe_dump(document(sweep, best), sort_keys=False)
     where = write_bytes(args.out or default_out(args.storage, sweep), text.encode())
     full = len(sweeps.full_schedule_trials(sweep))
+    caution = " (it selects on the test set: the scores are optimistic)"
     say(
         f"sweep {sweep.name} (from {sweep.source}): {len(sweep.trials)} trials, {full} ran the "
         f"full schedule of {sweep.epochs} epochs; ranked on {sweep.metric}"
-        + (" (it selects on the test set: the scores are optimistic)" * sweep.selects_on_test)
+        + (caution if sweep.selects_on_test else "")
     )
     if len(best) < args.top:
         say(

@@ -24,7 +24,7 @@ from tfkd.core.errors import UserError
 from tfkd.sweep.storage import GIVEN_CONFIG_KEY, join
 from tfkd.tracking import store
 
-METRIC = "val_accuracy"  # what a sweep ranked on when nothing says otherwise (holdout)
+METRIC = protocol.DEFAULT_SWEEP_METRIC  # what a sweep ranked on when nothing says otherwise
 
 
 def ranking_metric(tags: Mapping[str, str], protocols: Iterable[str] = ()) -> str:

@@ -147,7 +147,7 @@ def build_parser(registries: bool = True) -> argparse.ArgumentParser:
     )
     how.add_argument(
         "--metric",
-        choices=("val_accuracy", protocol.PAPER_SWEEP_METRIC),
+        choices=(protocol.DEFAULT_SWEEP_METRIC, protocol.PAPER_SWEEP_METRIC),
         default=None,
         help="what the search and ASHA rank trials on: val_accuracy (holdout, the default); "
         f"under --protocol paper a search needs {protocol.PAPER_SWEEP_METRIC}, the test "

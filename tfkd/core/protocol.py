@@ -62,6 +62,7 @@ PROTOCOLS.add(
 )
 # what a paper-protocol sweep may be asked to rank on, explicitly (it selects on the test set)
 PAPER_SWEEP_METRIC = PAPER_TEST_ACCURACY
+DEFAULT_SWEEP_METRIC = "val_accuracy"  # what a sweep ranks on unless told (holdout's choice)
 
 
 class Selection:

@@ -16,12 +16,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tfkd.core import protocol
 from tfkd.sweep.search_space import Param
 from tfkd.sweep.status import short_number
 
 TABLE_CSV, TABLE_HTML, PARALLEL_PNG = "trials.csv", "trials.html", "parallel_coordinates.png"
 ACCURACIES = ("val_accuracy", "test_accuracy")  # every table's; a paper sweep adds its metric
-METRIC = "val_accuracy"  # what a sweep ranks on unless told (a paper sweep: paper_test_accuracy)
+METRIC = protocol.DEFAULT_SWEEP_METRIC  # unless told (a paper sweep: paper_test_accuracy)
 
 
 @dataclass(frozen=True)
