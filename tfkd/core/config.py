@@ -14,8 +14,26 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tfkd.core import coordinates
+
 CUDA_GRAPHS = ("auto", "off", "capture", "compile")  # how CUDA runs the step (tfkd.core.steps)
 OPTIMIZER_NAMES = ("sgd", "adam")  # tfkd.core.recipe.OPTIMIZERS builds them
+#: the keys a dataset's (and model's) recipe decides (tfkd.core.recipe): a preset written for
+#: another dataset does not carry them over
+RECIPE_KEYS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "lr_batch",
+    "optimizer",
+    "momentum",
+    "weight_decay",
+    "warmup_epochs",
+    "lr_milestones",
+    "lr_gamma",
+    "image_size",
+    "eval_batch_size",
+)
 
 
 def _positive(value: float) -> bool:
@@ -126,6 +144,9 @@ class TrialConfig:
     epochs: int = field(default=200, metadata=_meta(_positive, "full schedule length"))
     batch_size: int = field(default=128, metadata=_meta(_positive, "training batch size"))
     lr: float = field(default=0.1, metadata=_meta(_positive, "learning rate at batch lr_batch"))
+    lr_factor: float = field(
+        default=1.0, metadata=_meta(_positive, "the searched factor on the recipe's rate")
+    )
     lr_batch: int = field(
         default=128, metadata=_meta(_positive, "batch size that lr is given for (lr scales)")
     )
@@ -173,23 +194,38 @@ class TrialConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrialConfig:
-        """Validate a flat dict; unknown keys, wrong types and out-of-range values raise."""
+        """Validate a flat dict; unknown keys, wrong types and out-of-range values raise.
+
+        Search coordinates (tfkd.core.coordinates: kd_share, smoothing, ...) are turned into
+        the fields they set, given the rest of the config (its dataset's number of classes);
+        a field given beside a coordinate that sets it must agree with it.
+        """
         known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known) - set(WEIGHTS))
+        searched = set(coordinates.names())
+        unknown = sorted(set(values) - set(known) - searched)
         if unknown:
             raise ValueError(
-                f"unknown config key(s): {', '.join(unknown)}; known keys: {', '.join(known)}"
+                f"unknown config key(s): {', '.join(unknown)}; known keys: {', '.join(keys())}"
             )
         if "mode" not in values:
             raise ValueError("config key 'mode' is required")
-        values = from_weights(values)
-        coerced = {name: _coerce(known[name], value) for name, value in values.items()}
-        for name, value in coerced.items():
-            _check(known[name], value)
-        config = cls(**coerced)
+        given = {k: v for k, v in values.items() if k not in searched}
+        config = cls._checked(given, known)
+        axes = {k: v for k, v in values.items() if k in searched}
+        if axes:
+            decided = coordinates.fields_of(axes, config)
+            _check_agreement(given, decided)
+            config = cls._checked({**given, **decided}, known)
         _check_protocol_split(config)
         _check_warmup(config)
         return config
+
+    @classmethod
+    def _checked(cls, values: Mapping[str, Any], known: Mapping[str, dataclasses.Field]):
+        coerced = {name: _coerce(known[name], value) for name, value in values.items()}
+        for name, value in coerced.items():
+            _check(known[name], value)
+        return cls(**coerced)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -198,19 +234,10 @@ class TrialConfig:
         return TrialConfig.from_dict({**self.to_dict(), **changes})
 
     @property
-    def ce_weight(self) -> float:
-        """The cross-entropy's weight in the loss: 1 - alpha."""
-        return 1.0 - self.alpha
-
-    @property
-    def kl_weight(self) -> float:
-        """The regulariser's (KL's) weight in the loss: alpha x multiplier."""
-        return self.alpha * self.multiplier
-
-    @property
     def scaled_lr(self) -> float:
-        """The linear scaling rule: lr x batch_size / lr_batch (128 for CIFAR, 256 ImageNet)."""
-        return self.lr * self.batch_size / self.lr_batch
+        """The linear scaling rule times the searched factor: lr x lr_factor x batch_size /
+        lr_batch (128 for CIFAR, 256 ImageNet)."""
+        return self.lr * self.lr_factor * self.batch_size / self.lr_batch
 
 
 def _check_protocol_split(config: TrialConfig) -> None:
@@ -236,63 +263,20 @@ def _check_warmup(cfg: TrialConfig) -> None:
 
 
 def keys() -> list[str]:
-    """Every key a config dict may hold: the fields, and the loss weights that set two of them."""
-    return [f.name for f in dataclasses.fields(TrialConfig)] + list(WEIGHTS)
+    """Every key a config dict may hold: the fields, and the search coordinates that set some
+    of them (tfkd.core.coordinates)."""
+    return [f.name for f in dataclasses.fields(TrialConfig)] + coordinates.names()
 
 
-# The KD-type losses are (1 - alpha) CE + alpha m KL = ce_weight CE + kl_weight KL. alpha and
-# m each move both terms' weights (they are confounded); ce_weight and kl_weight move one term
-# each, so a search varies them instead. They are not stored: they set alpha and multiplier.
-WEIGHTS = ("ce_weight", "kl_weight")
-
-
-def weights_of(alpha: float, multiplier: float) -> dict[str, float]:
-    """(alpha, multiplier) -> {ce_weight, kl_weight}: the same loss in independent weights."""
-    return {"ce_weight": 1.0 - alpha, "kl_weight": alpha * multiplier}
-
-
-def from_weights(values: Mapping[str, Any]) -> dict[str, Any]:
-    """A config dict with ce_weight / kl_weight turned into the alpha and multiplier they set.
-
-    alpha = 1 - ce_weight and multiplier = kl_weight / alpha, so the loss is the same; the
-    CE weight must lie in [0, 1). Both weights come together; alpha or multiplier given beside
-    them must agree with them (a reproduction logs all four).
-    """
-    given = [k for k in WEIGHTS if k in values]
-    if not given:
-        return dict(values)
-    if len(given) == 1:
-        other = next(k for k in WEIGHTS if k not in values)
-        raise ValueError(f"config key '{given[0]}' needs '{other}' too (together they set alpha)")
-    ce, kl = (_coerce_weight(name, values[name]) for name in WEIGHTS)
-    if not 0 <= ce < 1 or kl <= 0:
-        raise ValueError(
-            f"config keys ce_weight = {ce!r}, kl_weight = {kl!r} are out of range "
-            "(ce_weight: at least 0 and below 1; kl_weight: greater than 0)"
-        )
-    derived = {"alpha": 1.0 - ce, "multiplier": kl / (1.0 - ce)}
-    for key, value in derived.items():
-        if key in values and not math.isclose(float(values[key]), value, rel_tol=1e-6):
+def _check_agreement(given: Mapping[str, Any], decided: Mapping[str, float]) -> None:
+    """A field given beside the coordinate that sets it must agree (a reproduction may log
+    both)."""
+    for key, value in decided.items():
+        if key in given and not math.isclose(float(given[key]), value, rel_tol=1e-6):
             raise ValueError(
-                f"config key '{key}' = {values[key]!r} disagrees with ce_weight and kl_weight "
+                f"config key '{key}' = {given[key]!r} disagrees with the searched coordinates "
                 f"(which set it to {value:.6g}); give one or the other"
             )
-    rest = {k: v for k, v in values.items() if k not in WEIGHTS}
-    return {**rest, **derived}
-
-
-def _coerce_weight(name: str, value: Any) -> float:
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"config key '{name}' must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"config key '{name}' must be a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"config key '{name}' must be finite, got {value!r}")
-    return number
 
 
 def key_types() -> dict[str, type]:

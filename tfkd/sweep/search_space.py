@@ -13,10 +13,19 @@ A file holds, for one mode:
 
 A preset row may say where its values come from (every shipped row does): `provenance:
 original` (`source`: the original's params.json) or `provenance: filled-in` (`source`: why, and
-what tfkd put in).
+what tfkd put in), and which dataset its values were written for (`dataset`; every shipped row
+says cifar100). A row applies whole only on its dataset (or on any, when it names none); on
+another dataset its loss serves, converted to the searched coordinates, and the batch size,
+learning rate and schedule are that dataset's recipe's (`RECIPE_KEYS`).
+
+Searched keys are trial config fields or search coordinates of the file's mode
+(tfkd.core.coordinates: kd_share, smoothing, ...), which set some fields. Presets keep the
+original's fields as written; the first point a search evaluates is the preset converted to the
+searched coordinates at the number of classes of the row's dataset (`first_point`), and
+`provenance` says what the conversion dropped (the original's loss scale: every shipped space
+searches the learning rate as lr_factor, starting at 1).
 
 Distributions: uniform, loguniform, int, logint (bounds inclusive), quniform (with q), choice.
-The preset of the chosen model is the first point a search evaluates.
 """
 
 from __future__ import annotations
@@ -29,7 +38,8 @@ from typing import Any
 
 import yaml
 
-from tfkd.core.config import WEIGHTS, TrialConfig, weights_of
+from tfkd.core import coordinates
+from tfkd.core.config import RECIPE_KEYS, TrialConfig
 from tfkd.core.config import keys as config_keys
 
 
@@ -50,7 +60,7 @@ DISTRIBUTION_KEYS = {
     "quniform": {"low", "high", "q"},
     "choice": {"values"},
 }
-PRESET_SELECTORS = ("model", "teacher")
+PRESET_SELECTORS = ("model", "teacher", "dataset")
 PROVENANCES = ("original", "filled-in")
 PRESET_NOTES = ("provenance", "source")  # where a preset row's values come from
 
@@ -96,11 +106,11 @@ class SearchSpace:
     presets: tuple[dict[str, Any], ...] = ()
     text: str = ""
 
-    def preset_row(self, model: str, teacher: str = "") -> dict[str, Any]:
-        """The preset row this model (and teacher) takes, as written, else {}.
+    def preset_row(self, model: str, teacher: str = "", dataset: str = "") -> dict[str, Any]:
+        """The preset row this model (and teacher) takes on `dataset`, as written, else {}.
 
         An exact (model, teacher) row wins, then a row for the model without a teacher, then the
-        model's first row.
+        model's first row; among equals, a row written for `dataset` (or for any dataset).
         """
         rows = [p for p in self.presets if p["model"] == model]
         for match in (
@@ -108,20 +118,28 @@ class SearchSpace:
             lambda p: not p.get("teacher"),
             lambda p: True,
         ):
-            for row in rows:
-                if match(row):
+            matching = [row for row in rows if match(row)]
+            for row in matching:
+                if written_for(row, dataset):
                     return dict(row)
+            if matching:
+                return dict(matching[0])
         return {}
 
-    def preset_for(self, model: str, teacher: str = "") -> dict[str, Any]:
-        """The original implementation's values for this model (and teacher), else {}."""
-        row = self.preset_row(model, teacher)
-        return {k: v for k, v in row.items() if k not in PRESET_SELECTORS + PRESET_NOTES}
+    def preset_for(self, model: str, teacher: str = "", dataset: str = "") -> dict[str, Any]:
+        """The preset's values that apply on `dataset`, else {}: all of them on the dataset the
+        row was written for, its loss values only on another (the recipe's keys are that
+        dataset's own)."""
+        row = self.preset_row(model, teacher, dataset)
+        values = {k: v for k, v in row.items() if k not in PRESET_SELECTORS + PRESET_NOTES}
+        if written_for(row, dataset):
+            return values
+        return {k: v for k, v in values.items() if k not in RECIPE_KEYS}
 
-    def filled_in(self, model: str, teacher: str = "") -> str:
+    def filled_in(self, model: str, teacher: str = "", dataset: str = "") -> str:
         """Why the values `preset_for` gives are not the original's for this model and teacher
         ('' when they are): a filled-in row, another teacher's row, or no row at all."""
-        row = self.preset_row(model, teacher)
+        row = self.preset_row(model, teacher, dataset)
         if not row:
             return f"the original has no {self.mode} values for {model}; the mode's defaults"
         if row.get("provenance") == "filled-in":
@@ -133,36 +151,114 @@ class SearchSpace:
             )
         return ""
 
-    def first_point(self, model: str, teacher: str = "") -> dict[str, Any]:
-        """The searched values of the preset (or the mode's defaults): Optuna's first trial.
+    def provenance(
+        self, model: str, teacher: str = "", dataset: str = "", fixed: bool = False
+    ) -> str:
+        """'original', or what the first point is besides: `filled_in`'s reason, the row's
+        dataset when it is another (its loss converted, the recipe this dataset's), and what
+        converting the row to the searched coordinates dropped (a search; `--fixed` on the
+        row's dataset trains the row as written)."""
+        row = self.preset_row(model, teacher, dataset)
+        reason = self.filled_in(model, teacher, dataset)
+        if not row:
+            return reason
+        elsewhere = not written_for(row, dataset)
+        notes = [reason or ("" if elsewhere else "original")]
+        conversion = self.conversion(row, dataset)
+        if elsewhere:
+            notes.append(
+                f"the row is written for {row['dataset']}, not {dataset}: the first point is "
+                f"{conversion or 'its loss values'}; batch size, learning rate and schedule "
+                f"are {dataset}'s recipe's"
+            )
+        elif conversion and not fixed:
+            notes.append(conversion)
+        return "; ".join(note for note in notes if note)
 
-        Presets keep the original's alpha and multiplier; a space that searches the loss weights
-        gets them converted (the same loss).
-        """
-        values = _with_weights({**self.defaults, **self.preset_for(model, teacher)}, self.params)
-        return {name: values[name] for name in self.params if name in values}
+    def conversion(self, row: Mapping[str, Any], dataset: str = "") -> str:
+        """What converting `row` to the searched coordinates gives and drops ('' if nothing)."""
+        changed = [n for n in self.params if coordinates.is_coordinate(n)]
+        if not changed:
+            return ""
+        cfg = self._config_of(row, dataset)
+        converted = coordinates.coordinates_of(cfg, changed)
+        sources = sorted({f for n in changed for f in coordinates.decided_by(self.mode, n)})
+        origin = ", ".join(f"{f} {getattr(cfg, f):g}" for f in sources)
+        into = ", ".join(f"{n} {converted.values[n]:.4g}" for n in changed)
+        note = (
+            f"its loss converted at {cfg.dataset} ({coordinates.classes_of(cfg)} classes): "
+            f"{origin} -> {into}"
+        )
+        if not math.isclose(converted.scale, 1.0, rel_tol=1e-9):
+            note += (
+                f"; the original's loss scale {converted.scale:.4g} is dropped (every mode's "
+                "loss has scale 1; lr_factor, the searched learning-rate factor, starts at 1)"
+            )
+        return note
+
+    def first_point(
+        self, model: str, teacher: str = "", dataset: str = "", data_dir: str = ""
+    ) -> dict[str, Any]:
+        """The search's first point: the preset (or the mode's defaults) converted to the
+        searched coordinates at the number of classes of the dataset it was written for."""
+        row = self.preset_row(model, teacher, dataset)
+        cfg = self._config_of(row, dataset, data_dir)
+        return coordinates.coordinates_of(cfg, list(self.params)).values
+
+    def original_point(
+        self, model: str, teacher: str = "", dataset: str = "", data_dir: str = ""
+    ) -> dict[str, Any]:
+        """The fields the searched keys decide, at the preset as written (a `--fixed` run on
+        the row's dataset trains exactly the original's loss)."""
+        cfg = self._config_of(self.preset_row(model, teacher, dataset), dataset, data_dir)
+        return {name: getattr(cfg, name) for name in sorted(self.sets())}
+
+    def _config_of(
+        self, row: Mapping[str, Any], dataset: str = "", data_dir: str = ""
+    ) -> TrialConfig:
+        """The row (over the mode's defaults) as a trial config on the dataset it was written
+        for (else `dataset`, else the config's default dataset)."""
+        written = _row_values(row)
+        taken = set().union(*(coordinates.decided_by(self.mode, k) for k in written))
+        defaults = {
+            k: v
+            for k, v in self.defaults.items()
+            if not coordinates.decided_by(self.mode, k) & taken
+        }
+        where = {"dataset": row.get("dataset") or dataset} if row.get("dataset") or dataset else {}
+        return TrialConfig.from_dict(
+            {
+                "mode": self.mode,
+                **defaults,
+                **written,
+                **where,
+                **({"data_dir": data_dir} if data_dir else {}),
+            }
+        )
 
     def sets(self) -> set[str]:
-        """The trial config fields the searched keys decide (the weights decide two others)."""
-        decided = set(self.params) - set(WEIGHTS)
-        return decided | ({"alpha", "multiplier"} if set(WEIGHTS) & set(self.params) else set())
+        """The trial config fields the searched keys decide (a coordinate decides several)."""
+        return set().union(*(coordinates.decided_by(self.mode, k) for k in self.params))
 
     def without(self, fixed: Mapping[str, Any]) -> SearchSpace:
-        """This space less the keys `fixed` sets; fixing any loss weight fixes both weights."""
-        pair = set(WEIGHTS) | {"alpha", "multiplier"}
-        dropped = set(fixed) | (set(WEIGHTS) if pair & set(fixed) else set())
-        params = {k: v for k, v in self.params.items() if k not in dropped}
+        """This space less the keys that decide a field `fixed` decides (fixing alpha drops
+        kd_share, which sets it)."""
+        taken = set().union(*(coordinates.decided_by(self.mode, k) for k in fixed))
+        params = {
+            k: v
+            for k, v in self.params.items()
+            if not coordinates.decided_by(self.mode, k) & taken
+        }
         return SearchSpace(self.path, self.mode, params, self.defaults, self.presets, self.text)
 
 
-def _with_weights(values: Mapping[str, Any], params: Mapping[str, Param]) -> dict[str, Any]:
-    """`values` plus the loss weights its alpha and multiplier (or the defaults') give, if
-    `params` searches the weights and `values` does not already state them."""
-    if not set(WEIGHTS) & set(params) or set(WEIGHTS) <= set(values):
-        return dict(values)
-    base = TrialConfig(mode="kd")
-    alpha, multiplier = values.get("alpha", base.alpha), values.get("multiplier", base.multiplier)
-    return {**weights_of(alpha, multiplier), **values}
+def written_for(row: Mapping[str, Any], dataset: str) -> bool:
+    """Whether a preset row applies whole on `dataset` (it names it, or names none)."""
+    return not row.get("dataset") or not dataset or row["dataset"] == dataset
+
+
+def _row_values(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in PRESET_SELECTORS + PRESET_NOTES}
 
 
 def default_path(mode: str) -> Path:
@@ -194,12 +290,43 @@ def loads(text: str, path: str | Path = "<text>", mode: str | None = None) -> Se
     defaults = _config_values(path, "defaults", doc.get("defaults") or {})
     presets = tuple(_preset(path, i, row) for i, row in enumerate(doc.get("presets") or []))
     space = SearchSpace(path, file_mode or mode or "", params, defaults, presets, text)
+    _check_coordinates(path, space)
     for i, row in enumerate(presets):
-        point = _with_weights({**defaults, **row}, params)
-        _check_in_bounds(path, f"presets[{i}]", {k: point[k] for k in params if k in point}, params)
-    point = _with_weights(defaults, params)
-    _check_in_bounds(path, "defaults", {k: point[k] for k in params if k in point}, params)
+        _check_first_point(path, f"presets[{i}]", space, row)
+    _check_first_point(path, "defaults", space, {})
     return space
+
+
+def _check_coordinates(path: Path, space: SearchSpace) -> None:
+    """Searched coordinates belong to the file's mode, and no two searched keys set one field."""
+    decided: dict[str, str] = {}
+    for name in space.params:
+        if coordinates.is_coordinate(name):
+            if not space.mode:
+                raise SearchSpaceError(f"{path}: params.{name}: a coordinate needs the file's mode")
+            try:
+                coordinates.coordinate(space.mode, name)
+            except ValueError as exc:
+                raise SearchSpaceError(f"{path}: params.{name}: {exc}") from None
+        for field_name in coordinates.decided_by(space.mode, name):
+            if field_name in decided:
+                raise SearchSpaceError(
+                    f"{path}: params.{name} and params.{decided[field_name]} both set "
+                    f"{field_name}; search one of them"
+                )
+            decided[field_name] = name
+
+
+def _check_first_point(path: Path, where: str, space: SearchSpace, row: Mapping) -> None:
+    """A preset (or the defaults) must convert to a point inside the searched ranges: the
+    search's first point."""
+    if not space.mode:
+        return
+    try:
+        point = coordinates.coordinates_of(space._config_of(row), list(space.params)).values
+    except ValueError as exc:
+        raise SearchSpaceError(f"{path}: {where}: {exc}") from None
+    _check_in_bounds(path, where, point, space.params)
 
 
 def _check_keys(path: Path, where: str, doc: Mapping, allowed: set[str]) -> None:
@@ -259,8 +386,10 @@ def _preset(path: Path, index: int, row: Any) -> dict[str, Any]:
     where = f"presets[{index}]"
     if not isinstance(row, dict) or "model" not in row:
         raise SearchSpaceError(f"{path}: {where}: needs a 'model'")
-    values = {k: v for k, v in row.items() if k not in PRESET_SELECTORS + PRESET_NOTES}
+    values = _row_values(row)
     _config_values(path, where, values)
+    if "dataset" in row and not isinstance(row["dataset"], str):
+        raise SearchSpaceError(f"{path}: {where}.dataset: must be a dataset's name")
     given = set(PRESET_NOTES) & set(row)  # optional in a user's file; the shipped rows have both
     if given and (
         row.get("provenance") not in PROVENANCES or not str(row.get("source", "")).strip()
@@ -279,5 +408,6 @@ def _check_in_bounds(
     for name, value in point.items():
         if not params[name].contains(value):
             raise SearchSpaceError(
-                f"{path}: {where}.{name}: {value!r} lies outside params.{name}'s range"
+                f"{path}: {where}.{name}: {value!r} lies outside params.{name}'s range (its "
+                "first point, converted to the searched coordinates); widen the range"
             )
