@@ -68,9 +68,10 @@ def tracking_uri(value: str | None) -> str:
 def typed_config(values: Mapping[str, Any], where: str) -> dict[str, Any]:
     """A full, typed trial config from strings (MLflow params) or plain values (YAML, JSON).
 
-    Keys the current TrialConfig does not know (runs from an older tfkd) are dropped; the loss
-    weights a search varies (ce_weight, kl_weight: a trial's params hold them, not the alpha and
-    multiplier they set) are kept and turned into those.
+    Keys the current TrialConfig does not know (runs from an older tfkd) are dropped; the search
+    coordinates a trial's params hold instead of the fields they set (kd_share, smoothing, and
+    older sweeps' ce_weight and kl_weight: tfkd.core.coordinates) are kept and turned into those
+    fields, at the number of classes of the run's dataset.
     """
     known = set(config_keys())
     try:

@@ -22,7 +22,8 @@ from optuna.distributions import (
 )
 
 from analysis import sweeps
-from tfkd.core.config import WEIGHTS, weights_of
+from tfkd.core import coordinates
+from tfkd.core.config import TrialConfig
 from tfkd.sweep import search_space
 
 MIN_FULL_TRIALS = 3  # fewer full-schedule trials than this: score every trial at a common epoch
@@ -102,11 +103,16 @@ def _varying(name: str, dist: BaseDistribution, values: list[Any]) -> bool:
 
 
 def searched_value(config: dict[str, Any], name: str) -> Any:
-    """A trial's value of a searched parameter; the loss weights (ce_weight, kl_weight) from
-    the alpha and multiplier they set (a config holds those)."""
-    if name in WEIGHTS:
-        return weights_of(config["alpha"], config["multiplier"])[name]
-    return config.get(name)
+    """A trial's value of a searched parameter: a field as the config holds it, a search
+    coordinate (kd_share, smoothing, ce_weight, ...) from the fields it set (a config holds
+    those), at the trial's number of classes (tfkd.core.coordinates.coordinates_of)."""
+    if not coordinates.is_coordinate(name):
+        return config.get(name)
+    try:
+        cfg = TrialConfig.from_dict(config)
+        return coordinates.coordinates_of(cfg, [name]).values[name]
+    except ValueError:  # not this mode's coordinate, or an unreadable config: not placed
+        return None
 
 
 def sweep_points(sweep: sweeps.Sweep) -> SweepPoints:

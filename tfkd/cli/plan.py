@@ -15,8 +15,8 @@ import yaml
 
 from tfkd.cli import teachers
 from tfkd.cli.registries import modes, recipe
-from tfkd.core import protocol
-from tfkd.core.config import WEIGHTS, TrialConfig
+from tfkd.core import coordinates, protocol
+from tfkd.core.config import TrialConfig
 from tfkd.core.config import keys as config_keys
 from tfkd.core.errors import UserError
 from tfkd.sweep import rungs, search_space, storage
@@ -59,13 +59,18 @@ def _base_config(
     overrides: Mapping[str, Any],
 ) -> dict[str, Any]:
     """Fixed trial config: defaults < the space's defaults < the dataset's and model's recipe <
-    preset's unsearched values < --smoke-test < --set."""
+    preset's unsearched values (its recipe's only on the dataset it is written for) <
+    --smoke-test < --set."""
     teacher = teachers.TeacherRequest.from_args(args).architecture
-    preset = {**_recipe(args), **space.preset_for(args.model, teacher)}
-    # --set ce_weight/kl_weight decide alpha and multiplier: the preset's would contradict them
-    decided = set(space.params) | (
-        {"alpha", "multiplier"} if set(WEIGHTS) & set(overrides) else set()
-    )
+    preset = {**_recipe(args), **space.preset_for(args.model, teacher, args.dataset)}
+    # what the searched keys and the --set keys decide (kd_share decides alpha and multiplier):
+    # the defaults' and the preset's values for those would contradict them
+    decided = space.sets() | set().union(*(coordinates.decided_by(args.mode, k) for k in overrides))
+    unsearched = {
+        k: v
+        for k, v in {**space.defaults, **preset}.items()
+        if not coordinates.decided_by(args.mode, k) & decided
+    }
     config = {
         "mode": args.mode,
         "model": args.model,
@@ -74,7 +79,7 @@ def _base_config(
         "download": args.download,
         "seed": args.seed,
         "teacher": teacher,
-        **{k: v for k, v in {**space.defaults, **preset}.items() if k not in decided},
+        **unsearched,
         **protocol_config(args.protocol),
         **extra,
         **overrides,
@@ -107,10 +112,11 @@ class Plan:
         """'original', or why the preset's values are not the original's (filled in, another
         teacher's, none); a user's search space without provenance says 'not stated'."""
         model, teacher = self.config["model"], self.config.get("teacher", "")
-        row = self.space.preset_row(model, teacher)
+        dataset = self.config["dataset"]
+        row = self.space.preset_row(model, teacher, dataset)
         if row and "provenance" not in row:
             return f"not stated in {self.space.path}"
-        return self.space.filled_in(model, teacher) or "original"
+        return self.space.provenance(model, teacher, dataset, fixed=self.fixed)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -121,19 +127,18 @@ def make_plan(args: argparse.Namespace) -> Plan:
     space = search_space.load(path, args.mode)
     space = space.without(overrides)
     config = _base_config(args, space, extra, overrides)
-    first = _first_point(args, space)
+    fixed = args.fixed or bool(args.snapshot_epochs)  # a teacher run is one configuration
+    first = _first_point(args, space, config["data_dir"], fixed)
+    config = {k: v for k, v in config.items() if k not in space.sets()}  # the first point's
     first_trial = TrialConfig.from_dict({**config, **first})  # the first trial must be valid
     if first_trial.val_fraction == 0 and first_trial.protocol == "holdout":
         raise UserError(
             "--set val_fraction=0: a holdout sweep chooses and stops trials on the validation "
             "split, so it needs one (e.g. 0.1); --protocol paper trains on the full training set"
         )
-    fixed = args.fixed or bool(args.snapshot_epochs)  # a teacher run is one configuration
     _check_snapshot_epochs(args, first_trial.epochs)
     metric, warnings = sweep_metric(args.protocol, args.metric, fixed)
     judged_at = () if fixed else _rung_epochs(args, first_trial.to_dict())
-    if not fixed:
-        config = {k: v for k, v in config.items() if k not in space.sets()}
     what = f"{args.mode}-{config['dataset']}-{config['model']}"
     return Plan(
         name=_sweep_name(args, what),
@@ -218,14 +223,24 @@ def _rung_epochs(args: argparse.Namespace, config: Mapping[str, Any]) -> tuple[i
         raise UserError(str(exc)) from None
 
 
-def _first_point(args: argparse.Namespace, space: search_space.SearchSpace) -> dict[str, Any]:
-    """The search's first point: the preset's values, else the dataset's and model's recipe,
-    else the space's defaults (the ImageNet recipe's weight decay, not the CIFAR default)."""
+def _first_point(
+    args: argparse.Namespace, space: search_space.SearchSpace, data_dir: str, fixed: bool
+) -> dict[str, Any]:
+    """The search's first point: the preset converted to the searched coordinates, its recipe
+    keys (a searched lr, say) the preset's on its own dataset, else the dataset's and model's
+    recipe's. `--fixed` on the dataset the preset row is written for trains the row as written
+    (the original's alpha and multiplier, not their conversion, which drops the loss scale)."""
     teacher = teachers.TeacherRequest.from_args(args).architecture
-    first = space.first_point(args.model, teacher)
-    preset = space.preset_for(args.model, teacher)
+    row = space.preset_row(args.model, teacher, args.dataset)
+    if fixed and row and search_space.written_for(row, args.dataset):
+        return space.original_point(args.model, teacher, args.dataset, data_dir)
+    first = space.first_point(args.model, teacher, args.dataset, data_dir)
+    preset = space.preset_for(args.model, teacher, args.dataset)
     dataset = _recipe(args)
-    return {k: preset.get(k, dataset.get(k, v)) for k, v in first.items()}
+    return {
+        k: v if coordinates.is_coordinate(k) else preset.get(k, dataset.get(k, v))
+        for k, v in first.items()
+    }
 
 
 def _recipe(args: argparse.Namespace) -> dict[str, Any]:

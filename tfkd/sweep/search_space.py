@@ -166,10 +166,10 @@ class SearchSpace:
         notes = [reason or ("" if elsewhere else "original")]
         conversion = self.conversion(row, dataset)
         if elsewhere:
+            first = f"the first point is {conversion}; " if conversion else ""
             notes.append(
-                f"the row is written for {row['dataset']}, not {dataset}: the first point is "
-                f"{conversion or 'its loss values'}; batch size, learning rate and schedule "
-                f"are {dataset}'s recipe's"
+                f"the row is written for {row['dataset']}, not {dataset}: {first}batch size, "
+                f"learning rate and schedule are {dataset}'s recipe's"
             )
         elif conversion and not fixed:
             notes.append(conversion)
@@ -245,9 +245,7 @@ class SearchSpace:
         kd_share, which sets it)."""
         taken = set().union(*(coordinates.decided_by(self.mode, k) for k in fixed))
         params = {
-            k: v
-            for k, v in self.params.items()
-            if not coordinates.decided_by(self.mode, k) & taken
+            k: v for k, v in self.params.items() if not coordinates.decided_by(self.mode, k) & taken
         }
         return SearchSpace(self.path, self.mode, params, self.defaults, self.presets, self.text)
 
@@ -298,23 +296,24 @@ def loads(text: str, path: str | Path = "<text>", mode: str | None = None) -> Se
 
 
 def _check_coordinates(path: Path, space: SearchSpace) -> None:
-    """Searched coordinates belong to the file's mode, and no two searched keys set one field."""
-    decided: dict[str, str] = {}
+    """Searched coordinates belong to the file's mode, and no two searched keys set one field
+    (the two names of one coordinate, ce_weight and kl_weight, set theirs together)."""
+    decided: dict[str, tuple[str, ...]] = {}
     for name in space.params:
+        group: tuple[str, ...] = (name,)
         if coordinates.is_coordinate(name):
             if not space.mode:
                 raise SearchSpaceError(f"{path}: params.{name}: a coordinate needs the file's mode")
             try:
-                coordinates.coordinate(space.mode, name)
+                group = coordinates.coordinate(space.mode, name).names
             except ValueError as exc:
                 raise SearchSpaceError(f"{path}: params.{name}: {exc}") from None
         for field_name in coordinates.decided_by(space.mode, name):
-            if field_name in decided:
+            if decided.setdefault(field_name, group) != group:
                 raise SearchSpaceError(
-                    f"{path}: params.{name} and params.{decided[field_name]} both set "
+                    f"{path}: params.{name} and params.{decided[field_name][0]} both set "
                     f"{field_name}; search one of them"
                 )
-            decided[field_name] = name
 
 
 def _check_first_point(path: Path, where: str, space: SearchSpace, row: Mapping) -> None:
