@@ -585,9 +585,33 @@ def test_importance_and_curves_of_a_paper_sweep_score_its_test_maximum():
     assert plots.parallel_coordinates(points).startswith(PNG_SIGNATURE)
 
 
-def test_importance_reads_the_loss_weights_a_kd_type_sweep_searched():
-    """tfkd_reg searches ce_weight and kl_weight; the chosen configs hold the alpha and
-    multiplier they set, and the points are placed on the searched weights again."""
+def test_importance_places_trials_on_the_coordinates_a_sweep_searched():
+    """tfkd_reg searches smoothing (and lr_factor); a trial's MLflow params hold the searched
+    smoothing, the typed config the alpha and multiplier it set at the run's K: the points are
+    placed on the searched values again, on 10 classes as on 100."""
+    space = (Path(TUNE_MAIN).parent / "search_spaces" / "tfkd_reg.yaml").read_text()
+    tags = {"search_space": space, "mode": "tfkd_reg"}  # the tag holds the space's YAML
+    for dataset in ("digits", "cifar100"):
+        searched = [(0.05, 0.5), (0.2, 1.0), (0.45, 3.0)]
+        trials = tuple(
+            sweeps.Trial(
+                trial_id=f"t{i}",
+                run_id="",
+                config=config(mode="tfkd_reg", dataset=dataset, smoothing=eps, lr_factor=factor),
+                epoch=4,
+                score=80.0 + i,
+            )
+            for i, (eps, factor) in enumerate(searched)
+        )
+        assert "smoothing" not in trials[0].config  # the typed config holds alpha, multiplier
+        points = importance.sweep_points(sweeps.Sweep("reg", "reg", "", 4, tags, trials, "test"))
+        assert list(points.distributions) == ["smoothing", "lr_factor"]
+        placed = [p.params[name] for p in points.points for name in ("smoothing", "lr_factor")]
+        assert placed == pytest.approx([value for pair in searched for value in pair])
+
+
+def test_importance_reads_the_loss_weights_of_an_older_sweep():
+    """Older sweeps searched ce_weight and kl_weight: their tag's space and runs stay readable."""
     searched = [(0.3, 9.0), (0.6, 0.5), (0.9, 40.0)]
     trials = tuple(
         sweeps.Trial(
@@ -599,8 +623,14 @@ def test_importance_reads_the_loss_weights_a_kd_type_sweep_searched():
         )
         for i, (ce, kl) in enumerate(searched)
     )
-    space = (Path(TUNE_MAIN).parent / "search_spaces" / "tfkd_reg.yaml").read_text()
-    tags = {"search_space": space, "mode": "tfkd_reg"}  # the tag holds the space's YAML
+    old_space = (
+        "mode: tfkd_reg\nparams:\n"
+        "  temperature: {distribution: loguniform, low: 1, high: 40}\n"
+        "  ce_weight: {distribution: loguniform, low: 0.05, high: 0.95}\n"
+        "  kl_weight: {distribution: loguniform, low: 0.1, high: 100}\n"
+        "defaults: {temperature: 20, alpha: 0.95, correct_prob: 0.99, multiplier: 1.0}\n"
+    )
+    tags = {"search_space": old_space, "mode": "tfkd_reg"}
     points = importance.sweep_points(sweeps.Sweep("reg", "reg", "", 4, tags, trials, "test"))
     assert list(points.distributions) == ["ce_weight", "kl_weight"]  # temperature did not vary
     placed = [p.params[name] for p in points.points for name in ("ce_weight", "kl_weight")]

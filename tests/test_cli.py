@@ -281,7 +281,7 @@ def test_set_fixes_a_searched_key():
     plan = plan_of("--mode tfkd_reg --dataset digits", set=["alpha=0.3", "semantics=paper"])
     assert "alpha" not in plan.space.params and "semantics" not in plan.space.params
     assert plan.config["alpha"] == 0.3 and plan.config["semantics"] == "paper"
-    assert "temperature" in plan.space.params
+    assert list(plan.space.params) == ["lr_factor"]  # alpha fixed: smoothing, which sets it, goes
 
 
 def test_an_unknown_teacher_suggests_no_training_command(capsys, workdir):

@@ -156,3 +156,32 @@ def test_other_models_keep_sgd():
     optimizer = recipe.build_optimizer(torch.nn.Linear(2, 2), cfg)
     assert type(optimizer) is torch.optim.SGD and optimizer.param_groups[0]["momentum"] == 0.9
     assert set(recipe.OPTIMIZERS) == set(OPTIMIZER_NAMES)
+
+
+@pytest.mark.parametrize(
+    ("model", "mode", "kind"),
+    [("resnet8", "kd", torch.optim.SGD), ("cnn", "baseline", torch.optim.Adam)],
+)
+def test_lr_factor_multiplies_the_recipes_rate_for_sgd_and_adam(model, mode, kind):
+    """The searched learning rate is a factor on the recipe's (0.1 x batch / 128 here): the same
+    meaning for every optimiser, model and dataset; 1 is the recipe."""
+    for factor in (0.25, 1.0, 4.0):
+        cfg = TrialConfig.from_dict(
+            {"mode": mode, "model": model, "optimizer": kind.__name__.lower(), "batch_size": 64,
+             "lr_factor": factor}
+        )  # fmt: skip
+        optimizer = recipe.build_optimizer(torch.nn.Linear(2, 2), cfg)
+        assert type(optimizer) is kind
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * factor * 64 / 128)
+    with pytest.raises(ValueError, match="'lr_factor'"):
+        TrialConfig.from_dict({"mode": "kd", "lr_factor": 0})
+
+
+def test_the_recipe_keys_cover_every_recipe():
+    """A preset written for another dataset leaves these keys to the dataset's recipe."""
+    from tfkd.core.config import RECIPE_KEYS
+
+    for values in recipe.DATASET_RECIPES.values():
+        assert set(values) <= set(RECIPE_KEYS)
+    for pair in recipe.MODEL_RECIPES.values():
+        assert all(set(values) <= set(RECIPE_KEYS) for values in pair)

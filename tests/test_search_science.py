@@ -3,6 +3,7 @@ that models from its first trials and holds stopped trials as pruned."""
 
 from __future__ import annotations
 
+import math
 import pickle
 import shutil
 from pathlib import Path
@@ -10,32 +11,48 @@ from pathlib import Path
 import pytest
 import torch
 
-from tfkd.core import modes, recipe, train
+from tfkd.core import coordinates, modes, recipe, train
 from tfkd.core.config import TrialConfig
 from tfkd.sweep import rungs, search_space, tuner
 from tfkd.sweep.search_space import SEARCH_SPACES_DIR
 
 from conftest import assert_ok, tune_main
 
-NUM_CLASSES = 10
-STEPS = 400  # weight decay acts through the trajectory, not one step
+STEPS = 200  # a trajectory, not one step: where training goes, not only where it starts
 DEAD = 0.05  # an axis whose ends move the weights by less than this share changes nothing
+REDUNDANT = 0.08  # the axes' unit effects' smallest singular value below this: one mixes others
+DATASET_OF = {10: "cifar10", 100: "cifar100"}  # a dataset with K classes (no data is read)
 
 
 # ---------------------------------------------------------------- every searched axis matters
 
 
-def trained_weights(cfg: TrialConfig) -> torch.Tensor:
+def fixed_point(space: search_space.SearchSpace, k: int) -> dict:
+    """The space's first point for a model without a preset, on a dataset with k classes, and
+    the defaults it does not search (those the searched keys decide left out)."""
+    fixed = {
+        key: value
+        for key, value in space.defaults.items()
+        if not coordinates.decided_by(space.mode, key) & space.sets()
+    }
+    return {"mode": space.mode, "dataset": DATASET_OF[k], **fixed, **space.first_point("resnet8")}
+
+
+def inputs(k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 16, generator=gen)
+    labels = torch.randint(0, k, (256,), generator=gen)
+    return x, labels, 3 * torch.randn(256, k, generator=gen)
+
+
+def trained_weights(cfg: TrialConfig, k: int) -> torch.Tensor:
     """A linear model after STEPS steps of the mode's loss and the recipe's SGD: how far it went.
 
     Fixed inputs, labels and teacher logits; only the config differs between calls.
     """
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(256, 16, generator=gen)
-    labels = torch.randint(0, NUM_CLASSES, (256,), generator=gen)
-    teacher = 3 * torch.randn(256, NUM_CLASSES, generator=gen)
+    x, labels, teacher = inputs(k)
     torch.manual_seed(0)
-    model = torch.nn.Linear(16, NUM_CLASSES)
+    model = torch.nn.Linear(16, k)
     start = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
     optimizer = recipe.build_optimizer(model, cfg)
     loss = modes.get(cfg.mode).loss
@@ -46,29 +63,112 @@ def trained_weights(cfg: TrialConfig) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()]) - start
 
 
-def axis_effect(space: search_space.SearchSpace, name: str) -> float:
+def axis_effect(space: search_space.SearchSpace, name: str, k: int = 10) -> float:
     """How much the trained weights differ between the axis's two ends (others at the first
     point), relative to the longer of the two paths."""
     param = space.params[name]
-    fixed = {k: v for k, v in space.defaults.items() if k not in space.sets()}
-    point = {"mode": space.mode, **fixed, **space.first_point("resnet8")}
+    point = fixed_point(space, k)
     ends = [
-        trained_weights(TrialConfig.from_dict({**point, name: value}))
+        trained_weights(TrialConfig.from_dict({**point, name: value}), k)
         for value in (param.low, param.high)
     ]
     return float((ends[0] - ends[1]).norm() / max(e.norm() for e in ends))
 
 
+def step(config: dict, logits: torch.Tensor, labels, teacher) -> torch.Tensor:
+    """What one SGD step does to the logits: -lr_factor x dL/dlogits (float64, flattened)."""
+    cfg = TrialConfig.from_dict(config)
+    z = logits.clone().requires_grad_()
+    modes.get(cfg.mode).loss(z, labels, teacher, cfg).total.backward()
+    return -cfg.lr_factor * z.grad.flatten()
+
+
+def nudged(param: search_space.Param, value: float, sign: int) -> float:
+    """A small move of `value` along the axis, in its own scale, kept inside the range."""
+    if param.distribution.startswith("log"):
+        moved = value * math.exp(sign * 0.05 * math.log(param.high / param.low))
+    else:
+        moved = value + sign * 0.05 * (param.high - param.low)
+    return min(max(moved, param.low), param.high)
+
+
+def independence(space: search_space.SearchSpace, k: int) -> tuple[float, dict]:
+    """The smallest singular value of the searched axes' unit effects on the step at the first
+    point: near 0 when one axis does what another (or a mix of others) does. Also the effects'
+    sizes (each axis's change of the step relative to the step)."""
+    gen = torch.Generator().manual_seed(1)
+    logits = 2 * torch.randn(64, k, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, k, (64,), generator=gen)
+    teacher = 3 * torch.randn(64, k, generator=gen, dtype=torch.float64)
+    point = fixed_point(space, k)
+    base = step(point, logits, labels, teacher)
+    columns, sizes = [], {}
+    for name, param in space.params.items():
+        ends = [{**point, name: nudged(param, point[name], sign)} for sign in (-1, 1)]
+        change = step(ends[1], logits, labels, teacher) - step(ends[0], logits, labels, teacher)
+        sizes[name] = float(change.norm() / base.norm())
+        columns.append(change / change.norm())
+    return float(torch.linalg.svdvals(torch.stack(columns, dim=1)).min()), sizes
+
+
 SHIPPED = sorted(SEARCH_SPACES_DIR.glob("*.yaml"))
 
 
+@pytest.mark.parametrize("k", [10, 100])
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
-def test_every_axis_of_every_shipped_space_changes_training(path):
+def test_every_axis_of_every_shipped_space_changes_training_at_10_and_100_classes(path, k):
     space = search_space.load(path)
     numeric = [n for n, p in space.params.items() if p.distribution != "choice"]
     assert numeric == list(space.params)  # no choice axes: each one is measured here
-    effects = {name: axis_effect(space, name) for name in numeric}
+    assert "lr_factor" in space.params  # the learning rate, searched for every mode
+    effects = {name: axis_effect(space, name, k) for name in numeric}
     assert all(e > DEAD for e in effects.values()), effects
+
+
+@pytest.mark.parametrize("k", [10, 100])
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_no_two_axes_of_a_shipped_space_move_the_loss_the_same_way(path, k):
+    """Each axis changes the step (the learning-rate factor times the gradient on the logits)
+    in a direction no other axis, nor a mix of them, gives: no axis rescales another."""
+    smallest, sizes = independence(search_space.load(path), k)
+    assert smallest > REDUNDANT, (smallest, sizes)
+    assert all(size > 1e-3 for size in sizes.values()), sizes  # and each moves it
+
+
+OLD_KD = """mode: kd
+params:
+  temperature: {distribution: loguniform, low: 1, high: 20}
+  ce_weight: {distribution: loguniform, low: 0.05, high: 0.95}
+  kl_weight: {distribution: loguniform, low: 0.1, high: 90}
+  lr_factor: {distribution: loguniform, low: 0.25, high: 4}
+defaults: {temperature: 20, alpha: 0.95, multiplier: 1.0, semantics: reference}
+"""
+OLD_TFKD_REG = """mode: tfkd_reg
+params:
+  temperature: {distribution: loguniform, low: 1, high: 40}
+  ce_weight: {distribution: loguniform, low: 0.05, high: 0.95}
+  kl_weight: {distribution: loguniform, low: 0.1, high: 100}
+defaults: {temperature: 20, alpha: 0.95, correct_prob: 0.99, multiplier: 1.0}
+"""
+OLD_PAPER = """mode: tfkd_reg
+params:
+  temperature: {distribution: loguniform, low: 1, high: 40}
+  kl_weight: {distribution: loguniform, low: 0.01, high: 10}
+  ce_weight: {distribution: loguniform, low: 0.05, high: 0.95}
+defaults: {temperature: 20, alpha: 0.95, correct_prob: 0.99, multiplier: 1.0, semantics: paper}
+"""
+
+
+@pytest.mark.parametrize("k", [10, 100])
+@pytest.mark.parametrize(
+    "text",
+    [OLD_TFKD_REG, OLD_PAPER, OLD_KD],
+    ids=["old tfkd_reg: T in the span of ce/kl", "old paper form: T vs kl_weight",
+         "old kd + lr_factor: the weights' scale is the learning rate"],
+)  # fmt: skip
+def test_the_measure_finds_the_confounded_axes_of_the_old_spaces(text, k):
+    smallest, sizes = independence(search_space.loads(text), k)
+    assert smallest < REDUNDANT / 2, (smallest, sizes)  # 5e-14, 0.022 and 3e-15 at K = 10
 
 
 def test_the_measure_finds_the_dead_axis_of_the_old_tfkd_reg_space(tmp_path):
@@ -260,8 +360,9 @@ def plan_of(*words: str):
 
 
 def test_setting_both_weights_fixes_them_and_the_originals_keys_follow():
+    """Older sweeps' coordinates still set alpha and multiplier, and drop the smoothing axis."""
     plan = plan_of("--set", "ce_weight=0.5", "--set", "kl_weight=2")
-    assert list(plan.space.params) == ["temperature"]
+    assert list(plan.space.params) == ["lr_factor"]
     trial = TrialConfig.from_dict(plan.first_trial())
     assert (trial.alpha, trial.multiplier) == (0.5, 4.0)
 
@@ -277,8 +378,6 @@ def test_the_default_sweep_judges_on_the_schedule_and_grace_period_is_geometric(
 def gp_study(search_seed: int):
     """Eight trials told to the `--search-alg gp` searcher one after the other, as Tune tells
     them; the third stopped at epoch 1 (as ASHA stops one). Returns the study and the configs."""
-    import math
-
     from tfkd.sweep.spec import METRIC, MODE, SweepSpec, param_space
 
     plan = plan_of("--search-alg", "gp")
@@ -298,8 +397,8 @@ def gp_study(search_seed: int):
         config = searcher.suggest(f"t{number}")
         configs.append({k: config[k] for k in plan.space.params})
         # any smooth score with an optimum inside the space
-        kl, temperature = config["kl_weight"], config["temperature"]
-        score = 90 - (math.log(kl) - 1) ** 2 - (temperature - 8) ** 2 / 9
+        smoothing, factor = config["smoothing"], config["lr_factor"]
+        score = 90 - (math.log(factor) - 0.5) ** 2 - (smoothing - 0.2) ** 2 * 9
         epoch = 1 if number == 2 else spec.epochs
         searcher.on_trial_complete(f"t{number}", {METRIC: score, "epoch": epoch})
     return searcher._ot_study, configs

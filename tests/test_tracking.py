@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tfkd.core.config import WEIGHTS, TrialConfig
+from tfkd.core import coordinates
+from tfkd.core.config import TrialConfig
 from tfkd.core.config import keys as config_keys
 from tfkd.sweep import search_space
 from tfkd.sweep import status as progress
@@ -83,8 +84,8 @@ def test_sweep_and_trial_runs_are_recorded(server, teacher_sweep):
     assert sweep_files == {"trials.csv", "trials.html"}  # nothing searched: no plot
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert child.info.status == "FINISHED" and child.data.tags["stopped_early"] == "false"
-    # every stored key of the config; the loss weights are coordinates of alpha and multiplier
-    assert set(child.data.params) == set(config_keys()) - set(WEIGHTS)
+    # every stored key of the config; the search coordinates set fields, they are not stored
+    assert set(child.data.params) == set(config_keys()) - set(coordinates.names())
     assert TrialConfig.from_dict(child.data.params).epochs == 2
     for metric in ("val_accuracy", "train_loss", "val_ece", "lr", "images_per_second"):
         assert [m.step for m in client.get_metric_history(child.info.run_id, metric)] == [1, 2]
@@ -169,9 +170,8 @@ def test_the_sweep_run_compares_its_trials(server, self_sweep):
     searched = list(space.params)  # the shipped space's searched keys, in its order
     for child in children:
         config = TrialConfig.from_dict(child.data.params).to_dict()
-        # the searched loss weights, from the logged alpha and multiplier (W = alpha * m)
-        config["ce_weight"] = 1 - config["alpha"]
-        config["kl_weight"] = config["alpha"] * config["multiplier"]
+        # the searched kd_share, from the logged alpha (its params hold kd_share itself)
+        config["kd_share"] = float(child.data.params["kd_share"])
         assert child.info.run_name == progress.short_name(config, searched)
         assert len(child.info.run_name) <= 30 and child.info.run_name.startswith("T")
     files = {a.path for a in client.list_artifacts(parent.info.run_id)}
