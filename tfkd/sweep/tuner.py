@@ -81,10 +81,9 @@ def model_based_concurrency(num_samples: int) -> int:
     """How many trials a model-based search (TPE, GP) runs at once unless --max-concurrent says:
     a third of the budget (at least 2), so that at most a third is proposed before any result.
 
-    Measured on one GPU, the alternative (a default budget growing with the trials that fit at
-    once) costs more than the cap: packing four trials on an H100 instead of two adds 0 to 5% of
-    throughput (README, "GPU trials"), so the cap of 2 at the default 8 trials costs at most 5%
-    of wall time, where 12 trials at 4 at once cost 50% more compute.
+    Chosen over a default budget that grows with the trials that fit at once: packing more
+    trials on one GPU adds little throughput, so the cap costs little wall time where a larger
+    budget costs its whole compute (README, "Trials side by side", has the measurements).
     """
     return max(MIN_CONCURRENT, num_samples // FIRST_WAVE_SHARE)
 
