@@ -115,7 +115,8 @@ def add_resource_args(
         "--max-concurrent",
         type=positive_int,
         default=None,
-        help="at most this many trials at once (default: as resources allow)",
+        help="at most this many trials at once (default: as resources allow; for optuna and "
+        "gp at most a third of --num-samples, at least 2)",
     )
     group.add_argument(
         "--address",

@@ -118,7 +118,11 @@ def build_parser(registries: bool = True) -> argparse.ArgumentParser:
         "--num-samples",
         type=positive_int,
         default=8,
-        help="trials (default 8; TPE models once num_samples/8 of them, at least 1, have finished)",
+        help="trials (default 8). optuna and gp run a third of them at once (at least 2; "
+        "--max-concurrent overrides), so at most a third is proposed before any result (on a Ray "
+        "head declaring one GPU, 8 trials at 4 at once proposed 4 before any result, at 2 at "
+        "once 2; --num-samples 12 runs 4 at once); those are the preset and scrambled Sobol "
+        "points, the others TPE's or GP's once num_samples/8 of them (at least 1) have ended",
     )
     how.add_argument(
         "--epochs",
@@ -142,8 +146,9 @@ def build_parser(registries: bool = True) -> argparse.ArgumentParser:
         "--search-alg",
         choices=("optuna", "gp", "random", "grid"),
         default="optuna",
-        help="optuna (multivariate TPE seeded by --search-seed; default), gp (Optuna's "
-        "Gaussian-process sampler, seeded alike), random or grid",
+        help="optuna (multivariate TPE seeded by --search-seed, its good set at least 2 trials "
+        "once 4 have ended; default), gp (Optuna's Gaussian-process sampler, seeded alike), both "
+        "after a first wave of scrambled Sobol points; random or grid",
     )
     how.add_argument(
         "--metric",

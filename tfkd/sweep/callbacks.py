@@ -85,6 +85,40 @@ class SweepCallback(tune.Callback):
         )
 
 
+# the sweep run's tag saying how many trials were proposed before the first result
+PROPOSED_BEFORE_RESULTS_TAG = "trials_proposed_before_results"
+
+
+class FirstResultNotice(tune.Callback):
+    """Says once, when the first trial ends (run to its end or stopped by ASHA), how many trials
+    had been proposed by then: none of them could be proposed from results. The sweep's run
+    gets it as a tag. A resumed sweep, whose first result came before, says nothing again.
+
+    Tune proposes trials at the start of a step, before it handles that step's events, so the
+    trials it knows when the first one ends are exactly those proposed before any result.
+    """
+
+    def __init__(self, spec: SweepSpec, total: int) -> None:
+        self.context = spec.tracking
+        self.total = total
+        self.said = False
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        if self.said:
+            return
+        self.said = True
+        if any(t is not trial and t.status == "TERMINATED" for t in trials):
+            return  # results before this one: a resumed sweep said it in its first session
+        proposed = len(trials)
+        print(
+            f"[tfkd] first result: {proposed} of {self.total} trials were proposed before it "
+            f"(the preset and space-filling points); the other {max(0, self.total - proposed)} "
+            "are proposed from results",
+            flush=True,
+        )
+        tracking.tag_sweep(self.context, {PROPOSED_BEFORE_RESULTS_TAG: proposed})
+
+
 def trial_dirname(trial) -> str:
     """Short folders (Ray's default folder name lists the whole config)."""
     return f"trial_{trial.trial_id}"

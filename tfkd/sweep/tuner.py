@@ -17,12 +17,12 @@ from dataclasses import replace
 from typing import Any
 
 from ray import tune
-from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from tfkd import tracking
 from tfkd.core import data
-from tfkd.sweep import callbacks, cluster, summary, trainable
+from tfkd.sweep import callbacks, cluster, samplers, summary, trainable
 from tfkd.sweep.asha import ResumableASHA, ScheduleASHA, SchedulerState
 from tfkd.sweep.spec import MODE, SweepResult, SweepSpec, param_space, storage_uri
 from tfkd.sweep.storage import GIVEN_CONFIG_KEY
@@ -70,12 +70,84 @@ def _concurrency(spec: SweepSpec) -> int | None:
     return spec.max_concurrent if spec.max_concurrent and spec.max_concurrent > 0 else None
 
 
-def startup_trials(num_samples: int) -> int:
-    """How many finished trials TPE waits for before it models: an eighth of the budget, >= 1.
+# A model-based search proposes at most 1/FIRST_WAVE_SHARE of its budget before any result...
+FIRST_WAVE_SHARE = 3
+# ...but runs at least this many trials at once: below 6 trials the model has little to act on,
+# and two at once keep small sweeps (smoke tests, quick looks) from running one by one.
+MIN_CONCURRENT = 2
 
-    Optuna's default (10) makes a default-budget sweep (8 trials) entirely random. The first
-    point (the preset) is one of them; the trials running and the one pending when it finishes
-    were proposed before any result, so a larger count leaves few trials to the model.
+
+def model_based_concurrency(num_samples: int) -> int:
+    """How many trials a model-based search (TPE, GP) runs at once unless --max-concurrent says:
+    a third of the budget (at least 2), so that at most a third is proposed before any result.
+
+    Chosen over a default budget that grows with the trials that fit at once: packing more
+    trials on one GPU adds little throughput, so the cap costs little wall time where a larger
+    budget costs its whole compute (README, "Trials side by side", has the measurements).
+    """
+    return max(MIN_CONCURRENT, num_samples // FIRST_WAVE_SHARE)
+
+
+def trial_slots(spec: SweepSpec) -> int | None:
+    """How many of the sweep's trials fit on the connected cluster at once (its CPUs and GPUs,
+    all nodes together); None when not connected or when nothing fits yet (an autoscaling
+    cluster's first nodes)."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    total = ray.cluster_resources()
+    need = resources(spec)
+    fits = [
+        math.floor(total.get(kind.upper(), 0.0) / (amount * spec.workers_per_trial) + 1e-9)
+        for kind, amount in need.items()
+        if amount > 0
+    ]
+    return min(fits) if fits and min(fits) > 0 else None
+
+
+def model_based(spec: SweepSpec) -> bool:
+    """Whether the sweep's trials are proposed from the results of earlier ones (TPE, GP)."""
+    return not spec.fixed and spec.search_alg in OPTUNA_SAMPLERS
+
+
+def concurrency(spec: SweepSpec) -> int | None:
+    """How many trials run at once: --max-concurrent when given; for a model-based search
+    `model_based_concurrency`, and never more than fit (a trial waiting for resources was
+    proposed without results for nothing); otherwise as resources allow (None).
+
+    Tune keeps this many trials proposed at once (a ConcurrencyLimiter): without one it keeps a
+    trial pending beyond those running, proposed before it can start.
+    """
+    given = _concurrency(spec)
+    if given or not model_based(spec):
+        return given
+    slots = trial_slots(spec)
+    cap = model_based_concurrency(spec.num_samples)
+    return cap if slots is None else min(cap, slots)
+
+
+def concurrency_note(spec: SweepSpec) -> str:
+    """One line when the model-based cap keeps trials the cluster could run at once, else ''."""
+    slots, limit = trial_slots(spec), concurrency(spec)
+    if spec.max_concurrent or slots is None or limit is None or limit >= slots:
+        return ""
+    fill = slots * FIRST_WAVE_SHARE
+    return (
+        f"[tfkd] {limit} trials at once (the cluster fits {slots}): a model-based search "
+        f"proposes at most a third of its {spec.num_samples} trials before any result; "
+        f"--num-samples {fill} fills the cluster, --max-concurrent {slots} runs more at once anyway"
+    )
+
+
+def startup_trials(num_samples: int) -> int:
+    """How many results (complete or pruned trials) the model-based sampler waits for before it
+    models: an eighth of the budget, >= 1. Until then the trials are space-filling points
+    (tfkd.sweep.samplers.FirstWaveSampler).
+
+    Optuna's default (10) makes a default-budget sweep (8 trials) entirely unmodelled. The first
+    point (the preset) is one of them; the trials proposed before any result are others, so a
+    larger count leaves few trials to the model.
     """
     return max(1, num_samples // 8)
 
@@ -97,7 +169,8 @@ def _random_searcher(spec: SweepSpec):
 
 
 def _tpe_sampler(spec: SweepSpec):
-    """Multivariate TPE; constant_liar keeps concurrent proposals apart."""
+    """Multivariate TPE with a good set for small budgets (samplers.small_budget_gamma);
+    constant_liar keeps concurrent proposals apart."""
     import optuna
 
     return optuna.samplers.TPESampler(
@@ -105,6 +178,7 @@ def _tpe_sampler(spec: SweepSpec):
         multivariate=True,
         n_startup_trials=startup_trials(spec.num_samples),
         constant_liar=True,  # concurrent proposals do not all land on one point
+        gamma=samplers.small_budget_gamma,
     )
 
 
@@ -131,10 +205,11 @@ def _optuna_searcher(spec: SweepSpec):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # multivariate TPE, constant_liar, GP are experimental
-        sampler = OPTUNA_SAMPLERS[spec.search_alg](spec)
-        alg = _OptunaSearch(spec.epochs, sampler=sampler, points_to_evaluate=_first_points(spec))
-    limit = _concurrency(spec)
-    return ConcurrencyLimiter(alg, max_concurrent=limit) if limit else alg
+        model = OPTUNA_SAMPLERS[spec.search_alg](spec)
+        sampler = samplers.FirstWaveSampler(
+            model, seed=spec.search_seed, results_needed=startup_trials(spec.num_samples)
+        )
+        return _OptunaSearch(spec.epochs, sampler=sampler, points_to_evaluate=_first_points(spec))
 
 
 # --search-alg name -> its searcher; --fixed is a grid of one point
@@ -149,8 +224,10 @@ def searcher(spec: SweepSpec):
     """The --search-alg's searcher, seeded by --search-seed and starting from the preset:
     Optuna's multivariate TPE (`optuna`, the default) or GP sampler (`gp`), random or grid.
 
-    The Optuna samplers model from `startup_trials(num_samples)` finished trials on; trials ASHA
-    stopped are told to the study as pruned, with their intermediate values (TPE models them).
+    The Optuna samplers model from `startup_trials(num_samples)` results on, and propose
+    scrambled Sobol points before (samplers.FirstWaveSampler); trials ASHA stopped are told to
+    the study as pruned, with their intermediate values (TPE models them). How many run (and
+    so are proposed) at once is `concurrency`, applied by the Tuner.
     """
     return SEARCHERS["grid" if spec.fixed else spec.search_alg](spec)
 
@@ -221,7 +298,10 @@ def _trainable_of(spec: SweepSpec, packed: Mapping[str, Any]):
 
 
 def _run_config(
-    spec: SweepSpec, total: int | None = None, asha: ResumableASHA | None = None
+    spec: SweepSpec,
+    total: int | None = None,
+    asha: ResumableASHA | None = None,
+    searched: bool = False,
 ) -> tune.RunConfig:
     return tune.RunConfig(
         name=spec.name,
@@ -232,6 +312,7 @@ def _run_config(
             callbacks.SweepCallback(spec.tracking),
             *spec.callbacks,
             callbacks.progress_callback(spec, total),
+            *([callbacks.FirstResultNotice(spec, total or 0)] if searched else []),
             *([SchedulerState(asha)] if asha else []),
         ],
         verbose=0,  # tfkd's own status table (tfkd.sweep.status) instead of Ray's
@@ -268,6 +349,7 @@ def _tuner(spec: SweepSpec, packed: Mapping[str, Any]) -> tune.Tuner:
         metric=spec.metric,
         mode=MODE,
         search_alg=searcher(spec),
+        max_concurrent_trials=concurrency(spec) if model_based(spec) else None,
         scheduler=asha,
         num_samples=1 if spec.fixed else spec.num_samples,
         reuse_actors=False,
@@ -278,7 +360,7 @@ def _tuner(spec: SweepSpec, packed: Mapping[str, Any]) -> tune.Tuner:
         fn,
         param_space=param_space(spec),
         tune_config=tune_config,
-        run_config=_run_config(spec, _total_trials(spec), asha),
+        run_config=_run_config(spec, _total_trials(spec), asha, searched=model_based(spec)),
     )
 
 
@@ -336,6 +418,9 @@ def _trial_verdicts(result: SweepResult, epochs: int) -> dict[str, dict[str, Any
 def run_sweep(spec: SweepSpec, dataset: data.Dataset | None = None) -> SweepResult:
     """Run (or resume) a sweep on the connected cluster and return its summary."""
     dataset = dataset or trainable.dataset_of(spec)
+    note = concurrency_note(spec)
+    if note:
+        print(note, flush=True)
     with sweep_environment(spec):
         return _fit(_tuner(spec, trainable.pack_dataset(dataset)), spec, record_best=True)
 

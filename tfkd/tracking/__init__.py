@@ -29,6 +29,7 @@ from tfkd.tracking.runs import (
     start_sweep,
     sweep_outbox,
     sweep_run,
+    tag_sweep,
 )
 from tfkd.tracking.store import (
     KIND_TAG,
@@ -74,6 +75,7 @@ __all__ = [
     "local_path",
     "log_sweep_metrics",
     "log_sweep_files",
+    "tag_sweep",
     "main",
     "mlflow_client",
     "parse_teacher",

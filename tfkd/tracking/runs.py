@@ -229,6 +229,12 @@ def log_sweep_files(
             )
 
 
+def tag_sweep(context: TrackingContext | None, tags: Mapping[str, Any]) -> None:
+    """Tags of the sweep run, queued in its outbox (sent with finish_sweep, or by `replay`)."""
+    if context is not None:
+        _sweep_box(context).put({"op": "tags", "tags": {k: str(v) for k, v in tags.items()}})
+
+
 def close_trial_run(
     context: TrackingContext | None, trial_id: str, status: str, stopped_early: bool | None = None
 ) -> None:
