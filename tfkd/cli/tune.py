@@ -25,7 +25,7 @@ from tfkd.cli.parser import build_parser, parse_args
 from tfkd.cli.plan import Plan, make_plan
 from tfkd.cli.registries import data
 from tfkd.core.errors import UserError
-from tfkd.sweep import cluster, storage
+from tfkd.sweep import cluster, state_files, storage
 from tfkd.sweep import status as progress
 
 
@@ -81,11 +81,44 @@ def prepare(args: argparse.Namespace) -> Prepared:
         mlflow_uri = tracking.resolve_uri(args.mlflow_uri)
         tracking.check_reachable(mlflow_uri)
         tracking.check_new_sweep(mlflow_uri, plan.experiment, plan.name, args.resume)
+    _check_resume_state(args, plan, mlflow_uri)
     teacher = teachers.resolve(teachers.TeacherRequest.from_args(args), mlflow_uri)
     plan, teacher_accuracy = _attach_teacher(plan, teacher, dataset, mlflow_uri)
     _check_resume_flags(args, plan)
     lock = storage.SweepLock(args.storage, plan.name)  # last: every check has passed
     return Prepared(args, plan, dataset, mlflow_uri, teacher, teacher_accuracy, lock)
+
+
+def _check_resume_state(args: argparse.Namespace, plan: Plan, mlflow_uri: str | None) -> None:
+    """--resume loads only the state files tfkd left: their digests, recorded on the sweep's
+    MLflow run at the end of its last session, must match (UserError otherwise, before anything
+    is unpickled). A session that never ended (a killed driver) recorded none: said, not
+    refused."""
+    if not args.resume:
+        return
+    found = state_files.state_digests(storage.join(args.storage, plan.name))
+    if not found:
+        return  # Tune saved nothing: the sweep starts afresh
+    from tfkd.tracking import state
+
+    record = state.recorded_state(mlflow_uri, plan.experiment, plan.name) if mlflow_uri else None
+    if record is None or not record.current:
+        why = "its last session ended without recording them" if record else "none are recorded"
+        print(
+            f"tune_main.py: warning: --resume: the state files of sweep {plan.name} are not "
+            f"checked ({why}: the driver was killed, or the sweep is not tracked)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    changed = record.mismatches(found)
+    if changed:
+        raise UserError(
+            f"--resume: {len(changed)} state file(s) of sweep {plan.name} are not the ones tfkd "
+            f"left at the end of its session {record.session} ({', '.join(changed[:3])}); "
+            "nothing was loaded: put back the files tfkd wrote, or start a new sweep under "
+            "another --name"
+        )
 
 
 def _check_resume_flags(args: argparse.Namespace, plan: Plan) -> None:

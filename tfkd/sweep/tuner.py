@@ -22,10 +22,11 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tfkd import tracking
 from tfkd.core import data
-from tfkd.sweep import callbacks, cluster, summary, trainable
+from tfkd.sweep import callbacks, cluster, state_files, summary, trainable
 from tfkd.sweep.asha import ResumableASHA, ScheduleASHA, SchedulerState
 from tfkd.sweep.spec import MODE, SweepResult, SweepSpec, param_space, storage_uri
 from tfkd.sweep.storage import GIVEN_CONFIG_KEY
+from tfkd.tracking import state as tracking_state
 
 # The latest checkpoints are kept (restore always finds the one the experiment state names);
 # the best weights are kept apart, in the trial's home (tfkd.sweep.record.TrialRecord).
@@ -238,10 +239,16 @@ def _run_config(
     )
 
 
+def experiment_uri(spec: SweepSpec) -> str:
+    """The experiment's folder (or URI) as Tune names it."""
+    return f"{storage_uri(spec.storage).rstrip('/')}/{spec.name}"
+
+
 def _restored(spec: SweepSpec, fn) -> tune.Tuner | None:
     """The interrupted sweep's Tuner, or None when it was interrupted before Tune saved any
-    state: nothing of it ran, so --resume starts it afresh under the same name."""
-    experiment = f"{storage_uri(spec.storage).rstrip('/')}/{spec.name}"
+    state: nothing of it ran, so --resume starts it afresh under the same name. The command
+    line has compared its state files with their recorded digests (tfkd.sweep.state_files)."""
+    experiment = experiment_uri(spec)
     if not tune.Tuner.can_restore(experiment):
         return None
     return tune.Tuner.restore(
@@ -288,8 +295,13 @@ def _tuner(spec: SweepSpec, packed: Mapping[str, Any]) -> tune.Tuner:
 def _fit(tuner: tune.Tuner, spec: SweepSpec, record_best: bool) -> SweepResult:
     """Run the Tuner; close the sweep's run as what happened (never FINISHED when interrupted)."""
     callbacks.INTERRUPTED.clear()
-    with callbacks.noticing_tunes_interrupt():
-        grid = tuner.fit()
+    try:
+        with callbacks.noticing_tunes_interrupt():
+            grid = tuner.fit()
+    finally:  # however the session ends, the state the next --resume may load is Tune's own
+        tracking_state.record_state_digests(
+            spec.tracking, state_files.state_digests(experiment_uri(spec))
+        )
     result = summary.summarise(grid, spec, interrupted=callbacks.INTERRUPTED.is_set())
     local = "://" not in result.experiment_path
     # trials that ended while the tracking server was down: their writes go first, if it is back
