@@ -1,0 +1,115 @@
+"""The edges of resuming and of Ray: what --resume loads, what a teacher run inherits, which
+steps a restarted trial logs, what a data-parallel trial reserves (issue 29)."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import assert_ok, assert_one_line, runs_of_kind, sqlite_uri, tune_main
+
+# ---------------------------------------------------------------- --resume loads only tfkd's state
+
+
+class _CreatesAFile:
+    """A pickle whose loading creates `path` (what a planted tuner.pkl could do)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_state_digests_cover_what_ray_unpickles_and_nothing_else(tmp_path):
+    from tfkd.sweep.state_files import state_digests
+
+    files = {
+        "tuner.pkl": b"a",
+        "experiment_state-1.json": b"b",
+        "searcher-state-1.pkl": b"c",
+        "trial_0/error.pkl": b"d",
+        "trial_0/result.json": b"e",  # a trial's results are not unpickled
+        "trial_0/checkpoint_000000/x.pkl": b"f",  # checkpoints: torch.load(weights_only=True)
+        "tfkd_flags.json": b"g",  # tfkd's own, read as JSON and checked on its own
+        "best_config.yaml": b"h",
+    }
+    for name, content in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(content)
+    expected = {
+        name: hashlib.sha256(files[name]).hexdigest()
+        for name in ("experiment_state-1.json", "searcher-state-1.pkl", "trial_0/error.pkl",
+                     "tuner.pkl")
+    }  # fmt: skip
+    assert state_digests(str(tmp_path)) == expected
+    assert state_digests(str(tmp_path / "absent")) == {}
+
+
+def test_a_failed_resume_of_a_finished_sweep_leaves_it_finished(tmp_path):
+    """The sweep run of a finished sweep stays FINISHED when a --resume of it fails."""
+    from tfkd import tracking
+
+    uri = sqlite_uri(tmp_path)
+    options = {"register_teachers": False, "dataset": "fake", "model": "resnet8"}
+    first = tracking.start_sweep(uri, "e", "s", {}, outbox_root=str(tmp_path / "1"), **options)
+    assert tracking.finish_sweep(first, None, None, status="FINISHED")
+    with (
+        pytest.raises(RuntimeError),
+        tracking.sweep_run(
+            uri, "e", "s", {}, resume=True, outbox_root=str(tmp_path / "2"), **options
+        ),
+    ):
+        raise RuntimeError("the restore failed")
+    run = MlflowClient(uri).get_run(first.parent_run_id)
+    assert run.info.status == "FINISHED"
+
+
+CHEAPEST = (
+    "--mode baseline --dataset fake --model resnet8 --fixed --epochs 1 "
+    "--set fake_size=64 --set warmup_epochs=0 --name planted"
+)
+
+
+@pytest.mark.slow
+def test_a_planted_or_truncated_tuner_pkl_is_refused_unloaded_and_the_sweep_stays_finished(
+    tmp_path,
+):
+    uri = sqlite_uri(tmp_path)
+    assert_ok(tune_main(CHEAPEST, mlflow_uri=uri, cwd=tmp_path))
+    tuner_pkl = tmp_path / "ray_results" / "planted" / "tuner.pkl"
+    original = tuner_pkl.read_bytes()
+    marker = tmp_path / "the planted pickle ran"
+
+    for planted in (pickle.dumps(_CreatesAFile(marker)), original[: len(original) // 2]):
+        tuner_pkl.write_bytes(planted)
+        done = tune_main(CHEAPEST, mlflow_uri=uri, resume=True, cwd=tmp_path)
+        assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-3000:]
+        assert_one_line(done.stderr, "--resume", "tuner.pkl")
+        assert not marker.exists(), "the planted tuner.pkl was unpickled"
+        sweeps = runs_of_kind(uri, "baseline-fake-resnet8", "sweep")
+        assert [r.info.status for r in sweeps] == ["FINISHED"]
+
+
+# ---------------------------------------------------------------- a config's identity in reports
+
+
+def test_a_config_run_on_another_gpu_share_or_execution_path_is_the_same_config():
+    """Reproducing on another GPU share (or with graph capture, compile, a memory layout) trains
+    the same configuration: one report row, and finished (config, seed) pairs are not re-run."""
+    from analysis.common import config_hash
+
+    base = {"mode": "lsr", "dataset": "fake", "model": "resnet8", "lr": 0.1, "epsilon": 0.1}
+    where_or_how_fast = [
+        {**base, "gpu_share": 0.25},
+        {**base, "gpu_share": 0.5},
+        {**base, "gpu_share": 1.0, "cuda_graphs": "off", "compile": True},
+        {**base, "channels_last": False, "device": "cpu", "seed": 3},
+    ]
+    assert len({config_hash(c) for c in where_or_how_fast}) == 1
+    assert config_hash({**base, "lr": 0.2}) != config_hash(base)
+    assert config_hash({**base, "amp": False}) != config_hash(base)  # another precision
