@@ -113,3 +113,73 @@ def test_a_config_run_on_another_gpu_share_or_execution_path_is_the_same_config(
     assert len({config_hash(c) for c in where_or_how_fast}) == 1
     assert config_hash({**base, "lr": 0.2}) != config_hash(base)
     assert config_hash({**base, "amp": False}) != config_hash(base)  # another precision
+
+
+# ---------------------------------------------------------------- --train-teacher's teacher run
+
+STUDENT = [
+    *"--mode kd --dataset fake --model resnet8 --teacher resnet8 --train-teacher --fixed".split(),
+    *"--protocol paper --epochs 2 --set fake_size=64 --set lr=0.05 --gpus-per-trial 0.5".split(),
+    *"--cpus-per-trial 3 --workers-per-trial 2 --max-failures 5 --tracking-grace 7".split(),
+    "--system-metrics",
+]
+
+
+def _student(tmp_path: Path, monkeypatch) -> list[str]:
+    """The student's command line, as sys.argv holds it when tune_main runs."""
+    argv = [*STUDENT, "--storage", str(tmp_path / "results"), "--mlflow-uri", sqlite_uri(tmp_path)]
+    monkeypatch.setattr("sys.argv", ["tune_main.py", *argv])
+    return argv
+
+
+def test_the_teacher_run_trains_under_the_students_protocol_resources_and_settings(
+    tmp_path, monkeypatch
+):
+    from tfkd.cli import teachers, tune
+    from tfkd.cli.parser import parse_args
+
+    args = parse_args(_student(tmp_path, monkeypatch))
+    run = tune._teacher_args(args, teachers.Teacher("resnet8", "best", ""), "kd-student")
+    assert (run.mode, run.model, run.fixed, run.name) == (
+        "baseline",
+        "resnet8",
+        True,
+        "kd-student-teacher",
+    )
+    assert run.protocol == "paper"
+    assert (run.gpus_per_trial, run.cpus_per_trial, run.workers_per_trial) == (0.5, 3.0, 2)
+    assert (run.max_failures, run.tracking_grace, run.system_metrics) == (5, 7.0, True)
+    assert (run.storage, run.mlflow_uri) == (str(tmp_path / "results"), sqlite_uri(tmp_path))
+    assert run.set == ["fake_size=64"], "the student's own training values are not the teacher's"
+
+
+def test_ctrl_c_during_the_teacher_run_prints_the_students_command_which_resumes_both(
+    tmp_path, monkeypatch, capsys
+):
+    """The printed command is accepted by the saved flags of the student and of its teacher
+    run, and resumes the teacher run under its name."""
+    import shlex
+
+    from tfkd.cli import outcome, teachers, tune
+    from tfkd.cli.parser import parse_args
+    from tfkd.cli.plan import make_plan
+
+    teacher = teachers.Teacher("resnet8", "best", "")
+    student = parse_args(_student(tmp_path, monkeypatch))
+    student_plan = make_plan(student)  # no --name: a new timestamped one
+    tune._check_resume_flags(student, student_plan)  # what the student's prepare saves
+    first = tune._teacher_args(student, teacher, student_plan.name)
+    tune._check_resume_flags(first, make_plan(first))  # and the teacher run's
+
+    assert outcome.interrupted(first, first.name) == 130
+    said = capsys.readouterr().err.strip()
+    words = shlex.split(said.split(": python ", 1)[1])
+    assert words[0] == "tune_main.py"
+
+    resumed = parse_args(words[1:])
+    resumed_plan = make_plan(resumed)
+    assert resumed.resume and resumed_plan.name == student_plan.name
+    tune._check_resume_flags(resumed, resumed_plan)  # accepted (a UserError otherwise)
+    again = tune._teacher_args(resumed, teacher, resumed_plan.name)
+    assert again.resume and again.name == first.name
+    tune._check_resume_flags(again, make_plan(again))  # accepted

@@ -34,21 +34,67 @@ def _user_error(message: str) -> int:
     return EXIT_USAGE
 
 
-def _teacher_args(args: argparse.Namespace, teacher: teachers.Teacher) -> argparse.Namespace:
-    """The baseline run that --train-teacher starts: fixed recipe, snapshot if asked for."""
+def teacher_run_name(student: str) -> str:
+    """The name of the teacher run that --train-teacher starts for sweep `student`: fixed, so
+    that the student's --resume continues an interrupted teacher run instead of starting over."""
+    return f"{student}-teacher"
+
+
+def _teacher_args(
+    args: argparse.Namespace, teacher: teachers.Teacher, student: str
+) -> argparse.Namespace:
+    """The baseline run that --train-teacher starts for sweep `student`: fixed recipe, snapshot
+    if asked for, under the student's data, protocol, resources, retries and tracking settings.
+
+    Its interruption prints the student's command (`continues`), which resumes both.
+    """
     snapshot = (
         (int(teacher.alias.removeprefix("epoch-")),) if teacher.alias.startswith("epoch-") else ()
     )
-    return build_parser().parse_args(
+    name = teacher_run_name(student)
+    resume = args.resume and storage.sweep_folder_exists(args.storage, name)
+    given = {key: getattr(args, key) for key in _FORWARDED}
+    teacher_args = build_parser().parse_args(
         [
             *f"--mode baseline --dataset {args.dataset} --model {teacher.model} --fixed".split(),
             *["--data-dir", args.data_dir, "--storage", args.storage, "--seed", str(args.seed)],
+            *["--name", name, *(["--resume"] if resume else [])],
             *(["--epochs", str(args.epochs)] if args.epochs else []),
             *(["--snapshot-epochs", ",".join(map(str, snapshot))] if snapshot else []),
-            *(["--mlflow-uri", args.mlflow_uri] if args.mlflow_uri else []),
             *[f"--set={pair}" for pair in args.set if pair.split("=")[0] in _DATA_KEYS],
+            *_flags_of(given),
         ]
     )
+    teacher_args.continues = (args, student)
+    return teacher_args
+
+
+# what the teacher run shares with its student (argparse dest -> its flag): where things are,
+# the protocol it is evaluated under, the resources and retries of its trial, tracking settings
+_FORWARDED = {
+    "mlflow_uri": "--mlflow-uri",
+    "protocol": "--protocol",
+    "gpus_per_trial": "--gpus-per-trial",
+    "cpus_per_trial": "--cpus-per-trial",
+    "workers_per_trial": "--workers-per-trial",
+    "max_failures": "--max-failures",
+    "tracking_grace": "--tracking-grace",
+    "system_metrics": "--system-metrics",
+    "address": "--address",
+    "download": "--download",
+    "verbose": "--verbose",
+}
+
+
+def _flags_of(given: dict) -> list[str]:
+    """The command-line words that set `given` ({dest: value}; None and False: left out)."""
+    words: list[str] = []
+    for key, value in given.items():
+        if value is True:
+            words.append(_FORWARDED[key])
+        elif value is not None and value is not False:
+            words += [_FORWARDED[key], str(value)]
+    return words
 
 
 _DATA_KEYS = ("fake_size", "val_fraction", "split_seed", "device", "loader")
@@ -201,7 +247,7 @@ def train_missing_teacher(prepared: Prepared) -> tuple[int, Prepared]:
         return EXIT_OK, prepared
     args = prepared.args
     print(f"[tfkd] training the teacher {prepared.teacher.model} first (--train-teacher)")
-    teacher_sweep = prepare(_teacher_args(args, prepared.teacher))
+    teacher_sweep = prepare(_teacher_args(args, prepared.teacher, prepared.plan.name))
     try:
         code = run_prepared(teacher_sweep)
     finally:
