@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,79 @@ def test_ctrl_c_during_the_teacher_run_prints_the_students_command_which_resumes
     again = tune._teacher_args(resumed, teacher, resumed_plan.name)
     assert again.resume and again.name == first.name
     tune._check_resume_flags(again, make_plan(again))  # accepted
+
+
+# ---------------------------------------------------------------- a restarted trial's run
+
+
+@dataclass
+class _Record:
+    """What a trial's checkpoint carries (tfkd.sweep.record.TrialRecord's fields)."""
+
+    home: Path
+    nodes: list[str] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_accuracy: float = float("-inf")
+    best_metric: str = "val_accuracy"
+
+    @property
+    def best_weights(self) -> Path:
+        return self.home / "best.pt"
+
+
+TRIAL_CONFIG = {"mode": "lsr", "model": "resnet8", "dataset": "fake", "epochs": 4}
+
+
+def _sweep(tmp_path: Path):
+    from tfkd import tracking
+
+    options = {"register_teachers": False, "dataset": "fake", "model": "resnet8"}
+    return tracking.start_sweep(sqlite_uri(tmp_path), "e", "s", {}, **options)
+
+
+def _attempt(context, record: _Record, accuracies: dict[int, float], box: Path) -> None:
+    """One attempt of trial t1: it trains `accuracies` (epoch: val accuracy), then dies."""
+    from tfkd.tracking.trials import TrialTracker
+
+    tracker = TrialTracker(context, TRIAL_CONFIG, "t1", "trial_t1", record, box)
+    for epoch, accuracy in accuracies.items():
+        metrics = {"epoch": epoch, "val_accuracy": accuracy}
+        best = accuracy > record.best_accuracy
+        if best:
+            record.best_epoch, record.best_accuracy = epoch, accuracy
+        record.history.append(metrics)
+        tracker.on_epoch(metrics, "", best)
+    assert tracker.outbox.close(60)
+
+
+def _trial_run(context):
+    from tfkd.tracking import store
+
+    client = MlflowClient(context.uri)
+    return store.trial_run(client, context.experiment_id, context.parent_run_id, "t1")
+
+
+def test_a_restarted_trial_logs_each_best_epoch_once(tmp_path):
+    context, record = _sweep(tmp_path), _Record(tmp_path)
+    _attempt(context, record, {1: 10.0, 2: 30.0}, tmp_path / "box")
+    _attempt(context, record, {3: 20.0}, tmp_path / "box")  # restarted from epoch 2's checkpoint
+    _attempt(context, record, {4: 40.0}, tmp_path / "box")  # and again from epoch 3's
+    client = MlflowClient(context.uri)
+    history = client.get_metric_history(_trial_run(context).info.run_id, "best_epoch_val_accuracy")
+    assert sorted((m.step, m.value) for m in history) == [(1, 10.0), (2, 30.0), (4, 40.0)]
+    epochs = client.get_metric_history(_trial_run(context).info.run_id, "epoch")
+    assert sorted(m.step for m in epochs) == [1, 2, 3, 4]
+
+
+def test_a_node_the_trial_died_on_before_its_first_checkpoint_stays_in_ray_nodes(tmp_path):
+    """Node a ran the trial and died before a checkpoint: the restart's record starts afresh on
+    node b, whose checkpoint then travels to node c. The run names all three, in order."""
+    context = _sweep(tmp_path)
+    _attempt(context, _Record(tmp_path, nodes=["a"]), {}, tmp_path / "box")
+    on_b = _Record(tmp_path, nodes=["b"])
+    _attempt(context, on_b, {1: 10.0}, tmp_path / "box")
+    _attempt(context, replace(on_b, nodes=["b", "c"]), {2: 20.0}, tmp_path / "box")
+    assert _trial_run(context).data.tags["ray_nodes"] == "a,b,c"
+    _attempt(context, replace(on_b, nodes=["b", "c", "b"]), {3: 30.0}, tmp_path / "box")
+    assert _trial_run(context).data.tags["ray_nodes"] == "a,b,c,b"
