@@ -260,3 +260,28 @@ def test_a_node_the_trial_died_on_before_its_first_checkpoint_stays_in_ray_nodes
     assert _trial_run(context).data.tags["ray_nodes"] == "a,b,c"
     _attempt(context, replace(on_b, nodes=["b", "c", "b"]), {3: 30.0}, tmp_path / "box")
     assert _trial_run(context).data.tags["ray_nodes"] == "a,b,c,b"
+
+
+# ---------------------------------------------------------------- Optuna sees epochs
+
+
+def test_optuna_intermediate_values_are_at_epochs_also_for_a_restored_trial():
+    """A trial restored at epoch 3 restarts Ray's training_iteration at 1; its values stay at
+    their epochs, the one it ends on too, and a trial stopped before the schedule is PRUNED."""
+    import optuna
+    from ray import tune
+
+    from tfkd.sweep.tuner import _OptunaSearch
+
+    search = _OptunaSearch(
+        8, space={"lr": tune.uniform(0.01, 0.1)}, metric="val_accuracy", mode="max"
+    )
+    search.suggest("t1")
+    for iteration, epoch, accuracy in [(1, 1, 10.0), (2, 2, 20.0), (1, 3, 30.0)]:
+        result = {"val_accuracy": accuracy, "epoch": epoch, "training_iteration": iteration}
+        search.on_trial_result("t1", result)
+    last = {"val_accuracy": 40.0, "epoch": 4, "training_iteration": 2}
+    search.on_trial_complete("t1", last)
+    (trial,) = search._ot_study.get_trials()
+    assert trial.intermediate_values == {1: 10.0, 2: 20.0, 3: 30.0, 4: 40.0}
+    assert trial.state == optuna.trial.TrialState.PRUNED

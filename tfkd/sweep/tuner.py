@@ -171,9 +171,15 @@ class _OptunaSearch(OptunaSearch):
         self._last_epoch: dict[str, int] = {}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if self.metric in result:
-            self._last_epoch[trial_id] = int(result.get("epoch", 0))
-            super().on_trial_result(trial_id, result)
+        """An epoch's value becomes the trial's intermediate value at that epoch (Ray's searcher
+        reports at `training_iteration`, which a restored trial restarts from 1: the last value,
+        reported below at its epoch, would mix the two)."""
+        if self.metric not in result or trial_id in self._completed_trials:
+            return
+        epoch = int(result.get("epoch", 0))
+        if epoch > self._last_epoch.get(trial_id, 0) and trial_id in self._ot_trials:
+            self._ot_trials[trial_id].report(result[self.metric], epoch)
+            self._last_epoch[trial_id] = epoch
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         """The result a trial ends on (its last epoch, or the rung ASHA stopped it at) comes here,
