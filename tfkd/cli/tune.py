@@ -25,7 +25,7 @@ from tfkd.cli.parser import build_parser, parse_args
 from tfkd.cli.plan import Plan, make_plan
 from tfkd.cli.registries import data
 from tfkd.core.errors import UserError
-from tfkd.sweep import cluster, state_files, storage
+from tfkd.sweep import cluster, ray_support, state_files, storage
 from tfkd.sweep import status as progress
 
 
@@ -117,6 +117,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
     plan = make_plan(args)
     storage.check_storage(args.storage, plan.name, args.resume)
     flags.check_system_metrics(args.system_metrics)
+    ray_support.check_ray(args.workers_per_trial)
     if args.address:
         cluster.check_cluster_reachable(args.address)
     dataset = flags.load_dataset(plan.config)

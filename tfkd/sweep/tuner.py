@@ -22,7 +22,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tfkd import tracking
 from tfkd.core import data
-from tfkd.sweep import callbacks, cluster, state_files, summary, trainable
+from tfkd.sweep import callbacks, cluster, distributed, state_files, summary, trainable
 from tfkd.sweep.asha import ResumableASHA, ScheduleASHA, SchedulerState
 from tfkd.sweep.spec import MODE, SweepResult, SweepSpec, param_space, storage_uri
 from tfkd.sweep.storage import GIVEN_CONFIG_KEY
@@ -68,7 +68,16 @@ def sweep_environment(spec: SweepSpec) -> Iterator[None]:
 
 
 def _concurrency(spec: SweepSpec) -> int | None:
-    return spec.max_concurrent if spec.max_concurrent and spec.max_concurrent > 0 else None
+    """--max-concurrent; for data-parallel trials (whose workers Ray Train schedules outside
+    the trial's reservation) at most as many as the cluster has workers for."""
+    if spec.max_concurrent and spec.max_concurrent > 0:
+        return spec.max_concurrent
+    if spec.workers_per_trial > 1:
+        import ray
+
+        cluster_total = ray.cluster_resources()
+        return distributed.trials_that_fit(cluster_total, resources(spec), spec.workers_per_trial)
+    return None
 
 
 def startup_trials(num_samples: int) -> int:
