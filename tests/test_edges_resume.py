@@ -7,6 +7,7 @@ import hashlib
 import pickle
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from mlflow import MlflowClient
@@ -285,3 +286,77 @@ def test_optuna_intermediate_values_are_at_epochs_also_for_a_restored_trial():
     (trial,) = search._ot_study.get_trials()
     assert trial.intermediate_values == {1: 10.0, 2: 20.0, 3: 30.0, 4: 40.0}
     assert trial.state == optuna.trial.TrialState.PRUNED
+
+
+# ---------------------------------------------------------------- Ray's edges
+
+
+def test_data_parallel_trials_run_at_most_as_many_at_once_as_the_cluster_has_workers_for(
+    monkeypatch,
+):
+    import ray
+
+    from tfkd.sweep import tuner
+    from tfkd.sweep.distributed import trials_that_fit
+
+    assert trials_that_fit({"CPU": 16, "GPU": 4}, {"cpu": 2, "gpu": 1}, 2) == 2  # GPUs bound
+    assert trials_that_fit({"CPU": 6, "GPU": 8}, {"cpu": 1, "gpu": 1}, 2) == 3  # CPUs bound
+    assert trials_that_fit({"CPU": 1}, {"cpu": 1, "gpu": 0}, 4) == 1  # one, however large
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})
+    spec = SimpleNamespace(
+        max_concurrent=None, workers_per_trial=2, cpus_per_trial=2.0, gpus_per_trial=0.0
+    )
+    assert tuner._concurrency(spec) == 2
+    assert tuner._concurrency(replace_namespace(spec, max_concurrent=1)) == 1
+    assert tuner._concurrency(replace_namespace(spec, workers_per_trial=1)) is None
+
+
+def replace_namespace(namespace: SimpleNamespace, **changes) -> SimpleNamespace:
+    return SimpleNamespace(**{**vars(namespace), **changes})
+
+
+def test_ray_train_writes_a_data_parallel_trials_checkpoints_where_every_node_reaches(tmp_path):
+    from tfkd.sweep.trainable import _on_storage
+
+    home = tmp_path / "results" / "sweep" / "trial_1" / "tfkd"
+    shared = str(tmp_path / "results" / "sweep")
+    assert _on_storage(shared, "unused", "/tmp/ray/session/trial_1", home) == str(home)
+    on_uri = _on_storage("", "s3://bucket/runs/sweep", "/tmp/ray/session/trial_1", home)
+    assert on_uri == "s3://bucket/runs/sweep/trial_1/tfkd"
+
+
+def test_a_ray_without_the_internals_tfkd_needs_is_one_line_naming_the_supported_range(
+    monkeypatch,
+):
+    import ray.train
+    from ray.tune.trainable import function_trainable
+
+    from tfkd.core.errors import UserError
+    from tfkd.sweep import ray_support
+
+    ray_support.check_ray(workers_per_trial=2)  # the installed Ray has them
+    monkeypatch.delattr(ray.train, "UserCallback")  # Ray Train V1 (RAY_TRAIN_V2_ENABLED=0)
+    with pytest.raises(UserError, match="--workers-per-trial needs Ray Train V2"):
+        ray_support.check_ray(workers_per_trial=2)
+    ray_support.check_ray(workers_per_trial=1)  # one worker per trial does not need it
+    monkeypatch.delattr(function_trainable, "wrap_function")
+    with pytest.raises(UserError) as refused:
+        ray_support.check_ray()
+    said = str(refused.value)
+    assert "wrap_function" in said and ray_support.SUPPORTED_RAY in said and "\n" not in said
+
+
+@pytest.mark.slow
+def test_train_teacher_trains_the_teacher_under_the_students_protocol(tmp_path):
+    uri = sqlite_uri(tmp_path)
+    student = (
+        "--mode kd --dataset fake --model resnet8 --teacher resnet8 --train-teacher --fixed "
+        "--protocol paper --epochs 1 --set fake_size=64 --set warmup_epochs=0 --name student"
+    )
+    assert_ok(tune_main(student, mlflow_uri=uri, cwd=tmp_path))
+    (teacher_run,) = runs_of_kind(uri, "baseline-fake-resnet8", "sweep")
+    assert teacher_run.info.run_name == "student-teacher"
+    assert teacher_run.data.tags["protocol"] == "paper"
+    (teacher_trial,) = runs_of_kind(uri, "baseline-fake-resnet8", "trial")
+    assert teacher_trial.data.params["protocol"] == "paper"
+    assert float(teacher_trial.data.params["val_fraction"]) == 0.0  # trained on the full set

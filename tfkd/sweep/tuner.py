@@ -22,6 +22,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tfkd import tracking
 from tfkd.core import data
+from tfkd.core.errors import UserError
 from tfkd.sweep import callbacks, cluster, distributed, state_files, summary, trainable
 from tfkd.sweep.asha import ResumableASHA, ScheduleASHA, SchedulerState
 from tfkd.sweep.spec import MODE, SweepResult, SweepSpec, param_space, storage_uri
@@ -266,9 +267,20 @@ def _restored(spec: SweepSpec, fn) -> tune.Tuner | None:
     experiment = experiment_uri(spec)
     if not tune.Tuner.can_restore(experiment):
         return None
-    return tune.Tuner.restore(
-        experiment, trainable=fn, resume_unfinished=True, resume_errored=True, restart_errored=False
-    )
+    try:
+        return tune.Tuner.restore(
+            experiment,
+            trainable=fn,
+            resume_unfinished=True,
+            resume_errored=True,
+            restart_errored=False,
+        )
+    except Exception as exc:  # unreadable state (truncated, from another Ray): one line
+        said = (str(exc).strip().splitlines() or [""])[0]
+        raise UserError(
+            f"--resume: Ray cannot load the saved state of sweep {spec.name} "
+            f"({exc.__class__.__name__}: {said}); start a new sweep under another --name"
+        ) from None
 
 
 def _total_trials(spec: SweepSpec) -> int:
