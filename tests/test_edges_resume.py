@@ -141,7 +141,8 @@ def test_the_teacher_run_trains_under_the_students_protocol_resources_and_settin
     from tfkd.cli.parser import parse_args
 
     args = parse_args(_student(tmp_path, monkeypatch))
-    run = tune._teacher_args(args, teachers.Teacher("resnet8", "best", ""), "kd-student")
+    teacher = (teachers.Teacher("resnet8", "best", ""), "kd-student")
+    run = tune._teacher_args(args, *teacher)
     assert (run.mode, run.model, run.fixed, run.name) == (
         "baseline",
         "resnet8",
@@ -153,6 +154,8 @@ def test_the_teacher_run_trains_under_the_students_protocol_resources_and_settin
     assert (run.max_failures, run.tracking_grace, run.system_metrics) == (5, 7.0, True)
     assert (run.storage, run.mlflow_uri) == (str(tmp_path / "results"), sqlite_uri(tmp_path))
     assert run.set == ["fake_size=64"], "the student's own training values are not the teacher's"
+    warm = tune._teacher_args(parse_args([*STUDENT, "--set", "warmup_epochs=0"]), *teacher)
+    assert warm.set == ["fake_size=64", "warmup_epochs=0"]  # the schedule's, as --epochs
 
 
 def test_ctrl_c_during_the_teacher_run_prints_the_students_command_which_resumes_both(

@@ -61,7 +61,7 @@ def _teacher_args(
             *["--name", name, *(["--resume"] if resume else [])],
             *(["--epochs", str(args.epochs)] if args.epochs else []),
             *(["--snapshot-epochs", ",".join(map(str, snapshot))] if snapshot else []),
-            *[f"--set={pair}" for pair in args.set if pair.split("=")[0] in _DATA_KEYS],
+            *[f"--set={pair}" for pair in args.set if pair.split("=")[0] in _SHARED_KEYS],
             *_flags_of(given),
         ]
     )
@@ -97,7 +97,9 @@ def _flags_of(given: dict) -> list[str]:
     return words
 
 
-_DATA_KEYS = ("fake_size", "val_fraction", "split_seed", "device", "loader")
+# --set keys the teacher run takes from its student: the data, where it trains, and the warm-up
+# of the schedule whose length (--epochs) it shares
+_SHARED_KEYS = ("fake_size", "val_fraction", "split_seed", "device", "loader", "warmup_epochs")
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,8 @@ def prepare(args: argparse.Namespace) -> Prepared:
         tracking.check_new_sweep(mlflow_uri, plan.experiment, plan.name, args.resume)
     _check_resume_state(args, plan, mlflow_uri)
     teacher = teachers.resolve(teachers.TeacherRequest.from_args(args), mlflow_uri)
+    if teacher is not None and not teacher.location:  # --train-teacher: its run's flags too
+        _teacher_run_error(lambda: make_plan(_teacher_args(args, teacher, plan.name)))
     plan, teacher_accuracy = _attach_teacher(plan, teacher, dataset, mlflow_uri)
     _check_resume_flags(args, plan)
     lock = storage.SweepLock(args.storage, plan.name)  # last: every check has passed
@@ -239,6 +243,16 @@ def print_registered(plan: Plan, mlflow_uri: str) -> None:
     )
 
 
+def _teacher_run_error(step):
+    """`step()`, with its user error (a bad flag, value, folder) as one line naming the teacher
+    run that --train-teacher starts."""
+    try:
+        return step()
+    except (UserError, ValueError, OSError) as exc:
+        said = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise UserError(f"--train-teacher: the teacher's baseline run: {said}") from None
+
+
 def train_missing_teacher(prepared: Prepared) -> tuple[int, Prepared]:
     """--train-teacher: train a teacher the registry lacks (a baseline run), then attach it.
 
@@ -248,7 +262,8 @@ def train_missing_teacher(prepared: Prepared) -> tuple[int, Prepared]:
         return EXIT_OK, prepared
     args = prepared.args
     print(f"[tfkd] training the teacher {prepared.teacher.model} first (--train-teacher)")
-    teacher_sweep = prepare(_teacher_args(args, prepared.teacher, prepared.plan.name))
+    teacher_args = _teacher_args(args, prepared.teacher, prepared.plan.name)
+    teacher_sweep = _teacher_run_error(lambda: prepare(teacher_args))
     try:
         code = run_prepared(teacher_sweep)
     finally:
