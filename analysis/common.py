@@ -18,7 +18,18 @@ from tfkd.sweep.storage import DEFAULT_STORAGE
 
 # Keys that say where or how fast a run ran, not what it trains: two reproductions that differ
 # only here are the same (config, seed) pair.
-NOT_IDENTITY = ("seed", "data_dir", "download", "device", "num_workers", "eval_batch_size")
+NOT_IDENTITY = (
+    "seed",
+    "data_dir",
+    "download",
+    "device",
+    "num_workers",
+    "eval_batch_size",
+    "gpu_share",
+    "compile",
+    "cuda_graphs",
+    "channels_last",
+)
 
 
 def say(message: str) -> None:

@@ -66,7 +66,10 @@ def _percent(value: Any) -> str:
 def _resume_command(args: argparse.Namespace, name: str | None) -> str:
     """The command that continues sweep `name`: the same flags, its --name, and --resume once
     its results folder exists (an interrupted --resume continues, or starts afresh when Tune
-    had saved nothing); before that, the same command again."""
+    had saved nothing); before that, the same command again. A run started for another sweep
+    (--train-teacher's teacher run: `args.continues`) is continued by that sweep's command."""
+    if getattr(args, "continues", None):
+        return _resume_command(*args.continues)
     argv = [a for a in sys.argv[1:] if a != "--resume"]
     if args.name is None and name is not None:
         argv += ["--name", name]

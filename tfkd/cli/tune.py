@@ -25,7 +25,7 @@ from tfkd.cli.parser import build_parser, parse_args
 from tfkd.cli.plan import Plan, make_plan
 from tfkd.cli.registries import data
 from tfkd.core.errors import UserError
-from tfkd.sweep import cluster, storage
+from tfkd.sweep import cluster, ray_support, state_files, storage
 from tfkd.sweep import status as progress
 
 
@@ -34,24 +34,72 @@ def _user_error(message: str) -> int:
     return EXIT_USAGE
 
 
-def _teacher_args(args: argparse.Namespace, teacher: teachers.Teacher) -> argparse.Namespace:
-    """The baseline run that --train-teacher starts: fixed recipe, snapshot if asked for."""
+def teacher_run_name(student: str) -> str:
+    """The name of the teacher run that --train-teacher starts for sweep `student`: fixed, so
+    that the student's --resume continues an interrupted teacher run instead of starting over."""
+    return f"{student}-teacher"
+
+
+def _teacher_args(
+    args: argparse.Namespace, teacher: teachers.Teacher, student: str
+) -> argparse.Namespace:
+    """The baseline run that --train-teacher starts for sweep `student`: fixed recipe, snapshot
+    if asked for, under the student's data, protocol, resources, retries and tracking settings.
+
+    Its interruption prints the student's command (`continues`), which resumes both.
+    """
     snapshot = (
         (int(teacher.alias.removeprefix("epoch-")),) if teacher.alias.startswith("epoch-") else ()
     )
-    return build_parser().parse_args(
+    name = teacher_run_name(student)
+    resume = args.resume and storage.sweep_folder_exists(args.storage, name)
+    given = {key: getattr(args, key) for key in _FORWARDED}
+    teacher_args = build_parser().parse_args(
         [
             *f"--mode baseline --dataset {args.dataset} --model {teacher.model} --fixed".split(),
             *["--data-dir", args.data_dir, "--storage", args.storage, "--seed", str(args.seed)],
+            *["--name", name, *(["--resume"] if resume else [])],
             *(["--epochs", str(args.epochs)] if args.epochs else []),
             *(["--snapshot-epochs", ",".join(map(str, snapshot))] if snapshot else []),
-            *(["--mlflow-uri", args.mlflow_uri] if args.mlflow_uri else []),
-            *[f"--set={pair}" for pair in args.set if pair.split("=")[0] in _DATA_KEYS],
+            *[f"--set={pair}" for pair in args.set if pair.split("=")[0] in _SHARED_KEYS],
+            *_flags_of(given),
         ]
     )
+    teacher_args.continues = (args, student)
+    return teacher_args
 
 
-_DATA_KEYS = ("fake_size", "val_fraction", "split_seed", "device", "loader")
+# what the teacher run shares with its student (argparse dest -> its flag): where things are,
+# the protocol it is evaluated under, the resources and retries of its trial, tracking settings
+_FORWARDED = {
+    "mlflow_uri": "--mlflow-uri",
+    "protocol": "--protocol",
+    "gpus_per_trial": "--gpus-per-trial",
+    "cpus_per_trial": "--cpus-per-trial",
+    "workers_per_trial": "--workers-per-trial",
+    "max_failures": "--max-failures",
+    "tracking_grace": "--tracking-grace",
+    "system_metrics": "--system-metrics",
+    "address": "--address",
+    "download": "--download",
+    "verbose": "--verbose",
+}
+
+
+def _flags_of(given: dict) -> list[str]:
+    """The command-line words that set `given` ({dest: value}; None and False: left out)."""
+    words: list[str] = []
+    for key, value in given.items():
+        if value is True:
+            words.append(_FORWARDED[key])
+        elif value is not None and value is not False:
+            words += [_FORWARDED[key], str(value)]
+    return words
+
+
+# --set keys the teacher run takes from its student: the data, where it trains, and the warm-up
+# of the schedule whose length (--epochs) it shares
+_SHARED_KEYS = ("fake_size", "val_fraction", "split_seed", "device", "loader", "warmup_epochs")
 
 
 @dataclass(frozen=True)
@@ -71,6 +119,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
     plan = make_plan(args)
     storage.check_storage(args.storage, plan.name, args.resume)
     flags.check_system_metrics(args.system_metrics)
+    ray_support.check_ray(args.workers_per_trial)
     if args.address:
         cluster.check_cluster_reachable(args.address)
     dataset = flags.load_dataset(plan.config)
@@ -81,11 +130,46 @@ def prepare(args: argparse.Namespace) -> Prepared:
         mlflow_uri = tracking.resolve_uri(args.mlflow_uri)
         tracking.check_reachable(mlflow_uri)
         tracking.check_new_sweep(mlflow_uri, plan.experiment, plan.name, args.resume)
+    _check_resume_state(args, plan, mlflow_uri)
     teacher = teachers.resolve(teachers.TeacherRequest.from_args(args), mlflow_uri)
+    if teacher is not None and not teacher.location:  # --train-teacher: its run's flags too
+        _teacher_run_error(lambda: make_plan(_teacher_args(args, teacher, plan.name)))
     plan, teacher_accuracy = _attach_teacher(plan, teacher, dataset, mlflow_uri)
     _check_resume_flags(args, plan)
     lock = storage.SweepLock(args.storage, plan.name)  # last: every check has passed
     return Prepared(args, plan, dataset, mlflow_uri, teacher, teacher_accuracy, lock)
+
+
+def _check_resume_state(args: argparse.Namespace, plan: Plan, mlflow_uri: str | None) -> None:
+    """--resume loads only the state files tfkd left: their digests, recorded on the sweep's
+    MLflow run at the end of its last session, must match (UserError otherwise, before anything
+    is unpickled). A session that never ended (a killed driver) recorded none: said, not
+    refused."""
+    if not args.resume:
+        return
+    found = state_files.state_digests(storage.join(args.storage, plan.name))
+    if not found:
+        return  # Tune saved nothing: the sweep starts afresh
+    from tfkd.tracking import state
+
+    record = state.recorded_state(mlflow_uri, plan.experiment, plan.name) if mlflow_uri else None
+    if record is None or not record.current:
+        why = "its last session ended without recording them" if record else "none are recorded"
+        print(
+            f"tune_main.py: warning: --resume: the state files of sweep {plan.name} are not "
+            f"checked ({why}: the driver was killed, or the sweep is not tracked)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    changed = record.mismatches(found)
+    if changed:
+        raise UserError(
+            f"--resume: {len(changed)} state file(s) of sweep {plan.name} are not the ones tfkd "
+            f"left at the end of its session {record.session} ({', '.join(changed[:3])}); "
+            "nothing was loaded: put back the files tfkd wrote, or start a new sweep under "
+            "another --name"
+        )
 
 
 def _check_resume_flags(args: argparse.Namespace, plan: Plan) -> None:
@@ -159,6 +243,16 @@ def print_registered(plan: Plan, mlflow_uri: str) -> None:
     )
 
 
+def _teacher_run_error(step):
+    """`step()`, with its user error (a bad flag, value, folder) as one line naming the teacher
+    run that --train-teacher starts."""
+    try:
+        return step()
+    except (UserError, ValueError, OSError) as exc:
+        said = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise UserError(f"--train-teacher: the teacher's baseline run: {said}") from None
+
+
 def train_missing_teacher(prepared: Prepared) -> tuple[int, Prepared]:
     """--train-teacher: train a teacher the registry lacks (a baseline run), then attach it.
 
@@ -168,7 +262,8 @@ def train_missing_teacher(prepared: Prepared) -> tuple[int, Prepared]:
         return EXIT_OK, prepared
     args = prepared.args
     print(f"[tfkd] training the teacher {prepared.teacher.model} first (--train-teacher)")
-    teacher_sweep = prepare(_teacher_args(args, prepared.teacher))
+    teacher_args = _teacher_args(args, prepared.teacher, prepared.plan.name)
+    teacher_sweep = _teacher_run_error(lambda: prepare(teacher_args))
     try:
         code = run_prepared(teacher_sweep)
     finally:

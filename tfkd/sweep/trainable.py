@@ -24,7 +24,7 @@ from tfkd.core.config import TrialConfig
 from tfkd.core.train import TrainingFailure, load_dataset, resolve_device
 from tfkd.sweep import cluster, distributed
 from tfkd.sweep.record import TrialRecord, newest_complete
-from tfkd.sweep.spec import FAILED_BY_HYPERPARAMETERS, SweepSpec
+from tfkd.sweep.spec import FAILED_BY_HYPERPARAMETERS, SweepSpec, storage_uri
 from tfkd.sweep.storage import GIVEN_CONFIG_KEY, local_experiment_dir
 
 # ---------------------------------------------------------------- sharing the dataset
@@ -142,6 +142,7 @@ def trainable(
     gpus: float,
     experiment_dir: str = "",
     workers: int = 1,
+    experiment_uri: str = "",
 ) -> None:
     """The thin Ray trainable: resume point in, run_trial, per-epoch tune.report out.
 
@@ -166,10 +167,19 @@ def trainable(
     try:
         resume_dir = _restore_point(restored, (Path(context.get_trial_dir()), home.parent))
         record = TrialRecord.restore(home, resume_dir, carry_best)
-        runner = distributed.runner_for(workers, cpus, gpus)
+        shared = _on_storage(experiment_dir, experiment_uri, context.get_trial_dir(), home)
+        runner = distributed.runner_for(workers, cpus, gpus, shared)
         _train(config, packed_dataset, tracking_context, record, resume_dir, runner)
     finally:
         shutil.rmtree(restored, ignore_errors=True)
+
+
+def _on_storage(experiment_dir: str, experiment_uri: str, trial_dir: str, home: Path) -> str:
+    """A folder of the trial's that every node reaches: its home in a local (shared) results
+    folder, else its folder at the storage URI."""
+    if experiment_dir or not experiment_uri:
+        return str(home)
+    return f"{experiment_uri.rstrip('/')}/{Path(trial_dir).name}/{TRIAL_HOME}"
 
 
 def _train(
@@ -318,6 +328,7 @@ def with_resources(spec: SweepSpec, packed: Mapping[str, Any], resources: dict[s
                 gpus=resources["gpu"],
                 experiment_dir=local_experiment_dir(spec.storage, spec.name),
                 workers=spec.workers_per_trial,
+                experiment_uri=f"{storage_uri(spec.storage).rstrip('/')}/{spec.name}",
             )
         ),
         distributed.trial_resources(resources, spec.workers_per_trial),

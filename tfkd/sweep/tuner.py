@@ -22,10 +22,12 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tfkd import tracking
 from tfkd.core import data
-from tfkd.sweep import callbacks, cluster, samplers, summary, trainable
+from tfkd.core.errors import UserError
+from tfkd.sweep import callbacks, cluster, distributed, samplers, state_files, summary, trainable
 from tfkd.sweep.asha import ResumableASHA, ScheduleASHA, SchedulerState
 from tfkd.sweep.spec import MODE, SweepResult, SweepSpec, param_space, storage_uri
 from tfkd.sweep.storage import GIVEN_CONFIG_KEY
+from tfkd.tracking import state as tracking_state
 
 # The latest checkpoints are kept (restore always finds the one the experiment state names);
 # the best weights are kept apart, in the trial's home (tfkd.sweep.record.TrialRecord).
@@ -67,7 +69,16 @@ def sweep_environment(spec: SweepSpec) -> Iterator[None]:
 
 
 def _concurrency(spec: SweepSpec) -> int | None:
-    return spec.max_concurrent if spec.max_concurrent and spec.max_concurrent > 0 else None
+    """--max-concurrent; for data-parallel trials (whose workers Ray Train schedules outside
+    the trial's reservation) at most as many as the cluster has workers for."""
+    if spec.max_concurrent and spec.max_concurrent > 0:
+        return spec.max_concurrent
+    if spec.workers_per_trial > 1:
+        import ray
+
+        cluster_total = ray.cluster_resources()
+        return distributed.trials_that_fit(cluster_total, resources(spec), spec.workers_per_trial)
+    return None
 
 
 # A model-based search proposes at most 1/FIRST_WAVE_SHARE of its budget before any result...
@@ -247,9 +258,15 @@ class _OptunaSearch(OptunaSearch):
         self._last_epoch: dict[str, int] = {}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if self.metric in result:
-            self._last_epoch[trial_id] = int(result.get("epoch", 0))
-            super().on_trial_result(trial_id, result)
+        """An epoch's value becomes the trial's intermediate value at that epoch (Ray's searcher
+        reports at `training_iteration`, which a restored trial restarts from 1: the last value,
+        reported below at its epoch, would mix the two)."""
+        if self.metric not in result or trial_id in self._completed_trials:
+            return
+        epoch = int(result.get("epoch", 0))
+        if epoch > self._last_epoch.get(trial_id, 0) and trial_id in self._ot_trials:
+            self._ot_trials[trial_id].report(result[self.metric], epoch)
+            self._last_epoch[trial_id] = epoch
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         """The result a trial ends on (its last epoch, or the rung ASHA stopped it at) comes here,
@@ -319,15 +336,32 @@ def _run_config(
     )
 
 
+def experiment_uri(spec: SweepSpec) -> str:
+    """The experiment's folder (or URI) as Tune names it."""
+    return f"{storage_uri(spec.storage).rstrip('/')}/{spec.name}"
+
+
 def _restored(spec: SweepSpec, fn) -> tune.Tuner | None:
     """The interrupted sweep's Tuner, or None when it was interrupted before Tune saved any
-    state: nothing of it ran, so --resume starts it afresh under the same name."""
-    experiment = f"{storage_uri(spec.storage).rstrip('/')}/{spec.name}"
+    state: nothing of it ran, so --resume starts it afresh under the same name. The command
+    line has compared its state files with their recorded digests (tfkd.sweep.state_files)."""
+    experiment = experiment_uri(spec)
     if not tune.Tuner.can_restore(experiment):
         return None
-    return tune.Tuner.restore(
-        experiment, trainable=fn, resume_unfinished=True, resume_errored=True, restart_errored=False
-    )
+    try:
+        return tune.Tuner.restore(
+            experiment,
+            trainable=fn,
+            resume_unfinished=True,
+            resume_errored=True,
+            restart_errored=False,
+        )
+    except Exception as exc:  # unreadable state (truncated, from another Ray): one line
+        said = (str(exc).strip().splitlines() or [""])[0]
+        raise UserError(
+            f"--resume: Ray cannot load the saved state of sweep {spec.name} "
+            f"({exc.__class__.__name__}: {said}); start a new sweep under another --name"
+        ) from None
 
 
 def _total_trials(spec: SweepSpec) -> int:
@@ -370,8 +404,13 @@ def _tuner(spec: SweepSpec, packed: Mapping[str, Any]) -> tune.Tuner:
 def _fit(tuner: tune.Tuner, spec: SweepSpec, record_best: bool) -> SweepResult:
     """Run the Tuner; close the sweep's run as what happened (never FINISHED when interrupted)."""
     callbacks.INTERRUPTED.clear()
-    with callbacks.noticing_tunes_interrupt():
-        grid = tuner.fit()
+    try:
+        with callbacks.noticing_tunes_interrupt():
+            grid = tuner.fit()
+    finally:  # however the session ends, the state the next --resume may load is Tune's own
+        tracking_state.record_state_digests(
+            spec.tracking, state_files.state_digests(experiment_uri(spec))
+        )
     result = summary.summarise(grid, spec, interrupted=callbacks.INTERRUPTED.is_set())
     local = "://" not in result.experiment_path
     # trials that ended while the tracking server was down: their writes go first, if it is back

@@ -87,7 +87,7 @@ def _open_run(run: BoundRun, client, op: dict[str, Any]) -> None:
 
         params = [Param(k, v) for k, v in sorted(op["params"].items())]
         client.log_batch(run_id, params=params)
-    client.log_batch(run_id, tags=_tag_list(op["run_tags"]))
+    client.log_batch(run_id, tags=_tag_list(_with_earlier_nodes(op["run_tags"], found)))
     session = op.get("session", 0)
     verdict = _verdict(client, op["parent_run_id"], op["trial_id"])
     if verdict is not None and verdict.get("session", 0) >= session:
@@ -97,6 +97,27 @@ def _open_run(run: BoundRun, client, op: dict[str, Any]) -> None:
     run.run_id = run_id
     run.logged_steps = {int(m.step) for m in client.get_metric_history(run_id, "epoch")}
     run.opened.set()
+
+
+def _with_earlier_nodes(run_tags: Mapping[str, str], found) -> dict[str, str]:
+    """`run_tags` with the run's earlier ray_nodes kept in front: an attempt that died before
+    its first checkpoint left its node only in the run (the next attempt's record lacks it)."""
+    tags = dict(run_tags)
+    earlier = found.data.tags.get("ray_nodes", "") if found is not None else ""
+    if "ray_nodes" in tags and earlier:
+        tags["ray_nodes"] = ",".join(joined_nodes(earlier.split(","), tags["ray_nodes"].split(",")))
+    return tags
+
+
+def joined_nodes(earlier: list[str], recorded: list[str]) -> list[str]:
+    """The nodes of a run's earlier attempts followed by an attempt's record, where the record's
+    start repeats the end of the earlier list (restored from a checkpoint that knew them)."""
+    recorded = [node for node in recorded if node]
+    overlap = next(
+        (n for n in range(min(len(earlier), len(recorded)), 0, -1) if earlier[-n:] == recorded[:n]),
+        0,
+    )
+    return [*earlier, *recorded[overlap:]]
 
 
 def _status_session(found) -> int:

@@ -42,6 +42,7 @@ class TrackingContext:
     system_metrics: bool = False  # each trial logs CPU, memory (and GPU) use as system/...
     session: int = 1  # the sweep's first start is session 1, each --resume the next
     grace_s: float = END_OF_SWEEP_GRACE_S  # the sweep's end waits this long for a down server
+    resumed_status: str = ""  # on --resume, the sweep run's status before this session
 
     @property
     def flush_s(self) -> float:
@@ -73,7 +74,7 @@ def start_sweep(
     experiment_id = store.ensure_experiment(uri, experiment)
     client = store.mlflow_client(uri)
     parent = store.newest_run_named(client, experiment_id, kind, run_name) if resume else None
-    session = 1
+    session, resumed_status = 1, ""
     if parent is None:
         all_tags = {
             **tags,
@@ -89,6 +90,7 @@ def start_sweep(
         )
     else:
         session = int(parent.data.tags.get(store.SESSION_TAG, 1)) + 1
+        resumed_status = parent.info.status
         client.set_tag(parent.info.run_id, store.SESSION_TAG, str(session))
         client.update_run(parent.info.run_id, status="RUNNING")
     return TrackingContext(
@@ -104,6 +106,7 @@ def start_sweep(
         system_metrics=system_metrics,
         session=session,
         grace_s=END_OF_SWEEP_GRACE_S if grace_s is None else grace_s,
+        resumed_status=resumed_status,
     )
 
 
@@ -172,6 +175,8 @@ def finish_sweep(
     """
     if context is None:
         return True
+    if context.resumed_status == "FINISHED" and status == "KILLED":
+        status = "FINISHED"  # every trial had ended: a resume interrupted or failed keeps that
     box = _sweep_box(context)
     box.put(
         {

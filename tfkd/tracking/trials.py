@@ -83,10 +83,12 @@ class TrialTracker:
         self.closed = False
         self.outbox = Outbox(outbox_dir, context.uri)
         self.outbox.put(self._open_op(trial_id, trial_name))
+        best_so_far = float("-inf")
         for metrics in record.history:  # epochs trained before a restart, if the run lacks them
-            self._put_epoch(metrics)
-        if record.best_epoch:
-            self._put_best()
+            value = metrics.get(record.best_metric) if record.best_metric else None
+            improved = isinstance(value, (int, float)) and value > best_so_far
+            best_so_far = max(best_so_far, value) if improved else best_so_far
+            self._put_epoch(metrics, improved)
         self.system_monitor = None
         if context.system_metrics:  # once the outbox has opened the run
             threading.Thread(target=self._start_system_metrics, daemon=True).start()
@@ -118,24 +120,23 @@ class TrialTracker:
             "run_tags": {"ray_node_id": nodes[-1] if nodes else "", "ray_nodes": ",".join(nodes)},
         }
 
-    def _put_epoch(self, metrics: Mapping[str, Any]) -> None:
+    def _put_epoch(self, metrics: Mapping[str, Any], best: bool) -> None:
+        """The epoch's metrics, with best_epoch_<metric> when it is a new best: one write per
+        epoch, which the run takes once however often a restarted trial sends it again."""
         epoch = int(metrics["epoch"])
-        self.outbox.put({"op": "epoch", "step": epoch, "metrics": numeric(metrics)})
-
-    def _put_best(self) -> None:
+        values = numeric(metrics)
         # the trial's best epoch (its weights are best_checkpoint; every epoch's reported_epoch
-        # metric names it too); the sweep run's best_* metrics are those of its best trial
-        if not self.record.best_metric:  # no validation split: the final epoch is reported
-            return
-        best = {f"best_epoch_{self.record.best_metric}": self.record.best_accuracy}
-        self.outbox.put({"op": "metrics", "step": self.record.best_epoch, "metrics": best})
+        # metric names it too); the sweep run's best_* metrics are those of its best trial.
+        # Without a validation split (no best_metric) the final epoch is reported.
+        metric = self.record.best_metric
+        if best and metric and metric in values:
+            values[f"best_epoch_{metric}"] = values[metric]
+        self.outbox.put({"op": "epoch", "step": epoch, "metrics": values})
 
     def on_epoch(self, metrics: Mapping[str, Any], checkpoint_dir: str, best: bool) -> None:
         """Queue the epoch's metrics (and new best, snapshot, teacher registrations)."""
         epoch = int(metrics["epoch"])
-        self._put_epoch(metrics)
-        if best:
-            self._put_best()
+        self._put_epoch(metrics, best)
         accuracy = metrics.get("val_accuracy", metrics.get("train_accuracy"))
         if epoch in self.context.snapshot_epochs and self.context.registered_model:
             tags = {"kind": "snapshot", "epoch": epoch, "val_accuracy": accuracy}
