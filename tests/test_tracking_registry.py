@@ -4,8 +4,11 @@ store; the expected winner is read off the accuracies each trial reported, by ha
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
+import pytest
 import torch
 from mlflow import MlflowClient
 
@@ -79,3 +82,45 @@ def test_paper_runs_alone_rank_on_their_test_accuracy_not_their_train_accuracy(t
     assert best_run(uri) == b
     version = MlflowClient(uri).get_model_version_by_alias(MODEL, teachers.BEST_ALIAS)
     assert "val_accuracy" not in version.tags  # no validation split: no number pretends to be one
+
+
+def test_downloaded_teachers_stay_out_of_the_temp_folder_and_the_cache_is_bounded(
+    tmp_path, monkeypatch
+):
+    uri = sqlite_uri(tmp_path)
+    temp, cache = tmp_path / "tmp", tmp_path / "cache"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.setattr("tempfile.tempdir", str(temp))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    locations = []
+    for number in range(teachers.TEACHER_CACHE_KEEP + 2):
+        weights = tmp_path / f"w{number}" / "model.pt"
+        weights.parent.mkdir()
+        torch.save({"model": {"w": torch.full((2,), float(number))}}, weights)
+        run = client.create_run(experiment).info.run_id
+        client.log_artifact(run, str(weights), "teacher")
+        locations.append(f"runs:/{run}/teacher")
+
+    first = teachers.local_path(locations[0], uri)  # a real download through MLflow
+    assert torch.equal(torch.load(first, weights_only=True)["model"]["w"], torch.zeros(2))
+    assert teachers.local_path(locations[0], uri) == first  # once per node
+    with pytest.raises(Exception):  # noqa: B017  (MLflow's own error: no such run)
+        teachers.local_path("runs:/0123456789abcdef0123456789abcdef/teacher", uri)
+    assert list(temp.iterdir()) == []  # nothing of tfkd's in the temp folder, even on failure
+    root = cache / "tfkd" / "teachers"
+    assert len(list(root.iterdir())) == 1  # the failed download left no staging folder
+
+    def last_used_long_ago(weights: str, order: int) -> Path:
+        folder = root / Path(weights).relative_to(root).parts[0]
+        when = time.time() - 2 * teachers.TEACHER_CACHE_IN_USE_S + order
+        os.utime(folder, (when, when))
+        return folder
+
+    used = [last_used_long_ago(first, 0)]
+    for order, location in enumerate(locations[1:], start=1):
+        used.append(last_used_long_ago(teachers.local_path(location, uri), order))
+    # the 8 used most recently are kept (the last one downloaded counts as used now)
+    assert sorted(root.iterdir()) == sorted(used[-teachers.TEACHER_CACHE_KEEP :])

@@ -12,12 +12,17 @@ tfkd.sweep.storage; the sweep itself in tfkd.sweep (Ray) and its runs in tfkd.tr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from tfkd.cli import flags, outcome, saved_flags, teachers
 from tfkd.cli.flags import (
+    EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
 )
@@ -32,6 +37,20 @@ from tfkd.sweep import status as progress
 def _user_error(message: str) -> int:
     print(f"tune_main.py: error: {message}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def _unexpected(error: Exception, name: str | None) -> int:
+    """An error tfkd did not foresee: one line naming it and the log that holds its traceback."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    log = cache / "tfkd" / "errors" / f"{name or 'tune_main'}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("".join(traceback.format_exception(error)))
+    said = (str(error).splitlines() or [""])[0]
+    print(
+        f"tune_main.py: error: {error.__class__.__name__}: {said} (the traceback is in {log})",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED
 
 
 def _teacher_args(args: argparse.Namespace, teacher: teachers.Teacher) -> argparse.Namespace:
@@ -243,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _user_error(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
     except KeyboardInterrupt:  # while checking: nothing started
         return outcome.interrupted(args, args.name)
+    except Exception as exc:
+        return _unexpected(exc, args.name)
     try:
         with cluster.session(args.address):
             return run_prepared(prepared)
@@ -250,5 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _user_error(str(exc).splitlines()[0])
     except KeyboardInterrupt:  # before Tune's handler, or a second Ctrl-C cut its stop short
         return outcome.interrupted(args, prepared.plan.name)
+    except Exception as exc:
+        return _unexpected(exc, prepared.plan.name)
     finally:
         prepared.lock.release()

@@ -16,6 +16,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 
 from tfkd.core import protocol
 from tfkd.core.errors import UserError
+from tfkd.tracking.store import client as existing_store
 from tfkd.tracking.store import import_mlflow, mlflow_client
 
 TEACHER_ARTIFACT = "teacher"
@@ -129,7 +131,7 @@ def registered_teacher(
         f"train one with: {train_command} (or pass --teacher-checkpoint / --teacher-run, or "
         "--train-teacher)"
     )
-    client = mlflow_client(uri)
+    client = existing_store(uri)  # None: no SQLite store yet (a refusal must not create one)
     if not run:
         try:
             return _registered(name, client.get_model_version_by_alias(name, alias))
@@ -159,6 +161,8 @@ def registered_by(uri: str, dataset: str, model: str, teacher_run: str) -> list[
 
 
 def _versions(client, name: str) -> list:
+    if client is None:
+        return []
     try:
         return list(client.search_model_versions(f"name = '{name}'"))
     except Exception:  # no such registered model yet
@@ -168,8 +172,8 @@ def _versions(client, name: str) -> list:
 def teacher_uri_from_run(uri: str, run_id: str) -> str:
     """The weights artifact of a run (its registered teacher, else its best checkpoint)."""
     try:
-        run = mlflow_client(uri).get_run(run_id)
-    except Exception:
+        run = existing_store(uri).get_run(run_id)
+    except Exception:  # no such run, or no store at all (None)
         raise UserError(f"--teacher-run {run_id}: no such run at {uri}") from None
     for path in (TEACHER_ARTIFACT, BEST_ARTIFACT):
         if mlflow_client(uri).list_artifacts(run.info.run_id, path):
@@ -255,26 +259,82 @@ def move_best_alias(client, name: str) -> None:
         client.set_registered_model_tag(name, BEST_RANKING_TAG, ranking.describe())
 
 
+# Teachers downloaded from MLflow are kept in the user's cache folder, once per node, never in
+# the temp folder: the TEACHER_CACHE_KEEP most recently used stay; a download removes older ones
+# not used in the last TEACHER_CACHE_IN_USE_S (a trial may still be loading one), and the
+# staging folders of downloads whose process died.
+TEACHER_CACHE_KEEP = 8
+TEACHER_CACHE_IN_USE_S = 3600.0
+STAGING_PREFIX = ".staging-"
+
+
+def teacher_cache() -> Path:
+    """Where downloaded teachers are kept: $XDG_CACHE_HOME/tfkd/teachers (~/.cache/...)."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "tfkd" / "teachers"
+
+
 def local_path(value: str, uri: str | None = None) -> str:
-    """A teacher location as a local file: MLflow URIs are downloaded once per node."""
+    """A teacher location as a local file: MLflow URIs are downloaded once per node into the
+    teacher cache (`teacher_cache`, bounded: TEACHER_CACHE_KEEP)."""
     if not value.startswith(MLFLOW_SCHEMES):
         return value
-    cache = (
-        Path(tempfile.gettempdir())
-        / "tfkd-teachers"
-        / hashlib.sha1(f"{uri}|{value}".encode()).hexdigest()[:16]
-    )
+    cache = teacher_cache() / hashlib.sha1(f"{uri}|{value}".encode()).hexdigest()[:16]
     if not cache.is_dir():
-        staging = Path(tempfile.mkdtemp(prefix="tfkd-teacher-"))
-        import_mlflow().artifacts.download_artifacts(
-            artifact_uri=value, dst_path=str(staging), tracking_uri=uri
-        )
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(staging, cache)
-        except OSError:  # another trial on this node was faster
-            shutil.rmtree(staging, ignore_errors=True)
+        _download(value, uri, cache)
+    os.utime(cache)  # used now: kept by the eviction below
     files = sorted(cache.rglob("*.pt"))
     if not files:
         raise FileNotFoundError(f"no weights (*.pt) in teacher artifact {value}")
     return str(files[0])
+
+
+def _download(value: str, uri: str | None, cache: Path) -> None:
+    """Download into a staging folder beside the cache, then rename it into place; a failed
+    download leaves nothing (its staging folder is removed), and then the cache is trimmed."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_staging(cache.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=cache.parent))
+    try:
+        import_mlflow().artifacts.download_artifacts(
+            artifact_uri=value, dst_path=str(staging), tracking_uri=uri
+        )
+        os.replace(staging, cache)
+    except OSError:
+        if not cache.is_dir():  # not: another trial on this node was faster
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _evict(cache.parent)
+
+
+def _remove_dead_staging(root: Path) -> None:
+    """Staging folders of downloads whose process no longer runs (killed mid-download)."""
+    for folder in root.glob(f"{STAGING_PREFIX}*-*"):
+        pid = folder.name.removeprefix(STAGING_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _evict(root: Path) -> None:
+    """Keep the TEACHER_CACHE_KEEP teachers used most recently, and any used within the last
+    TEACHER_CACHE_IN_USE_S."""
+    kept = sorted(
+        (f for f in root.iterdir() if f.is_dir() and not f.name.startswith(STAGING_PREFIX)),
+        key=lambda f: f.stat().st_mtime,
+        reverse=True,
+    )
+    recent = time.time() - TEACHER_CACHE_IN_USE_S
+    for folder in kept[TEACHER_CACHE_KEEP:]:
+        if folder.stat().st_mtime < recent:
+            shutil.rmtree(folder, ignore_errors=True)

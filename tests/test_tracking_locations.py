@@ -1,0 +1,69 @@
+"""Where runs go: a tracking location that cannot take them is refused before anything starts,
+a refused command leaves no database behind, and a start that fails before its first trial
+leaves nothing that blocks the retry. Each runs tune_main.py as a user would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_ok, assert_one_line, clean_env, tune_main
+
+ONE_EPOCH = "--mode baseline --dataset digits --model resnet8 --fixed --epochs 2"
+
+
+def created_files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_an_unwritable_tracking_location_is_one_line_exit_2_and_creates_nothing(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")  # as root, only a file stops every write
+    before = created_files(tmp_path)
+    done = tune_main(
+        ONE_EPOCH,
+        mlflow_uri=f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}",
+        name="ro",
+        storage=tmp_path / "ray_results",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert_one_line(done.stderr, "cannot write", "a-file", "--mlflow-uri")
+    assert created_files(tmp_path) == before  # no results folder, no lock, no saved flags
+
+
+def test_a_refused_command_creates_no_database_in_the_working_folder(tmp_path):
+    done = tune_main(  # the default store (./mlflow.db) holds no teacher: refused
+        "--mode kd --dataset digits --model resnet8 --teacher resnet8 --fixed --epochs 2",
+        cwd=tmp_path,
+        env=clean_env(HOME=str(tmp_path / "home")),
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert_one_line(done.stderr, "no teacher")
+    assert created_files(tmp_path) == []  # neither mlflow.db nor mlflow.db.lock
+
+
+@pytest.mark.slow
+def test_a_start_that_fails_before_its_first_trial_is_one_line_and_blocks_no_retry(tmp_path):
+    """A store that passes the checks but is no database fails once Ray has started: one line
+    naming the log with the traceback; then the same --name on a good store runs, untroubled,
+    and says nothing of MLflow's or Ray's own."""
+    broken = tmp_path / "broken.db"
+    broken.write_bytes(b"not a SQLite database" * 100)
+    env = clean_env(XDG_CACHE_HOME=str(tmp_path / "cache"))
+    failed = tune_main(
+        ONE_EPOCH, mlflow_uri=f"sqlite:///{broken}", name="again", cwd=tmp_path, env=env
+    )
+    assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr[-3000:]
+    (line,) = [x for x in failed.stderr.splitlines() if x.startswith("tune_main.py")]
+    assert "Traceback" not in failed.stderr and "the traceback is in" in line
+    (log,) = (tmp_path / "cache" / "tfkd" / "errors").iterdir()
+    assert str(log) in line and "Traceback" in log.read_text()
+
+    done = tune_main(ONE_EPOCH, name="again", cwd=tmp_path, env=env, set="fake_size=256")
+    assert_ok(done)
+    said = done.stdout + done.stderr
+    assert "View run" not in said and "View experiment" not in said  # MLflow's own links
+    assert "raylet" not in said.lower(), said[-3000:]
+    assert "[tfkd] compare the trials in MLflow" in done.stdout
+    assert not (tmp_path / "mlflow.db.lock").exists()
