@@ -60,7 +60,7 @@ def test_a_start_that_fails_before_its_first_trial_is_one_line_and_blocks_no_ret
     (log,) = (tmp_path / "cache" / "tfkd" / "errors").iterdir()
     assert str(log) in line and "Traceback" in log.read_text()
 
-    done = tune_main(ONE_EPOCH, name="again", cwd=tmp_path, env=env, set="fake_size=256")
+    done = tune_main(ONE_EPOCH, name="again", cwd=tmp_path, env=env)
     assert_ok(done)
     said = done.stdout + done.stderr
     assert "View run" not in said and "View experiment" not in said  # MLflow's own links

@@ -247,9 +247,17 @@ def run_prepared(prepared: Prepared) -> int:
     code = outcome.print_outcome(result, plan, args)
     if context is not None and args.mode == "baseline":
         print_registered(plan, prepared.mlflow_uri)
-    if context is not None and code == EXIT_OK:
+    if context is not None and code == EXIT_OK and _sweep_files_sent(context, result):
         outcome.print_comparison(context)
     return code
+
+
+def _sweep_files_sent(context, result) -> bool:
+    """Whether the sweep run's writes (its trials.html among them) reached MLflow: the link to
+    compare the trials is printed only then."""
+    from tfkd import tracking
+
+    return str(tracking.sweep_outbox(context)) not in result.tracking_pending
 
 
 def main(argv: Sequence[str] | None = None) -> int:

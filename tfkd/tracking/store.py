@@ -60,10 +60,17 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+# MLflow's client prints "View run ... / View experiment ..." to stdout whenever it ends a run on
+# a server; tfkd prints its own link once, where the sweep's comparison is
+SILENT_CLIENT_ENV = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+
+
 def mlflow_client(uri: str):
-    """An MlflowClient for `uri`, with MLflow's and alembic's INFO chatter silenced."""
+    """An MlflowClient for `uri`, with MLflow's and alembic's chatter silenced."""
     mlflow = import_mlflow()  # before _quiet: importing mlflow configures its loggers
     _quiet()
+    for name, value in SILENT_CLIENT_ENV.items():
+        os.environ.setdefault(name, value)
     return mlflow.MlflowClient(tracking_uri=uri)
 
 
