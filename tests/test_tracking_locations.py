@@ -4,6 +4,9 @@ leaves nothing that blocks the retry. Each runs tune_main.py as a user would."""
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -67,3 +70,27 @@ def test_a_start_that_fails_before_its_first_trial_is_one_line_and_blocks_no_ret
     assert "raylet" not in said.lower(), said[-3000:]
     assert "[tfkd] compare the trials in MLflow" in done.stdout
     assert not (tmp_path / "mlflow.db.lock").exists()
+
+
+@contextmanager
+def read_only_mount(folder: Path) -> Iterator[Path]:
+    """A read-only tmpfs at `folder` (skips where this process may not mount one)."""
+    folder.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)]
+    if subprocess.run(mount, capture_output=True).returncode:
+        pytest.skip("mounting a read-only tmpfs needs root with CAP_SYS_ADMIN")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_store_on_a_read_only_mount_is_refused_before_anything_is_created(tmp_path):
+    from tfkd.core.errors import UserError
+    from tfkd.tracking import store
+
+    with read_only_mount(tmp_path / "ro") as folder:
+        for uri in (f"sqlite:///{folder / 'mlflow.db'}", f"sqlite:///{folder / 'a' / 'mlflow.db'}"):
+            with pytest.raises(UserError, match="Read-only file system"):
+                store.check_reachable(uri)
+            assert not store.reachable(uri)  # an outbox waits for it: nothing is set aside

@@ -167,7 +167,8 @@ class Outbox:
                     if self._abandoned:
                         return False  # the rest waits on disk for a later outbox or replay
                     self.busy_retries += 1
-                    logger.info("MLflow store busy (%s); retrying %s", exc, op["op"])
+                    said = (str(exc).splitlines() or [""])[0][:200]
+                    logger.info("MLflow store busy (%s); retrying %s", said, op["op"])
                     time.sleep(busy_delay * random.uniform(0.5, 1.5))
                     busy_delay = min(2 * busy_delay, BUSY_RETRY_SECONDS[1])
                     continue

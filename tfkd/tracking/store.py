@@ -171,7 +171,14 @@ def _check_writable_folder(folder: Path, uri: str) -> None:
 
 
 def reachable(uri: str) -> bool:
-    """A tracking server answers /health (local stores are always there)."""
+    """A tracking server answers /health; a SQLite store can be written (a database that became
+    unwritable is an outage: its writes wait, they are not refused); other stores are there."""
+    if uri.startswith(SQLITE):
+        try:
+            _check_writable_file(Path(uri.removeprefix(SQLITE)), uri)
+        except UserError:
+            return False
+        return True
     if not is_server(uri):
         return True
     try:
