@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_ok, assert_one_line, clean_env, tune_main
+from conftest import assert_ok, assert_one_line, clean_env, sqlite_uri, tune_main
 
 ONE_EPOCH = "--mode baseline --dataset digits --model resnet8 --fixed --epochs 2"
 
@@ -48,14 +48,18 @@ def test_a_refused_command_creates_no_database_in_the_working_folder(tmp_path):
 
 @pytest.mark.slow
 def test_a_start_that_fails_before_its_first_trial_is_one_line_and_blocks_no_retry(tmp_path):
-    """A store that passes the checks but is no database fails once Ray has started: one line
-    naming the log with the traceback; then the same --name on a good store runs, untroubled,
-    and says nothing of MLflow's or Ray's own."""
-    broken = tmp_path / "broken.db"
-    broken.write_bytes(b"not a SQLite database" * 100)
+    """The experiment a sweep names was deleted in MLflow: creating the sweep's run fails once
+    Ray has started, after the lock and the saved flags. One line naming the log with the
+    traceback; then the same --name in another experiment runs, untroubled, and says nothing of
+    MLflow's or Ray's own."""
+    from mlflow import MlflowClient
+
+    uri = sqlite_uri(tmp_path)
+    client = MlflowClient(uri)
+    client.delete_experiment(client.create_experiment("gone"))
     env = clean_env(XDG_CACHE_HOME=str(tmp_path / "cache"))
     failed = tune_main(
-        ONE_EPOCH, mlflow_uri=f"sqlite:///{broken}", name="again", cwd=tmp_path, env=env
+        ONE_EPOCH, mlflow_uri=uri, experiment="gone", name="again", cwd=tmp_path, env=env
     )
     assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr[-3000:]
     (line,) = [x for x in failed.stderr.splitlines() if x.startswith("tune_main.py")]
@@ -63,13 +67,13 @@ def test_a_start_that_fails_before_its_first_trial_is_one_line_and_blocks_no_ret
     (log,) = (tmp_path / "cache" / "tfkd" / "errors").iterdir()
     assert str(log) in line and "Traceback" in log.read_text()
 
-    done = tune_main(ONE_EPOCH, name="again", cwd=tmp_path, env=env)
+    done = tune_main(ONE_EPOCH, mlflow_uri=uri, name="again", cwd=tmp_path, env=env)
     assert_ok(done)
     said = done.stdout + done.stderr
     assert "View run" not in said and "View experiment" not in said  # MLflow's own links
     assert "raylet" not in said.lower(), said[-3000:]
     assert "[tfkd] compare the trials in MLflow" in done.stdout
-    assert not (tmp_path / "mlflow.db.lock").exists()
+    assert not list(tmp_path.glob("*.lock"))  # no lock file beside the database
 
 
 @contextmanager
