@@ -96,5 +96,5 @@ def test_a_store_on_a_read_only_mount_is_refused_before_anything_is_created(tmp_
     with read_only_mount(tmp_path / "ro") as folder:
         for uri in (f"sqlite:///{folder / 'mlflow.db'}", f"sqlite:///{folder / 'a' / 'mlflow.db'}"):
             with pytest.raises(UserError, match="Read-only file system"):
-                store.check_reachable(uri)
+                store.check_location(uri)
             assert not store.reachable(uri)  # an outbox waits for it: nothing is set aside

@@ -98,7 +98,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
         from tfkd import tracking
 
         mlflow_uri = tracking.resolve_uri(args.mlflow_uri)
-        tracking.check_reachable(mlflow_uri)
+        tracking.check_location(mlflow_uri)  # reachable and writable
         tracking.check_new_sweep(mlflow_uri, plan.experiment, plan.name, args.resume)
     teacher = teachers.resolve(teachers.TeacherRequest.from_args(args), mlflow_uri)
     plan, teacher_accuracy = _attach_teacher(plan, teacher, dataset, mlflow_uri)

@@ -33,6 +33,7 @@ from tfkd.tracking.runs import (
 from tfkd.tracking.store import (
     KIND_TAG,
     TRIAL_TAG,
+    check_location,
     check_reachable,
     ensure_experiment,
     mlflow_client,
@@ -65,6 +66,7 @@ __all__ = [
     "Outbox",
     "TrackingContext",
     "TrialTracker",
+    "check_location",
     "check_new_sweep",
     "check_reachable",
     "close_trial_run",

@@ -110,17 +110,21 @@ def _health_status(uri: str, timeout: float) -> int:
         return response.status
 
 
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """The tracking location must take the sweep's runs before anything starts: a server must
+def check_location(uri: str, timeout: float = 5.0) -> None:
+    """Where a sweep's runs go must take them, checked before anything starts: a server must
     answer /health; a local store (SQLite, a folder) must be writable where it is or would be
     created. Checks only: nothing is created (a refused command leaves no database behind)."""
     if uri.startswith(SQLITE):
         _check_writable_file(Path(uri.removeprefix(SQLITE)), uri)
-        return
-    if uri.startswith("file:"):
+    elif uri.startswith("file:"):
         folder = Path(urllib.request.url2pathname(urllib.parse.urlparse(uri).path))
         _check_writable_folder(folder, uri)
-        return
+    check_reachable(uri, timeout)
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """A tracking server must answer /health before anything reads or writes it (local stores
+    are always there)."""
     if not is_server(uri):
         return
     try:
