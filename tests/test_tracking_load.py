@@ -1,11 +1,11 @@
 """Many trials writing the default SQLite store at once: nothing set aside, every epoch once.
 
-SQLite lets one writer in at a time; the others wait a few seconds, then fail with "database is
-locked". That is the store being busy, not refusing: the outbox must retry it until it goes
-through, and set aside only what the store truly refuses. Each trial here is a real process's
-real outbox (as in a Ray trial: its own process, its own outbox folder), several trials per
-process and several processes at once, all against one SQLite file; what MLflow holds at the
-end is read back and compared with what every trial wrote.
+SQLite lets one writer in at a time; the others wait (MLflow sets SQLite's busy timeout to
+20 s), then fail with "database is locked". That is the store being busy, not refusing: the
+outbox must retry it until it goes through, and set aside only what the store truly refuses.
+Each trial here is a real process's real outbox (as in a Ray trial: its own process, its own
+outbox folder), several trials per process and several processes at once, all against one
+SQLite file; what MLflow holds at the end is read back and compared with what every trial wrote.
 
 Run as a script, this file is one such process (`python test_tracking_load.py ARGS`).
 """
