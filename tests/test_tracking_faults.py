@@ -62,6 +62,9 @@ def test_asha_stops_during_an_outage_end_finished_and_stopped_early_after_replay
     with sweep_past_its_first_checkpoint(workdir, "asha", ASHA_SWEEP, **down_for_good) as sweep:
         sweep.stop()
         assert sweep.driver.wait(timeout=300) == 0, sweep.log.read_text()[-3000:]
+        said = sweep.log.read_text()
+        assert "MLflow lacks" in said
+        assert "compare the trials in MLflow" not in said  # trials.html never reached it
         sweep.start()
         assert_ok(replay(sweep.experiment))
         assert_every_run_ends_true(sweep.uri)
@@ -83,5 +86,8 @@ def test_asha_stops_during_an_outage_the_server_back_before_the_sweep_ends(workd
         )
         sweep.start()
         assert sweep.driver.wait(timeout=300) == 0, sweep.log.read_text()[-3000:]
-        assert "MLflow lacks" not in sweep.log.read_text()
+        said = sweep.log.read_text()
+        assert "MLflow lacks" not in said
+        assert "[tfkd] compare the trials in MLflow" in said
+        assert "View run" not in said and "View experiment" not in said  # MLflow's own links
         assert_every_run_ends_true(sweep.uri)

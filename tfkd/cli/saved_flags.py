@@ -13,8 +13,9 @@ from typing import Any
 
 from tfkd.core import atomic
 from tfkd.core.errors import UserError
+from tfkd.sweep import storage
 
-FLAGS_FILE = "tfkd_flags.json"
+FLAGS_FILE = storage.FLAGS_FILE
 # what a resumed sweep must share with its start, as the user spells it
 FLAG_NAMES = {
     "mode": "--mode",

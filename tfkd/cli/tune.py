@@ -12,12 +12,17 @@ tfkd.sweep.storage; the sweep itself in tfkd.sweep (Ray) and its runs in tfkd.tr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from tfkd.cli import flags, outcome, saved_flags, teachers
 from tfkd.cli.flags import (
+    EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
 )
@@ -32,6 +37,20 @@ from tfkd.sweep import status as progress
 def _user_error(message: str) -> int:
     print(f"tune_main.py: error: {message}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def _unexpected(error: Exception, name: str | None) -> int:
+    """An error tfkd did not foresee: one line naming it and the log that holds its traceback."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    log = cache / "tfkd" / "errors" / f"{name or 'tune_main'}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("".join(traceback.format_exception(error)))
+    said = (str(error).splitlines() or [""])[0]
+    print(
+        f"tune_main.py: error: {error.__class__.__name__}: {said} (the traceback is in {log})",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED
 
 
 def teacher_run_name(student: str) -> str:
@@ -128,7 +147,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
         from tfkd import tracking
 
         mlflow_uri = tracking.resolve_uri(args.mlflow_uri)
-        tracking.check_reachable(mlflow_uri)
+        tracking.check_location(mlflow_uri)  # reachable and writable
         tracking.check_new_sweep(mlflow_uri, plan.experiment, plan.name, args.resume)
     _check_resume_state(args, plan, mlflow_uri)
     teacher = teachers.resolve(teachers.TeacherRequest.from_args(args), mlflow_uri)
@@ -323,9 +342,17 @@ def run_prepared(prepared: Prepared) -> int:
     code = outcome.print_outcome(result, plan, args)
     if context is not None and args.mode == "baseline":
         print_registered(plan, prepared.mlflow_uri)
-    if context is not None and code == EXIT_OK:
+    if context is not None and code == EXIT_OK and _sweep_files_sent(context, result):
         outcome.print_comparison(context)
     return code
+
+
+def _sweep_files_sent(context, result) -> bool:
+    """Whether the sweep run's writes (its trials.html among them) reached MLflow: the link to
+    compare the trials is printed only then."""
+    from tfkd import tracking
+
+    return str(tracking.sweep_outbox(context)) not in result.tracking_pending
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -338,6 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _user_error(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
     except KeyboardInterrupt:  # while checking: nothing started
         return outcome.interrupted(args, args.name)
+    except Exception as exc:
+        return _unexpected(exc, args.name)
     try:
         with cluster.session(args.address):
             return run_prepared(prepared)
@@ -345,5 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _user_error(str(exc).splitlines()[0])
     except KeyboardInterrupt:  # before Tune's handler, or a second Ctrl-C cut its stop short
         return outcome.interrupted(args, prepared.plan.name)
+    except Exception as exc:
+        return _unexpected(exc, prepared.plan.name)
     finally:
         prepared.lock.release()

@@ -20,6 +20,12 @@ DEFAULT_STORAGE = "./ray_results"
 # tfkd.sweep.tuner.run_configs nests each config it is given (reproductions, --fixed) under this
 # key of a Ray trial's config, and so of its params.json; analysis reads it back from there.
 GIVEN_CONFIG_KEY = "grid_config"
+# what tfkd writes in a sweep's folder before its first trial: the lock, the saved flags
+# (tfkd.cli.saved_flags) and the sweep run's outbox (tfkd.tracking's OUTBOX_DIR: not imported,
+# it would import torch before the command line's checks). A folder holding nothing
+# else never started: a failure before the first trial leaves it, and it blocks no retry.
+LOCK_FILE, FLAGS_FILE, SWEEP_OUTBOX_DIR = ".tfkd-sweep.lock", "tfkd_flags.json", "mlflow_outbox"
+BEFORE_THE_FIRST_TRIAL = frozenset({LOCK_FILE, FLAGS_FILE, SWEEP_OUTBOX_DIR})
 
 
 def sweep_folder_exists(storage: str, name: str) -> bool:
@@ -35,16 +41,34 @@ def sweep_folder_exists(storage: str, name: str) -> bool:
         raise UserError(f"--storage {storage}: not usable ({exc})") from None
 
 
+def sweep_started(storage: str, name: str) -> bool:
+    """Whether `<storage>/<name>` holds more than tfkd writes before a sweep's first trial
+    (BEFORE_THE_FIRST_TRIAL): Tune's state, trials' folders, results."""
+    if "://" not in storage:
+        folder = Path(storage).expanduser() / name
+        return folder.is_dir() and any(
+            entry.name not in BEFORE_THE_FIRST_TRIAL for entry in folder.iterdir()
+        )
+    if not sweep_folder_exists(storage, name):
+        return False
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(join(storage, name))
+    entries = fs.get_file_info(pyarrow.fs.FileSelector(path))
+    return any(Path(entry.path).name not in BEFORE_THE_FIRST_TRIAL for entry in entries)
+
+
 def check_storage(storage: str, name: str, resume: bool, *, reuse: bool = False) -> None:
     """A URI must name a filesystem pyarrow knows; --resume needs the experiment's folder, and
-    a new sweep must not reuse the folder of another (unless `reuse`: reproduce's reruns)."""
+    a new sweep must not reuse the folder of another (unless `reuse`: reproduce's reruns); a
+    folder left by a start that failed before its first trial is no other sweep's."""
     exists = sweep_folder_exists(storage, name)
     if resume and not exists:
         raise UserError(
             f"--resume: no experiment {name!r} under {storage}; run it without "
             "--resume first (or fix --name / --storage)"
         )
-    if not resume and exists and not reuse:
+    if not resume and exists and not reuse and sweep_started(storage, name):
         raise UserError(
             f"--name {name}: a sweep of that name exists under {storage}; continue it with "
             "--resume or choose another --name"
@@ -85,7 +109,7 @@ class SweepLock:
     file names the holder (pid, host) for the refusal message. URI storages are not locked.
     """
 
-    FILE = ".tfkd-sweep.lock"
+    FILE = LOCK_FILE
 
     def __init__(self, storage: str, name: str) -> None:
         self.handle = None

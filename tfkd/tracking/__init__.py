@@ -34,6 +34,7 @@ from tfkd.tracking.runs import (
 from tfkd.tracking.store import (
     KIND_TAG,
     TRIAL_TAG,
+    check_location,
     check_reachable,
     ensure_experiment,
     mlflow_client,
@@ -66,6 +67,7 @@ __all__ = [
     "Outbox",
     "TrackingContext",
     "TrialTracker",
+    "check_location",
     "check_new_sweep",
     "check_reachable",
     "close_trial_run",

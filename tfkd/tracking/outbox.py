@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shutil
 import threading
 import time
@@ -24,10 +25,14 @@ from tfkd.tracking import ops, store
 OUTBOX_DIR = "mlflow_outbox"
 OPS_FILE, SENT_FILE, URI_FILE = "ops.jsonl", "sent", "uri"
 RETRY_SECONDS = (1.0, 30.0)  # back-off while the tracking server is unreachable: first, longest
+# back-off while the store is busy (SQLite's "database is locked": another writer holds it past
+# SQLite's own wait): short and jittered, so waiting writers do not all come back at once
+BUSY_RETRY_SECONDS = (0.2, 5.0)
 # how long a sweep's end waits for a tracking server to come back (--tracking-grace); a trial's
 # end and the sweep run's last writes wait half of it
 END_OF_SWEEP_GRACE_S = 60.0
-SKIP_AFTER = 3  # a write the reachable store keeps refusing is set aside after this many tries
+SKIP_AFTER = 3  # a write the store keeps refusing is set aside after this many refusals (a busy
+# store is not refusing: its writes are retried until they go through, never set aside)
 REFUSED_FILE = "refused.jsonl"  # the writes the store refused: reported, never silently dropped
 # MLflow's own client retries a request for minutes with back-off; the outbox retries on its own
 # schedule instead, so each request gives up fast (set when the first outbox opens, not at import).
@@ -63,6 +68,8 @@ class Outbox:
         self._sent = _read_sent(self.folder)
         self._closing = False
         self._client = None
+        self.busy_retries = 0  # tries the store answered "busy" (retried, never set aside)
+        self._abandoned = False  # close() stopped waiting: what is unsent is left for later
         self._run = ops.BoundRun(uri, self.folder)
         self._thread = threading.Thread(target=self._drain, name="tfkd-outbox", daemon=True)
         _SENDING.add(self.folder.resolve())
@@ -90,6 +97,7 @@ class Outbox:
             self._closing = True
             self._lock.notify_all()
         self._thread.join(timeout)
+        self._abandoned = self._thread.is_alive()  # a busy store's retries stop: left on disk
         _SENDING.discard(self.folder.resolve())  # what is left is anyone's to send
         return self.pending() == 0
 
@@ -141,18 +149,29 @@ class Outbox:
         """Send one write, retrying while the server is unreachable; False: left for later.
 
         A write the reachable store keeps refusing is skipped (logged), except the one that
-        opens the run: nothing after it could be sent without it.
+        opens the run: nothing after it could be sent without it. A busy store (a transient
+        error, `store.is_transient`) is retried with a short back-off and never counts as a
+        refusal.
         """
         opening = op["op"] in ops.OPENING_OPS
         if not opening and self._run.run_id is None:
             return False  # the run could not be opened: keep everything for a later try
-        delay, refused = RETRY_SECONDS[0], 0
+        delay, busy_delay, refused = RETRY_SECONDS[0], BUSY_RETRY_SECONDS[0], 0
         while True:
             try:
                 self._client = self._client or store.mlflow_client(self.uri)
                 ops.send(self._run, self._client, op)
                 return True
-            except Exception as exc:  # the store refused, or could not be reached
+            except Exception as exc:  # the store refused, was busy, or could not be reached
+                if store.is_transient(exc):
+                    if self._abandoned:
+                        return False  # the rest waits on disk for a later outbox or replay
+                    self.busy_retries += 1
+                    said = (str(exc).splitlines() or [""])[0][:200]
+                    logger.info("MLflow store busy (%s); retrying %s", said, op["op"])
+                    time.sleep(busy_delay * random.uniform(0.5, 1.5))
+                    busy_delay = min(2 * busy_delay, BUSY_RETRY_SECONDS[1])
+                    continue
                 reachable = store.reachable(self.uri)
                 refused += reachable
                 if refused >= SKIP_AFTER and not opening:
@@ -173,7 +192,8 @@ class Outbox:
         logger.warning("MLflow refused %s (set aside in %s): %s", op["op"], REFUSED_FILE, reason)
         with open(self.folder / REFUSED_FILE, "a") as out:
             out.write(json.dumps({"op": op, "error": reason}) + "\n")
-        refused = sum(1 for _ in open(self.folder / REFUSED_FILE))
+        with open(self.folder / REFUSED_FILE) as kept:
+            refused = sum(1 for _ in kept)
         try:
             tag = {"tfkd.refused_writes": f"{refused} (see {self.folder / REFUSED_FILE})"}
             ops.send(self._run, self._client, {"op": "tags", "tags": tag})

@@ -132,18 +132,27 @@ def sweep_run(
 
 
 def check_new_sweep(uri: str, experiment: str, run_name: str, resume: bool) -> None:
-    """A new sweep must not take the name of a sweep run its experiment already has."""
+    """A new sweep must not take the name of a sweep run its experiment already has, unless that
+    run ended before its first trial (a start that failed: its name is free for a retry)."""
     if resume:
         return
     client = store.client(uri)  # None: a SQLite store that does not exist yet holds no runs
     found = client.get_experiment_by_name(experiment) if client else None
-    if found is not None and store.newest_run_named(
-        client, found.experiment_id, store.SWEEP, run_name
-    ):
-        raise UserError(
-            f"--name {run_name}: MLflow experiment {experiment!r} already has a sweep of that "
-            "name; continue it with --resume or choose another --name"
-        )
+    if found is None:
+        return
+    named = store.newest_run_named(client, found.experiment_id, store.SWEEP, run_name)
+    if named is None or _ended_before_its_first_trial(client, found.experiment_id, named):
+        return
+    raise UserError(
+        f"--name {run_name}: MLflow experiment {experiment!r} already has a sweep of that "
+        "name; continue it with --resume or choose another --name"
+    )
+
+
+def _ended_before_its_first_trial(client: Any, experiment_id: str, run: Any) -> bool:
+    return run.info.status in ("KILLED", "FAILED") and not store.child_runs(
+        client, experiment_id, run.info.run_id
+    )
 
 
 def log_sweep_metrics(context: TrackingContext | None, metrics: Mapping[str, float]) -> None:

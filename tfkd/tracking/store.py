@@ -12,7 +12,9 @@ import fcntl
 import logging
 import os
 import subprocess
+import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
@@ -58,10 +60,17 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+# MLflow's client prints "View run ... / View experiment ..." to stdout whenever it ends a run on
+# a server; tfkd prints its own link once, where the sweep's comparison is
+SILENT_CLIENT_ENV = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+
+
 def mlflow_client(uri: str):
-    """An MlflowClient for `uri`, with MLflow's and alembic's INFO chatter silenced."""
+    """An MlflowClient for `uri`, with MLflow's and alembic's chatter silenced."""
     mlflow = import_mlflow()  # before _quiet: importing mlflow configures its loggers
     _quiet()
+    for name, value in SILENT_CLIENT_ENV.items():
+        os.environ.setdefault(name, value)
     return mlflow.MlflowClient(tracking_uri=uri)
 
 
@@ -101,8 +110,21 @@ def _health_status(uri: str, timeout: float) -> int:
         return response.status
 
 
+def check_location(uri: str, timeout: float = 5.0) -> None:
+    """Where a sweep's runs go must take them, checked before anything starts: a server must
+    answer /health; a local store (SQLite, a folder) must be writable where it is or would be
+    created. Checks only: nothing is created (a refused command leaves no database behind)."""
+    if uri.startswith(SQLITE):
+        _check_writable_file(Path(uri.removeprefix(SQLITE)), uri)
+    elif uri.startswith("file:"):
+        folder = Path(urllib.request.url2pathname(urllib.parse.urlparse(uri).path))
+        _check_writable_folder(folder, uri)
+    check_reachable(uri, timeout)
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """A tracking server must answer /health before any trial starts."""
+    """A tracking server must answer /health before anything reads or writes it (local stores
+    are always there)."""
     if not is_server(uri):
         return
     try:
@@ -118,8 +140,49 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     raise UserError(f"MLflow tracking server {uri} answered /health with an error")
 
 
+def _unwritable(uri: str, where: Path, why: str) -> UserError:
+    return UserError(
+        f"MLflow store {uri}: cannot write {where} ({why}); choose a writable location with "
+        "--mlflow-uri sqlite:///PATH/mlflow.db (or MLFLOW_TRACKING_URI)"
+    )
+
+
+def _check_writable_file(database: Path, uri: str) -> None:
+    """A SQLite database (and the journal SQLite writes beside it) can be written."""
+    if database.exists():
+        if not database.is_file():
+            raise _unwritable(uri, database, "not a file")
+        try:
+            with open(database, "r+b"):  # opened for writing, nothing written
+                pass
+        except OSError as exc:
+            raise _unwritable(uri, database, exc.strerror or str(exc)) from None
+    _check_writable_folder(database.parent, uri)
+
+
+def _check_writable_folder(folder: Path, uri: str) -> None:
+    """The folder (or the nearest existing folder it would be created in) takes files."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise _unwritable(uri, folder, f"{existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):  # removed as it closes
+            pass
+    except OSError as exc:
+        raise _unwritable(uri, existing, exc.strerror or str(exc)) from None
+
+
 def reachable(uri: str) -> bool:
-    """A tracking server answers /health (local stores are always there)."""
+    """A tracking server answers /health; a SQLite store can be written (a database that became
+    unwritable is an outage: its writes wait, they are not refused); other stores are there."""
+    if uri.startswith(SQLITE):
+        try:
+            _check_writable_file(Path(uri.removeprefix(SQLITE)), uri)
+        except UserError:
+            return False
+        return True
     if not is_server(uri):
         return True
     try:
@@ -128,12 +191,32 @@ def reachable(uri: str) -> bool:
         return False
 
 
+# what SQLite says when another writer holds the database past its busy timeout: the store is
+# busy, not refusing (MLflow passes the driver's message on in its own exception's text)
+TRANSIENT_MARKERS = ("database is locked", "database is busy", "database table is locked")
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a failed write would go through if tried again: the store was busy."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if any(marker in str(error).lower() for marker in TRANSIENT_MARKERS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def _initialise_sqlite(database: Path) -> None:
-    """Create (or migrate) the store's tables under an exclusive lock beside the database."""
+    """Create (or migrate) the store's tables under an exclusive lock on the database's folder
+    (a lock on the folder itself leaves no lock file behind)."""
     database.parent.mkdir(parents=True, exist_ok=True)
-    with open(database.with_name(database.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    folder = os.open(database.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)  # released when the descriptor closes
         mlflow_client(f"{SQLITE}{database}").search_experiments(max_results=1)
+    finally:
+        os.close(folder)
 
 
 def _artifact_root(uri: str) -> str | None:

@@ -27,6 +27,7 @@ from tfkd.tracking.teachers import (
     SWEEP_RUN_ID_TAG,
     TEACHER_ARTIFACT,
     TEACHER_RUN_TAG,
+    ranking_tags,
 )
 
 
@@ -137,12 +138,18 @@ class TrialTracker:
         """Queue the epoch's metrics (and new best, snapshot, teacher registrations)."""
         epoch = int(metrics["epoch"])
         self._put_epoch(metrics, best)
-        accuracy = metrics.get("val_accuracy", metrics.get("train_accuracy"))
-        if epoch in self.context.snapshot_epochs and self.context.registered_model:
-            tags = {"kind": "snapshot", "epoch": epoch, "val_accuracy": accuracy}
+        if not self.context.registered_model:
+            return
+        # what the version may be ranked on (its protocol's choosing metric; never train accuracy)
+        measured = {
+            **{k: metrics[k] for k in ("val_accuracy",) if k in metrics},
+            **ranking_tags(self.config.get("protocol", "holdout"), metrics),
+        }
+        if epoch in self.context.snapshot_epochs:
+            tags = {"kind": "snapshot", "epoch": epoch, **measured}
             self._put_registration(checkpoint_dir, f"{SNAPSHOT_ARTIFACT}/epoch-{epoch}", tags)
-        if epoch == int(self.config["epochs"]) and self.context.registered_model:
-            tags = {"kind": "final", "epoch": epoch, "val_accuracy": accuracy}
+        if epoch == int(self.config["epochs"]):
+            tags = {"kind": "final", "epoch": epoch, **measured}
             self._put_registration(checkpoint_dir, TEACHER_ARTIFACT, tags)
 
     def _put_registration(self, checkpoint_dir: str, artifact_path: str, tags: dict) -> None:
