@@ -242,6 +242,20 @@ def test_a_rows_compute_adds_its_teachers_training_to_its_sweeps(tmp_path):
     teacher_training = 30 * 1000 * 3 * teacher_forward
     assert columns["compute_pflop"] == pytest.approx((search + teacher_training) / 1e15)
     assert columns["teacher_acc"] == 97.5
+    assert math.isnan(columns["num_classes"])  # not asked for: no download
+
+
+def test_a_defective_teachers_number_of_classes_comes_from_its_checkpoint(tmp_path):
+    from tfkd.core import checkpoint
+
+    weights = checkpoint.save_atomic({"model": {}, "meta": {"num_classes": 7}}, tmp_path / "t.pt")
+    uri = sqlite_uri(tmp_path)
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("dekd", artifact_location=(tmp_path / "a").as_uri())
+    tags = {"tfkd.kind": "sweep", "teacher_location": str(weights)}
+    sweep = finished_run(client, experiment, 0.0, 0, 0, tags=tags)
+    assert compute.facts_of(uri, client, {sweep: True})[sweep].num_classes == 7
+    assert compute.facts_of(uri, client, {sweep: False})[sweep].num_classes is None
 
 
 def test_forward_flops_count_a_convolution_as_its_multiply_adds_twice():
