@@ -1039,7 +1039,7 @@ def test_report_files_and_artifacts(pipeline):
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("dataset,model,mode,teacher") and len(csv_lines) == 4
     markdown = (out / "results.md").read_text()
-    assert "| digits | resnet8 | baseline |" in markdown and " ± " in markdown
+    assert "| digits | resnet8 | baseline |" in markdown and "| test acc (%) [95% CI] |" in markdown
     assert markdown.splitlines()[0] in pipeline["report"].stdout  # printed to the terminal
     assert f"{SWEEP}: no importance plot: 4 scored trials" in pipeline["report"].stdout
     pngs = sorted(p.name for p in out.glob("*.png"))
