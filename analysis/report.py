@@ -2,14 +2,16 @@
 
     python -m analysis.report [--experiment NAME ...] [--out DIR]
 
-A row per reproduced config: dataset, model, mode, teacher, seeds, test accuracy mean ± std,
-test ECE mean, the difference to the baseline of the same dataset and model with a note saying
-whether it exceeds the seeds' spread (and Welch's t-test p-value), the paper's number for the
-same (dataset, model, mode, teacher) and the difference (empty where the paper has no such
-row). Written to --out (default ./reports) as results.md, results.csv and results.parquet, with
-learning_curves.png, accuracy_vs_paper.png and, per sweep, importance_<sweep>.png and
-parallel_<sweep>.png; printed; and logged as artifacts of a run of kind "report" in the MLflow
-experiment "tfkd-reports".
+A row per reproduced config (analysis.results): dataset, model, mode, teacher, seeds, test
+accuracy, ECE and NLL (mean and 95% CI over seeds), the paired difference to the baseline of the
+same dataset, model, schedule and protocol (`vs_baseline` and its CI, `p_gain` = P(gain > 0),
+the paired t-test's p and its Holm adjustment across the report's rows, a `verdict`), a `sanity`
+check that the row is what its mode says, its compute with its teacher's (analysis.compute), the
+paper's number for the same (dataset, model, mode, teacher) and the difference (empty where the
+paper has no such row). Written to --out (default ./reports) as results.md, results.csv and
+results.parquet, with learning_curves.png, accuracy_vs_paper.png and, per sweep,
+importance_<sweep>.png and parallel_<sweep>.png; printed; and logged as artifacts of a run of
+kind "report" in the MLflow experiment "tfkd-reports".
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis import importance, plots, results, sweeps
+from analysis import compute, importance, plots, results, sweeps
 from analysis.common import add_store_args, run_main, say, tracking_uri
 from tfkd.cli.flags import EXIT_OK, Parser
 from tfkd.core.atomic import write_bytes
@@ -87,6 +89,18 @@ def reproductions(mlflow_client: Any, experiments: dict[str, str]) -> list[resul
 
 
 # ---------------------------------------------------------------- the table
+
+
+def sweep_facts(
+    uri: str, mlflow_client: Any, runs: Sequence[results.Reproduction]
+) -> dict[str, compute.SweepFacts]:
+    """{sweep run id: its compute and teacher} of every sweep the reproductions came from; the
+    teacher's number of classes only for the modes whose check needs it (a weights download)."""
+    needs_classes: dict[str, bool] = {}
+    for run in runs:
+        needs = needs_classes.get(run.sweep_run_id, False) or run.mode in results.NEEDS_CLASSES
+        needs_classes[run.sweep_run_id] = needs
+    return compute.facts_of(uri, mlflow_client, needs_classes)
 
 
 def parquet_bytes(frame: pd.DataFrame) -> bytes:
@@ -185,7 +199,7 @@ def report(args: argparse.Namespace) -> int:
             f"no finished reproductions in {where} at {uri}; run "
             "python -m analysis.reproduce --experiment NAME first"
         )
-    frame = results.results_table(runs)
+    frame = results.results_table(runs, sweep_facts(uri, mlflow_client, runs))
     sweep_list = load_sweeps(
         mlflow_client, {e: n for e, n in experiments.items() if n in set(frame["experiment"])}
     )

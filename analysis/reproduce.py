@@ -1,10 +1,15 @@
 """Retrain a sweep's best configs from scratch with several seeds, tested as --protocol says.
 
-    python -m analysis.reproduce --experiment tfkd_reg-cifar100-resnet18 --seeds 3 [--top 1]
-        [--sweep NAME] [--protocol holdout|paper]
+    python -m analysis.reproduce --experiment tfkd_reg-cifar100-resnet18 [--seeds 5]
+        [--first-seed 1000] [--top 1] [--sweep NAME] [--protocol holdout|paper]
 
 Each chosen config (see analysis.best_configs) is trained for the full schedule (`--epochs`
-overrides) with seeds 0..N-1 under `--protocol` (tfkd.core.protocol): `holdout` (the default)
+overrides) with the seeds S..S+N-1 (`--first-seed` S, default 1000; `--seeds` N, default 5) under
+`--protocol` (tfkd.core.protocol). The seeds are fresh: a seed the sweep trained (its trials'
+`seed`, 0 unless tune_main was told otherwise) would re-run the winner of the selection, not
+test it, so a seed the sweep trained is refused. Every sweep is reproduced on the same seeds
+unless told otherwise, so the modes of a report pair seed by seed (a student's initial weights
+depend only on its seed and model). Protocols: `holdout` (the default)
 keeps the sweep's validation split, which chooses the epoch whose weights are tested once, at
 the end (a paper sweep's configs have none: the last epoch is tested, and the command says so;
 reproduce a paper sweep with `--protocol paper`); `paper` trains on the full training set, tests
@@ -39,6 +44,19 @@ PROTOCOL_SAYS = {
     "paper": "full training set, tested every epoch, the maximum reported (the test set chooses)",
 }
 SET_PREFIX = "reproduce-"
+DEFAULT_SEEDS = 5
+FIRST_SEED = 1000  # sweeps train at tune_main's --seed (default 0): a block far from it
+
+
+def seed_value(text: str) -> int:
+    """--first-seed: a seed is an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
 
 
 def build_parser() -> Parser:
@@ -49,9 +67,17 @@ def build_parser() -> Parser:
     what.add_argument(
         "--seeds",
         type=positive_int,
-        default=3,
+        default=DEFAULT_SEEDS,
         metavar="N",
-        help="train every config with seeds 0..N-1 (default 3)",
+        help=f"train every config with N seeds (default {DEFAULT_SEEDS})",
+    )
+    what.add_argument(
+        "--first-seed",
+        type=seed_value,
+        default=FIRST_SEED,
+        metavar="S",
+        help=f"the seeds are S..S+N-1 (default {FIRST_SEED}: far from the seeds sweeps train; "
+        "keep it the same for every mode of a report so that they pair by seed)",
     )
     what.add_argument(
         "--top",
@@ -105,12 +131,38 @@ def reproduction_config(
     return typed_config({**config, **changes}, "reproduction config")
 
 
+def reproduction_seeds(first: int, count: int) -> list[int]:
+    """The seeds every config is reproduced with: first..first+count-1."""
+    return list(range(first, first + count))
+
+
+def sweep_seeds(sweep: sweeps.Sweep) -> set[int]:
+    """Every seed the sweep trained (its trials' configs)."""
+    return {int(trial.config["seed"]) for trial in sweep.trials}
+
+
+def check_fresh(seeds: Sequence[int], sweep: sweeps.Sweep) -> None:
+    """Refuse seeds the sweep trained: their reproduction would be the selected trial itself."""
+    trained = sweep_seeds(sweep)
+    reused = sorted(trained & set(seeds))
+    if reused:
+        raise UserError(
+            f"--first-seed/--seeds: seed {reused[0]} was trained by sweep {sweep.name} (its "
+            f"trials trained seed(s) {', '.join(map(str, sorted(trained)))}); a reproduction "
+            f"must train seeds the selection never saw: choose --first-seed above {max(trained)}"
+        )
+
+
 def plan_jobs(
-    best: Sequence[sweeps.Trial], seeds: int, epochs: int, data_dir: str | None, protocol: str
+    best: Sequence[sweeps.Trial],
+    seeds: Sequence[int],
+    epochs: int,
+    data_dir: str | None,
+    protocol: str,
 ) -> list[Job]:
     jobs = []
     for rank, trial in enumerate(best, start=1):
-        for seed in range(seeds):
+        for seed in seeds:
             config = reproduction_config(
                 trial.config, epochs=epochs, seed=seed, data_dir=data_dir, protocol=protocol
             )
@@ -184,6 +236,7 @@ def tracking_options(sweep: sweeps.Sweep, jobs: Sequence[Job], args: argparse.Na
         "epochs": str(first["epochs"]),
         "protocol": first["protocol"],
         "seeds": str(args.seeds),
+        "first_seed": str(args.first_seed),
         "top": str(args.top),
         **link_tags(sweep),
     }
@@ -307,7 +360,9 @@ def reproduce(args: argparse.Namespace) -> int:
     if note:
         say(note)
     experiment = sweep.experiment or args.experiment
-    jobs = plan_jobs(best, args.seeds, args.epochs or sweep.epochs, args.data_dir, args.protocol)
+    seeds = reproduction_seeds(args.first_seed, args.seeds)
+    check_fresh(seeds, sweep)
+    jobs = plan_jobs(best, seeds, args.epochs or sweep.epochs, args.data_dir, args.protocol)
     todo = jobs if args.resume else pending(jobs, finished_pairs(uri, experiment))
     if not todo:
         say(
@@ -317,7 +372,8 @@ def reproduce(args: argparse.Namespace) -> int:
         return EXIT_OK
     say(
         f"reproducing {len(todo)} of {len(jobs)} (config, seed) pairs of {sweep.name}: "
-        f"{len(best)} config(s) x seeds 0..{args.seeds - 1}, {todo[0].config['epochs']} epochs, "
+        f"{len(best)} config(s) x seeds {seeds[0]}..{seeds[-1]} (fresh: the sweep trained "
+        f"{', '.join(map(str, sorted(sweep_seeds(sweep))))}), {todo[0].config['epochs']} epochs, "
         f"protocol {args.protocol}: {PROTOCOL_SAYS[args.protocol]}"
     )
     return run_jobs(args, uri, experiment, sweep, todo)

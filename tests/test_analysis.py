@@ -28,6 +28,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
+from scipy import stats as scipy_stats
 
 from analysis import (
     best_configs,
@@ -57,6 +58,7 @@ from conftest import (
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SWEEP = "baseline-digits-resnet8"
+LSR_SWEEP = "lsr-digits-resnet8"  # one fixed trial: a row that pairs with the baseline's
 PAPER_SWEEP = "baseline-digits-resnet8-paper"  # tune_main --protocol paper, in its own experiment
 SEEDS, REPRO_EPOCHS, SWEEP_EPOCHS = 2, 2, 2
 PAPER_SEEDS = 1
@@ -230,9 +232,9 @@ def test_vs_baseline_pairs_only_the_same_dataset_model_schedule_and_protocol():
         ]
     )
     rows = {(r["epochs"], r["protocol"]): r for r in frame.to_dict("records") if r["mode"] == "lsr"}
-    assert rows[20, "paper"]["diff_vs_baseline"] == pytest.approx(78.6 - 78.1)
-    assert math.isnan(rows[200, "paper"]["diff_vs_baseline"])  # another schedule: not paired
-    assert math.isnan(rows[20, "holdout"]["diff_vs_baseline"])  # another protocol: not paired
+    assert rows[20, "paper"]["vs_baseline"] == pytest.approx(78.6 - 78.1)
+    assert math.isnan(rows[200, "paper"]["vs_baseline"])  # another schedule: not paired
+    assert math.isnan(rows[20, "holdout"]["vs_baseline"])  # another protocol: not paired
 
 
 def test_analysis_keeps_its_own_paper_table_with_comments():
@@ -261,47 +263,9 @@ def test_results_table_compares_with_the_paper():
     assert dekd["diff_vs_paper"] == pytest.approx(0.35) and dekd["paper_table"] == "T4"
     assert lsr["paper_acc"] == 69.32 and lsr["test_acc_std"] != lsr["test_acc_std"]  # NaN
     assert "| cifar100 | mobilenet_v2 | dekd | resnet18@epoch-1 |" in results.markdown(frame)
-    assert "71.00 ± 1.41" in results.markdown(frame) and "+0.35" in results.markdown(frame)
-
-
-def test_results_table_says_whether_a_row_differs_from_the_baseline_beyond_the_seeds():
-    def repro(
-        mode: str, seed: int, accuracy: float, dataset: str = "digits"
-    ) -> results.Reproduction:
-        return results.Reproduction(
-            experiment=f"{mode}-{dataset}", sweep=mode, config_hash=mode, rank="1",
-            dataset=dataset, model="resnet8", mode=mode, teacher="", epochs=30, seed=seed,
-            test_accuracy=accuracy, test_ece=1.0,
-        )  # fmt: skip
-
-    accuracies = {
-        "baseline": [96.0, 96.1, 96.2],  # std 0.1
-        "tfkd_reg": [97.4, 97.5, 97.6],  # +1.4, spread 0.14: far beyond, t = 17 (df 4)
-        "lsr": [96.0, 96.6, 96.0],  # +0.1, spread 0.36: noise
-        "kd": [95.0, 98.6],  # +0.7 ... std 2.5: within
-        "dekd": [97.2, 98.6],  # +1.8, spread 0.99, but 2 seeds: t = 1.8, not significant
-    }
-    runs = [repro(m, s, a) for m, values in accuracies.items() for s, a in enumerate(values)]
-    runs += [repro("rekd", 0, 99.0), repro("lsr", 0, 90.0, dataset="fake")]
-    frame = results.results_table(runs)
-    rows = {(r["dataset"], r["mode"]): r for r in frame.to_dict("records")}
-    reg = rows["digits", "tfkd_reg"]
-    assert reg["diff_vs_baseline"] == pytest.approx(1.4)
-    assert reg["diff_spread"] == pytest.approx(0.1 * 2**0.5)
-    assert reg["p_vs_baseline"] < 1e-3 and reg["vs_baseline"] == "beyond the spread, p < 0.001"
-    assert rows["digits", "lsr"]["vs_baseline"] == "within the seeds' spread"
-    assert rows["digits", "kd"]["vs_baseline"] == "within the seeds' spread"
-    dekd = rows["digits", "dekd"]
-    assert dekd["diff_vs_baseline"] == pytest.approx(1.8) and 0.05 < dekd["p_vs_baseline"] < 0.5
-    assert "not significant" in dekd["vs_baseline"]
-    assert rows["digits", "rekd"]["vs_baseline"] == "one seed: no spread"
-    no_baseline, baseline = rows["fake", "lsr"], rows["digits", "baseline"]
-    assert no_baseline["vs_baseline"] == baseline["vs_baseline"] == ""
-    assert no_baseline["diff_vs_baseline"] != no_baseline["diff_vs_baseline"]  # NaN
-    text = results.markdown(frame)
-    assert "| vs baseline |" in text.splitlines()[0]
-    assert "| +0.10 (within the seeds' spread) |" in text
-    assert "| +1.40 (beyond the spread, p < 0.001) |" in text
+    low, high = scipy_stats.t.interval(0.95, 1, loc=71.0, scale=statistics.stdev([70, 72]) / 2**0.5)
+    assert f"71.00 [{low:.2f}, {high:.2f}]" in results.markdown(frame)
+    assert "+0.35" in results.markdown(frame)
 
 
 def test_config_hash_ignores_seed_and_place_not_hyperparameters():
@@ -354,7 +318,7 @@ def test_a_config_searched_in_loss_weights_is_the_one_chosen_and_reproduced(tmp_
     (chosen,) = yaml.safe_load(out.read_text())
     sweep = sweeps.load("hand-made", uri, str(tmp_path / "ray_results"))
     (job, *_) = reproduce.plan_jobs(
-        sweep.trials, seeds=2, epochs=4, data_dir=None, protocol="holdout"
+        sweep.trials, seeds=[1000, 1001], epochs=4, data_dir=None, protocol="holdout"
     )
     for trained in (chosen["config"], job.config):
         assert trained["temperature"] == 1.1
@@ -851,8 +815,9 @@ def test_paper_suite_bad_input(capsys, tmp_path):
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory) -> dict[str, Any]:
-    """sweep -> best_configs -> reproduce (holdout, paper) -> a paper sweep -> report ->
-    reproduce again, on real digits."""
+    """sweep -> best_configs -> reproduce (holdout), an lsr sweep and its reproduction, the
+    first sweep reproduced under the paper protocol -> a paper sweep -> report -> reproduce
+    again, on real digits."""
     root = tmp_path_factory.mktemp("pipeline")
     uri, storage = sqlite_uri(root), str(root / "ray_results")
     store = ["--mlflow-uri", uri, "--storage", storage]
@@ -872,6 +837,19 @@ def pipeline(tmp_path_factory) -> dict[str, Any]:
     repro_args = ["--experiment", SWEEP, "--seeds", str(SEEDS), "--epochs", str(REPRO_EPOCHS)]
     first = run("-m", "analysis.reproduce", *repro_args, *store)
     assert_ok(first)
+    lsr_sweep = run(
+        str(TUNE_MAIN),
+        *cli_args(
+            "--mode lsr --dataset digits --model resnet8 --fixed",
+            epochs=SWEEP_EPOCHS,
+            data_dir=root / "data",
+            name=LSR_SWEEP,
+        ),
+        *store,
+    )
+    assert_ok(lsr_sweep)
+    lsr_args = ["--experiment", LSR_SWEEP, "--seeds", str(SEEDS), "--epochs", str(REPRO_EPOCHS)]
+    assert_ok(run("-m", "analysis.reproduce", *lsr_args, *store))
     paper_args = ["--experiment", SWEEP, "--seeds", str(PAPER_SEEDS), "--epochs", str(REPRO_EPOCHS)]
     paper_repro = run("-m", "analysis.reproduce", *paper_args, "--protocol", "paper", *store)
     assert_ok(paper_repro)
@@ -938,7 +916,8 @@ def test_reproductions_are_logged_and_linked(pipeline):
     runs = runs_of_kind(client, SWEEP, "reproduction")
     holdout = [r for r in runs if r.data.tags["protocol"] == "holdout"]
     assert len(holdout) == SEEDS and len(runs) == SEEDS + PAPER_SEEDS
-    assert {r.data.params["seed"] for r in holdout} == {str(s) for s in range(SEEDS)}
+    fresh = reproduce.reproduction_seeds(reproduce.FIRST_SEED, SEEDS)
+    assert sorted(int(r.data.params["seed"]) for r in holdout) == fresh
     for r in runs:
         assert r.info.status == "FINISHED"
         assert r.data.params["epochs"] == str(REPRO_EPOCHS)
@@ -1034,17 +1013,20 @@ def test_reproduce_ends_with_the_accuracy_table_of_what_it_ran(pipeline):
     runs = runs_of_kind(pipeline["client"], SWEEP, "reproduction")
     runs = [r for r in runs if r.data.tags["protocol"] == "holdout"]
     accuracies = [r.data.metrics["test_accuracy"] for r in runs]
-    mean, std = sum(accuracies) / len(accuracies), statistics.stdev(accuracies)
+    mean, se = statistics.fmean(accuracies), statistics.stdev(accuracies) / len(accuracies) ** 0.5
+    low, high = scipy_stats.t.interval(0.95, len(accuracies) - 1, loc=mean, scale=se)
     val = statistics.fmean(r.data.metrics["best_epoch_val_accuracy"] for r in runs)
     lines = pipeline["first"].stdout.strip().splitlines()
     rows = [line for line in lines if line.startswith("| digits | resnet8 | baseline |")]
     assert rows == [
         f"| digits | resnet8 | baseline |  | #1 | {REPRO_EPOCHS} | holdout | {SEEDS} | "
-        f"{mean:.2f} ± {std:.2f} | {val:.2f} | " + rows[0].split(" | ", 10)[-1]
+        f"{mean:.2f} [{low:.2f}, {high:.2f}] | {val:.2f} | " + rows[0].split(" | ", 10)[-1]
     ]
     # the status table shows each run's measured validation accuracy (issue 20: only '-')
+    first_seed = reproduce.FIRST_SEED
     assert re.search(
-        rf"#1 seed 0 +{REPRO_EPOCHS}/{REPRO_EPOCHS} +\d+\.\d\d% +DONE", "\n".join(lines)
+        rf"#1 seed {first_seed} +{REPRO_EPOCHS}/{REPRO_EPOCHS} +\d+\.\d\d% +DONE",
+        "\n".join(lines),
     )
     assert lines.index(rows[0]) > max(i for i, line in enumerate(lines) if "[analysis]" in line)
     said = pipeline["first"].stdout + pipeline["first"].stderr
@@ -1056,9 +1038,14 @@ def test_reproduce_ends_with_the_accuracy_table_of_what_it_ran(pipeline):
 @pytest.mark.slow
 def test_report_files_and_artifacts(pipeline):
     out = pipeline["out"]
-    table = pq.read_table(out / "results.parquet").to_pylist()
+    everything = pq.read_table(out / "results.parquet").to_pylist()
+    assert sorted((r["mode"], r["protocol"]) for r in everything) == [
+        ("baseline", "holdout"),
+        ("baseline", "paper"),
+        ("lsr", "holdout"),
+    ]
+    table = [row for row in everything if row["mode"] == "baseline"]
     rows = {row["protocol"]: row for row in table}
-    assert len(table) == 2 and sorted(rows) == ["holdout", "paper"]
     for row in table:
         assert (row["dataset"], row["model"], row["mode"], row["teacher"]) == (
             "digits",
@@ -1080,9 +1067,9 @@ def test_report_files_and_artifacts(pipeline):
     )
     assert rows["holdout"]["diff_vs_holdout"] is None
     csv_lines = (out / "results.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("dataset,model,mode,teacher") and len(csv_lines) == 3
+    assert csv_lines[0].startswith("dataset,model,mode,teacher") and len(csv_lines) == 4
     markdown = (out / "results.md").read_text()
-    assert "| digits | resnet8 | baseline |" in markdown and " ± " in markdown
+    assert "| digits | resnet8 | baseline |" in markdown and "| test acc (%) [95% CI] |" in markdown
     assert markdown.splitlines()[0] in pipeline["report"].stdout  # printed to the terminal
     assert f"{SWEEP}: no importance plot: 4 scored trials" in pipeline["report"].stdout
     pngs = sorted(p.name for p in out.glob("*.png"))
@@ -1113,3 +1100,102 @@ def test_rerunning_reproduce_skips_what_is_done(pipeline):
     assert "nothing left to reproduce" in again.stdout
     assert len(runs_of_kind(pipeline["client"], SWEEP, "reproduction")) == SEEDS + PAPER_SEEDS
     assert "Ray" not in again.stdout + again.stderr  # nothing started
+
+
+def trained_seeds(client: MlflowClient, experiment: str, kind: str, protocol: str) -> set[int]:
+    return {
+        int(r.data.params["seed"])
+        for r in runs_of_kind(client, experiment, kind)
+        if r.data.params["protocol"] == protocol
+    }
+
+
+@pytest.mark.slow
+def test_reproductions_train_seeds_no_sweep_trained_and_the_same_for_every_mode(pipeline):
+    client = pipeline["client"]
+    reproduced = {}
+    for experiment in (SWEEP, LSR_SWEEP):
+        swept = trained_seeds(client, experiment, "trial", "holdout")
+        reproduced[experiment] = trained_seeds(client, experiment, "reproduction", "holdout")
+        assert swept and len(reproduced[experiment]) == SEEDS
+        assert not swept & reproduced[experiment], experiment  # never the selected trial again
+    assert reproduced[SWEEP] == reproduced[LSR_SWEEP]  # the modes pair seed by seed
+
+
+def per_seed(client: MlflowClient, experiment: str, metric: str) -> dict[int, float]:
+    """{seed: metric} of an experiment's holdout reproductions, straight from MLflow."""
+    return {
+        int(r.data.params["seed"]): r.data.metrics[metric]
+        for r in runs_of_kind(client, experiment, "reproduction")
+        if r.data.params["protocol"] == "holdout"
+    }
+
+
+@pytest.mark.slow
+def test_report_parquet_verdict_columns_agree_with_scipy_on_the_runs_in_mlflow(pipeline):
+    client = pipeline["client"]
+    (lsr,) = [
+        r
+        for r in pq.read_table(pipeline["out"] / "results.parquet").to_pylist()
+        if r["mode"] == "lsr"
+    ]
+    mine, base = (per_seed(client, e, "test_accuracy") for e in (LSR_SWEEP, SWEEP))
+    seeds = sorted(mine.keys() & base.keys())
+    a, b = [mine[s] for s in seeds], [base[s] for s in seeds]
+    differences = [x - y for x, y in zip(a, b, strict=True)]
+    n, mean = len(seeds), statistics.fmean(differences)
+    se = statistics.stdev(differences) / n**0.5
+    low, high = scipy_stats.t.interval(0.95, n - 1, loc=mean, scale=se)
+    p = scipy_stats.ttest_rel(a, b).pvalue
+    assert n == SEEDS and lsr["paired_seeds"] == n
+    assert lsr["vs_baseline"] == pytest.approx(mean)
+    assert (lsr["vs_baseline_ci_low"], lsr["vs_baseline_ci_high"]) == pytest.approx((low, high))
+    assert lsr["p_value"] == pytest.approx(p)
+    assert lsr["p_holm"] == pytest.approx(p)  # the report's only compared row
+    assert lsr["p_gain"] == pytest.approx(1 - scipy_stats.t.cdf(-mean / se, n - 1))
+    excludes_zero = low > 0 or high < 0
+    word = ("gain" if low > 0 else "loss") if excludes_zero else "inconclusive"
+    assert lsr["verdict"] == word
+    for metric, column in (("test_ece", "ece"), ("test_nll", "nll")):
+        values = list(per_seed(client, LSR_SWEEP, metric).values())
+        spread = statistics.stdev(values) / len(values) ** 0.5
+        bounds = scipy_stats.t.interval(0.95, len(values) - 1, statistics.fmean(values), spread)
+        assert lsr[column] == pytest.approx(statistics.fmean(values))
+        assert (lsr[f"{column}_ci_low"], lsr[f"{column}_ci_high"]) == pytest.approx(bounds)
+    markdown = (pipeline["out"] / "results.md").read_text()
+    (line,) = [x for x in markdown.splitlines() if x.startswith("| digits | resnet8 | lsr |")]
+    assert f"| {mean:+.2f} [{low:+.2f}, {high:+.2f}] | {lsr['p_gain']:.3f} |" in line
+    assert f"| {lsr['verdict']} |" in line
+
+
+@pytest.mark.slow
+def test_report_counts_each_rows_search_compute_and_flags_an_unequal_budget(pipeline):
+    from analysis import compute
+
+    client = pipeline["client"]
+    rows = {
+        r["mode"]: r
+        for r in pq.read_table(pipeline["out"] / "results.parquet").to_pylist()
+        if r["protocol"] == "holdout"
+    }
+    flops = 3 * compute.forward_flops("resnet8")  # no teacher: forward and backward
+    for mode, experiment in (("baseline", SWEEP), ("lsr", LSR_SWEEP)):
+        trials = runs_of_kind(client, experiment, "trial")
+        epochs = sum(int(r.data.metrics["epoch"]) for r in trials)
+        images = [r.data.metrics["train_images"] for r in trials]
+        hours = sum(r.info.end_time - r.info.start_time for r in trials) / 3.6e6
+        pflop = sum(
+            int(r.data.metrics["epoch"]) * n * flops / 1e15
+            for r, n in zip(trials, images, strict=True)
+        )
+        row = rows[mode]
+        assert row["search_trial_epochs"] == row["trial_epochs"] == epochs, mode
+        assert row["teacher_epochs"] == 0
+        assert row["trial_hours"] == pytest.approx(hours)
+        assert row["compute_pflop"] == pytest.approx(pflop)
+    searched = (rows["lsr"]["search_trial_epochs"], rows["baseline"]["search_trial_epochs"])
+    assert searched[0] < searched[1]  # one fixed trial against a 4-trial sweep
+    assert rows["lsr"]["sanity"] == (
+        f"not an equal budget: searched with {searched[0]} trial-epochs, its baseline {searched[1]}"
+    )
+    assert rows["lsr"]["sanity"] in (pipeline["out"] / "results.md").read_text()
