@@ -150,11 +150,14 @@ def _atanh(rho: float) -> float:
     return math.atanh(max(-0.999999, min(0.999999, rho)))
 
 
-def spearman_ci(rho: float, n: int, level: float = LEVEL) -> tuple[float | None, float | None]:
-    """Fisher-z interval of Spearman's rho over n pairs (None with n <= 3 or rho NaN)."""
+def spearman_ci(
+    rho: float, n: int, level: float = LEVEL, variance: float = FIELLER_VARIANCE
+) -> tuple[float | None, float | None]:
+    """Fisher-z interval of a correlation over n pairs, var(z) = variance / (n - 3) (1.06 for
+    Spearman's rho, 1 for Pearson's r); None with n <= 3 or a NaN correlation."""
     if n <= 3 or math.isnan(rho):
         return None, None
-    return _z_interval(_atanh(rho), FIELLER_VARIANCE / (n - 3), level)
+    return _z_interval(_atanh(rho), variance / (n - 3), level)
 
 
 def pooled_spearman(
