@@ -659,7 +659,14 @@ def choose_default(results: Sequence[Mapping[str, Any]], default: str) -> dict[s
         diffs = [
             r["evidence"][method]["vs_default_test"] for r in results if method in r["evidence"]
         ]
-        evidence[method] = {r["mode"]: r["evidence"][method]["vs_default_test"] for r in results}
+        evidence[method] = {
+            r["mode"]: {
+                "test": r["evidence"][method]["vs_default_test"],
+                "best_val": r["evidence"][method]["vs_default_best_val"],
+            }
+            for r in results
+            if method in r["evidence"]
+        }
         above = [d for d in diffs if not d["inconclusive"] and d["mean"] > 0]
         below = [d for d in diffs if not d["inconclusive"] and d["mean"] < 0]
         if above and not below:
@@ -736,8 +743,12 @@ def markdown(results: Sequence[Mapping[str, Any]], choice: Mapping[str, Any] | N
         lines.append(f"Default sampler chosen: **{choice['choice']}** — {choice['reason']}.")
         for method, per_mode in choice["evidence"].items():
             lines.append(
-                f"- {method} − {choice['current_default']} (fresh-seed test, paired, pp): "
-                + "; ".join(f"{mode} {_ci(d, sign=True)}" for mode, d in per_mode.items())
+                f"- {method} − {choice['current_default']}, fresh-seed test (paired by seed, pp): "
+                + "; ".join(f"{mode} {_ci(d['test'], sign=True)}" for mode, d in per_mode.items())
+                + "; best validation over search seeds (Welch, pp): "
+                + "; ".join(
+                    f"{mode} {_ci(d['best_val'], sign=True)}" for mode, d in per_mode.items()
+                )
             )
     return "\n".join(lines) + "\n"
 
@@ -797,6 +808,9 @@ def merged(documents: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     document["results"] = [r for d in documents for r in d["results"]]
     document["modes"] = [r["mode"] for r in document["results"]]
     document["wall_seconds"] = round(sum(d["wall_seconds"] for d in documents), 1)
+    document["unit_wall_seconds"] = {
+        r["mode"]: d.get("unit_wall_seconds") for d in documents for r in d["results"]
+    }
     default = document["results"][0]["default_method"] if document["results"] else ""
     document["choice"] = choose_default(document["results"], default)
     return document
