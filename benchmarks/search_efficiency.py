@@ -36,22 +36,27 @@ writes --out/search_efficiency_<mode>.{json,md,png}; --render merges such files 
 search_efficiency.{json,md,png} and states the default sampler the numbers choose (see
 `choose_default`) with the intervals behind the choice.
 
-The full evidence, one mode per process in the background (one CPU thread per trial):
+The full evidence, one mode per process in the background, each sweep with 2 trials at a time
+(what tune_main runs on 2 CPUs; the samplers' behaviour depends on it), one CPU thread per trial:
 
     W=$HOME/tfkd-evidence; mkdir -p $W
     for m in tfkd_reg tfkd_self lsr; do
-      nohup python benchmarks/search_efficiency.py --modes $m --workdir $W --concurrency 1 \
+      nohup python benchmarks/search_efficiency.py --modes $m --workdir $W --concurrency 2 \
           > $W/$m.log 2>&1 &
     done
-    # when all three have ended (rerun any that stopped; it continues where it was):
-    python benchmarks/search_efficiency.py --render $W/out/search_efficiency_*.json \
-        --out benchmarks/results
+    # when all three have ended (rerun any that stopped: it continues where it was):
+    python benchmarks/search_efficiency.py --out benchmarks/results \
+        --render $W/out/search_efficiency_{tfkd_reg,tfkd_self,lsr}.json
 
-Duration on the 2-core machine (resnet8, digits, 10 epochs at batch 64, one thread): one trial
-of 10 epochs takes about 35 s alone, so per mode 4 methods x 30 sweeps of 8 trials (~70
-trial-epochs each) ~ 2,100 trial-epochs, plus the grid (27 / 18 / 1 points x 10 epochs) and 5
-methods x 5 fresh seeds x 10 epochs: ~ 2,500-2,700 trial-epochs, ~ 2.5 h of one core per mode, so
-the three modes ~ 4-5 h with both cores busy (lsr is the quickest, it has a one-point grid).
+Duration, estimated from measured units (resnet8, digits, batch 64, one thread): a trial-epoch
+costs ~4.5 core-seconds in a sweep (2026-12-01: tfkd_self's 910 trial-epochs in 34 min at 2 trials
+at a time, alone on the 2-core machine) and ~3.5 without Ray (one 10-epoch training: 33.5 s alone;
+85 s on 2026-12-07 with the machine at load 24). Per mode: the searches (today's three
+samplers: optuna and random 10 seeds each, gp 5 = 25 sweeps of ~70 trial-epochs; a fourth sampler
+adds 5 sweeps), the grid (270 / 180 / 10 trial-epochs for tfkd_reg / tfkd_self / lsr) and 5-6 rows
+x 5 fresh seeds x 10 epochs: ~2,000-2,700 trial-epochs, 2.5-3.3 core-hours; all three ~7-9.5
+core-hours, i.e. ~4-5 h with the three processes sharing 2 otherwise idle cores (lsr ends
+first). With fewer samplers (--methods) it scales with the number of sweeps.
 """
 
 from __future__ import annotations
