@@ -205,7 +205,8 @@ def train_missing(jobs: Sequence[tuple[dict[str, Any], Path]], concurrency: int)
     todo = [(config, path) for path, config in missing.items()]  # one job per unit
     if not todo:
         return
-    print(f"[{PROG}] training {len(todo)} configurations ({len(jobs) - len(todo)} cached)")
+    units = len({str(path) for _, path in jobs})
+    print(f"[{PROG}] training {len(todo)} of {units} units ({units - len(todo)} stored)")
     with multiprocessing.get_context("spawn").Pool(min(concurrency, len(todo))) as pool:
         for done in pool.imap_unordered(train_unit, todo):
             print(f"[{PROG}] trained: val {done['val']:.2f} test {done['test']:.2f}")

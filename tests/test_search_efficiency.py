@@ -299,7 +299,7 @@ def test_a_rerun_continues_where_the_last_one_stopped(smoke_run):
     assert set(after) == set(before)
     changed = [p for p in after if after[p] != before[p]]
     assert changed == [retrain[0]]  # nothing else was trained again
-    assert "training 1 configurations" in done.stdout
+    assert "training 1 of" in done.stdout
 
 
 @pytest.mark.slow
