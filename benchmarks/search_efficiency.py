@@ -776,7 +776,8 @@ def plot(results: Sequence[Mapping[str, Any]], target: Any) -> None:
         for method, ev in result["evidence"].items():
             band = ev["expected_best"]
             colour = COLOURS.get(method) or next(others, "tab:cyan")
-            ax.plot(band["budgets"], band["curve"], color=colour, label=method, lw=1.6)
+            style = "--" if method == GRID else "-"  # the grid's expectation is the control's
+            ax.plot(band["budgets"], band["curve"], style, color=colour, label=method, lw=1.6)
             ax.fill_between(band["budgets"], band["low"], band["high"], color=colour, alpha=0.15)
         ax.set_title(f"{result['mode']}: expected best validation (Dodge et al. 2019)")
         ax.set_xlabel("trials (hyper-parameter assignments)")
