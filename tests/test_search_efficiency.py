@@ -1,8 +1,6 @@
-"""benchmarks/search_efficiency.py: the accounting of compute, and one tiny real run.
-
-The accounting (best-so-far curve, trial-epochs until the grid's best is reached) is checked on
-hand-made report sequences; the end-to-end run (fake data, 2 epochs, a 2-point grid, 2 trials per
-search) checks that the trial-epochs it counts are the epochs Ray Tune recorded for its trials.
+"""benchmarks/search_efficiency.py: the accounting, the resumable units, the control and the
+choice of the default sampler on hand-made numbers; one tiny real run (fake data, 2 epochs, a
+2-point grid, 2 trials, 2 search seeds, 2 fresh seeds) through every stage, then resumed.
 """
 
 from __future__ import annotations
@@ -14,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import REPO, clean_env
@@ -58,7 +57,6 @@ def test_compute_to_reach_is_the_first_crossing_or_none():
     assert bench.compute_to_reach(curve, 80.0) == 4
     assert bench.compute_to_reach(curve, 84.7) == 6
     assert bench.compute_to_reach(curve, 95.0) is None
-    assert bench.compute_to_reach([], 0.0) is None
 
 
 def test_best_trial_takes_the_first_of_ties_at_full_length():
@@ -68,50 +66,172 @@ def test_best_trial_takes_the_first_of_ties_at_full_length():
     assert bench.best_trial(REPORTS[:3], epochs=3) is None
 
 
-def test_summary_and_target():
-    summary = bench.summarise("tfkd_reg", "tpe", 0, REPORTS, epochs=3, target=84.7)
-    assert (summary.trials, summary.trial_epochs, summary.to_target) == (3, 7, 6)
-    assert (summary.best_val, summary.best_test) == (85.0, 84.0)
-    at = [bench.summarise("m", "tpe", s, REPORTS[:k], 3, 79.0) for s, k in ((0, 4), (1, 6))]
-    reached = [s.to_target for s in at]
-    assert reached == [4, 4]
-    assert bench.target_met(reached, grid_compute=12)  # the median seed: 4 <= 12 / 3
-    assert not bench.target_met(reached, grid_compute=11)
-    never = bench.summarise("m", "tpe", 2, REPORTS[:3], 3, 79.0).to_target
-    assert never is None
-    # the median seed decides: one seed of three that never got there does not, two do
-    assert bench.target_met([*reached, never], grid_compute=12)
-    assert not bench.target_met([reached[0], never, never], grid_compute=100)
-    assert bench.median_to_target([9, None, 3, 5]) == 9  # the upper median of an even count
+def test_trial_scores_are_each_trials_last_validation():
+    assert bench.trial_scores(REPORTS) == [80.0, 85.0, 99.0]
 
 
-def test_grid_space_file_is_a_valid_space_of_choices(tmp_path):
-    from tfkd.sweep import search_space
+def test_sweep_summary_takes_the_best_full_trials_config():
+    unit = {
+        "seed": 3,
+        "reports": [r.__dict__ for r in REPORTS],
+        "configs": {"a": {"temperature": 1}, "b": {"temperature": 2}, "c": {"temperature": 3}},
+        "wall_seconds": 1.0,
+    }
+    summary = bench.sweep_summary(unit, epochs=3, target=84.7)
+    assert (summary["trials"], summary["trial_epochs"], summary["to_grid_best"]) == (3, 7, 6)
+    assert (summary["best_val"], summary["best_test"]) == (85.0, 84.0)
+    assert summary["best_config"] == {"temperature": 2}
 
-    path = bench.grid_space_file("tfkd_reg", bench.GRIDS["tfkd_reg"], tmp_path)
-    space = search_space.load(path, "tfkd_reg")
-    assert space.params["multiplier"].grid() == [1, 50, 100]
-    assert space.defaults == {"semantics": "reference", "correct_prob": 0.99}
-    grid = bench.GRIDS["tfkd_self"]
-    assert math.prod(len(v) for v in grid.values()) == 18
+
+def test_cached_computes_a_unit_once_and_stores_nothing_when_it_fails(tmp_path):
+    units = bench.Units(tmp_path, "lsr")
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"value": len(calls)}
+
+    assert bench.cached(units, "search", "random-000", compute) == {"value": 1}
+    assert bench.cached(units, "search", "random-000", compute) == {"value": 1}
+    assert len(calls) == 1
+    fresh = bench.Units(tmp_path, "lsr")  # a later process reads what an earlier one stored
+    assert fresh.get("search", "random-000") == {"value": 1}
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        bench.cached(units, "search", "random-001", interrupted)
+    assert not units.path("search", "random-001").exists()
+    assert [p.name for p in units.path("search", "x").parent.iterdir()] == ["random-000.json"]
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> dict:
-    tmp = tmp_path_factory.mktemp("search_efficiency")
-    argv = ["--smoke-test", "--modes", "tfkd_reg", "--methods", "random", "tpe", "gp"]
-    argv += ["--out", str(tmp / "out")]
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), *argv, "--workdir", str(tmp / "work")],
+def test_config_key_changes_with_the_configuration_only():
+    a = {"temperature": 2.0, "alpha": 0.5}
+    assert bench.config_key(a) == bench.config_key(dict(reversed(list(a.items()))))
+    assert bench.config_key(a) != bench.config_key({**a, "alpha": 0.6})
+
+
+def _point(val: float, i: int) -> dict:
+    return {"val": val, "test": val - 1, "val_curve": [val] * 3, "config": {"i": i}}
+
+
+def test_control_draws_grid_points_without_replacement_by_the_search_seed():
+    points = [_point(70.0 + i, i) for i in range(27)]
+    draws = bench.control_draws(points, 8, seeds=[0, 1])
+    for draw in draws:
+        picked = np.random.default_rng(draw["seed"]).choice(27, size=8, replace=False)
+        assert draw["points"] == picked.tolist()
+        assert len(set(draw["points"])) == 8
+        assert draw["best_val"] == 70.0 + max(picked)
+        assert draw["best_config"] == {"i": int(max(picked))}
+        assert draw["trial_epochs"] == 8 * 3
+    assert draws[0]["points"] != draws[1]["points"]
+    (small,) = bench.control_draws(points[:1], 8, seeds=[4])
+    assert small["points"] == [0]
+
+
+def test_median_choice_is_the_lower_median_seed():
+    runs = [{"seed": s, "best_val": v} for s, v in enumerate([80.0, None, 90.0, 85.0, 70.0])]
+    assert bench.median_choice(runs)["seed"] == 0  # of 70, 80, 85, 90: the lower median 80
+
+
+def test_methods_and_seed_counts_come_from_tune_mains_parser():
+    algs = bench.search_algs()
+    assert "random" in algs and "grid" not in algs
+    assert bench.default_alg() in algs
+    opts = bench.resolve(bench.build_parser().parse_args([]))
+    assert set(opts.methods) == set(algs)
+    assert opts.seeds_per_method[bench.default_alg()] >= 10
+    assert opts.seeds_per_method["random"] >= 10
+    assert all(n >= 5 for n in opts.seeds_per_method.values())
+    opts = bench.resolve(bench.build_parser().parse_args(["--search-seeds", "random=3"]))
+    assert opts.seeds_per_method["random"] == 3
+
+
+def test_every_hand_grid_point_is_a_valid_trial_config():
+    for mode, grid in bench.GRIDS.items():
+        bench.check_grid(mode, grid)
+    assert len(bench.grid_points(bench.GRIDS["tfkd_reg"])) == 27
+    assert len(bench.grid_points(bench.GRIDS["tfkd_self"])) == 18
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--methods", "nonsense"], ["--search-seeds", "random=0"], ["--fresh-seeds", "1"]],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench.main([*argv, "--workdir", str(tmp_path / "w")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("search_efficiency.py: error:")
+    assert not (tmp_path / "w").exists()
+
+
+def _diff(mean: float, low: float, high: float) -> dict:
+    return {"mean": mean, "low": low, "high": high, "inconclusive": low <= 0 <= high}
+
+
+def _result(mode: str, diffs: dict) -> dict:
+    return {
+        "mode": mode,
+        "evidence": {
+            "optuna": {},
+            **{m: {"vs_default_test": d, "vs_default_best_val": d} for m, d in diffs.items()},
+            "control": {},
+            "grid": {},
+        },
+    }
+
+
+def test_choose_default_keeps_it_unless_another_is_better_beyond_noise():
+    spans = _diff(1.0, -0.5, 2.5)
+    kept = bench.choose_default(
+        [_result("lsr", {"gp": spans}), _result("tfkd_reg", {"gp": spans})], "optuna"
+    )
+    assert kept["choice"] == "optuna"
+    better = _diff(1.0, 0.2, 1.8)
+    chosen = bench.choose_default(
+        [_result("lsr", {"gp": better}), _result("tfkd_reg", {"gp": spans})], "optuna"
+    )
+    assert chosen["choice"] == "gp"
+    worse = _diff(-1.0, -1.8, -0.2)
+    mixed = bench.choose_default(
+        [_result("lsr", {"gp": better}), _result("tfkd_reg", {"gp": worse})], "optuna"
+    )
+    assert mixed["choice"] == "optuna"
+
+
+# ---------------------------------------------------------------- one tiny real run
+
+
+def _run(argv: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *argv],
         cwd=REPO,
         env=clean_env(),
         capture_output=True,
         text=True,
-        timeout=420,
+        timeout=timeout,
     )
+
+
+DEFAULT = bench.default_alg()
+SMOKE = ["--smoke-test", "--modes", "tfkd_reg", "--methods", DEFAULT]  # 2 sweeps: 2 seeds
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> dict:
+    work = tmp_path_factory.mktemp("search_efficiency") / "work"
+    done = _run([*SMOKE, "--workdir", str(work)])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    document = json.loads((tmp / "out" / "search_efficiency.json").read_text())
-    return {"tmp": tmp, "document": document, "stdout": done.stdout}
+    document = json.loads((work / "out" / "search_efficiency_tfkd_reg.json").read_text())
+    return {"work": work, "document": document, "stdout": done.stdout}
+
+
+def unit_files(work: Path) -> dict[str, float]:
+    return {str(p.relative_to(work)): p.stat().st_mtime_ns for p in work.glob("units/**/*.json")}
 
 
 def ray_recorded_epochs(experiment: Path) -> int:
@@ -121,49 +241,73 @@ def ray_recorded_epochs(experiment: Path) -> int:
     )
 
 
-def test_smoke_run_counts_the_epochs_ray_recorded(smoke_run):
+@pytest.mark.slow
+def test_smoke_run_stores_one_unit_per_sweep_grid_point_and_retraining(smoke_run):
+    units = smoke_run["work"] / "units" / "tfkd_reg"
+    searches = sorted(p.stem for p in (units / "search").glob("*.json"))
+    assert searches == [f"{DEFAULT}-000", f"{DEFAULT}-001"]
+    assert len(list((units / "grid").glob("*.json"))) == 2
     (result,) = smoke_run["document"]["results"]
-    runs = {(s["method"], s["seed"]): s for s in result["summaries"]}
-    assert set(runs) == {("grid", None), ("random", 0), ("tpe", 0), ("gp", 0)}
-    assert (runs["grid", None]["trials"], runs["grid", None]["trial_epochs"]) == (2, 4)
-    assert result["grid_compute"] == 4
-    for (method, seed), summary in runs.items():
-        name = f"tfkd_reg-{method}-{seed or 0}"
-        recorded = ray_recorded_epochs(smoke_run["tmp"] / "work" / "ray_results" / name)
-        assert summary["trial_epochs"] == recorded, name
-        curve = next(
-            c["curve"] for c in result["curves"] if (c["method"], c["seed"]) == (method, seed)
+    assert set(result["evidence"]) == {DEFAULT, "control", "grid"}
+    assert "vs_default_test" in result["evidence"]["control"]
+    for method, evidence in result["evidence"].items():
+        assert len(evidence["fresh_test"]) == 2, method
+        assert len(evidence["expected_best"]["curve"]) == 2  # budgets 1..2 trials
+    for name in searches:  # the compute counted is what Ray recorded
+        unit = json.loads((units / "search" / f"{name}.json").read_text())
+        method, seed = name.rsplit("-", 1)
+        experiment = (
+            smoke_run["work"] / "tfkd_reg" / "ray_results" / f"tfkd_reg-{method}-{int(seed)}"
         )
-        assert len(curve) == recorded
+        assert len(unit["reports"]) == ray_recorded_epochs(experiment), name
 
 
-def test_smoke_run_writes_table_json_and_plot(smoke_run):
-    out = smoke_run["tmp"] / "out"
-    table = (out / "search_efficiency.md").read_text()
-    assert table.splitlines()[0].startswith("| mode | method |")
-    assert "| tfkd_reg | grid | 1 | 2 | 4 |" in table
-    assert (out / "search_efficiency.png").read_bytes().startswith(b"\x89PNG")
-    assert smoke_run["document"]["wall_seconds"] > 0
-    assert "wall time" in smoke_run["stdout"]
-
-
-def test_render_merges_earlier_runs_into_one_table(smoke_run, tmp_path):
-    """--render rewrites the outputs from runs' JSON (one per --modes run) without sweeping."""
-    source = smoke_run["tmp"] / "out" / "search_efficiency.json"
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--render", str(source), str(source), "--out", str(tmp_path)],
-        cwd=REPO,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+@pytest.mark.slow
+def test_smoke_run_retrains_on_seeds_no_trial_trained(smoke_run):
+    units = smoke_run["work"] / "units" / "tfkd_reg"
+    trained = {
+        int(config.get("seed", 0))
+        for path in (units / "search").glob("*.json")
+        for config in json.loads(path.read_text())["configs"].values()
+    } | {json.loads(p.read_text())["config"]["seed"] for p in (units / "grid").glob("*.json")}
+    retrained = {
+        json.loads(p.read_text())["config"]["seed"] for p in (units / "retrain").glob("*.json")
+    }
+    assert trained and retrained and not trained & retrained
     (result,) = smoke_run["document"]["results"]
+    assert set(result["fresh_seeds"]) == retrained
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_table_json_and_plot(smoke_run):
+    out = smoke_run["work"] / "out"
+    table = (out / "search_efficiency_tfkd_reg.md").read_text()
+    assert table.splitlines()[0].startswith("| mode | method |")
+    assert "| tfkd_reg | control |" in table and "Default sampler chosen" in table
+    assert (out / "search_efficiency_tfkd_reg.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.slow
+def test_a_rerun_continues_where_the_last_one_stopped(smoke_run):
+    work = smoke_run["work"]
+    before = unit_files(work)
+    retrain = sorted(p for p in before if "/retrain/" in p)
+    (work / retrain[0]).unlink()  # as if the run had been stopped before this unit ended
+    done = _run([*SMOKE, "--workdir", str(work)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = unit_files(work)
+    assert set(after) == set(before)
+    changed = [p for p in after if after[p] != before[p]]
+    assert changed == [retrain[0]]  # nothing else was trained again
+    assert "training 1 of" in done.stdout
+
+
+@pytest.mark.slow
+def test_render_merges_per_mode_files(smoke_run, tmp_path):
+    source = smoke_run["work"] / "out" / "search_efficiency_tfkd_reg.json"
+    done = _run(["--render", str(source), str(source), "--out", str(tmp_path)], timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
     rendered = json.loads((tmp_path / "search_efficiency.json").read_text())
-    assert rendered["results"] == [result, result]
-    assert rendered["wall_seconds"] == round(2 * smoke_run["document"]["wall_seconds"], 1)
-    table = (tmp_path / "search_efficiency.md").read_text()
-    assert table.count("| tfkd_reg | grid | 1 | 2 | 4 |") == 2
-    assert table.count("by the median seed") == 2
-    assert not list((tmp_path).glob("work*")), "it ran sweeps"
+    assert [r["mode"] for r in rendered["results"]] == ["tfkd_reg", "tfkd_reg"]
+    assert rendered["choice"]["choice"] in smoke_run["document"]["methods"]
+    assert (tmp_path / "search_efficiency.png").read_bytes().startswith(b"\x89PNG")
