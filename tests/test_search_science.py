@@ -18,7 +18,7 @@ from tfkd.sweep.search_space import SEARCH_SPACES_DIR
 
 from conftest import assert_ok, tune_main
 
-STEPS = 200  # a trajectory, not one step: where training goes, not only where it starts
+STEPS = 100  # a trajectory, not one step: where training goes, not only where it starts
 DEAD = 0.05  # an axis whose ends move the weights by less than this share changes nothing
 REDUNDANT = 0.08  # the axes' unit effects' smallest singular value below this: one mixes others
 DATASET_OF = {10: "cifar10", 100: "cifar100"}  # a dataset with K classes (no data is read)
