@@ -13,8 +13,9 @@ For each mode (tfkd_reg, tfkd_self, lsr; scikit-learn's digits, resnet8, real da
             path of tune_main) on the mode's shipped space, at tune_main's budget and rungs,
             once per search seed: 10 seeds for the default sampler and for random search, 5 for
             the others (--search-seeds ALG=N); every trial at trial seed 0;
-  grid      every point of the paper's hand grid (the values the original authors used across
-            models, reference/original_hparams.csv) trained for the full schedule at seed 0;
+  grid      every point of the hand grid (low, middle and high of each axis of the mode's
+            shipped space, the space the searches draw from) trained for the full schedule at
+            seed 0;
   control   the budget-matched grid: per search seed, --control-points (the search's number of
             trials) points of the grid drawn without replacement, best by validation;
   fresh     the configuration chosen by each method's median search seed (by best validation;
@@ -53,7 +54,7 @@ costs ~4.5 core-seconds in a sweep (2026-12-01: tfkd_self's 910 trial-epochs in 
 at a time, alone on the 2-core machine) and ~3.5 without Ray (one 10-epoch training: 33.5 s alone;
 85 s on 2026-12-07 with the machine at load 24). Per mode: the searches (today's three
 samplers: optuna and random 10 seeds each, gp 5 = 25 sweeps of ~70 trial-epochs; a fourth sampler
-adds 5 sweeps), the grid (270 / 180 / 10 trial-epochs for tfkd_reg / tfkd_self / lsr) and 5-6 rows
+adds 5 sweeps), the grid (90 / 270 / 90 trial-epochs for tfkd_reg / tfkd_self / lsr) and 5-6 rows
 x 5 fresh seeds x 10 epochs: ~2,000-2,700 trial-epochs, 2.5-3.3 core-hours; all three ~7-9.5
 core-hours, i.e. ~4-5 h with the three processes sharing 2 otherwise idle cores (lsr ends
 first). With fewer samplers (--methods) it scales with the number of sweeps.
@@ -86,18 +87,21 @@ import numpy as np  # noqa: E402
 
 from tfkd.core import atomic  # noqa: E402
 
-# The values the original authors used across models (reference/original_hparams.csv), in the
-# original's coordinates (alpha, multiplier), which TrialConfig accepts for every space.
-GRIDS: dict[str, dict[str, list[float]]] = {
-    "tfkd_self": {"temperature": [6, 20], "alpha": [0.4, 0.9, 0.95], "multiplier": [1, 50, 100]},
-    "tfkd_reg": {
-        "temperature": [10, 20, 40],
-        "alpha": [0.1, 0.5, 0.95],
-        "multiplier": [1, 50, 100],
-    },
-    "lsr": {"epsilon": [0.1]},  # the original's only value (hard-coded)
-}
-GRID_FIXED = {"semantics": "reference", "correct_prob": 0.99}  # the original code's values
+MODES = ("tfkd_reg", "tfkd_self", "lsr")  # the modes the evidence covers by default
+
+
+def hand_grid(mode: str) -> dict[str, list[float]]:
+    """The hand grid of a mode: low, middle and high of every axis of its shipped space.
+
+    The grid lives in the space the searches draw from (the same coordinates, ranges and fixed
+    values), so grid, control and searches differ only in how they choose their points.
+    """
+    from tfkd.sweep import search_space
+
+    space = search_space.load(search_space.default_path(mode), mode)
+    return {name: param.grid() for name, param in space.params.items()}
+
+
 GRID, CONTROL = "grid", "control"  # the two hand-grid rows beside the search methods
 TRIAL_SEED = 0  # every search and grid trial trains at this seed
 FRESH_SEED_START = 1000
@@ -481,11 +485,11 @@ def check_grid(mode: str, grid: Mapping[str, Sequence[float]]) -> None:
 
     for point in grid_points(grid):
         try:
-            TrialConfig.from_dict({"mode": mode, **GRID_FIXED, **point})
+            TrialConfig.from_dict({"mode": mode, **point})
         except (ValueError, TypeError) as exc:
             raise UserError(
                 f"the hand grid of {mode} is not a valid trial config ({exc}); "
-                "update GRIDS in benchmarks/search_efficiency.py"
+                f"check search_spaces/{mode}.yaml"
             ) from None
 
 
@@ -507,9 +511,8 @@ def run_grid(
     setting: Setting, units: Units, base: Mapping[str, Any], grid: Mapping[str, Sequence[float]]
 ) -> list[dict[str, Any]]:
     """Every hand-grid point at the full schedule, seed 0 (cached per point)."""
-    fixed = {k: v for k, v in GRID_FIXED.items() if k not in grid}
     jobs = [
-        ({**base, **fixed, **point, "seed": TRIAL_SEED}, units.path(GRID, f"point-{i:03d}"))
+        ({**base, **point, "seed": TRIAL_SEED}, units.path(GRID, f"point-{i:03d}"))
         for i, point in enumerate(grid_points(grid))
     ]
     train_missing(jobs, setting.concurrency)
@@ -605,7 +608,8 @@ def used_trial_seeds(
 def run_mode(setting: Setting, opts: argparse.Namespace, root: Path) -> dict[str, Any]:
     """Grid, searches, control, re-trainings and statistics of one mode (resumable)."""
     units = Units(root, setting.mode)
-    grid_spec = smoke_grid(GRIDS[setting.mode]) if opts.smoke_test else GRIDS[setting.mode]
+    grid_spec = hand_grid(setting.mode)
+    grid_spec = smoke_grid(grid_spec) if opts.smoke_test else grid_spec
     check_grid(setting.mode, grid_spec)
     with contextlib.ExitStack() as stack:
         cluster = LazyCluster(setting.concurrency, stack)
@@ -839,7 +843,7 @@ def key_counts(pairs: Sequence[str], allowed: Sequence[str], flag: str) -> dict[
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    parser.add_argument("--modes", nargs="+", default=list(GRIDS), choices=list(GRIDS))
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument(
         "--methods",
         nargs="+",

@@ -409,7 +409,7 @@ def test_the_gp_sampler_proposes_from_its_model_after_its_start_up_trials_seeded
     from optuna.trial import TrialState
 
     study, configs = gp_study(search_seed=3)
-    assert isinstance(study.sampler, optuna.samplers.GPSampler)
+    assert isinstance(study.sampler.model, optuna.samplers.GPSampler)
     trials = sorted(study.trials, key=lambda t: t.number)
     startup = tuner.startup_trials(8)
     from_model = [t.number for t in trials if "gp:relative_params:0" in t.system_attrs]
