@@ -5,7 +5,7 @@ through `tfkd.sweep.tuner.run_configs`. An experiment (mode-dataset-model) holds
 commands read its newest finished one unless --sweep names another, and say which. Entry points:
 
     python -m analysis.best_configs --experiment NAME [--sweep SWEEP] [--top K]
-    python -m analysis.reproduce --experiment NAME [--sweep SWEEP] --seeds 3 [--top K]
+    python -m analysis.reproduce --experiment NAME [--sweep SWEEP] [--seeds N] [--top K]
     python -m analysis.report [--experiment NAME ...] [--out DIR]
     python -m analysis.paper_suite --dataset cifar100 [--dry-run]
 """

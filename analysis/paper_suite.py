@@ -28,7 +28,7 @@ from typing import Any
 
 from analysis import paper
 from analysis.common import run_main, say, tracking_uri
-from analysis.reproduce import SET_PREFIX
+from analysis.reproduce import DEFAULT_SEEDS, SET_PREFIX
 from tfkd.cli.flags import EXIT_OK, Parser, positive_int
 from tfkd.core import data, models, modes
 from tfkd.core.errors import UserError
@@ -86,7 +86,12 @@ def build_parser() -> Parser:
         default=None,
         help="trials per sweep (default: tune_main's)",
     )
-    what.add_argument("--seeds", type=positive_int, default=3, help="reproduction seeds")
+    what.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=DEFAULT_SEEDS,
+        help=f"fresh reproduction seeds per config (default {DEFAULT_SEEDS})",
+    )
     what.add_argument("--top", type=positive_int, default=1, help="configs reproduced per sweep")
     what.add_argument("--data-dir", default=None, help="dataset root (default: tune_main's)")
     what.add_argument("--download", action="store_true", help="download the dataset if missing")
