@@ -312,7 +312,9 @@ def test_timestamped_names_skip_taken_ones(monkeypatch):
 
 
 def test_an_existing_name_without_resume_is_refused(capsys, workdir):
-    (workdir / "ray_results" / "taken").mkdir(parents=True)
+    started = workdir / "ray_results" / "taken"
+    started.mkdir(parents=True)
+    (started / "experiment_state-2026-12-07_10-00-00.json").write_text("{}")  # Tune's state
     code, err = run_cli(capsys, workdir, "--mode lsr --dataset digits --name taken")
     assert code == EXIT_USAGE
     assert_one_line(err, "--name taken", "--resume", "another --name")
