@@ -37,6 +37,7 @@ so total = (1-a) ce + a kl).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -67,10 +68,22 @@ def _kl_paper(student_log_probs: Tensor, teacher_probs: Tensor) -> Tensor:
     return F.kl_div(student_log_probs, teacher_probs, reduction="batchmean")
 
 
-KL_REDUCTIONS: Registry[Callable[[Tensor, Tensor], Tensor]] = Registry("semantics")
-KL_REDUCTIONS.add("reference", _kl_reference)
-KL_REDUCTIONS.add("paper", _kl_paper)
-_kl = KL_REDUCTIONS.get
+@dataclass(frozen=True)
+class Semantics:
+    """One loss semantics: its KL reduction, and whether the virtual teacher's KL divides the
+    student's logits by T as well (the paper's Eq. 9) or not (the original code)."""
+
+    kl: Callable[[Tensor, Tensor], Tensor]
+    tempered_student: bool
+
+
+KL_REDUCTIONS: Registry[Semantics] = Registry("semantics")
+KL_REDUCTIONS.add("reference", Semantics(_kl_reference, tempered_student=False))
+KL_REDUCTIONS.add("paper", Semantics(_kl_paper, tempered_student=True))
+
+
+def _kl(semantics: str) -> Callable[[Tensor, Tensor], Tensor]:
+    return KL_REDUCTIONS.get(semantics).kl
 
 
 def _full_precision(x: Tensor) -> Tensor:
@@ -135,7 +148,7 @@ def virtual_teacher_loss(
     num_classes = logits.shape[1]
     design = virtual_teacher_distribution(labels, num_classes, correct_prob, logits.dtype)
     teacher_probs = F.softmax(design / temperature, dim=1)
-    student_temperature = temperature if semantics == "paper" else 1.0
+    student_temperature = temperature if KL_REDUCTIONS.get(semantics).tempered_student else 1.0
     student_log_probs = F.log_softmax(logits / student_temperature, dim=1)
     kl = _kl(semantics)(student_log_probs, teacher_probs) * multiplier
     ce = F.cross_entropy(logits, labels)
