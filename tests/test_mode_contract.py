@@ -169,19 +169,19 @@ def test_the_captured_step_undoes_the_warm_up_on_the_memory(toy_mode):
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10))
         mode = cls(cfg, num_classes=10, train_size=40)
-        progress = modes.Progress(torch.device("cpu"), 2, 6)
+        progress = modes.Progress(CPU, 3, 6)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         meter = steps.Meter(torch.device("cpu"), mode.term_names)
         step = build(steps.StepParts(model, None, optimizer, mode, cfg, CPU, meter, progress))
         losses = []
         for number, (x, y, i) in enumerate(batches):
-            progress.set(1 + number // 6, number % 6)
+            progress.set(2 + number // 6, number % 6)  # a live pull from the first step
             step(x, y, i)
             losses.append(meter.last.clone())
         results.append((torch.stack(losses), mode.past.clone()))
     (eager_losses, eager_memory), (graph_losses, graph_memory) = results
     assert torch.equal(eager_losses, graph_losses) and torch.equal(eager_memory, graph_memory)
-    assert eager_losses[6:, 2].abs().sum() > 0  # the pull term is live once progress > 0
+    assert eager_losses[0, 2] == 0 and eager_losses[6:, 2].abs().sum() > 0  # live once remembered
 
 
 def test_a_step_of_a_memory_mode_refuses_a_batch_without_indices(toy_mode):
