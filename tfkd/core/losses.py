@@ -177,3 +177,21 @@ def cross_entropy_loss(student_logits: Tensor, labels: Tensor) -> LossTerms:
     """Plain cross-entropy (baseline); the KL part is zero."""
     ce = F.cross_entropy(_full_precision(student_logits), labels)
     return LossTerms(total=ce, ce=ce, kl=torch.zeros_like(ce))
+
+
+def progressive_self_kd_loss(
+    student_logits: Tensor, labels: Tensor, past_probs: Tensor, alpha: float | Tensor
+) -> LossTerms:
+    """PS-KD (Kim et al., ICCV 2021, Eq. 3-4): cross-entropy with progressively softened targets.
+
+    q = (1 - alpha_t) onehot(y) + alpha_t p_{t-1}, L = -(1/N) sum_n sum_k q_k log softmax(z)_k,
+    where p_{t-1} is the model's own prediction for the sample at the previous epoch and
+    alpha_t = alpha_T t / T grows with the epoch t (a float or a device tensor). The ``ce`` part
+    is the hard-label cross-entropy and ``kl`` what the soft target adds to it (L - CE).
+    """
+    log_probs = F.log_softmax(_full_precision(student_logits), dim=1)
+    onehot = F.one_hot(labels, log_probs.shape[1]).to(log_probs.dtype)
+    targets = (1.0 - alpha) * onehot + alpha * past_probs.to(log_probs.dtype).detach()
+    total = -(targets * log_probs).sum(dim=1).mean()
+    ce = F.nll_loss(log_probs, labels)
+    return LossTerms(total=total, ce=ce, kl=total - ce)
