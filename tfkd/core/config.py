@@ -201,14 +201,15 @@ class TrialConfig:
         a field given beside a coordinate that sets it must agree with it.
         """
         known = {f.name: f for f in dataclasses.fields(cls)}
+        if "mode" not in values:
+            raise ValueError("config key 'mode' is required")
+        values, declared = _mode_keys(values)
         searched = set(coordinates.names())
         unknown = sorted(set(values) - set(known) - searched)
         if unknown:
             raise ValueError(
                 f"unknown config key(s): {', '.join(unknown)}; known keys: {', '.join(keys())}"
             )
-        if "mode" not in values:
-            raise ValueError("config key 'mode' is required")
         given = {k: v for k, v in values.items() if k not in searched}
         config = cls._checked(given, known)
         axes = {k: v for k, v in values.items() if k in searched}
@@ -216,6 +217,7 @@ class TrialConfig:
             decided = coordinates.fields_of(axes, config)
             _check_agreement(given, decided)
             config = cls._checked({**given, **decided}, known)
+        object.__setattr__(config, "_mode_values", declared)
         _check_protocol_split(config)
         _check_warmup(config)
         return config
@@ -228,7 +230,21 @@ class TrialConfig:
         return cls(**coerced)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The flat dict: the core keys and the keys the mode declares (defaults filled in)."""
+        return {**dataclasses.asdict(self), **self.__dict__.get("_mode_values", {})}
+
+    def __getattr__(self, name: str) -> Any:
+        """A key the mode declares (tfkd.core.modes.base.Param), read like a core key."""
+        values = self.__dict__.get("_mode_values", {})
+        if name in values:
+            return values[name]
+        raise AttributeError(f"TrialConfig has no key {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TrialConfig) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted((k, repr(v)) for k, v in self.to_dict().items())))
 
     def replace(self, **changes: Any) -> TrialConfig:
         return TrialConfig.from_dict({**self.to_dict(), **changes})
@@ -262,10 +278,40 @@ def _check_warmup(cfg: TrialConfig) -> None:
         )
 
 
+def core_keys() -> list[str]:
+    """The keys every mode shares (TrialConfig's fields)."""
+    return [f.name for f in dataclasses.fields(TrialConfig)]
+
+
 def keys() -> list[str]:
-    """Every key a config dict may hold: the fields, and the search coordinates that set some
-    of them (tfkd.core.coordinates)."""
-    return [f.name for f in dataclasses.fields(TrialConfig)] + coordinates.names()
+    """Every key a config dict may hold: the fields, the search coordinates that set some of them
+    (tfkd.core.coordinates), and the keys that modes declare (each valid with its own mode
+    only)."""
+    from tfkd.core import modes
+
+    return core_keys() + coordinates.names() + sorted(modes.declared_keys())
+
+
+def _mode_keys(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split off the keys the config's mode declares, validated, with their defaults filled in.
+
+    A key another mode declares is refused with the mode it belongs to. The mode's own keys
+    are its business (tfkd.core.modes.base.Param): config.py never lists them.
+    """
+    from tfkd.core import modes
+
+    mode = values["mode"]
+    own = modes.params_of(mode) if isinstance(mode, str) else {}
+    foreign = sorted(set(values) & set(modes.declared_keys()) - set(own))
+    if foreign:
+        owners = modes.declared_keys()
+        raise ValueError(
+            "config key(s) "
+            + ", ".join(f"'{k}' (mode {owners[k]})" for k in foreign)
+            + f" do not belong to mode {mode!r}; remove them or change the mode"
+        )
+    declared = {k: p.validate(values[k]) if k in values else p.default for k, p in own.items()}
+    return {k: v for k, v in values.items() if k not in own}, declared
 
 
 def _check_agreement(given: Mapping[str, Any], decided: Mapping[str, float]) -> None:
@@ -280,7 +326,11 @@ def _check_agreement(given: Mapping[str, Any], decided: Mapping[str, float]) -> 
 
 
 def key_types() -> dict[str, type]:
-    return {f.name: _field_type(f) for f in dataclasses.fields(TrialConfig)}
+    from tfkd.core import modes
+
+    declared = {k: modes.get(owner).params for k, owner in modes.declared_keys().items()}
+    mode_types = {k: next(p.type for p in ps if p.name == k) for k, ps in declared.items()}
+    return {f.name: _field_type(f) for f in dataclasses.fields(TrialConfig)} | mode_types
 
 
 def _field_type(f: dataclasses.Field) -> type:

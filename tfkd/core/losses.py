@@ -37,6 +37,7 @@ so total = (1-a) ce + a kl).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -67,10 +68,22 @@ def _kl_paper(student_log_probs: Tensor, teacher_probs: Tensor) -> Tensor:
     return F.kl_div(student_log_probs, teacher_probs, reduction="batchmean")
 
 
-KL_REDUCTIONS: Registry[Callable[[Tensor, Tensor], Tensor]] = Registry("semantics")
-KL_REDUCTIONS.add("reference", _kl_reference)
-KL_REDUCTIONS.add("paper", _kl_paper)
-_kl = KL_REDUCTIONS.get
+@dataclass(frozen=True)
+class Semantics:
+    """One loss semantics: its KL reduction, and whether the virtual teacher's KL divides the
+    student's logits by T as well (the paper's Eq. 9) or not (the original code)."""
+
+    kl: Callable[[Tensor, Tensor], Tensor]
+    tempered_student: bool
+
+
+KL_REDUCTIONS: Registry[Semantics] = Registry("semantics")
+KL_REDUCTIONS.add("reference", Semantics(_kl_reference, tempered_student=False))
+KL_REDUCTIONS.add("paper", Semantics(_kl_paper, tempered_student=True))
+
+
+def _kl(semantics: str) -> Callable[[Tensor, Tensor], Tensor]:
+    return KL_REDUCTIONS.get(semantics).kl
 
 
 def _full_precision(x: Tensor) -> Tensor:
@@ -135,7 +148,7 @@ def virtual_teacher_loss(
     num_classes = logits.shape[1]
     design = virtual_teacher_distribution(labels, num_classes, correct_prob, logits.dtype)
     teacher_probs = F.softmax(design / temperature, dim=1)
-    student_temperature = temperature if semantics == "paper" else 1.0
+    student_temperature = temperature if KL_REDUCTIONS.get(semantics).tempered_student else 1.0
     student_log_probs = F.log_softmax(logits / student_temperature, dim=1)
     kl = _kl(semantics)(student_log_probs, teacher_probs) * multiplier
     ce = F.cross_entropy(logits, labels)
@@ -164,3 +177,21 @@ def cross_entropy_loss(student_logits: Tensor, labels: Tensor) -> LossTerms:
     """Plain cross-entropy (baseline); the KL part is zero."""
     ce = F.cross_entropy(_full_precision(student_logits), labels)
     return LossTerms(total=ce, ce=ce, kl=torch.zeros_like(ce))
+
+
+def progressive_self_kd_loss(
+    student_logits: Tensor, labels: Tensor, past_probs: Tensor, alpha: float | Tensor
+) -> LossTerms:
+    """PS-KD (Kim et al., ICCV 2021, Eq. 3-4): cross-entropy with progressively softened targets.
+
+    q = (1 - alpha_t) onehot(y) + alpha_t p_{t-1}, L = -(1/N) sum_n sum_k q_k log softmax(z)_k,
+    where p_{t-1} is the model's own prediction for the sample at the previous epoch and
+    alpha_t = alpha_T t / T grows with the epoch t (a float or a device tensor). The ``ce`` part
+    is the hard-label cross-entropy and ``kl`` what the soft target adds to it (L - CE).
+    """
+    log_probs = F.log_softmax(_full_precision(student_logits), dim=1)
+    onehot = F.one_hot(labels, log_probs.shape[1]).to(log_probs.dtype)
+    targets = (1.0 - alpha) * onehot + alpha * past_probs.to(log_probs.dtype).detach()
+    total = -(targets * log_probs).sum(dim=1).mean()
+    ce = F.nll_loss(log_probs, labels)
+    return LossTerms(total=total, ce=ce, kl=total - ce)

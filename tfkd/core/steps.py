@@ -1,9 +1,13 @@
 """One training step (forward, loss, backward, optimiser step) behind one small interface.
 
-A step is a callable `step(images, labels)` that trains on one batch and adds the batch's loss
-terms and correct count to a `Meter` on the device. Nothing in a step reads a value back to the
-host, so the CPU can queue the next batch while the GPU still works on this one; `train_one_epoch`
-checks the meter for a non-finite loss at its interval and reads the sums once per epoch.
+A step is a callable `step(images, labels, indices=None)` that trains on one batch and adds the
+batch's loss terms and correct count to a `Meter` on the device. The loss is the trial's mode
+(`tfkd.core.modes`): it receives the batch (logits, teacher logits, labels, sample indices) and
+the training's `Progress` (device tensors filled before each step) and returns named `Terms`;
+a bare loss function `(logits, labels, teacher_logits, cfg)` is accepted too. Nothing in a step
+reads a value back to the host, so the CPU can queue the next batch while the GPU still works on
+this one; `train_one_epoch` checks the meter for a non-finite loss at its interval and reads the
+sums once per epoch.
 
 Kinds (config key `cuda_graphs`, resolved by `kind_for`; CPU always runs `eager`):
 
@@ -33,8 +37,9 @@ Graph capture needs static shapes and addresses, hence:
   replay it is filled from `param_groups[i]["lr"]`, which the recipe's torch scheduler keeps
   updating exactly as in the eager loop (`recipe.build_scheduler` stays the one definition of
   the schedule).
-- the parameters, gradients, momentum buffers, BatchNorm statistics and meter tensors are never
-  replaced after capture, only updated in place (a checkpoint is restored before the capture).
+- the parameters, gradients, momentum buffers, BatchNorm statistics, meter tensors, the mode's
+  memories and the progress tensors are never replaced after capture, only updated in place (a
+  checkpoint is restored before the capture); the warm-up's effect on the memories is undone.
 """
 
 from __future__ import annotations
@@ -48,10 +53,12 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import Tensor, nn
 
+from tfkd.core import modes
 from tfkd.core.config import TrialConfig
 from tfkd.core.losses import LossTerms
+from tfkd.core.modes import Batch, Mode, Progress, Terms
 
-LossFn = Callable[[Tensor, Tensor, "Tensor | None", TrialConfig], LossTerms]
+LossFn = modes.LossFn
 
 
 class TrainingFailure(RuntimeError):
@@ -78,15 +85,17 @@ def autocast(
 class Meter:
     """One epoch's running sums, kept on the device and updated without a host sync.
 
-    `sums` holds (loss, ce, kl) each times the batch size, and the number of correct
-    predictions; `last` the (loss, ce, kl) of the latest step; `first_bad` the 0-based step of the
-    first non-finite loss (-1: none) and `bad_loss` its value. `add` uses only in-place tensor
-    operations, so it can be captured into a CUDA graph; `seen` (images) is counted on the host.
+    `names` are the mode's term names (`Mode.term_names`, by default ce and kl). `sums` holds
+    the loss and each term times the batch size, then the number of correct predictions; `last`
+    the loss and terms of the latest step; `first_bad` the 0-based step of the first non-finite
+    loss (-1: none) and `bad_loss` its value. `add` uses only in-place tensor operations, so it
+    can be captured into a CUDA graph; `seen` (images) is counted on the host.
     """
 
-    def __init__(self, device: torch.device) -> None:
-        self.sums = torch.zeros(4, device=device)
-        self.last = torch.zeros(3, device=device)
+    def __init__(self, device: torch.device, names: tuple[str, ...] = ("ce", "kl")) -> None:
+        self.names = tuple(names)
+        self.sums = torch.zeros(len(self.names) + 2, device=device)
+        self.last = torch.zeros(len(self.names) + 1, device=device)
         self.steps = torch.zeros((), dtype=torch.int64, device=device)
         self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
         self.bad_loss = torch.zeros((), device=device)
@@ -102,12 +111,15 @@ class Meter:
         self.first_bad.fill_(-1)
         self.seen = 0
 
-    def add(self, terms: LossTerms, logits: Tensor, labels: Tensor) -> None:
+    def add(self, terms: Terms | LossTerms, logits: Tensor, labels: Tensor) -> None:
         n = labels.shape[0]
-        total, ce, kl = terms.total.detach(), terms.ce.detach(), terms.kl.detach()
+        if isinstance(terms, LossTerms):
+            terms = Terms.of(terms)
+        total = terms.total.detach()
+        parts = [terms.parts[name].detach().to(total.dtype) for name in self.names]
         correct = (logits.detach().argmax(dim=1) == labels).sum()
-        self.sums += torch.stack([total * n, ce * n, kl * n, correct.float()])
-        self.last.copy_(torch.stack([total, ce, kl]))
+        self.sums += torch.stack([total * n, *(p * n for p in parts), correct.float()])
+        self.last.copy_(torch.stack([total, *parts]))
         bad = ~torch.isfinite(total) & (self.first_bad < 0)
         self.first_bad.copy_(torch.where(bad, self.steps, self.first_bad))
         self.bad_loss.copy_(torch.where(bad, total.to(self.bad_loss.dtype), self.bad_loss))
@@ -123,11 +135,10 @@ class Meter:
             )
 
     def summary(self) -> dict[str, float]:
-        loss, ce, kl, correct = (self.sums / max(self.seen, 1)).tolist()
+        loss, *parts, correct = (self.sums / max(self.seen, 1)).tolist()
         return {
             "train_loss": loss,
-            "train_ce": ce,
-            "train_kl": kl,
+            **{f"train_{name}": value for name, value in zip(self.names, parts, strict=True)},
             "train_accuracy": 100.0 * correct,
             "train_images": self.seen,
         }
@@ -135,34 +146,55 @@ class Meter:
 
 @dataclass(frozen=True)
 class StepParts:
-    """What every step kind needs; `model` is the module trained (possibly torch.compile'd)."""
+    """What every step kind needs; `model` is the module trained (possibly torch.compile'd).
+
+    `loss` is the trial's `Mode` instance or a bare loss function (then wrapped as a mode);
+    `mode` is the Mode either way. `progress` defaults to one schedule of `cfg.epochs` epochs.
+    """
 
     model: nn.Module
     teacher: nn.Module | None
     optimizer: torch.optim.Optimizer
-    loss: LossFn
+    loss: Mode | LossFn
     cfg: TrialConfig
     device: torch.device
     meter: Meter
+    progress: Progress | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", modes.as_mode(self.loss, self.cfg, self.device))
+        if self.progress is None:
+            object.__setattr__(self, "progress", Progress(self.device, self.cfg.epochs, 1))
 
 
 class Step(Protocol):
     drop_last: ClassVar[bool]  # whether the training loader must drop its last partial batch
     meter: Meter
+    parts: StepParts
 
-    def __call__(self, images: Tensor, labels: Tensor) -> None: ...
+    def __call__(self, images: Tensor, labels: Tensor, indices: Tensor | None = None) -> None: ...
 
 
-def _train_on(p: StepParts, images: Tensor, labels: Tensor, *, cache: bool = True) -> None:
+def _train_on(
+    p: StepParts, images: Tensor, labels: Tensor, indices: Tensor | None, *, cache: bool = True
+) -> None:
     """Forward, loss, backward, optimiser step, meter update; the teacher sees the same batch."""
     with autocast(p.cfg, p.device, cache=cache):
         logits = p.model(images)
         with torch.no_grad():
             teacher_logits = p.teacher(images) if p.teacher is not None else None
-    terms = p.loss(logits, labels, teacher_logits, p.cfg)
+    terms = p.mode.terms(Batch(logits, labels, teacher_logits, indices), p.progress)
     terms.total.backward()
     p.optimizer.step()
     p.meter.add(terms, logits, labels)
+
+
+def _check_indices(p: StepParts, indices: Tensor | None) -> None:
+    if indices is None and p.mode.needs_indices():
+        raise ValueError(
+            f"mode {p.mode.name!r} keeps per-sample memory: its steps need the samples' indices "
+            "(a training loader built with indices=True)"
+        )
 
 
 class EagerStep:
@@ -173,9 +205,10 @@ class EagerStep:
     def __init__(self, parts: StepParts) -> None:
         self.parts, self.meter = parts, parts.meter
 
-    def __call__(self, images: Tensor, labels: Tensor) -> None:
+    def __call__(self, images: Tensor, labels: Tensor, indices: Tensor | None = None) -> None:
+        _check_indices(self.parts, indices)
         self.parts.optimizer.zero_grad(set_to_none=True)
-        _train_on(self.parts, images, labels)
+        _train_on(self.parts, images, labels, indices)
 
 
 class CompiledStep(EagerStep):
@@ -191,9 +224,9 @@ class CompiledStep(EagerStep):
         compiled = torch.compile(parts.model, mode="reduce-overhead")
         super().__init__(dataclasses.replace(parts, model=compiled))
 
-    def __call__(self, images: Tensor, labels: Tensor) -> None:
+    def __call__(self, images: Tensor, labels: Tensor, indices: Tensor | None = None) -> None:
         torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs may be reused
-        super().__call__(images, labels)
+        super().__call__(images, labels, indices)
 
 
 class Replayable(Protocol):
@@ -258,10 +291,12 @@ class GraphedStep:
         self.lrs = TensorLR(parts.optimizer, parts.device)
         self.images: Tensor | None = None
         self.labels: Tensor | None = None
+        self.indices: Tensor | None = None
 
-    def __call__(self, images: Tensor, labels: Tensor) -> None:
+    def __call__(self, images: Tensor, labels: Tensor, indices: Tensor | None = None) -> None:
+        _check_indices(self.parts, indices)
         if self.graph is None:
-            self._capture(images, labels)
+            self._capture(images, labels, indices)
         assert self.images is not None and self.labels is not None and self.graph is not None
         if images.shape != self.images.shape or labels.shape != self.labels.shape:
             raise ValueError(
@@ -270,6 +305,8 @@ class GraphedStep:
             )
         self.images.copy_(images)
         self.labels.copy_(labels)
+        if self.indices is not None and indices is not None:
+            self.indices.copy_(indices)
         self.lrs.load()
         self.graph.replay()
 
@@ -282,11 +319,12 @@ class GraphedStep:
         """
         self.parts.optimizer.zero_grad(set_to_none=True)
         with self.lrs.installed():
-            _train_on(self.parts, self.images, self.labels, cache=False)
+            _train_on(self.parts, self.images, self.labels, self.indices, cache=False)
 
-    def _capture(self, images: Tensor, labels: Tensor) -> None:
+    def _capture(self, images: Tensor, labels: Tensor, indices: Tensor | None = None) -> None:
         p, graphs = self.parts, self.graphs
         self.images, self.labels = images.clone(), labels.clone()
+        self.indices = indices.clone() if indices is not None else None
         saved = _snapshot(p)
         rng = graphs.rng_state(p.device)
         self.lrs.load()
@@ -336,6 +374,7 @@ class _Saved:
     model: dict[str, Tensor]
     momentum: list[Tensor | None]
     meter: list[Tensor]
+    mode: dict[str, Tensor]
 
 
 def _params(optimizer: torch.optim.Optimizer) -> list[Tensor]:
@@ -353,6 +392,7 @@ def _snapshot(p: StepParts) -> _Saved:
         model={k: v.detach().clone() for k, v in p.model.state_dict().items()},
         momentum=[buffer(q) for q in _params(p.optimizer)],
         meter=[t.clone() for t in p.meter.tensors()],
+        mode={k: v.detach().clone() for k, v in p.mode.state_dict().items()},
     )
 
 
@@ -373,6 +413,8 @@ def _restore(p: StepParts, saved: _Saved) -> None:
             buf.zero_()
     for t, old in zip(p.meter.tensors(), saved.meter, strict=True):
         t.copy_(old)
+    for key, value in p.mode.state_dict().items():
+        value.copy_(saved.mode[key])
 
 
 STEPS: dict[str, type[EagerStep] | type[GraphedStep]] = {  # config.CUDA_GRAPHS

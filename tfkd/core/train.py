@@ -163,9 +163,13 @@ def train_one_epoch(
     """
     step.meter.reset()
     check_every = FINITE_CHECK_INTERVAL.get(device.type, 1)
+    progress = step.parts.progress
     count = 0
-    for count, (images, labels) in enumerate(channels_last_batches(loader, cfg, device), start=1):
-        step(images, labels)
+    for count, (images, labels, *indices) in enumerate(
+        channels_last_batches(loader, cfg, device), start=1
+    ):
+        progress.set(epoch, count - 1)
+        step(images, labels, *indices)
         scheduler.step()
         step.meter.seen += labels.shape[0]
         if count % check_every == 0:
@@ -201,8 +205,10 @@ def _checkpoint_state(
     epoch_metrics: Mapping[str, float],
     first_loss: float,
     selection: protocol.Selection,
+    mode: modes.Mode,
 ) -> dict[str, Any]:
     return {
+        **_mode_state(mode),
         "first_train_loss": first_loss,
         "selection": selection.state(),
         "model": model.state_dict(),
@@ -219,6 +225,29 @@ def _checkpoint_state(
             "val_accuracy": float(epoch_metrics.get("val_accuracy", float("nan"))),
         },
     }
+
+
+def _mode_state(mode: modes.Mode) -> dict[str, Any]:
+    """The mode's buffers (its memories), and its teacher's weights when the teacher changes."""
+    state: dict[str, Any] = {"mode_state": mode.state_dict()}
+    if mode.teacher is not None and not mode.teacher_fixed:
+        state["mode_teacher"] = mode.teacher.state_dict()
+    return state
+
+
+def _restore_mode(state: Mapping[str, Any], mode: modes.Mode, path: str) -> None:
+    """Put a checkpoint's mode state back in place (a captured step keeps these tensors)."""
+    saved = state.get("mode_state", {})
+    if saved.keys() != mode.state_dict().keys():
+        raise ValueError(
+            f"checkpoint {path} holds mode state {sorted(saved)}, mode {mode.name!r} keeps "
+            f"{sorted(mode.state_dict())}: it was written by another mode or dataset"
+        )
+    with torch.no_grad():
+        for key, value in mode.state_dict().items():
+            value.copy_(saved[key])
+    if "mode_teacher" in state and mode.teacher is not None:
+        mode.teacher.load_state_dict(state["mode_teacher"])
 
 
 def _report_epoch(
@@ -243,6 +272,7 @@ def _resume(
     scheduler: Any,
     cfg: TrialConfig,
     selection: protocol.Selection,
+    mode: modes.Mode,
 ) -> tuple[int, float | None]:
     """Restore the training state and the selection; returns (its epoch, the first epoch's
     training loss)."""
@@ -259,6 +289,7 @@ def _resume(
     _restore_rng(state["rng"])
     if "selection" in state:
         selection.restore(state["selection"])
+    _restore_mode(state, mode, path)
     return int(state["epoch"]), state.get("first_train_loss")
 
 
@@ -289,12 +320,24 @@ def run_trial(
     """
     cfg = TrialConfig.from_dict(config)
     parallel = Parallel.current()
-    mode = modes.get(cfg.mode)
+    mode_class = modes.get(cfg.mode)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     if dataset is None:
         dataset = load_dataset(cfg)
-    teacher = load_teacher(cfg, dataset.num_classes, device) if mode.needs_teacher else None
+    if parallel.world > 1 and mode_class.needs_indices():
+        raise ValueError(
+            f"mode {cfg.mode!r} keeps per-sample memory, which a data-parallel trial does not "
+            "share between its workers yet; train it on one device per trial"
+        )
+    teacher = load_teacher(cfg, dataset.num_classes, device) if mode_class.needs_teacher else None
+    mode = mode_class(
+        cfg,
+        num_classes=dataset.num_classes,
+        train_size=len(dataset.train),
+        device=device,
+        teacher=teacher,
+    )
     model = parallel.global_batch_norm(build_student(cfg, dataset.num_classes, device), device)
     train_model = parallel.data_parallel(model, device)
     train_model = torch.compile(train_model) if cfg.compile else train_model
@@ -311,23 +354,33 @@ def run_trial(
         drop_last=steps.STEPS[step_kind].drop_last or parallel.world > 1,
         image_size=cfg.image_size,
         shard=parallel.shard,
+        indices=mode_class.needs_indices(),
+        sampler=mode_class.sampler,
     )
     optimizer = recipe.build_optimizer(model, cfg)
     scheduler = recipe.build_scheduler(optimizer, cfg, steps_per_epoch=len(train_loader))
     rule = protocol.get(cfg.protocol)
     selection = protocol.Selection(rule)
     start_epoch, first_loss = (
-        _resume(resume_from, model, optimizer, scheduler, cfg, selection)
+        _resume(resume_from, model, optimizer, scheduler, cfg, selection, mode)
         if resume_from
         else (0, None)
     )
+    progress = modes.Progress(device, cfg.epochs, len(train_loader))
     # Built after the resume: a captured step keeps pointing at the restored tensors.
     parts = steps.StepParts(
-        train_model, teacher, optimizer, mode.loss, cfg, device, steps.Meter(device)
+        train_model,
+        teacher,
+        optimizer,
+        mode,
+        cfg,
+        device,
+        steps.Meter(device, mode.term_names),
+        progress,
     )
     train_step = steps.build(step_kind, parts)
     evaluators = [
-        Evaluator(split, cfg, device, teacher, prefix)
+        Evaluator(split, cfg, device, teacher, prefix, mode=mode, progress=progress)
         for split, prefix in ((dataset.val, "val"), (dataset.test, "test"))
         if len(split)
     ]
@@ -338,6 +391,7 @@ def run_trial(
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         train_loader.set_epoch(epoch)
+        mode.start_epoch(epoch)
         _sync(device)
         started = time.perf_counter()
         train_stats = train_one_epoch(
@@ -371,6 +425,7 @@ def run_trial(
                     epoch_metrics,
                     first_loss,
                     selection,
+                    mode,
                 ),
                 parallel,
             )

@@ -39,12 +39,22 @@ from .core import (
     stratified_split,
 )
 from .folders import FileImages, FileSplit
-from .loaders import LOADERS, ClassicLoader, DeviceLoader, JpegLoader, make_loader
+from .loaders import (
+    LOADERS,
+    SAMPLERS,
+    ClassicLoader,
+    DeviceLoader,
+    JpegLoader,
+    Sampler,
+    Shuffle,
+    make_loader,
+)
 
 __all__ = [
     "AUGMENTATIONS",
     "DATASETS",
     "LOADERS",
+    "SAMPLERS",
     "AugmentParams",
     "ClassicLoader",
     "DataError",
@@ -55,6 +65,8 @@ __all__ = [
     "FileSplit",
     "JpegLoader",
     "Request",
+    "Sampler",
+    "Shuffle",
     "Source",
     "Split",
     "apply_params",

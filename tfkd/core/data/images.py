@@ -174,8 +174,11 @@ def _decode_one(data: torch.Tensor, path: str, device: torch.device) -> torch.Te
         return decode(data, path).to(device)
 
 
-def iterate(loader, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # noqa: ANN001
-    """One epoch of (normalised float images, labels) on the loader's device (see JpegLoader)."""
+def iterate(  # noqa: ANN001
+    loader, epoch: int, with_indices: bool = False
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """One epoch of (normalised float images, labels[, sample indices]) on the loader's device
+    (see JpegLoader)."""
     split, device = loader.split, loader.device
     on_device = device.type == "cuda"
     plan = _Plan(loader.augment, loader.image_size, loader.seed, epoch, on_device)
@@ -195,4 +198,7 @@ def iterate(loader, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: 
             decoded = decode_on_device(images, paths, device)
             images = [plan.transform(im, pos) for im, (pos, _) in zip(decoded, batch, strict=True)]
         x = torch.stack(images).to(device, non_blocking=on_device)
-        yield loader.normalise(x.float()), labels.to(device, non_blocking=on_device)
+        out = loader.normalise(x.float()), labels.to(device, non_blocking=on_device)
+        if with_indices:
+            out = (*out, torch.tensor([i for _, i in batch], device=device))
+        yield out

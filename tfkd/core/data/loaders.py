@@ -4,12 +4,17 @@ Both yield (images float32 N x C x H x W normalised with split.mean/std, labels 
 `device`, with the same augmentation distributions, and both are seeded per epoch: the batches
 of epoch e depend only on (seed, e), which is what exact checkpoint resume needs. Iterating
 without calling `set_epoch` advances the epoch by one per pass (like a fresh epoch each time).
+
+`indices=True` (what a mode with per-sample memory asks for) adds a third element: each sample's
+position in the split (int64, on `device`). `sampler` (a name in `SAMPLERS` or a `Sampler`)
+draws a training epoch's order; the default "shuffle" is a random permutation.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -20,7 +25,35 @@ from . import images
 from .augment import PAD, AugmentParams, apply_params, parse_augment, sample_params
 from .core import Split, seed_from
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[torch.Tensor, ...]  # (images, labels) or (images, labels, indices)
+
+
+class Sampler(Protocol):
+    """A training epoch's order of sample indices; consecutive batch_size chunks are the batches.
+
+    `order` may repeat or leave out samples (e.g. a same-class partner after each sample);
+    `length(n)` is the order's length for a split of n samples (the loader's len depends on it).
+    It runs once per epoch, outside the training step, and may sync the device.
+    """
+
+    def order(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
+
+    def length(self, n: int) -> int: ...
+
+
+class Shuffle:
+    """Every sample once, in a random permutation (torch.randperm on the labels' device)."""
+
+    def order(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return torch.randperm(labels.shape[0], generator=generator, device=labels.device)
+
+    def length(self, n: int) -> int:
+        return n
+
+
+SAMPLERS: Registry[Callable[[], Sampler]] = Registry("sampler")
+SAMPLERS.add("shuffle", Shuffle)
+DEFAULT_SAMPLER = "shuffle"
 
 
 class _BaseLoader(abc.ABC):
@@ -44,6 +77,8 @@ class _BaseLoader(abc.ABC):
         max_degrees: float | None = None,
         image_size: int = 224,
         shard: tuple[int, int] = (0, 1),
+        indices: bool = False,
+        sampler: str | Sampler = DEFAULT_SAMPLER,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -62,8 +97,17 @@ class _BaseLoader(abc.ABC):
         self.max_degrees = split.rotation if max_degrees is None else max_degrees
         self.image_size = image_size
         self.shard = _check_shard(shard, batch_size, self.train)
+        self.indices = bool(indices)
+        self.sampler: Sampler = SAMPLERS.get(sampler)() if isinstance(sampler, str) else sampler
+        if not isinstance(self.sampler, Shuffle) and not self.custom_samplers:
+            raise ValueError(
+                f"the {type(self).__name__} draws shuffled batches only; a mode's own sampler "
+                "needs loader=device"
+            )
         self.epoch = 0
         self._build(split)
+
+    custom_samplers: bool = False  # whether this loader kind draws its order from `sampler`
 
     @abc.abstractmethod
     def _build(self, split: Split) -> None:
@@ -79,8 +123,11 @@ class _BaseLoader(abc.ABC):
         return epoch
 
     def __len__(self) -> int:
-        n = len(self.split)
+        n = self.sampler.length(len(self.split)) if self.train else len(self.split)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _with_indices(self, batch: Batch, idx: torch.Tensor) -> Batch:
+        return (*batch, idx) if self.indices else batch
 
 
 def _check_shard(shard: tuple[int, int], batch_size: int, train: bool) -> tuple[int, int]:
@@ -114,7 +161,10 @@ class DeviceLoader(_BaseLoader):
     from (seed, epoch). train=False: fixed order, no augmentation, all samples. drop_last
     defaults to False (the last, smaller batch is kept) and only applies when train=True.
     `num_workers` is accepted so both loader kinds share a signature; it is unused here.
+    The epoch's order comes from `sampler` (any registered one).
     """
+
+    custom_samplers = True
 
     def _build(self, split: Split) -> None:
         self.images = split.images.to(self.device)
@@ -124,15 +174,19 @@ class DeviceLoader(_BaseLoader):
     def __iter__(self) -> Iterator[Batch]:
         epoch = self._next_epoch()
         n, bs = self.images.shape[0], self.batch_size
-        stop = n - n % bs if self.drop_last else n
         if not self.train:
-            for start in range(0, stop, bs):
+            for start in range(0, n, bs):
                 x = self.images[start : start + bs]
-                yield self._normalise(x.float()), self.labels[start : start + bs]
+                positions = torch.arange(start, min(start + bs, n), device=self.device)
+                yield self._with_indices(
+                    (self._normalise(x.float()), self.labels[start : start + bs]), positions
+                )
             return
         gen = torch.Generator(device=self.device)
         gen.manual_seed(seed_from("device-loader", self.seed, epoch))
-        perm = torch.randperm(n, generator=gen, device=self.device)
+        perm = self.sampler.order(self.labels, gen)
+        total = perm.shape[0]
+        stop = total - total % bs if self.drop_last else total
         for start in range(0, stop, bs):
             idx = perm[start : start + bs]
             params = sample_params(
@@ -140,7 +194,8 @@ class DeviceLoader(_BaseLoader):
             )  # drawn for the whole global batch, so a shard's randomness is its slice's
             part = _shard_slice(idx.shape[0], self.shard)
             x = apply_params(self.images.index_select(0, idx[part]), _sliced(params, part))
-            yield self._normalise(x), self.labels.index_select(0, idx[part])
+            labels = self.labels.index_select(0, idx[part])
+            yield self._with_indices((self._normalise(x), labels), idx[part])
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         return x.mul_(self._scale).add_(self._shift)
@@ -163,25 +218,27 @@ class JpegLoader(_BaseLoader):
         return x.mul_(self._scale).add_(self._shift)
 
     def __iter__(self) -> Iterator[Batch]:
-        return images.iterate(self, self._next_epoch())
+        return images.iterate(self, self._next_epoch(), with_indices=self.indices)
 
 
 class _PILDataset(torch.utils.data.Dataset):
     """Per-sample PIL images from a uint8 split, as the original CIFAR pipeline served them."""
 
-    def __init__(self, split: Split, transform) -> None:  # noqa: ANN001 - torchvision Compose
+    def __init__(self, split: Split, transform, indices: bool = False) -> None:  # noqa: ANN001
         hwc = split.images.permute(0, 2, 3, 1)
         self.images = np.ascontiguousarray(hwc[..., 0] if hwc.shape[-1] == 1 else hwc)
         self.labels = split.labels.numpy()
         self.transform = transform
+        self.indices = indices
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple:
         from PIL import Image
 
-        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+        sample = self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+        return (*sample, i) if self.indices else sample
 
 
 class ClassicLoader(_BaseLoader):
@@ -211,7 +268,7 @@ class ClassicLoader(_BaseLoader):
             steps.append(T.RandomRotation(self.max_degrees))
         steps += [T.ToTensor(), T.Normalize(split.mean, split.std)]
         self.transform = T.Compose(steps)
-        self.dataset = _PILDataset(split, self.transform)
+        self.dataset = _PILDataset(split, self.transform, self.indices)
 
     def __iter__(self) -> Iterator[Batch]:
         epoch = self._next_epoch()
@@ -237,7 +294,7 @@ class ClassicLoader(_BaseLoader):
                 outer = torch.get_rng_state()
                 torch.set_rng_state(ours)
             try:
-                x, y = next(it)
+                x, y, *positions = next(it)
             except StopIteration:
                 return
             finally:
@@ -245,7 +302,11 @@ class ClassicLoader(_BaseLoader):
                     ours = torch.get_rng_state()
                     torch.set_rng_state(outer)
             nb = self.device.type == "cuda"
-            yield x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
+            yield (
+                x.to(self.device, non_blocking=nb),
+                y.to(self.device, non_blocking=nb),
+                *(p.to(self.device, non_blocking=nb) for p in positions),
+            )
 
 
 LOADERS: Registry[type[_BaseLoader]] = Registry("loader")
