@@ -13,7 +13,7 @@ import pytest
 import torch
 from test_steps import StandInGraphs
 
-from tfkd.core import checkpoint, data, modes, steps
+from tfkd.core import checkpoint, coordinates, data, modes, steps
 from tfkd.core.config import TrialConfig, core_keys
 from tfkd.core.evaluate import Evaluator
 from tfkd.core.train import run_trial
@@ -83,7 +83,7 @@ def check_contract(cls: type[modes.Mode], yaml_path: Path) -> None:
     space = search_space.load(yaml_path, cls.name)
     own = {p.name for p in cls.params}
     assert own <= set(space.params) | set(space.defaults), "the YAML sets every own key"
-    allowed = set(core_keys()) | {"ce_weight", "kl_weight"} | own
+    allowed = set(core_keys()) | set(coordinates.names()) | own
     assert set(space.params) | set(space.defaults) <= allowed, "only this mode's keys"
 
 
