@@ -62,3 +62,22 @@ def link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
         os.link(source, target)
     except OSError:  # another file system, links not allowed, or the target exists
         shutil.copyfile(source, target)
+
+
+def remove_dead_process_folders(parent: Path, prefix: str) -> None:
+    """Remove the folders `<parent>/<prefix><pid>-*` whose process no longer runs (a process
+    killed mid-write leaves its scratch or staging folder behind)."""
+    for folder in parent.glob(f"{prefix}*-*"):
+        pid = folder.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and not _process_running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -100,7 +100,7 @@ def scratch_folder(needed_bytes: int) -> Iterator[Path]:
     in the temp folder. Folders left by processes that were killed are removed first.
     """
     parent = RAM_FOLDER if _has_room(RAM_FOLDER, 2 * needed_bytes) else Path(tempfile.gettempdir())
-    _remove_orphans(parent)
+    atomic.remove_dead_process_folders(parent, SCRATCH_PREFIX)
     folder = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent))
     try:
         yield folder
@@ -113,21 +113,3 @@ def _has_room(folder: Path, needed_bytes: int) -> bool:
         return os.access(folder, os.W_OK) and shutil.disk_usage(folder).free > needed_bytes
     except OSError:
         return False
-
-
-def _remove_orphans(parent: Path) -> None:
-    """Scratch folders of processes that no longer run (killed mid-epoch)."""
-    for folder in parent.glob(f"{SCRATCH_PREFIX}*-*"):
-        pid = folder.name[len(SCRATCH_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not _running(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True

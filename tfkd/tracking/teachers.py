@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tfkd.core import protocol
+from tfkd.core import atomic, protocol
 from tfkd.core.errors import UserError
 from tfkd.tracking.store import client as existing_store
 from tfkd.tracking.store import import_mlflow, mlflow_client
@@ -293,7 +293,7 @@ def _download(value: str, uri: str | None, cache: Path) -> None:
     """Download into a staging folder beside the cache, then rename it into place; a failed
     download leaves nothing (its staging folder is removed), and then the cache is trimmed."""
     cache.parent.mkdir(parents=True, exist_ok=True)
-    _remove_dead_staging(cache.parent)
+    atomic.remove_dead_process_folders(cache.parent, STAGING_PREFIX)
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=cache.parent))
     try:
         import_mlflow().artifacts.download_artifacts(
@@ -306,24 +306,6 @@ def _download(value: str, uri: str | None, cache: Path) -> None:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _evict(cache.parent)
-
-
-def _remove_dead_staging(root: Path) -> None:
-    """Staging folders of downloads whose process no longer runs (killed mid-download)."""
-    for folder in root.glob(f"{STAGING_PREFIX}*-*"):
-        pid = folder.name.removeprefix(STAGING_PREFIX).split("-", 1)[0]
-        if pid.isdigit() and not _running(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _evict(root: Path) -> None:
