@@ -169,7 +169,7 @@ def test_each_axis_moves_the_gradient_across_its_range(axis, k):
     low, high = space.params[axis].low, space.params[axis].high
     at_low = loss_gradient({**space.defaults, axis: low}, k)
     at_high = loss_gradient({**space.defaults, axis: high}, k)
-    assert (at_low - at_high).norm() > 0.1 * max(at_low.norm(), at_high.norm())
+    assert (at_low - at_high).norm() > 0.05 * max(at_low.norm(), at_high.norm())  # 5%
 
 
 def test_the_preset_is_the_authors_step():
@@ -186,7 +186,7 @@ def test_the_preset_is_the_authors_step():
 
 def test_a_digits_trial_learns():
     config = {"mode": "cskd", "dataset": "digits", "model": "resnet8", "batch_size": 64,
-              "data_dir": "unused", "epochs": 2}  # fmt: skip
+              "data_dir": "unused", "epochs": 2, "warmup_epochs": 0}  # fmt: skip
     metrics = []
     final = run_trial(config, lambda m, folder: metrics.append(m))
     assert final["val_accuracy"] > 30.0  # chance: 10%
