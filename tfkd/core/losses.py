@@ -195,3 +195,67 @@ def progressive_self_kd_loss(
     total = -(targets * log_probs).sum(dim=1).mean()
     ce = F.nll_loss(log_probs, labels)
     return LossTerms(total=total, ce=ce, kl=total - ce)
+
+
+def class_wise_self_kd_loss(
+    anchor_logits: Tensor,
+    anchor_labels: Tensor,
+    partner_logits: Tensor,
+    share: float,
+    temperature: float,
+) -> LossTerms:
+    """CS-KD (Yun et al., CVPR 2020, Eq. 2-3): pull a sample's prediction towards another
+    sample's of the same class.
+
+    L_cls = T^2 (1/N) sum_n KL(softmax(z'_n / T) || softmax(z_n / T)), where z'_n are the logits
+    of a sample of z_n's class, held constant (no gradient, as the authors' `torch.no_grad()`
+    forward), N the number of anchors; CE is over the anchors only. The authors optimise
+    CE + lambda L_cls; here the share s = lambda / (1 + lambda) weighs them,
+    L = (1 - s) CE + s L_cls, i.e. the authors' loss over (1 + lambda).
+    """
+    z = _full_precision(anchor_logits)
+    partner = F.softmax(_full_precision(partner_logits).detach() / temperature, dim=1)
+    log_probs = F.log_softmax(z / temperature, dim=1)
+    kl = F.kl_div(log_probs, partner, reduction="batchmean") * temperature**2
+    return _combine(F.cross_entropy(z, anchor_labels), kl, share)
+
+
+def logit_ranks(logits: Tensor) -> Tensor:
+    """Each class's rank in its row by decreasing logit, 1 for the largest; tied logits share
+    the smallest rank (scipy's rankdata(-z, method="min")): 1 + #{j : z_j > z_k}.
+
+    Sort + searchsorted: O(N K log K) and no host sync (capturable).
+    """
+    ascending = logits.sort(dim=1).values.contiguous()
+    at_most = torch.searchsorted(ascending, logits.contiguous(), right=True)
+    return logits.shape[1] - at_most + 1
+
+
+def zipf_non_target_distribution(logits: Tensor, labels: Tensor, power: float) -> Tensor:
+    """Zipf's law over the non-target classes: q_k proportional to rank_k^(-power) for k != y,
+    q_y = 0, with rank_k the class's rank by the (detached) logits among all K classes
+    (`logit_ranks`). Rows sum to 1."""
+    ranks = logit_ranks(logits.detach()).to(torch.float32)
+    weights = ranks.pow(-power)
+    weights = weights.scatter(1, labels.unsqueeze(1), 0.0)
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+def zipf_label_smoothing_loss(
+    logits: Tensor, labels: Tensor, share: float, power: float
+) -> LossTerms:
+    """Zipf's label smoothing (Liang et al., ECCV 2022), the logit-rank form.
+
+    L_zipf = (1/N) sum_n KL(q_n || softmax over the non-target classes of z_n), where q_n is
+    `zipf_non_target_distribution` (ranks from the model's own detached logits) and the softmax
+    runs over the K - 1 non-target logits only (the authors' `kl_loss`). The authors optimise
+    CE + lambda L_zipf; here the share s = lambda / (1 + lambda) weighs them,
+    L = (1 - s) CE + s L_zipf.
+    """
+    z = _full_precision(logits)
+    target = F.one_hot(labels, z.shape[1]).bool()
+    non_target_log_probs = z - z.masked_fill(target, float("-inf")).logsumexp(dim=1, keepdim=True)
+    q = zipf_non_target_distribution(z, labels, power).to(z.dtype)
+    pointwise = torch.xlogy(q, q) - q * non_target_log_probs.masked_fill(target, 0.0)
+    kl = pointwise.sum(dim=1).mean()
+    return _combine(F.cross_entropy(z, labels), kl, share)

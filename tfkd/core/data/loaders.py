@@ -51,8 +51,41 @@ class Shuffle:
         return n
 
 
+class ClassPairs:
+    """Every sample once as an anchor, in a random permutation, each followed by a partner: a
+    random other sample of its class (itself only when its class has no other sample).
+
+    The order is [a_1, p_1, a_2, p_2, ...], 2n long, so every even-sized batch holds whole
+    pairs: anchors at even positions, their partners at odd ones (CS-KD's batches). Vectorised
+    on the labels' device: the samples sorted by class, each anchor draws an offset among the
+    other members of its class (no per-sample Python loop); deterministic under `generator`.
+    """
+
+    def order(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, device = labels.shape[0], labels.device
+        anchors = torch.randperm(n, generator=generator, device=device)
+        by_class = torch.sort(labels, stable=True).indices
+        counts = torch.bincount(labels)
+        starts = torch.cumsum(counts, 0) - counts
+        place = torch.empty_like(by_class)
+        place[by_class] = torch.arange(n, device=device)
+        cls = labels[anchors]
+        size, start = counts[cls], starts[cls]
+        own = place[anchors] - start  # the anchor's offset within its class
+        draw = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+        others = (size - 1).clamp(min=1)
+        offset = torch.minimum((draw * others).long(), others - 1)
+        offset = torch.where(size > 1, offset + (offset >= own).long(), own)
+        partners = by_class[start + offset]
+        return torch.stack((anchors, partners), dim=1).reshape(-1)
+
+    def length(self, n: int) -> int:
+        return 2 * n
+
+
 SAMPLERS: Registry[Callable[[], Sampler]] = Registry("sampler")
 SAMPLERS.add("shuffle", Shuffle)
+SAMPLERS.add("class_pairs", ClassPairs)
 DEFAULT_SAMPLER = "shuffle"
 
 
