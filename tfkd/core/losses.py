@@ -104,16 +104,19 @@ def kd_loss(
     alpha: float,
     multiplier: float = 1.0,
     semantics: str = "reference",
+    standardize: bool = False,
 ) -> LossTerms:
     """Knowledge distillation (Hinton et al. 2015) as used by kd, rekd, dekd and tfkd_self.
 
     L = (1-alpha) CE(z, y) + alpha * multiplier * T^2 * KL(softmax(t/T) || softmax(z/T)),
     with the KL reduced per `semantics` (module docstring). The returned ``kl`` part already
-    includes T^2 and the multiplier.
+    includes T^2 and the multiplier. With `standardize`, the KL sees the z-scored logits
+    (`standardize_logits`, Sun et al. 2024); the CE keeps the raw ones.
     """
     t = temperature
-    teacher_probs = F.softmax(_full_precision(teacher_logits.detach()) / t, dim=1)
-    student_log_probs = F.log_softmax(_full_precision(student_logits) / t, dim=1)
+    soft_student, soft_teacher = _distilled(student_logits, teacher_logits, standardize)
+    teacher_probs = F.softmax(soft_teacher / t, dim=1)
+    student_log_probs = F.log_softmax(soft_student / t, dim=1)
     kl = _kl(semantics)(student_log_probs, teacher_probs) * (t * t * multiplier)
     ce = F.cross_entropy(_full_precision(student_logits), labels)
     return _combine(ce, kl, alpha)
@@ -259,3 +262,79 @@ def zipf_label_smoothing_loss(
     pointwise = torch.xlogy(q, q) - q * non_target_log_probs.masked_fill(target, 0.0)
     kl = pointwise.sum(dim=1).mean()
     return _combine(F.cross_entropy(z, labels), kl, share)
+
+
+STANDARDIZE_EPS = 1e-7  # the authors' epsilon (sunshangquan/logit-standardization-KD, KD.py)
+
+
+def standardize_logits(logits: Tensor, eps: float = STANDARDIZE_EPS) -> Tensor:
+    """Logit standardisation (Sun et al., CVPR 2024, "Logit Standardization in Knowledge
+    Distillation").
+
+    Z(z) = (z - mean_k z) / (eps + std_k z) per sample, over the K classes, with the sample
+    standard deviation (Bessel's correction, torch.std's default, as the authors' `normalize`)
+    and eps = 1e-7 added to it. The softmax of Z(z) / T then depends on the logits' relations,
+    not their range: a student need not match the teacher's logit magnitude, only its shape.
+    """
+    logits = _full_precision(logits)
+    mean = logits.mean(dim=1, keepdim=True)
+    std = logits.std(dim=1, keepdim=True)
+    return (logits - mean) / (eps + std)
+
+
+def _distilled(
+    student_logits: Tensor, teacher_logits: Tensor, standardize: bool
+) -> tuple[Tensor, Tensor]:
+    """The logits a distillation term compares, in full precision, the teacher's detached."""
+    student, teacher = _full_precision(student_logits), _full_precision(teacher_logits.detach())
+    if standardize:
+        return standardize_logits(student), standardize_logits(teacher)
+    return student, teacher
+
+
+class DKDTerms(NamedTuple):
+    """Decoupled KD's parts: the CE, and TCKD and NCKD (each already times T^2, unweighted)."""
+
+    ce: Tensor
+    tckd: Tensor
+    nckd: Tensor
+
+
+NON_TARGET_MASK = 1000.0  # what DKD subtracts from the target logit / T to leave it out
+
+
+def dkd_terms(
+    student_logits: Tensor,
+    labels: Tensor,
+    teacher_logits: Tensor,
+    *,
+    temperature: float,
+    standardize: bool = False,
+) -> DKDTerms:
+    """Decoupled knowledge distillation (Zhao et al., CVPR 2022): KD's two parts.
+
+    With p = softmax(z/T) and t the label, b = (p_t, 1 - p_t) is the binary target /
+    non-target distribution and p^ = softmax over the non-target classes only:
+      TCKD = T^2 (1/N) sum_n KL(b^teacher || b^student)
+      NCKD = T^2 (1/N) sum_n KL(p^teacher || p^student)
+    (KD = TCKD + (1 - p_t^teacher) NCKD; DKD weights them alpha and beta instead.) As in the
+    authors' mdistiller/distillers/DKD.py, the non-target softmax subtracts 1000 from the
+    target's z/T. With `standardize` both sides see `standardize_logits` first (Sun et al.).
+    """
+    t = temperature
+    student, teacher = _distilled(student_logits, teacher_logits, standardize)
+    target = F.one_hot(labels, student.shape[1]).to(student.dtype)
+    batch = student.shape[0]
+    binary_student = _target_vs_rest(F.softmax(student / t, dim=1), target)
+    binary_teacher = _target_vs_rest(F.softmax(teacher / t, dim=1), target)
+    tckd = F.kl_div(binary_student.log(), binary_teacher, reduction="sum") * (t * t) / batch
+    masked_student = F.log_softmax(student / t - NON_TARGET_MASK * target, dim=1)
+    masked_teacher = F.softmax(teacher / t - NON_TARGET_MASK * target, dim=1)
+    nckd = F.kl_div(masked_student, masked_teacher, reduction="sum") * (t * t) / batch
+    return DKDTerms(F.cross_entropy(_full_precision(student_logits), labels), tckd, nckd)
+
+
+def _target_vs_rest(probs: Tensor, target: Tensor) -> Tensor:
+    """(p_t, 1 - p_t) per sample, N x 2, as the sums over the target and the other classes."""
+    on_target = (probs * target).sum(dim=1, keepdim=True)
+    return torch.cat([on_target, (probs * (1 - target)).sum(dim=1, keepdim=True)], dim=1)

@@ -2,6 +2,8 @@
 
 They differ only in the teacher the user gives them (a stronger model, a weaker one, an early
 snapshot, a trained copy of the student), so each is a subclass that names and describes itself.
+Every mode with a teacher (these and dkd) shares the option `logit_standardize`, declared here
+once: it z-scores the student's and the teacher's logits before the temperature.
 """
 
 from __future__ import annotations
@@ -10,13 +12,22 @@ from torch import Tensor
 
 from tfkd.core import losses
 from tfkd.core.config import TrialConfig
-from tfkd.core.modes import LossMode, register
+from tfkd.core.modes import LossMode, Param, register
+
+LOGIT_STANDARDIZE = Param(
+    "logit_standardize",
+    bool,
+    False,
+    "z-score the student's and the teacher's logits per sample before the temperature "
+    "(Sun et al., CVPR 2024; tfkd.core.losses.standardize_logits)",
+)
 
 
 class Distillation(LossMode):
     """Hinton's KD (`losses.kd_loss`): (1-a) CE(z, y) + a m T^2 KL(softmax(t/T) || softmax(z/T))."""
 
     needs_teacher = True
+    params = (LOGIT_STANDARDIZE,)
 
     @staticmethod
     def loss_of(
@@ -32,6 +43,7 @@ class Distillation(LossMode):
             alpha=cfg.alpha,
             multiplier=cfg.multiplier,
             semantics=cfg.semantics,
+            standardize=cfg.logit_standardize,
         )
 
 
