@@ -300,12 +300,13 @@ def test_a_failure_of_the_hyper_parameters_fails_once_and_is_not_retried(workdir
 
 
 def test_a_trial_failed_by_its_values_stays_failed_across_resume(workdir):
-    """lr=1000 diverges after an epoch or two; `--resume` restarts errored trials, and this one
-    fails at once without training again: its run keeps its epochs, its status and its reason."""
+    """lr=150 (at loss scale 1) diverges after an epoch or two; `--resume` restarts errored
+    trials, and this one fails at once without training again: its run keeps its epochs, its
+    status and its reason."""
     uri = sqlite_uri(workdir)
     sweep = (
         "--mode tfkd_reg --dataset fake --model resnet8 --fixed --epochs 3 --set fake_size=256 "
-        "--set lr=1000 --set warmup_epochs=0 --name diverged --experiment tfkd_reg-fake-resnet8"
+        "--set lr=150 --set warmup_epochs=0 --name diverged --experiment tfkd_reg-fake-resnet8"
     )
     first = tune_main(sweep, mlflow_uri=uri, cwd=workdir, timeout=300)
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]

@@ -149,38 +149,41 @@ def prepare(args: argparse.Namespace) -> Prepared:
         mlflow_uri = tracking.resolve_uri(args.mlflow_uri)
         tracking.check_location(mlflow_uri)  # reachable and writable
         tracking.check_new_sweep(mlflow_uri, plan.experiment, plan.name, args.resume)
-    _check_resume_state(args, plan, mlflow_uri)
     teacher = teachers.resolve(teachers.TeacherRequest.from_args(args), mlflow_uri)
     if teacher is not None and not teacher.location:  # --train-teacher: its run's flags too
         _teacher_run_error(lambda: make_plan(_teacher_args(args, teacher, plan.name)))
     plan, teacher_accuracy = _attach_teacher(plan, teacher, dataset, mlflow_uri)
     _check_resume_flags(args, plan)
     lock = storage.SweepLock(args.storage, plan.name)  # last: every check has passed
+    try:  # the state a running sweep is writing is not checked (the lock refused that above)
+        unchecked = _check_resume_state(args, plan, mlflow_uri)
+    except UserError:
+        lock.release()
+        raise
+    if unchecked:
+        print(unchecked, file=sys.stderr, flush=True)
     return Prepared(args, plan, dataset, mlflow_uri, teacher, teacher_accuracy, lock)
 
 
-def _check_resume_state(args: argparse.Namespace, plan: Plan, mlflow_uri: str | None) -> None:
+def _check_resume_state(args: argparse.Namespace, plan: Plan, mlflow_uri: str | None) -> str | None:
     """--resume loads only the state files tfkd left: their digests, recorded on the sweep's
     MLflow run at the end of its last session, must match (UserError otherwise, before anything
-    is unpickled). A session that never ended (a killed driver) recorded none: said, not
-    refused."""
+    is unpickled). A session that never ended (a killed driver) recorded none: not refused, and
+    the warning to say so is returned."""
     if not args.resume:
-        return
+        return None
     found = state_files.state_digests(storage.join(args.storage, plan.name))
     if not found:
-        return  # Tune saved nothing: the sweep starts afresh
+        return None  # Tune saved nothing: the sweep starts afresh
     from tfkd.tracking import state
 
     record = state.recorded_state(mlflow_uri, plan.experiment, plan.name) if mlflow_uri else None
     if record is None or not record.current:
         why = "its last session ended without recording them" if record else "none are recorded"
-        print(
+        return (
             f"tune_main.py: warning: --resume: the state files of sweep {plan.name} are not "
-            f"checked ({why}: the driver was killed, or the sweep is not tracked)",
-            file=sys.stderr,
-            flush=True,
+            f"checked ({why}: the driver was killed, or the sweep is not tracked)"
         )
-        return
     changed = record.mismatches(found)
     if changed:
         raise UserError(
@@ -189,6 +192,7 @@ def _check_resume_state(args: argparse.Namespace, plan: Plan, mlflow_uri: str | 
             "nothing was loaded: put back the files tfkd wrote, or start a new sweep under "
             "another --name"
         )
+    return None
 
 
 def _check_resume_flags(args: argparse.Namespace, plan: Plan) -> None:
