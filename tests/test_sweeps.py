@@ -223,7 +223,7 @@ def test_a_failing_trial_fails_alone_and_all_failing_exits_1(workdir):
     uri = sqlite_uri(workdir)
     space = workdir / "lr.yaml"
     space.write_text(
-        "mode: baseline\nparams: {lr: {distribution: choice, values: [0.05, 1.0e+12]}}\n"
+        "mode: baseline\nparams: {lr_factor: {distribution: choice, values: [1.0, 1.0e+13]}}\n"
     )
     common = cli_args(
         "--mode baseline --dataset fake --model resnet8 --epochs 1 --search-alg grid",
@@ -234,16 +234,19 @@ def test_a_failing_trial_fails_alone_and_all_failing_exits_1(workdir):
     done = tune_main(*common, "--num-samples", "1", cwd=workdir)
     assert_ok(done)
     assert "2 trials: 1 failed" in done.stdout
-    runs = {r.data.params["lr"]: r for r in runs_of_kind(uri, "baseline-fake-resnet8")}
-    assert runs["1000000000000.0"].info.status == "FAILED"
-    assert "non-finite" in runs["1000000000000.0"].data.tags["error"]
-    assert runs["0.05"].info.status == "FINISHED"
+    runs = {r.data.params["lr_factor"]: r for r in runs_of_kind(uri, "baseline-fake-resnet8")}
+    assert runs["10000000000000.0"].info.status == "FAILED"
+    assert "non-finite" in runs["10000000000000.0"].data.tags["error"]
+    assert runs["1.0"].info.status == "FINISHED"
     said = done.stdout + done.stderr  # tfkd names the failure; Ray's traceback is in error.txt
     assert "Traceback" not in said and "Trials did not complete" not in said, said[-3000:]
     (error_file,) = (workdir / "ray_results").glob("*/trial_*/error.txt")
     assert "NonFiniteLossError" in error_file.read_text()
 
-    space.write_text("mode: baseline\nparams: {lr: {distribution: choice, values: [1.0e+12]}}\n")
+    space.write_text(
+        "mode: baseline\nparams: {lr_factor: {distribution: choice, values: [1.0e+13]}}\n"
+        "defaults: {lr_factor: 1.0e+13}\n"
+    )
     done = tune_main(*common, "--num-samples", "1", "--name", "all-fail", cwd=workdir)
     assert done.returncode == 1
     assert "every trial failed" in done.stderr
