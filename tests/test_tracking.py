@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tfkd.core import coordinates
-from tfkd.core.config import TrialConfig
-from tfkd.core.config import keys as config_keys
+from tfkd.core.config import TrialConfig, core_keys
 from tfkd.sweep import search_space
 from tfkd.sweep import status as progress
 
@@ -84,8 +82,9 @@ def test_sweep_and_trial_runs_are_recorded(server, teacher_sweep):
     assert sweep_files == {"trials.csv", "trials.html"}  # nothing searched: no plot
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert child.info.status == "FINISHED" and child.data.tags["stopped_early"] == "false"
-    # every stored key of the config; the search coordinates set fields, they are not stored
-    assert set(child.data.params) == set(config_keys()) - set(coordinates.names())
+    # every stored key of the config (a baseline declares no keys of its own); the search
+    # coordinates set fields, they are not stored
+    assert set(child.data.params) == set(core_keys())
     assert TrialConfig.from_dict(child.data.params).epochs == 2
     for metric in ("val_accuracy", "train_loss", "val_ece", "lr", "images_per_second"):
         assert [m.step for m in client.get_metric_history(child.info.run_id, metric)] == [1, 2]
