@@ -141,11 +141,32 @@ def wanted(row: paper.PaperRow, args: argparse.Namespace) -> bool:
     )
 
 
+def missing_architectures(row: paper.PaperRow) -> list[str]:
+    """The row's student or teacher architectures tfkd does not have."""
+    return [m for m in (row.model, teacher_model(row)) if m and m not in models.names()]
+
+
+def say_unplannable(rows: Iterable[paper.PaperRow]) -> None:
+    """One line naming the rows left out because tfkd lacks an architecture they use."""
+    left_out = [r for r in rows if missing_architectures(r)]
+    if left_out:
+        named = sorted({f"{r.mode} {r.model}" + (f"<-{r.teacher}" if r.teacher else "")
+                        for r in left_out})  # fmt: skip
+        lacking = sorted({m for r in left_out for m in missing_architectures(r)})
+        say(
+            f"not planned: {len(left_out)} row(s) whose architectures tfkd lacks "
+            f"({', '.join(lacking)}): {'; '.join(named)}"
+        )
+
+
 def chosen_rows(args: argparse.Namespace) -> list[paper.PaperRow]:
-    """The paper's rows of the dataset, for the models and modes asked for."""
+    """The paper's rows of the dataset, for the models and modes asked for (and a line naming
+    those tfkd cannot train)."""
     _check_known("model", args.models or (), models.names())
     _check_known("mode", args.modes or (), modes.names())
-    rows = [r for r in paper.rows_for(args.dataset) if runnable(r) and wanted(r, args)]
+    asked = [r for r in paper.rows_for(args.dataset) if wanted(r, args)]
+    say_unplannable(asked)
+    rows = [r for r in asked if runnable(r)]
     if not rows:
         raise UserError(
             f"the paper has no {args.dataset} rows for models "

@@ -240,7 +240,12 @@ def test_vs_baseline_pairs_only_the_same_dataset_model_schedule_and_protocol():
 def test_analysis_keeps_its_own_paper_table_with_comments():
     text = paper.PAPER_CSV.read_text()
     assert text.startswith("#") and "dataset,model,mode,teacher,accuracy,std,table" in text
-    assert len(paper.load()) == 134  # the Tf-KD paper 92, cskd/zipf_ls 3, dkd 11, logit std. 28
+    # the Tf-KD paper 92, cskd/zipf_ls 3, dkd 11, logit std. 28, PS-KD's table 5 (pskd 3, cskd 2)
+    assert len(paper.load()) == 139
+    pskd = {row.model: row.accuracy for row in paper.load() if row.table == "PSKD-README"
+            and row.mode == "pskd"}  # fmt: skip
+    errors = {"PreActResNet18": 20.82, "densenet121": 18.73, "resnext29": 17.28}  # top-1 error
+    assert pskd == pytest.approx({model: 100 - e for model, e in errors.items()})
 
 
 def test_results_table_compares_with_the_paper():
@@ -741,6 +746,33 @@ def test_paper_suite_dry_run_orders_and_skips(tmp_path, capsys):
     assert any("--name dekd-cifar100-mobilenet_v2-resnet18-epoch-1" in line for line in dekd)
     assert str(TUNE_MAIN) in lines[0]
     assert len(reproductions) == len([line for line in lines if "--mode kd" in line]) + len(dekd)
+
+
+def test_paper_suite_plans_the_families_rows_and_names_those_it_cannot_train(tmp_path, capsys):
+    """PS-KD, CS-KD and DKD rows from their authors: planned where tfkd has the architectures
+    (DKD's resnet20 <- resnet56 and resnet32 <- resnet110, their teachers' baselines first),
+    named in one line where it lacks them (wrn, vgg, PreAct ResNet-18)."""
+    argv = ["--dataset", "cifar100", "--modes", "dkd", "pskd", "cskd", "--dry-run",
+            "--mlflow-uri", sqlite_uri(tmp_path)]  # fmt: skip
+    assert paper_suite.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    runs = [line for line in out if ". [run]" in line and "tune_main.py" in line]
+
+    def flag(line: str, name: str) -> str:
+        found = re.search(rf"--{name} (\S+)", line)
+        return found.group(1) if found else ""
+
+    named = {(flag(line, "mode"), flag(line, "model"), flag(line, "teacher")) for line in runs}
+    assert named == {
+        ("baseline", "resnet56", ""), ("baseline", "resnet110", ""),
+        ("dkd", "resnet20", "resnet56"), ("dkd", "resnet32", "resnet110"),
+        ("pskd", "densenet121", ""), ("pskd", "resnext29", ""),
+        ("cskd", "resnet18", ""), ("cskd", "densenet121", ""), ("cskd", "resnext29", ""),
+    }  # fmt: skip
+    not_planned = [line for line in out if "not planned" in line]
+    assert len(not_planned) == 1
+    for row in ("dkd wrn_16_2<-wrn_40_2", "dkd vgg8<-vgg13", "pskd PreActResNet18"):
+        assert row in not_planned[0]
 
 
 def imagenet_plan_lines(capsys, uri: str, *extra: str) -> list[str]:

@@ -80,6 +80,28 @@ def test_the_loss_is_the_authors_equations(alpha, beta, temperature, standardize
     assert float(terms.parts["kl"]) == pytest.approx(expected[0] - expected[1], rel=1e-9)
 
 
+@pytest.mark.parametrize(("share", "ratio"), [(0.9, 8.0), (0.3, 0.5), (0.0, 4.0), (1.0, 2.0)])
+def test_the_share_coordinates_weigh_the_authors_terms(share, ratio):
+    """kd_share lambda, nckd_ratio r: (1 - lambda) CE + lambda (NCKD + TCKD / r), from the
+    authors' terms computed one sample at a time."""
+    z, t, y = batch(num_classes=10, size=6, seed=5)
+    _, ce, tckd, nckd = authors_dkd(z.numpy(), t.numpy(), y.numpy(), alpha=1, beta=1,
+                                    temperature=4)  # fmt: skip
+    expected = (1 - share) * ce + share * (nckd + tckd / ratio)
+    cfg = dkd(kd_share=share, nckd_ratio=ratio)
+    assert float(modes.get("dkd").loss(z, y, t, cfg).total) == pytest.approx(expected, rel=1e-9)
+
+
+def test_the_authors_config_is_a_share_of_eight_ninths_at_ratio_eight_and_scale_nine():
+    from tfkd.core import coordinates
+
+    converted = coordinates.coordinates_of(dkd(), ["kd_share", "nckd_ratio"])
+    assert converted.values == pytest.approx({"kd_share": 8 / 9, "nckd_ratio": 8.0})
+    assert converted.scale == pytest.approx(9.0)  # CE 1 + beta 8 (TCKD rides on NCKD)
+    with pytest.raises(ValueError, match="disagrees with the searched coordinates"):
+        dkd(kd_share=8 / 9, nckd_ratio=8.0, dkd_beta=8.0)  # the authors' beta, at scale 9
+
+
 def test_tckd_plus_teacher_weighted_nckd_is_kd():
     """The paper's decomposition, per sample: KD = TCKD + (1 - p_t^teacher) NCKD, where KD is
     Hinton's T^2 KL(p^T || p^S) (kd in the paper's form with alpha = 1)."""
@@ -169,7 +191,7 @@ def logit_gradient(cfg: TrialConfig, num_classes: int) -> torch.Tensor:
 def test_every_axis_moves_the_gradient_at_ten_and_a_hundred_classes(num_classes):
     space = search_space.load(search_space.default_path("dkd"), "dkd")
     # no loss scale; the learning rate (lr_factor, every mode's) is tested in test_search_science
-    assert set(space.params) == {"dkd_beta", "lr_factor"}
+    assert set(space.params) == {"kd_share", "nckd_ratio", "lr_factor"}
     point = {"mode": "dkd", **space.defaults}
     for name, axis in space.params.items():
         if name == "lr_factor":

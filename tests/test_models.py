@@ -9,8 +9,9 @@ from torch import nn
 import tfkd.core.models as models
 
 # Parameter counts at num_classes=100. The first nine are those of the authors' reference
-# implementation (yuanli2333/Teacher-free-Knowledge-Distillation, model/); cnn, resnet8 and
-# resnet20 were measured here.
+# implementation (yuanli2333/Teacher-free-Knowledge-Distillation, model/); cnn and resnet8 were
+# measured here; resnet20/32/56/110 are He et al.'s CIFAR ResNets (their classic 10-class counts
+# below, + 64 x 90 + 90 for 100 classes).
 PARAMS_100 = {
     "resnet18": 11_220_132,
     "resnet34": 21_328_292,
@@ -24,10 +25,13 @@ PARAMS_100 = {
     "cnn": 369_124,
     "resnet8": 81_140,
     "resnet20": 275_572,
+    "resnet32": 470_004,
+    "resnet56": 858_868,
+    "resnet110": 1_733_812,
 }
 
 # Models whose 64x64 forward runs without autograd to keep the suite fast.
-BIG = {"resnet34", "resnet50", "resnet101", "densenet121", "googlenet", "resnext29"}
+BIG = {"resnet110", "resnet34", "resnet50", "resnet101", "densenet121", "googlenet", "resnext29"}
 
 
 def n_params(model: nn.Module) -> int:
@@ -48,8 +52,13 @@ def test_param_count(name: str) -> None:
     assert n_params(models.build(name, 100)) == PARAMS_100[name]
 
 
-def test_resnet20_is_the_classic_027m() -> None:
-    assert n_params(models.build("resnet20", 10)) == 269_722
+@pytest.mark.parametrize(
+    ("name", "count"),
+    [("resnet20", 269_722), ("resnet32", 464_154), ("resnet56", 853_018), ("resnet110", 1_727_962)],
+)
+def test_the_cifar_resnets_have_their_classic_sizes(name: str, count: int) -> None:
+    """0.27M, 0.46M, 0.85M and 1.7M parameters on CIFAR-10 (He et al., 2016, Table 6)."""
+    assert n_params(models.build(name, 10)) == count
 
 
 @pytest.mark.parametrize("name", models.paper_names())

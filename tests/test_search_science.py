@@ -129,19 +129,8 @@ def test_every_axis_of_every_shipped_space_changes_training_at_10_and_100_classe
     assert all(e > DEAD for e in effects.values()), effects
 
 
-# Known and open: dkd's loss is CE + alpha TCKD + beta NCKD with the CE's weight fixed at 1, so at
-# K = 10 the beta NCKD term dominates the step and beta acts nearly as a loss scale, i.e. as
-# lr_factor (smallest singular value 0.079). A share form (1 - s) CE + s (...) would separate
-# them; until then this case is expected to fail, and strict: it reports when it is fixed.
-DKD_BETA_IS_A_SCALE = pytest.mark.xfail(
-    strict=True, reason="dkd's beta acts as a loss scale at K = 10 (open: a share form)"
-)
 REDUNDANCY_CASES = [
-    pytest.param(path, k, id=f"{path.stem}-{k}", marks=[DKD_BETA_IS_A_SCALE])
-    if (path.stem, k) == ("dkd", 10)
-    else pytest.param(path, k, id=f"{path.stem}-{k}")
-    for path in SHIPPED
-    for k in (10, 100)
+    pytest.param(path, k, id=f"{path.stem}-{k}") for path in SHIPPED for k in (10, 100)
 ]
 
 

@@ -203,6 +203,7 @@ class TrialConfig:
         known = {f.name: f for f in dataclasses.fields(cls)}
         if "mode" not in values:
             raise ValueError("config key 'mode' is required")
+        as_given = values
         values, declared = _mode_keys(values)
         searched = set(coordinates.names())
         unknown = sorted(set(values) - set(known) - searched)
@@ -215,8 +216,12 @@ class TrialConfig:
         axes = {k: v for k, v in values.items() if k in searched}
         if axes:
             decided = coordinates.fields_of(axes, config)
-            _check_agreement(given, decided)
-            config = cls._checked({**given, **decided}, known)
+            _check_agreement(as_given, decided)
+            fields = {k: v for k, v in decided.items() if k in known}
+            config = cls._checked({**given, **fields}, known)
+            declared |= _mode_values(
+                config.mode, {k: v for k, v in decided.items() if k not in known}
+            )
         object.__setattr__(config, "_mode_values", declared)
         _check_protocol_split(config)
         _check_warmup(config)
@@ -312,6 +317,14 @@ def _mode_keys(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any
         )
     declared = {k: p.validate(values[k]) if k in values else p.default for k, p in own.items()}
     return {k: v for k, v in values.items() if k not in own}, declared
+
+
+def _mode_values(mode: str, decided: Mapping[str, float]) -> dict[str, Any]:
+    """The mode's own keys that its coordinates set, validated as the mode declares them."""
+    from tfkd.core import modes
+
+    own = modes.params_of(mode)
+    return {k: own[k].validate(v) for k, v in decided.items()}
 
 
 def _check_agreement(given: Mapping[str, Any], decided: Mapping[str, float]) -> None:

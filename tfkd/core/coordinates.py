@@ -23,6 +23,15 @@ searched as the field `lr_factor`, for every mode):
   is u's true-class mass: `smoothing` is that epsilon (the mass moved off the true class, the
   lsr mode's epsilon), so alpha = w = smoothing / (1 - u_y) and multiplier = K. temperature and
   correct_prob then change nothing but w.
+* ``kd_share``, ``nckd_ratio`` (dkd, Zhao et al. 2022): L = (1 - lambda) CE + w_e lambda (NCKD
+  + TCKD / r), i.e. dkd_ce = 1 - lambda, dkd_beta = lambda, dkd_alpha = lambda / r: lambda shares
+  the loss between the CE and NCKD, and r = beta / alpha is the ratio the authors tune (8 for most
+  CIFAR-100 pairs). NCKD's gradient dwarfs TCKD's, so the scale is set by CE and NCKD alone: with
+  r inside the normalisation, (TCKD + r NCKD) / (1 + r), r moved the step as the learning rate
+  does (cosine 0.95 at K = 100, tests/test_search_science.py measures it); the authors' own form
+  CE + alpha TCKD + beta NCKD, CE fixed at 1, makes beta the loss scale. Their CE 1, alpha 1,
+  beta 8 is lambda 8/9, r 8 at a loss scale 9, which the coordinates drop (the learning rate is
+  searched instead).
 * ``ce_weight``, ``kl_weight`` (any mode; the coordinates of older sweeps, still read):
   ce_weight CE + kl_weight KL, alpha = 1 - ce_weight, multiplier = kl_weight / alpha.
 
@@ -165,6 +174,24 @@ def smoothing_of(cfg: TrialConfig) -> Converted:
     return Converted({"smoothing": share.values["w"] * off_true}, share.scale)
 
 
+def dkd_share_to_fields(values: Mapping[str, float], cfg: TrialConfig) -> dict[str, float]:
+    """kd_share lambda, nckd_ratio r -> dkd_ce = 1 - lambda, dkd_beta = lambda, dkd_alpha =
+    lambda / r."""
+    share, ratio = _share(values["kd_share"]), float(values["nckd_ratio"])
+    if not ratio > 0:
+        raise ValueError(f"config key 'nckd_ratio' = {ratio!r} is out of range (above 0)")
+    return {"dkd_ce": 1.0 - share, "dkd_alpha": share / ratio, "dkd_beta": share}
+
+
+def dkd_share_of(cfg: TrialConfig) -> Converted:
+    """(dkd_ce, dkd_alpha, dkd_beta) -> lambda = beta / (dkd_ce + beta), r = beta / alpha, at
+    the scale dkd_ce + beta (infinite r: NCKD without TCKD)."""
+    alpha, beta = cfg.dkd_alpha, cfg.dkd_beta
+    share = _share_of(cfg.dkd_ce, beta, "kd_share")
+    ratio = beta / alpha if alpha > 0 else math.inf
+    return Converted({**share.values, "nckd_ratio": ratio}, share.scale)
+
+
 def loss_weights_to_fields(values: Mapping[str, float], cfg: TrialConfig) -> dict[str, float]:
     """ce_weight, kl_weight -> alpha = 1 - ce_weight, multiplier = kl_weight / alpha."""
     ce, kl = values["ce_weight"], values["kl_weight"]
@@ -224,6 +251,13 @@ LOSS_WEIGHTS = Coordinate(
     loss_weights_of,
     "ce_weight CE + kl_weight KL (older sweeps' coordinates)",
 )
+DKD_SHARE = Coordinate(
+    ("kd_share", "nckd_ratio"),
+    ("dkd_ce", "dkd_alpha", "dkd_beta"),
+    dkd_share_to_fields,
+    dkd_share_of,
+    "DKD's share lambda and NCKD/TCKD ratio r: (1 - lambda) CE + lambda (NCKD + TCKD / r)",
+)
 #: coordinates every mode accepts (old runs' params hold them)
 COMMON: tuple[Coordinate, ...] = (LOSS_WEIGHTS,)
 
@@ -239,6 +273,7 @@ def register(coordinates: tuple[Coordinate, ...], *modes: str) -> None:
 
 register((KD_SHARE,), "kd", "rekd", "dekd", "tfkd_self")
 register((SMOOTHING, VIRTUAL_KD_SHARE), "tfkd_reg")
+register((DKD_SHARE,), "dkd")
 
 
 def of_mode(mode: str) -> tuple[Coordinate, ...]:

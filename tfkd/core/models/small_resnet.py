@@ -85,3 +85,21 @@ def resnet8(num_classes: int) -> nn.Module:
 def resnet20(num_classes: int) -> nn.Module:
     """ResNet-20 (three blocks per stage)."""
     return CifarResNet(3, num_classes)
+
+
+@register("resnet32")
+def resnet32(num_classes: int) -> nn.Module:
+    """ResNet-32 (five blocks per stage; a student of DKD's CIFAR-100 table)."""
+    return CifarResNet(5, num_classes)
+
+
+@register("resnet56")
+def resnet56(num_classes: int) -> nn.Module:
+    """ResNet-56 (nine blocks per stage; a teacher of DKD's CIFAR-100 table)."""
+    return CifarResNet(9, num_classes)
+
+
+@register("resnet110")
+def resnet110(num_classes: int) -> nn.Module:
+    """ResNet-110 (eighteen blocks per stage; a teacher of DKD's CIFAR-100 table)."""
+    return CifarResNet(18, num_classes)

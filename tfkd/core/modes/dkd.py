@@ -4,14 +4,17 @@ KD's loss splits into a target-class part (TCKD: the binary KL of target vs. the
 non-target part (NCKD: the KL among the other classes), and KD weights NCKD by the teacher's
 1 - p_t, which shrinks it exactly where the teacher is confident. DKD weights them freely:
 
-    L = CE(z, y) + w_e (alpha TCKD + beta NCKD),   w_e = min(e / warmup, 1)
+    L = c CE(z, y) + w_e (alpha TCKD + beta NCKD),   w_e = min(e / warmup, 1)
 
 (`tfkd.core.losses.dkd_terms`), with e the 1-based epoch, as the authors' mdistiller
 (mdistiller/distillers/DKD.py: `min(kwargs["epoch"] / self.warmup, 1.0)`, epochs counted from 1
-by mdistiller/engine/trainer.py). Their CIFAR-100 defaults (mdistiller/engine/cfg.py): CE weight 1,
-alpha 1, beta 8, T 4, warm-up 20 epochs of 240. The warm-up weight is computed from the
-training's `Progress.epoch` on the device, so a captured step stays live. The teacher is fixed,
-as kd's; `logit_standardize` (Sun et al., CVPR 2024) z-scores both sides' logits first.
+by mdistiller/engine/trainer.py). Their CIFAR-100 defaults (mdistiller/engine/cfg.py): CE weight c
+= 1 (the field `dkd_ce`), alpha 1, beta 8, T 4, warm-up 20 epochs of 240. A search varies the
+coordinates of `tfkd.core.coordinates`: kd_share lambda and nckd_ratio r = beta / alpha, with c =
+1 - lambda, beta = lambda and alpha = lambda / r (the step's scale is set by CE and NCKD).
+The warm-up weight is computed from the training's `Progress.epoch` on the device, so a captured
+step stays live. The teacher is fixed, as kd's; `logit_standardize` (Sun et al., CVPR 2024)
+z-scores both sides' logits first.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ def _non_negative(value: float) -> bool:
 
 @register
 class DecoupledKD(Mode):
-    """CE + min(epoch / dkd_warmup, 1) (dkd_alpha TCKD + dkd_beta NCKD) at `temperature`."""
+    """dkd_ce CE + min(epoch / dkd_warmup, 1) (dkd_alpha TCKD + dkd_beta NCKD) at `temperature`."""
 
     name = "dkd"
     description = (
@@ -42,6 +45,7 @@ class DecoupledKD(Mode):
     term_names = ("ce", "kl", "tckd", "nckd")
     params = (
         LOGIT_STANDARDIZE,
+        Param("dkd_ce", float, 1.0, "weight of the cross-entropy with the labels", _non_negative),
         Param("dkd_alpha", float, 1.0, "weight of TCKD, the target-vs-rest KL", _non_negative),
         Param("dkd_beta", float, 8.0, "weight of NCKD, the KL among non-targets", _non_negative),
         Param(
@@ -75,9 +79,8 @@ class DecoupledKD(Mode):
             standardize=cfg.logit_standardize,
         )
         kl = weight * (cfg.dkd_alpha * parts.tckd + cfg.dkd_beta * parts.nckd)
-        return Terms(
-            parts.ce + kl, {"ce": parts.ce, "kl": kl, "tckd": parts.tckd, "nckd": parts.nckd}
-        )
+        named = {"ce": parts.ce, "kl": kl, "tckd": parts.tckd, "nckd": parts.nckd}
+        return Terms(cfg.dkd_ce * parts.ce + kl, named)
 
     @classmethod
     def loss(
