@@ -335,21 +335,21 @@ def render(name: str) -> str:
         raise BenchmarkError(
             f"no table for benchmark result {name!r} (known: {sorted(BENCHMARKS)})"
         )
-    path = RESULTS / name
+    path, shown = RESULTS / name, f"benchmarks/results/{name}"
     if not path.is_file():
-        raise BenchmarkError(f"{path.relative_to(REPO)} does not exist")
+        raise BenchmarkError(f"{shown} does not exist")
     doc = json.loads(path.read_text())
     benchmark = BENCHMARKS[name]
     try:
         table = benchmark.render(doc)
     except (KeyError, TypeError, IndexError, ValueError) as error:
         raise BenchmarkError(
-            f"{path.relative_to(REPO)} lacks what its table needs ({type(error).__name__}: {error})"
+            f"{shown} lacks what its table needs ({type(error).__name__}: {error})"
         ) from None
-    lines = [table, "", f"Produced by `{usage_line(benchmark.script)}`."]
+    lines = [table, "", f"* Produced by `{usage_line(benchmark.script)}`"]
     if "command" in doc:
-        lines.append(f"This file: `{doc['command']}`.")
-    lines.append(f"Machine (from `benchmarks/results/{name}`): {machine(doc)}.")
+        lines.append(f"* This file's command: `{doc['command']}`")
+    lines.append(f"* Machine (from `{shown}`): {machine(doc)}")
     return "\n".join(lines) + "\n"
 
 
