@@ -1,4 +1,4 @@
-"""The layers of README's Layout hold: tfkd.core trains without Ray or MLflow, and no package
+"""The layers of docs/architecture.md hold: tfkd.core trains without Ray or MLflow, and no package
 imports one above it (core < tracking < sweep < cli); Ray lives only in tfkd.sweep, MLflow only
 in tfkd.tracking.
 

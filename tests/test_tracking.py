@@ -3,11 +3,9 @@ the MLflow UI in headless Chromium."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,15 @@ from tfkd.core.config import TrialConfig, core_keys
 from tfkd.sweep import search_space
 from tfkd.sweep import status as progress
 
-from conftest import ARTIFACTS, REPO, assert_ok, clean_env, mlflow_server, tune_main
+from browser import (
+    EXPAND_BUTTON,
+    chrome,
+    click_text,
+    expand_until_shown,
+    tidy_for_screenshot,
+    wait_for,
+)
+from conftest import ARTIFACTS, assert_ok, clean_env, mlflow_server, tune_main
 
 pytestmark = pytest.mark.slow
 
@@ -283,78 +289,6 @@ def test_train_teacher_trains_a_missing_teacher_first(server, workdir_m):
     assert parent.data.tags["teacher_location"] == f"runs:/{version.run_id}/teacher"
 
 
-def chrome():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    profile = Path(tempfile.mkdtemp(prefix="tfkd-chromium-"))  # a fresh --user-data-dir
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        "--window-size=1400,900",
-    ):
-        options.add_argument(flag)
-    driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-    return webdriver.Chrome(options=options, service=Service(driver_path)), profile
-
-
-EXPAND_BUTTON = "button[data-component-id*='runnamecellrenderer']"
-DOCS_SCREENSHOT = REPO / "docs" / "mlflow_runs.png"
-
-
-def wait_for(driver, condition, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.5)
-    return condition()
-
-
-def expand_until_shown(driver, names: list[str], tries: int = 5) -> list[str]:
-    """Open the sweep's row until its trials show; the names still missing after `tries`.
-
-    The runs table renders, then gets its expand controls; on a loaded machine a click can land
-    before the control reacts, so the click is repeated until the nested rows appear.
-    """
-
-    def missing() -> list[str]:
-        return [n for n in names if n not in driver.page_source]
-
-    for _ in range(tries):
-        if not missing():
-            break
-        wait_for(driver, lambda: driver.find_elements("css selector", EXPAND_BUTTON))
-        for button in driver.find_elements("css selector", EXPAND_BUTTON):
-            button.click()
-        wait_for(driver, lambda: not missing(), timeout=15)
-    return missing()
-
-
-ASSISTANT_CLOSE = "button[data-component-id='mlflow.assistant.chat_panel.close']"
-RUN_NAME_RESIZE = ".ag-header-cell[col-id='attributes.`Run Name`'] .ag-header-cell-resize"
-
-
-def tidy_for_screenshot(driver) -> None:
-    """Close MLflow 3's assistant panel and widen the Run Name column, as a person would."""
-    from selenium.webdriver import ActionChains
-
-    for button in driver.find_elements("css selector", ASSISTANT_CLOSE):
-        button.click()
-    for handle in driver.find_elements("css selector", RUN_NAME_RESIZE)[:1]:
-        ActionChains(driver).click_and_hold(handle).move_by_offset(120, 0).release().perform()
-    time.sleep(1)
-
-
 def test_mlflow_ui_lists_the_sweep_runs(server, self_sweep):
     client = MlflowClient(server)
     experiment = client.get_experiment_by_name("tfkd_self-fake-resnet8")
@@ -376,30 +310,6 @@ def test_mlflow_ui_lists_the_sweep_runs(server, self_sweep):
         shutil.rmtree(profile, ignore_errors=True)
     assert len(names) == 3 and not missing, f"not on the page: {missing}"
     assert screenshot.stat().st_size > 10_000
-    if os.environ.get("TFKD_UPDATE_DOCS") == "1":  # README's picture of the runs table
-        DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
-        shutil.copyfile(screenshot, DOCS_SCREENSHOT)
-
-
-TRIALS_SCREENSHOT = REPO / "docs" / "mlflow_trials.png"
-
-
-def click_text(driver, text: str, selector: str = "a, button, span") -> None:
-    """Click the first element of `selector` that shows exactly `text`, once it is there."""
-
-    from selenium.common.exceptions import StaleElementReferenceException
-
-    def click() -> bool:  # the page may re-render between finding an element and clicking it
-        try:
-            shown = driver.find_elements("css selector", selector)
-            found = [e for e in shown if e.text.strip() == text]
-            if found:
-                found[0].click()
-            return bool(found)
-        except StaleElementReferenceException:
-            return False
-
-    assert wait_for(driver, click), f"nothing shows {text!r}"
 
 
 def test_mlflow_ui_opens_a_sweep_on_its_training_runs_with_the_comparison_one_click_away(
@@ -433,5 +343,3 @@ def test_mlflow_ui_opens_a_sweep_on_its_training_runs_with_the_comparison_one_cl
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
-    if os.environ.get("TFKD_UPDATE_DOCS") == "1":  # README's picture of the comparison
-        shutil.copyfile(shots["trials"], TRIALS_SCREENSHOT)
