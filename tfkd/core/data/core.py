@@ -2,9 +2,9 @@
 
 A dataset is registered with one decorated function (see `sources.py`) that returns a `Source`:
 the full training and test sets (uint8 tensors, or `ImageFiles` left on disk) plus their
-statistics. `load` carves the
-validation split from the training set and caches the result per process, so a node (or a Ray
-worker) decodes a dataset once and every trial reuses the same tensors.
+statistics. `load` carves the validation split from the training set and caches the result per
+process, so a node (or a Ray worker) decodes a dataset once and every trial reuses the same
+tensors.
 """
 
 from __future__ import annotations
