@@ -32,12 +32,18 @@ MIN_POINTS = 2
 # the parameters; from fewer trials than this its ranking is noise, so no importance is shown.
 MIN_IMPORTANCE_TRIALS = 8
 
+
+def _int_bounds(param: search_space.Param) -> tuple[int, int]:
+    low, high = param.bounds
+    return int(low), int(high)
+
+
 OPTUNA_DISTRIBUTIONS: dict[str, Callable[[search_space.Param], BaseDistribution]] = {
-    "uniform": lambda p: FloatDistribution(p.low, p.high),
-    "loguniform": lambda p: FloatDistribution(p.low, p.high, log=True),
-    "int": lambda p: IntDistribution(int(p.low), int(p.high)),
-    "logint": lambda p: IntDistribution(int(p.low), int(p.high), log=True),
-    "quniform": lambda p: FloatDistribution(p.low, p.high, step=p.q),
+    "uniform": lambda p: FloatDistribution(*p.bounds),
+    "loguniform": lambda p: FloatDistribution(*p.bounds, log=True),
+    "int": lambda p: IntDistribution(*_int_bounds(p)),
+    "logint": lambda p: IntDistribution(*_int_bounds(p), log=True),
+    "quniform": lambda p: FloatDistribution(*p.bounds, step=p.q),
     "choice": lambda p: CategoricalDistribution(list(p.values)),
 }
 
@@ -76,10 +82,10 @@ def distributions(text: str, mode: str) -> dict[str, BaseDistribution]:
 
 def scored_trials(sweep: sweeps.Sweep) -> tuple[list[tuple[sweeps.Trial, float]], str]:
     """(trial, score) pairs and a label saying what the score is."""
-    full = sweeps.full_schedule_trials(sweep)
+    full = sweeps.full_schedule_scores(sweep)
     if len(full) >= MIN_FULL_TRIALS:
         return (
-            [(t, t.score) for t in full],
+            full,
             f"{sweep.metric} at epoch {sweep.epochs} (full schedule, {len(full)} trials)",
         )
     ran = [t for t in sweep.trials if not t.failed and t.history]

@@ -52,7 +52,7 @@ def normalise_alias(alias: str) -> str:
     return f"epoch-{int(snapshot.group(1))}" if snapshot else alias
 
 
-def _mode(name: str) -> modes.Mode | None:
+def _mode(name: str) -> type[modes.Mode] | None:
     try:
         return modes.get(name)
     except ValueError:

@@ -19,6 +19,8 @@ import pandas as pd  # noqa: E402
 from optuna.distributions import (  # noqa: E402
     BaseDistribution,
     CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
 )
 
 from analysis import sweeps  # noqa: E402
@@ -171,8 +173,14 @@ def _log_scale(dist: BaseDistribution) -> bool:
     return bool(getattr(dist, "log", False))
 
 
+def _range(dist: BaseDistribution) -> tuple[float, float]:
+    """(low, high) of a searched range (every distribution but a categorical one)."""
+    assert isinstance(dist, (FloatDistribution, IntDistribution)), dist
+    return dist.low, dist.high
+
+
 def _numeric_axis(dist: BaseDistribution) -> Callable[[Any], float]:
-    low, high = dist.low, dist.high
+    low, high = _range(dist)
     if _log_scale(dist):
         low, high = math.log(low), math.log(high)
         return lambda v: (math.log(v) - low) / ((high - low) or 1.0)
@@ -195,7 +203,8 @@ def _axis_ticks(dist: BaseDistribution) -> list[tuple[float, str]]:
     if isinstance(dist, CategoricalDistribution):
         scale = axis_scale(dist)
         return [(scale(c), str(c)) for c in dist.choices]
-    return [(0.0, f"{dist.low:.3g}"), (1.0, f"{dist.high:.3g}")]
+    low, high = _range(dist)
+    return [(0.0, f"{low:.3g}"), (1.0, f"{high:.3g}")]
 
 
 def parallel_coordinates(points: SweepPoints) -> bytes:

@@ -19,7 +19,7 @@ max over j <= i of min(1, (m - j + 1) * p_(j)).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,7 +46,7 @@ class Interval:
         return self.has_bounds and (self.low > 0 or self.high < 0)
 
 
-def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
+def t_interval(values: Iterable[float], level: float = LEVEL) -> Interval:
     """The mean of `values` with its two-sided t interval at `level` (NaN values dropped)."""
     x = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
     n = len(x)

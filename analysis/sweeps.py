@@ -93,13 +93,22 @@ def completed_full_schedule(trial: Trial, epochs: int) -> bool:
     )
 
 
+def full_schedule_scores(sweep: Sweep) -> list[tuple[Trial, float]]:
+    """The trials that completed the full schedule, each with its score."""
+    return [
+        (t, t.score)
+        for t in sweep.trials
+        if t.score is not None and completed_full_schedule(t, sweep.epochs)
+    ]
+
+
 def full_schedule_trials(sweep: Sweep) -> list[Trial]:
-    return [t for t in sweep.trials if completed_full_schedule(t, sweep.epochs)]
+    return [t for t, _ in full_schedule_scores(sweep)]
 
 
 def ranked(sweep: Sweep, top: int) -> list[Trial]:
     """The best `top` full-schedule trials by score, the sweep's metric (ties: trial id)."""
-    full = full_schedule_trials(sweep)
+    full = full_schedule_scores(sweep)
     if not full:
         raise UserError(
             f"sweep {sweep.name!r} has no finished trial that ran the full schedule and reported "
@@ -107,7 +116,8 @@ def ranked(sweep: Sweep, top: int) -> list[Trial]:
             f"{sum(t.stopped_early or t.epoch < sweep.epochs for t in sweep.trials)} stopped "
             "early or unfinished); let the sweep finish or resume it with tune_main.py --resume"
         )
-    return sorted(full, key=lambda t: (-t.score, t.trial_id))[:top]
+    best = sorted(full, key=lambda scored: (-scored[1], scored[0].trial_id))[:top]
+    return [trial for trial, _ in best]
 
 
 # ---------------------------------------------------------------- MLflow

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from tfkd.core import protocol
 from tfkd.core.errors import UserError
@@ -45,7 +45,7 @@ class LazyModule:
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (no usage dump) with exit status 2."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 

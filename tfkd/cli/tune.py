@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tfkd.cli import flags, outcome, saved_flags, teachers
 from tfkd.cli.flags import (
@@ -28,10 +29,12 @@ from tfkd.cli.flags import (
 )
 from tfkd.cli.parser import build_parser, parse_args
 from tfkd.cli.plan import Plan, make_plan
-from tfkd.cli.registries import data
 from tfkd.core.errors import UserError
 from tfkd.sweep import cluster, ray_support, state_files, storage
 from tfkd.sweep import status as progress
+
+if TYPE_CHECKING:
+    from tfkd.core.data import Dataset
 
 
 def _user_error(message: str) -> int:
@@ -125,7 +128,7 @@ _SHARED_KEYS = ("fake_size", "val_fraction", "split_seed", "device", "loader", "
 class Prepared:
     args: argparse.Namespace
     plan: Plan
-    dataset: data.Dataset
+    dataset: Dataset
     mlflow_uri: str | None
     teacher: teachers.Teacher | None
     teacher_accuracy: float | None  # on the validation split; None without a teacher (yet)
@@ -203,7 +206,7 @@ def _check_resume_flags(args: argparse.Namespace, plan: Plan) -> None:
 
 
 def _attach_teacher(
-    plan: Plan, teacher: teachers.Teacher | None, dataset: data.Dataset, uri: str | None
+    plan: Plan, teacher: teachers.Teacher | None, dataset: Dataset, uri: str | None
 ) -> tuple[Plan, float | None]:
     """The plan with the teacher's location in its config, and the teacher's accuracy."""
     if teacher is None or not teacher.location:
@@ -345,7 +348,7 @@ def run_prepared(prepared: Prepared) -> int:
         result = tuner.run_sweep(spec, prepared.dataset)
     code = outcome.print_outcome(result, plan, args)
     if context is not None and args.mode == "baseline":
-        print_registered(plan, prepared.mlflow_uri)
+        print_registered(plan, context.uri)
     if context is not None and code == EXIT_OK and _sweep_files_sent(context, result):
         outcome.print_comparison(context)
     return code

@@ -20,7 +20,7 @@ from tfkd.core.modes import Batch, Mode, Progress
 from tfkd.core.steps import NonFiniteLossError
 
 
-def eval_loader(split: data.Split, cfg: TrialConfig, device: torch.device) -> Any:
+def eval_loader(split: data.AnySplit, cfg: TrialConfig, device: torch.device) -> Any:
     """The one way to a loader that evaluates a split: in order, no augmentation."""
     return data.make_loader(
         cfg.loader,
@@ -37,7 +37,7 @@ def eval_loader(split: data.Split, cfg: TrialConfig, device: torch.device) -> An
 
 def channels_last_batches(
     loader: Any, cfg: TrialConfig, device: torch.device
-) -> Iterator[tuple[Tensor, Tensor]]:
+) -> Iterator[tuple[Tensor, ...]]:
     to_channels_last = device.type == "cuda" and cfg.channels_last
     for images, *rest in loader:
         if to_channels_last:
@@ -68,7 +68,7 @@ class Evaluator:
 
     def __init__(
         self,
-        split: data.Split,
+        split: data.AnySplit,
         cfg: TrialConfig,
         device: torch.device,
         teacher: nn.Module | None,

@@ -64,6 +64,9 @@ class GlobalBatchNorm(_BatchNorm):
     def _update_running(self, mean: torch.Tensor, var: torch.Tensor, total: torch.Tensor) -> None:
         if not self.track_running_stats:
             return
+        # BatchNorm registers these buffers (else None) exactly when it tracks running statistics
+        assert self.num_batches_tracked is not None
+        assert self.running_mean is not None and self.running_var is not None
         self.num_batches_tracked += 1
         m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
         unbiased = var * total / (total - 1).clamp(min=1)

@@ -94,7 +94,7 @@ class Selection:
     def metrics(self) -> dict[str, float]:
         """What an epoch's report says about the selection: the chosen epoch, and under the
         paper protocol the maximum test accuracy so far."""
-        out = {REPORTED_EPOCH: self.epoch}
+        out: dict[str, float] = {REPORTED_EPOCH: self.epoch}
         if self.protocol.reported_metric == PAPER_TEST_ACCURACY:
             out[PAPER_TEST_ACCURACY] = self.score
         return out

@@ -159,7 +159,8 @@ class StepParts:
     cfg: TrialConfig
     device: torch.device
     meter: Meter
-    progress: Progress | None = None
+    progress: Progress | None = None  # None: filled in by __post_init__
+    mode: Mode = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", modes.as_mode(self.loss, self.cfg, self.device))
@@ -183,6 +184,7 @@ def _train_on(
         logits = p.model(images)
         with torch.no_grad():
             teacher_logits = p.teacher(images) if p.teacher is not None else None
+    assert p.progress is not None  # StepParts fills it in
     terms = p.mode.terms(Batch(logits, labels, teacher_logits, indices), p.progress)
     terms.total.backward()
     p.optimizer.step()
@@ -221,12 +223,20 @@ class CompiledStep(EagerStep):
     drop_last: ClassVar[bool] = True
 
     def __init__(self, parts: StepParts) -> None:
-        compiled = torch.compile(parts.model, mode="reduce-overhead")
+        compiled = compile_module(parts.model, mode="reduce-overhead")
         super().__init__(dataclasses.replace(parts, model=compiled))
 
     def __call__(self, images: Tensor, labels: Tensor, indices: Tensor | None = None) -> None:
         torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs may be reused
         super().__call__(images, labels, indices)
+
+
+def compile_module(module: nn.Module, **options: Any) -> nn.Module:
+    """`torch.compile(module, **options)`: an OptimizedModule, which is an nn.Module (torch
+    annotates its result as a plain callable)."""
+    compiled = torch.compile(module, **options)
+    assert isinstance(compiled, nn.Module)
+    return compiled
 
 
 class Replayable(Protocol):
@@ -317,6 +327,7 @@ class GraphedStep:
         graph's pool and each replay overwrites them (no zero_grad between replays); after
         the capture `.grad` points at those tensors.
         """
+        assert self.images is not None and self.labels is not None  # set by _capture
         self.parts.optimizer.zero_grad(set_to_none=True)
         with self.lrs.installed():
             _train_on(self.parts, self.images, self.labels, self.indices, cache=False)

@@ -164,6 +164,7 @@ def train_one_epoch(
     step.meter.reset()
     check_every = FINITE_CHECK_INTERVAL.get(device.type, 1)
     progress = step.parts.progress
+    assert progress is not None  # StepParts fills it in
     count = 0
     for count, (images, labels, *indices) in enumerate(
         channels_last_batches(loader, cfg, device), start=1
@@ -183,7 +184,7 @@ def train_one_epoch(
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -281,7 +282,9 @@ def _resume(
     if saved_model != cfg.model:
         raise ValueError(f"checkpoint {path} holds a {saved_model}, the trial trains a {cfg.model}")
     model.load_state_dict(state["model"])
-    kinds = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
+    kinds: list[dict[str, Any]] = [
+        {k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups
+    ]
     optimizer.load_state_dict(state["optimizer"])
     for group, kept in zip(optimizer.param_groups, kinds, strict=True):
         group.update(kept)  # this device's SGD implementation, not the one that wrote the file
@@ -340,7 +343,7 @@ def run_trial(
     )
     model = parallel.global_batch_norm(build_student(cfg, dataset.num_classes, device), device)
     train_model = parallel.data_parallel(model, device)
-    train_model = torch.compile(train_model) if cfg.compile else train_model
+    train_model = steps.compile_module(train_model) if cfg.compile else train_model
     step_kind = steps.kind_for(cfg, device, len(dataset.train)) if parallel.world == 1 else "eager"
     train_loader = data.make_loader(
         cfg.loader,

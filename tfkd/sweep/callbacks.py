@@ -56,7 +56,13 @@ class SweepCallback(tune.Callback):
     def __init__(self, context: tracking.TrackingContext | None) -> None:
         self.context = context
 
-    def setup(self, **info) -> None:
+    def setup(
+        self,
+        stop: tune.Stopper | None = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: Any,
+    ) -> None:
         tune_handler = signal.getsignal(signal.SIGINT)
         if not callable(tune_handler):  # Tune installs its own handler only on the main thread
             return

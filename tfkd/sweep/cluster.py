@@ -15,6 +15,7 @@ stopping it is the cluster's job.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -106,14 +107,14 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> str:
             include_dashboard=False,
             log_to_driver=progress.forward_trial_output(),
             configure_logging=True,
-            logging_level="WARNING",
+            logging_level=logging.WARNING,
         )
         treat_sigterm_as_ctrl_c()
         watchdog.start_for(os.getpid())  # a killed driver's local Ray is stopped with it
         return "local"
     check_cluster_reachable(target)
     try:
-        ray.init(address=target, logging_level="WARNING")
+        ray.init(address=target, logging_level=logging.WARNING)
     except Exception as exc:  # ConnectionError, AuthenticationError, RuntimeError...
         hint = (
             "the cluster uses token authentication: set RAY_AUTH_MODE=token and provide the "

@@ -55,28 +55,25 @@ def run_local(
     run_trial(config, report, dataset=unpack_dataset(packed), resume_from=resume)
 
 
-def _user_callback_base() -> type:
-    """Ray Train V2's public callback class (the controller calls it after each report)."""
+def check_data_parallel() -> None:
+    """UserError unless this Ray can run data-parallel trials (before anything starts): they
+    need Ray Train V2's public callback class (the controller calls it after each report)."""
     try:
-        from ray.train import UserCallback
+        from ray.train import UserCallback  # noqa: F401  (whether it is there)
     except ImportError:
         raise UserError(
             "--workers-per-trial needs Ray Train V2 (ray[tune]>=2.60,<3, with "
             "RAY_TRAIN_V2_ENABLED unset or 1); install it or train each trial on one worker"
         ) from None
-    return UserCallback
 
 
-def check_data_parallel() -> None:
-    """UserError unless this Ray can run data-parallel trials (before anything starts)."""
-    _user_callback_base()
-
-
-def _to_trial(queue: Queue):
+def _to_trial(queue: Queue) -> Any:
     """The callback that runs in Ray Train's controller: each epoch's rank-0 metrics and
     checkpoint to the trial."""
+    check_data_parallel()
+    from ray.train import UserCallback
 
-    class ToTrial(_user_callback_base()):
+    class ToTrial(UserCallback):
         def after_report(self, run_context, metrics, checkpoint) -> None:  # noqa: ANN001
             queue.put((dict(metrics[0]), checkpoint))
 

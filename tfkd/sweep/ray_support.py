@@ -35,7 +35,9 @@ def _optuna_internals() -> bool:
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # as the sweep sets it: no chatter
-    space = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    space: dict[str, optuna.distributions.BaseDistribution] = {
+        "x": optuna.distributions.FloatDistribution(0.0, 1.0)
+    }
     search = OptunaSearch(space=space, metric="m", mode="max")
     return all(hasattr(search, f) for f in ("_ot_trials", "_completed_trials", "_ot_study"))
 

@@ -78,20 +78,28 @@ class Param:
     q: float | None = None
     values: tuple[Any, ...] = ()
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """(low, high) of a range (every distribution but choice: `load` checks both are set)."""
+        assert self.low is not None and self.high is not None, f"{self.name} is not a range"
+        return self.low, self.high
+
     def contains(self, value: Any) -> bool:
         if self.distribution == "choice":
             return value in self.values
-        return isinstance(value, (int, float)) and self.low <= value <= self.high
+        low, high = self.bounds
+        return isinstance(value, (int, float)) and low <= value <= high
 
     def grid(self) -> list[Any]:
         """Values a grid search visits: the choices, or low/mid/high of a range."""
         if self.distribution == "choice":
             return list(self.values)
+        low, high = self.bounds
         if self.distribution in ("loguniform", "logint"):
-            mid = math.sqrt(self.low * self.high)
+            mid = math.sqrt(low * high)
         else:
-            mid = (self.low + self.high) / 2
-        points = [self.low, mid, self.high]
+            mid = (low + high) / 2
+        points = [low, mid, high]
         if self.distribution in ("int", "logint"):
             points = [int(round(p)) for p in points]
         return sorted(set(points), key=points.index)

@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO, TypeGuard, TypeVar
 
 # Short names of the keys a search varies (anything else keeps its full name).
 ABBREVIATIONS = {
@@ -142,7 +142,7 @@ def best_of(candidates: Iterable[tuple[T, float | None, bool]]) -> T | None:
     return max(pool, key=lambda c: c[1])[0] if pool else None
 
 
-def _is_score(value: Any) -> bool:
+def _is_score(value: Any) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 

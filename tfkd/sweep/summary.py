@@ -23,40 +23,57 @@ def _is_full_length(metrics: Mapping[str, Any], epochs: int) -> bool:
     return int(metrics.get("epoch", 0)) >= epochs
 
 
+def _results(grid: tune.ResultGrid) -> list[tune.Result]:
+    """The grid's results (a ResultGrid is indexed, and declares no iteration)."""
+    return [grid[i] for i in range(len(grid))]
+
+
+def _metrics(result: tune.Result) -> dict[str, Any]:
+    """The trial's last reported metrics ({} when it reported none)."""
+    return result.metrics or {}
+
+
+def _given_config(result: tune.Result) -> dict[str, Any]:
+    """The trial's config as the sweep gave it ({} when Tune kept none)."""
+    config = result.config or {}
+    return dict(config.get(GIVEN_CONFIG_KEY, config))
+
+
 def _trial_id(result: tune.Result) -> str:
     return Path(result.path).name.removeprefix("trial_")
 
 
 def _failure_reason(result: tune.Result) -> str:
     """One line: the reason a trial reported, else the last line of its error."""
-    if FAILED_BY_HYPERPARAMETERS in (result.metrics or {}):
-        return str(result.metrics[FAILED_BY_HYPERPARAMETERS])
+    metrics = _metrics(result)
+    if FAILED_BY_HYPERPARAMETERS in metrics:
+        return str(metrics[FAILED_BY_HYPERPARAMETERS])
     lines = [line.strip() for line in str(result.error).splitlines() if line.strip()]
     return lines[-1] if lines else result.error.__class__.__name__
 
 
 def summarise(grid: tune.ResultGrid, spec: SweepSpec, interrupted: bool) -> SweepResult:
     """The best trial (tfkd.sweep.status.best_of), the counts, and one line per failure."""
-    metric = spec.metric
-    finished = [r for r in grid if r.error is None and r.metrics and metric in r.metrics]
-    full = [r for r in finished if _is_full_length(r.metrics, spec.epochs)]
+    metric, results = spec.metric, _results(grid)
+    finished = [r for r in results if r.error is None and metric in _metrics(r)]
+    full = [r for r in finished if _is_full_length(_metrics(r), spec.epochs)]
     best = progress.best_of(
-        (r, r.metrics[metric], _is_full_length(r.metrics, spec.epochs)) for r in finished
+        (r, _metrics(r)[metric], _is_full_length(_metrics(r), spec.epochs)) for r in finished
     )
-    failed = [r for r in grid if r.error is not None]
+    failed = [r for r in results if r.error is not None]
     keep = ("trial_id", "epoch", "val_accuracy", "test_accuracy", "paper_test_accuracy")
     return SweepResult(
         experiment_path=grid.experiment_path,
-        best_config=dict(best.config.get(GIVEN_CONFIG_KEY, best.config)) if best else None,
-        best_metrics=dict(best.metrics) if best else None,
-        best_trial_id=best.metrics.get("trial_id") if best else None,
+        best_config=_given_config(best) if best else None,
+        best_metrics=dict(_metrics(best)) if best else None,
+        best_trial_id=_metrics(best).get("trial_id") if best else None,
         trials=len(grid),
         failed=len(failed),
         stopped_early=len(finished) - len(full),
-        trial_metrics=[{k: r.metrics.get(k) for k in keep} for r in finished],
+        trial_metrics=[{k: _metrics(r).get(k) for k in keep} for r in finished],
         failures={_trial_id(r): _failure_reason(r) for r in failed},
         failed_by_infrastructure=sum(
-            1 for r in failed if FAILED_BY_HYPERPARAMETERS not in (r.metrics or {})
+            1 for r in failed if FAILED_BY_HYPERPARAMETERS not in _metrics(r)
         ),
         interrupted=interrupted,
     )
@@ -70,16 +87,16 @@ def _searched(spec: SweepSpec) -> dict[str, Param]:
 def _trial_state(result: tune.Result, epochs: int) -> str:
     if result.error is not None:
         return "FAILED"
-    return "DONE" if _is_full_length(result.metrics or {}, epochs) else "STOPPED"
+    return "DONE" if _is_full_length(_metrics(result), epochs) else "STOPPED"
 
 
 def trial_rows(grid: tune.ResultGrid, spec: SweepSpec) -> list[sweep_files.TrialRow]:
     """Every trial at its end: name, searched values, state and last metrics."""
     keys = list(_searched(spec))
     rows = []
-    for result in grid:
-        config = result.config.get(GIVEN_CONFIG_KEY, result.config) if result.config else {}
-        metrics = result.metrics or {}
+    for result in _results(grid):
+        config = _given_config(result)
+        metrics = _metrics(result)
         rows.append(
             sweep_files.TrialRow(
                 name=progress.short_name(config, keys) or Path(result.path).name,

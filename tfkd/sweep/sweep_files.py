@@ -115,7 +115,7 @@ def _axis(param: Param, values: Sequence[Any]):
             return choices.index(value) / max(1, len(choices) - 1) if value in choices else 0.5
 
         return categorical, [(categorical(c), str(c)) for c in choices]
-    low, high = float(param.low), float(param.high)
+    low, high = (float(bound) for bound in param.bounds)
     log = _is_log(param)
     lo, hi = (math.log(low), math.log(high)) if log else (low, high)
     span = (hi - lo) or 1.0
@@ -201,19 +201,19 @@ def parallel_plot(
 ) -> bytes | None:
     """The sweep's trials across the searched values to their score, the sweep's `metric` (PNG);
     dashed: stopped early. None when nothing was searched or no trial reported the metric."""
-    scored = [r for r in rows if r.score(metric) is not None]
+    scored = [(row, score) for row in rows if (score := row.score(metric)) is not None]
     if not params or not scored:
         return None
     names = list(params)
-    axes = {n: _axis(params[n], [r.values.get(n) for r in scored]) for n in names}
+    axes = {n: _axis(params[n], [row.values.get(n) for row, _ in scored]) for n in names}
     shown = [f"{n} (log)" if _is_log(params[n]) else n for n in names]
     lines = [
         Line(
             ys=[axes[n][0](row.values[n]) if n in row.values else 0.5 for n in names],
-            score=row.score(metric),
+            score=score,
             dashed=row.epoch < epochs,
         )
-        for row in scored
+        for row, score in scored
     ]
     ticks = {label: axes[n][1] for label, n in zip(shown, names, strict=True)}
     title = (

@@ -30,11 +30,17 @@ from tfkd.sweep.storage import GIVEN_CONFIG_KEY, local_experiment_dir
 # ---------------------------------------------------------------- sharing the dataset
 
 
-def _pack_split(split: Any) -> dict[str, Any]:
-    """A split as plain values: decoded images as a numpy array, a file split as its paths."""
-    files = isinstance(split, data.FileSplit)
+def _pack_images(images: data.Images) -> dict[str, Any]:
+    """Decoded images as a numpy array, images on disk as their paths."""
+    if isinstance(images, torch.Tensor):
+        return {"images": images.numpy()}
+    return {"paths": images.paths}
+
+
+def _pack_split(split: data.AnySplit) -> dict[str, Any]:
+    """A split as plain values (`_pack_images`, the labels as a numpy array, the statistics)."""
     return {
-        "paths" if files else "images": split.images.paths if files else split.images.numpy(),
+        **_pack_images(split.images),
         "labels": split.labels.numpy(),
         "mean": split.mean,
         "std": split.std,
@@ -43,17 +49,15 @@ def _pack_split(split: Any) -> dict[str, Any]:
     }
 
 
-def _unpack_split(p: Mapping[str, Any]) -> Any:
+def _unpack_split(p: Mapping[str, Any]) -> data.AnySplit:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # read-only shared memory: loaders never write to it
         labels = torch.from_numpy(np.asarray(p["labels"]))
-        if "paths" in p:
-            images = data.FileImages(tuple(p["paths"]))
-        else:
-            images = torch.from_numpy(np.asarray(p["images"]))
-    kind = data.FileSplit if "paths" in p else data.Split
-    augment = tuple(p["augment"])
-    return kind(images, labels, tuple(p["mean"]), tuple(p["std"]), augment, p["rotation"])
+        images = None if "paths" in p else torch.from_numpy(np.asarray(p["images"]))
+    stats = (tuple(p["mean"]), tuple(p["std"]), tuple(p["augment"]), p["rotation"])
+    if images is None:
+        return data.FileSplit(data.FileImages(tuple(p["paths"])), labels, *stats)
+    return data.Split(images, labels, *stats)
 
 
 def pack_dataset(dataset: data.Dataset) -> dict[str, Any]:
@@ -207,7 +211,8 @@ def _train(
 
     reported: list[int] = []  # the epochs this attempt trained and reported
 
-    def report(metrics: dict[str, Any], checkpoint_dir: str) -> None:
+    def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        assert checkpoint_dir is not None, "the trial's rank 0 reports each epoch's checkpoint"
         reported.append(int(metrics["epoch"]))
         best = record.add_epoch(metrics, checkpoint_dir)
         tracker.on_epoch(metrics, checkpoint_dir, best)  # queued: never waits on the server
@@ -248,7 +253,7 @@ def _report_the_end(record: TrialRecord, tracker) -> None:
 # ---------------------------------------------------------------- as Tune runs it
 
 
-class _StopsCleanly:
+class _StopsCleanly(tune.Trainable):
     """Mixin for the function trainable: stop() waits for the training thread to end.
 
     Tune runs a function trainable in a daemon thread; when ASHA stops a trial, the actor's

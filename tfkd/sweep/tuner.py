@@ -276,13 +276,14 @@ class _OptunaSearch(OptunaSearch):
             return super().on_trial_complete(trial_id, result, error)
         ended_at = int(result.get("epoch", 0)) if result and self.metric in result else 0
         trial = self._ot_trials[trial_id]
-        if ended_at > self._last_epoch.get(trial_id, 0):
+        if result and ended_at > self._last_epoch.get(trial_id, 0):
             trial.report(result[self.metric], ended_at)
             self._last_epoch[trial_id] = ended_at
         if not 0 < self._last_epoch.get(trial_id, 0) < self._epochs:
             return super().on_trial_complete(trial_id, result, error)
         from optuna.trial import TrialState
 
+        assert self._ot_study is not None  # the study its trials were asked from
         self._ot_study.tell(trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 

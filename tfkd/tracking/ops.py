@@ -44,6 +44,12 @@ class BoundRun:
     logged_steps: set[int] = field(default_factory=set)  # epochs the run already has
     opened: threading.Event = field(default_factory=threading.Event)  # set once "open" ran
 
+    @property
+    def bound_id(self) -> str:
+        """The run's id, for the ops after an opening one (the outbox sends none before)."""
+        assert self.run_id is not None, "no run is open yet"
+        return self.run_id
+
     def stashed(self, op: Mapping[str, Any], name: str) -> str:
         """The local copy of a file an op logs."""
         return str(self.folder / op["stash"] / name)
@@ -170,22 +176,22 @@ def _log_epoch(run: BoundRun, client, op: dict[str, Any]) -> None:
     """An epoch's metrics, unless the run already has that epoch."""
     if op["step"] in run.logged_steps:
         return
-    log_metrics(client, run.run_id, op["metrics"], step=op["step"])
+    log_metrics(client, run.bound_id, op["metrics"], step=op["step"])
     run.logged_steps.add(op["step"])
 
 
 def _log_other_metrics(run: BoundRun, client, op: dict[str, Any]) -> None:
-    log_metrics(client, run.run_id, op["metrics"], step=op["step"])
+    log_metrics(client, run.bound_id, op["metrics"], step=op["step"])
 
 
 def _set_tags(run: BoundRun, client, op: dict[str, Any]) -> None:
-    client.log_batch(run.run_id, tags=_tag_list(op["tags"]))
+    client.log_batch(run.bound_id, tags=_tag_list(op["tags"]))
 
 
 def _log_artifact(run: BoundRun, client, op: dict[str, Any]) -> None:
     source = run.stashed(op, op["name"])
-    if not _linked_into_local_store(client, run.run_id, source, op["artifact_path"]):
-        client.log_artifact(run.run_id, source, op["artifact_path"])
+    if not _linked_into_local_store(client, run.bound_id, source, op["artifact_path"]):
+        client.log_artifact(run.bound_id, source, op["artifact_path"])
 
 
 def _linked_into_local_store(client, run_id: str, source: str, artifact_path: str | None) -> bool:
@@ -220,12 +226,12 @@ def _register(run: BoundRun, client, op: dict[str, Any]) -> None:
             client.create_registered_model(name)
         except Exception:  # another trial created it first
             pass
-    version = _registered_version(client, name, run.run_id, op["artifact_path"])
+    version = _registered_version(client, name, run.bound_id, op["artifact_path"])
     if version is None:
         version = client.create_model_version(
             name,
-            source=f"runs:/{run.run_id}/{op['artifact_path']}",
-            run_id=run.run_id,
+            source=f"runs:/{run.bound_id}/{op['artifact_path']}",
+            run_id=run.bound_id,
             tags={**op["version_tags"], "artifact_path": op["artifact_path"]},
         )
     if op["alias"]:
@@ -245,7 +251,7 @@ def _registered_version(client, name: str, run_id: str, artifact_path: str):
 
 def _terminate(run: BoundRun, client, op: dict[str, Any]) -> None:
     """The trial's own end (FINISHED at its last epoch, FAILED): it always applies."""
-    _set_status(client, run.run_id, op["status"], op.get("session", 0))
+    _set_status(client, run.bound_id, op["status"], op.get("session", 0))
 
 
 def _verdict_of(op: Mapping[str, Any]) -> dict[str, Any]:
@@ -260,8 +266,8 @@ def _close_trial(run: BoundRun, client, op: dict[str, Any]) -> None:
     """The driver's word on a trial that ended (the sweep's outbox): kept on the sweep run and
     applied to the trial's run (if it exists yet: else its "open" applies it)."""
     verdict = _verdict_of(op)
-    _record_verdicts(client, run.run_id, {op["trial_id"]: verdict})
-    trial = store.trial_run(client, op["experiment_id"], run.run_id, op["trial_id"])
+    _record_verdicts(client, run.bound_id, {op["trial_id"]: verdict})
+    trial = store.trial_run(client, op["experiment_id"], run.bound_id, op["trial_id"])
     if trial is not None:
         _close_as(client, trial, verdict)
 
@@ -270,19 +276,19 @@ def _finish_sweep(run: BoundRun, client, op: dict[str, Any]) -> None:
     """Record the best trial on the sweep run, end every trial's run as the driver saw it end
     (a run of a trial it has no word on and still RUNNING: KILLED), close the sweep run."""
     if op["best_trial_id"]:
-        client.set_tag(run.run_id, "best_trial_id", op["best_trial_id"])
-        child = store.trial_run(client, op["experiment_id"], run.run_id, op["best_trial_id"])
+        client.set_tag(run.bound_id, "best_trial_id", op["best_trial_id"])
+        child = store.trial_run(client, op["experiment_id"], run.bound_id, op["best_trial_id"])
         if child is not None:
-            client.set_tag(run.run_id, "best_run_id", child.info.run_id)
-        log_metrics(client, run.run_id, op["best_metrics"], step=0)
+            client.set_tag(run.bound_id, "best_run_id", child.info.run_id)
+        log_metrics(client, run.bound_id, op["best_metrics"], step=0)
     session = op.get("session", 0)
     verdicts = op.get("verdicts") or {t: {"status": "FINISHED"} for t in op.get("ended", ())}
     verdicts = {t: {"stopped_early": None, **v, "session": session} for t, v in verdicts.items()}
-    _record_verdicts(client, run.run_id, verdicts)
+    _record_verdicts(client, run.bound_id, verdicts)
     left_open = {"status": "KILLED", "session": session}
-    for child in store.child_runs(client, op["experiment_id"], run.run_id):
+    for child in store.child_runs(client, op["experiment_id"], run.bound_id):
         _close_as(client, child, verdicts.get(child.data.tags.get(store.TRIAL_TAG), left_open))
-    client.set_terminated(run.run_id, status=op["status"])
+    client.set_terminated(run.bound_id, status=op["status"])
 
 
 Operation = Callable[[BoundRun, Any, dict[str, Any]], None]

@@ -199,11 +199,12 @@ TRANSIENT_MARKERS = ("database is locked", "database is busy", "database table i
 def is_transient(error: BaseException) -> bool:
     """Whether a failed write would go through if tried again: the store was busy."""
     seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if any(marker in str(error).lower() for marker in TRANSIENT_MARKERS):
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if any(marker in str(cause).lower() for marker in TRANSIENT_MARKERS):
             return True
-        error = error.__cause__ or error.__context__
+        cause = cause.__cause__ or cause.__context__
     return False
 
 

@@ -235,9 +235,9 @@ def rank_versions(client, versions: list) -> Ranking | None:
     (RANKING_PREFERENCE), compared only with versions ranked on the same metric (ties: the
     newer version); None when none can be ranked."""
     versions = sorted(versions, key=lambda v: int(v.version))
-    ranks = {str(v.version): _rank_of(client, v) for v in versions}
+    ranks = {str(v.version): rank for v in versions if (rank := _rank_of(client, v)) is not None}
     for metric in RANKING_PREFERENCE:
-        group = [v for v in versions if (ranks[str(v.version)] or ("",))[0] == metric]
+        group = [v for v in versions if ranks.get(str(v.version), ("",))[0] == metric]
         if group:
             best = max(group, key=lambda v: (ranks[str(v.version)][1], int(v.version)))
             compared = tuple(str(v.version) for v in group)

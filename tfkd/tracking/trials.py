@@ -87,8 +87,9 @@ class TrialTracker:
         best_so_far = float("-inf")
         for metrics in record.history:  # epochs trained before a restart, if the run lacks them
             value = metrics.get(record.best_metric) if record.best_metric else None
-            improved = isinstance(value, (int, float)) and value > best_so_far
-            best_so_far = max(best_so_far, value) if improved else best_so_far
+            number = value if isinstance(value, (int, float)) else float("-inf")
+            improved = number > best_so_far
+            best_so_far = max(best_so_far, number)
             self._put_epoch(metrics, improved)
         self.system_monitor = None
         if context.system_metrics:  # once the outbox has opened the run
@@ -227,10 +228,10 @@ class TrialTracker:
     def _start_system_metrics(self) -> None:
         """Sample system metrics into the run once the outbox has opened it."""
         if self.outbox.run_opened.wait(timeout=system_metrics.WAIT_S):
+            run_id = self.outbox.run_id
+            assert run_id is not None  # set before run_opened is
             resumed = bool(self.record.history)
-            self.system_monitor = system_metrics.start(
-                self.context.uri, self.outbox.run_id, resumed
-            )
+            self.system_monitor = system_metrics.start(self.context.uri, run_id, resumed)
 
 
 def trial_tracker(

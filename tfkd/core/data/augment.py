@@ -28,14 +28,14 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from .core import Split
+    from .core import AnySplit
 
 AUGMENTATIONS: tuple[str, ...] = ("crop", "flip", "rotate")
 PAD = 4
 MAX_DEGREES = 15.0
 
 
-def parse_augment(augment: str | Sequence[str] | None, split: Split | None) -> tuple[str, ...]:
+def parse_augment(augment: str | Sequence[str] | None, split: AnySplit | None) -> tuple[str, ...]:
     """Validate an augmentation choice into a tuple in canonical order (crop, flip, rotate).
 
     "default" -> `split.augment`; None, "", "none" -> (); "crop,flip" or ["crop", "flip"] ->
@@ -101,7 +101,7 @@ def sample_params(
 def apply_params(x: torch.Tensor, params: AugmentParams) -> torch.Tensor:
     """Apply crop -> flip -> rotation to a N x C x H x W batch; float32 out, same value scale."""
     if params.angles is not None:
-        return _affine(x, params)
+        return _affine(x, params.angles, params)
     if params.offsets is not None or params.flip is not None:
         return _shift_flip(x, params).float()
     return x.float()
@@ -158,7 +158,7 @@ def _base_coords(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, to
     return _BASE[key]
 
 
-def _affine(x: torch.Tensor, params: AugmentParams) -> torch.Tensor:
+def _affine(x: torch.Tensor, angles: torch.Tensor, params: AugmentParams) -> torch.Tensor:
     """Crop, flip and rotation as ONE grid_sample (nearest, zero fill).
 
     In grid_sample's normalised coordinates (align_corners=False) output point q first maps to
@@ -173,7 +173,7 @@ def _affine(x: torch.Tensor, params: AugmentParams) -> torch.Tensor:
     """
     n, c, h, w = x.shape
     gx, gy = _base_coords(h, w, x.device)
-    rad = (params.angles.to(torch.float32) * (math.pi / 180.0)).view(n, 1, 1)
+    rad = (angles.to(torch.float32) * (math.pi / 180.0)).view(n, 1, 1)
     cos, sin = torch.cos(rad), torch.sin(rad)
     rx = torch.addcmul(cos * gx, sin * (-h / w), gy)  # N x H x W
     ry = torch.addcmul((sin * (w / h)) * gx, cos, gy)

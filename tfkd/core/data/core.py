@@ -1,9 +1,10 @@
 """Dataset containers, the dataset registry, `load` and the seeded stratified validation split.
 
 A dataset is registered with one decorated function (see `sources.py`) that returns a `Source`:
-the full training and test sets as uint8 tensors plus their statistics. `load` carves the
-validation split from the training set and caches the result per process, so a node (or a Ray
-worker) decodes a dataset once and every trial reuses the same tensors.
+the full training and test sets (uint8 tensors, or `ImageFiles` left on disk) plus their
+statistics. `load` carves the validation split from the training set and caches the result per
+process, so a node (or a Ray worker) decodes a dataset once and every trial reuses the same
+tensors.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeAlias
 
 import torch
 
@@ -26,9 +27,12 @@ from tfkd.core.registry import Registry
 from .augment import MAX_DEGREES
 
 __all__ = [
+    "AnySplit",
     "DataError",
     "Dataset",
     "DatasetNotFoundError",
+    "ImageFiles",
+    "Images",
     "Source",
     "Split",
     "channel_stats",
@@ -55,6 +59,50 @@ class DatasetNotFoundError(FileNotFoundError):
 
     def __str__(self) -> str:  # FileNotFoundError would otherwise print "[Errno ...]" forms
         return str(self.args[0])
+
+
+class ImageFiles(Protocol):
+    """Images left on disk, which a file-backed dataset gives `Source` in place of a uint8 tensor
+    (`tfkd.core.data.folders.FileImages`): `load` takes a split's rows with `take` and builds
+    the split with the kind `split_kind` names."""
+
+    @property
+    def paths(self) -> tuple[str, ...]: ...
+
+    def __len__(self) -> int: ...
+
+    def take(self, index: torch.Tensor) -> ImageFiles: ...
+
+    def split_kind(self) -> Callable[..., AnySplit]: ...
+
+
+#: A split's images: decoded (uint8 N x C x H x W) or files on disk.
+Images: TypeAlias = "torch.Tensor | ImageFiles"
+
+
+class AnySplit(Protocol):
+    """What every split kind (`Split`, the file-backed `FileSplit`) offers trainers, evaluators
+    and loaders: images, int64 labels, the statistics, the default augmentation, the length."""
+
+    @property
+    def images(self) -> Images: ...
+
+    @property
+    def labels(self) -> torch.Tensor: ...
+
+    @property
+    def mean(self) -> tuple[float, ...]: ...
+
+    @property
+    def std(self) -> tuple[float, ...]: ...
+
+    @property
+    def augment(self) -> tuple[str, ...]: ...
+
+    @property
+    def rotation(self) -> float: ...
+
+    def __len__(self) -> int: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,18 +145,18 @@ class Dataset:
 
     name: str
     num_classes: int
-    train: Split
-    val: Split
-    test: Split
+    train: AnySplit
+    val: AnySplit
+    test: AnySplit
 
 
 @dataclass(frozen=True, eq=False)
 class Source:
     """What a registered dataset function returns: the full official train and test sets."""
 
-    train_images: torch.Tensor
+    train_images: Images
     train_labels: torch.Tensor
-    test_images: torch.Tensor
+    test_images: Images
     test_labels: torch.Tensor
     num_classes: int
     mean: tuple[float, ...]
@@ -257,12 +305,12 @@ def _undone_on_failure(root: Path) -> Iterator[None]:
         raise
 
 
-def _take(images: Any, index: torch.Tensor) -> Any:
+def _take(images: Images, index: torch.Tensor) -> Images:
     """Rows `index` of a uint8 tensor, or of a file list (`FileImages.take`)."""
     return images.index_select(0, index) if isinstance(images, torch.Tensor) else images.take(index)
 
 
-def _split_kind(images: Any) -> Callable[..., Any]:
+def _split_kind(images: Images) -> Callable[..., AnySplit]:
     """`Split` for decoded tensors; the file-backed split kind for a file list."""
     return Split if isinstance(images, torch.Tensor) else images.split_kind()
 
@@ -270,7 +318,7 @@ def _split_kind(images: Any) -> Callable[..., Any]:
 def _assemble(name: str, src: Source, val_fraction: float, seed: int) -> Dataset:
     kind = _split_kind(src.train_images)
 
-    def split(images: Any, labels: torch.Tensor, index: torch.Tensor | None = None) -> Any:
+    def split(images: Images, labels: torch.Tensor, index: torch.Tensor | None = None) -> AnySplit:
         if index is not None:
             images, labels = _take(images, index), labels.index_select(0, index)
         return kind(images, labels, src.mean, src.std, src.augment, src.rotation)

@@ -198,7 +198,10 @@ def iterate(  # noqa: ANN001
             decoded = decode_on_device(images, paths, device)
             images = [plan.transform(im, pos) for im, (pos, _) in zip(decoded, batch, strict=True)]
         x = torch.stack(images).to(device, non_blocking=on_device)
-        out = loader.normalise(x.float()), labels.to(device, non_blocking=on_device)
+        out: tuple[torch.Tensor, ...] = (
+            loader.normalise(x.float()),
+            labels.to(device, non_blocking=on_device),
+        )
         if with_indices:
             out = (*out, torch.tensor([i for _, i in batch], device=device))
         yield out

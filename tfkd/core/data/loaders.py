@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -23,9 +23,11 @@ from tfkd.core.registry import Registry
 
 from . import images
 from .augment import PAD, AugmentParams, apply_params, parse_augment, sample_params
-from .core import Split, seed_from
+from .core import AnySplit, Split, seed_from
+from .folders import FileSplit
 
 Batch = tuple[torch.Tensor, ...]  # (images, labels) or (images, labels, indices)
+S = TypeVar("S", bound=AnySplit)  # the split kind a loader kind reads
 
 
 class Sampler(Protocol):
@@ -89,15 +91,15 @@ SAMPLERS.add("class_pairs", ClassPairs)
 DEFAULT_SAMPLER = "shuffle"
 
 
-class _BaseLoader(abc.ABC):
-    """What both loaders share: the validated options, the epoch counter and the length.
+class _BaseLoader(abc.ABC, Generic[S]):
+    """What every loader shares: the validated options, the epoch counter and the length.
 
     Subclasses build their pipeline in `_build(split)`, called once the options are set.
     """
 
     def __init__(
         self,
-        split: Split,
+        split: S,
         *,
         batch_size: int,
         train: bool,
@@ -143,7 +145,7 @@ class _BaseLoader(abc.ABC):
     custom_samplers: bool = False  # whether this loader kind draws its order from `sampler`
 
     @abc.abstractmethod
-    def _build(self, split: Split) -> None:
+    def _build(self, split: S) -> None:
         """Prepare this loader kind's pipeline over `split`."""
 
     def set_epoch(self, epoch: int) -> None:
@@ -173,7 +175,7 @@ def _check_shard(shard: tuple[int, int], batch_size: int, train: bool) -> tuple[
     return rank, world
 
 
-def _normaliser(split: Split, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _normaliser(split: AnySplit, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift) with (x / 255 - mean) / std == x * scale + shift, per channel."""
     std = torch.tensor(split.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     mean = torch.tensor(split.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -186,7 +188,7 @@ def _shard_slice(n: int, shard: tuple[int, int]) -> slice:
     return slice(n * rank // world, n * (rank + 1) // world)
 
 
-class DeviceLoader(_BaseLoader):
+class DeviceLoader(_BaseLoader[Split]):
     """Keeps the uint8 split on `device` and augments whole batches there.
 
     The images are moved to `device` once, at construction. Each epoch draws a permutation
@@ -241,10 +243,10 @@ def _sliced(params: AugmentParams, part: slice) -> AugmentParams:
     return AugmentParams(cut(params.offsets), cut(params.flip), cut(params.angles), params.pad)
 
 
-class JpegLoader(_BaseLoader):
+class JpegLoader(_BaseLoader[FileSplit]):
     """JPEG files (a FileSplit) decoded and transformed as ImageNet's recipe (data.images)."""
 
-    def _build(self, split: Split) -> None:
+    def _build(self, split: FileSplit) -> None:
         self._scale, self._shift = _normaliser(split, self.device)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
@@ -274,7 +276,7 @@ class _PILDataset(torch.utils.data.Dataset):
         return (*sample, i) if self.indices else sample
 
 
-class ClassicLoader(_BaseLoader):
+class ClassicLoader(_BaseLoader[Split]):
     """The original implementation's pipeline: PIL + torchvision transforms + torch DataLoader.
 
     Transforms: RandomCrop(size, padding=4), RandomHorizontalFlip(), RandomRotation(15) (those
@@ -342,13 +344,13 @@ class ClassicLoader(_BaseLoader):
             )
 
 
-LOADERS: Registry[type[_BaseLoader]] = Registry("loader")
+LOADERS: Registry[type[_BaseLoader[Any]]] = Registry("loader")
 LOADERS.add("device", DeviceLoader)
 LOADERS.add("classic", ClassicLoader)
 LOADERS.add("jpeg", JpegLoader)
 
 
-def make_loader(kind: str, split: Split, **kwargs) -> _BaseLoader:  # noqa: ANN003
+def make_loader(kind: str, split: AnySplit, **kwargs) -> _BaseLoader[Any]:  # noqa: ANN003
     """Build a loader by kind ("device", "classic" or "jpeg"); an unknown kind raises ValueError.
 
     A split that names its own loader (a FileSplit of JPEG files: "jpeg") is read by that one.

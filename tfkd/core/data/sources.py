@@ -178,7 +178,7 @@ _TINY_CACHE_VERSION = "1"
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
     with atomic.replacing(path) as out:
-        np.savez(out, **arrays)
+        np.savez(out, allow_pickle=False, **arrays)
 
 
 def _decode_jpegs(paths: list[Path], size: int) -> np.ndarray:

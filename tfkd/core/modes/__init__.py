@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from typing import TYPE_CHECKING
 
 from tfkd.core.modes.base import (
     DECLARED,
@@ -23,6 +24,11 @@ from tfkd.core.modes.base import (
     Terms,
 )
 from tfkd.core.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+
+    from tfkd.core.config import TrialConfig
 
 __all__ = [
     "Batch",
@@ -92,9 +98,9 @@ def declared_keys() -> dict[str, str]:
     return {key: owner for key, (owner, _) in DECLARED.params.items()}
 
 
-def as_mode(loss: Mode | LossFn, cfg: object, device: object = "cpu") -> Mode:
+def as_mode(loss: Mode | LossFn, cfg: TrialConfig, device: torch.device | str = "cpu") -> Mode:
     """A Mode instance, or a bare loss function wrapped as one (`FunctionMode`)."""
-    return loss if isinstance(loss, Mode) else FunctionMode(loss, cfg, device)  # type: ignore[arg-type]
+    return loss if isinstance(loss, Mode) else FunctionMode(loss, cfg, device)
 
 
 def _import_all() -> None:

@@ -186,6 +186,7 @@ class Mode(nn.Module):
     sampler: ClassVar[str] = "shuffle"
     params: ClassVar[tuple[Param, ...]] = ()
     term_names: ClassVar[tuple[str, ...]] = ("ce", "kl")
+    teacher: nn.Module | None  # held, not a submodule (set in __init__)
 
     @classmethod
     def needs_indices(cls) -> bool:

@@ -37,6 +37,7 @@ class ProgressiveSelfKD(Mode):
         "progressive self-KD (PS-KD): targets mix the label with the model's own "
         "prediction from the previous epoch"
     )
+    past: Tensor  # the "past" memory's buffer
     memories = {
         "past": Memory(
             width="classes",
@@ -56,24 +57,24 @@ class ProgressiveSelfKD(Mode):
 
     def terms(self, batch: Batch, progress: Progress) -> Terms:
         if batch.train and batch.indices is not None:
-            past = self._remembered(batch)
+            past = self._remembered(batch, batch.indices)
             alpha = self.cfg.pskd_alpha * progress.epoch / progress.epochs
             terms = losses.progressive_self_kd_loss(batch.logits, batch.labels, past, alpha)
-            self._remember(batch)
+            self._remember(batch, batch.indices)
             return Terms.of(terms)
         return Terms.of(self.loss_without_memory(batch, self.cfg))
 
-    def _remembered(self, batch: Batch) -> Tensor:
+    def _remembered(self, batch: Batch, indices: Tensor) -> Tensor:
         """Each sample's previous prediction; the label for a sample not seen yet."""
-        past = self.past.index_select(0, batch.indices).float()
+        past = self.past.index_select(0, indices).float()
         onehot = F.one_hot(batch.labels, self.num_classes).float()
         seen = past.sum(dim=1, keepdim=True) > 0
         return torch.where(seen, past, onehot)
 
     @torch.no_grad()
-    def _remember(self, batch: Batch) -> None:
+    def _remember(self, batch: Batch, indices: Tensor) -> None:
         probs = F.softmax(batch.logits.detach().float(), dim=1)
-        self.past.index_copy_(0, batch.indices, probs.to(self.past.dtype))
+        self.past.index_copy_(0, indices, probs.to(self.past.dtype))
 
     @staticmethod
     def loss_without_memory(batch: Batch, cfg: TrialConfig) -> losses.LossTerms:
