@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from scipy import stats as scipy_stats
 
-from analysis import compute, reproduce, results, stats, sweeps
+from tfkd.analysis import compute, reproduce, results, stats, sweeps
 from tfkd.cli.flags import EXIT_USAGE
 from tfkd.core.config import TrialConfig
 from tfkd.core.errors import UserError
