@@ -123,7 +123,5 @@ def test_a_sweep_request_is_tunes_flags_with_its_defaults():
     parsed = build_parser(registries=False).parse_args(["--mode", "lsr", "--dataset", "digits"])
     request = SweepRequest(mode="lsr", dataset="digits")
     assert vars(parsed) == dataclasses.asdict(request)
-    flags = {
-        a.dest for a in build_parser(registries=False)._actions if a.dest != argparse.SUPPRESS
-    }
+    flags = {a.dest for a in build_parser(registries=False)._actions if a.dest != argparse.SUPPRESS}
     assert flags - {"help"} == {f.name for f in dataclasses.fields(SweepRequest)}
