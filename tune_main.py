@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""Hyper-parameter sweeps for Tf-KD and its comparison modes.
+"""Hyper-parameter sweeps for Tf-KD and its comparison modes: `tfkd tune`, from a checkout.
 
     python tune_main.py --mode tfkd_reg --dataset cifar100 --model resnet18
 
-See `python tune_main.py --help` and README.md.
+See `python tune_main.py --help`, and `tfkd --help` for the other commands.
 """
 
 import sys

@@ -71,6 +71,7 @@ import multiprocessing
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -118,24 +119,25 @@ class UserError(Exception):
 # ---------------------------------------------------------------- tune_main's own choices
 
 
-def tune_main_parser() -> argparse.ArgumentParser:
-    from tfkd.cli.parser import build_parser
-
-    return build_parser()
-
-
-def _search_alg_action() -> argparse.Action:
-    return next(a for a in tune_main_parser()._actions if "--search-alg" in a.option_strings)
-
-
 def search_algs() -> tuple[str, ...]:
     """tune_main's --search-alg choices that search (its `grid` is the hand grid's job here)."""
-    return tuple(a for a in _search_alg_action().choices if a != GRID)
+    from tfkd.sweep.spec import SEARCH_ALGS
+
+    return tuple(a for a in SEARCH_ALGS if a != GRID)
 
 
 def default_alg() -> str:
     """tune_main's default --search-alg: the sampler this benchmark judges."""
-    return _search_alg_action().default
+    from tfkd.sweep.request import SweepRequest
+
+    return SweepRequest.search_alg
+
+
+def default_num_samples() -> int:
+    """tune_main's default --num-samples."""
+    from tfkd.sweep.request import SweepRequest
+
+    return SweepRequest.num_samples
 
 
 def seeds_wanted(method: str, default: str, overrides: Mapping[str, int]) -> int:
@@ -348,44 +350,72 @@ def sweep_name(setting: Setting, method: str, seed: int) -> str:
     return f"{setting.mode}-{method}-{seed}"
 
 
-def tune_main_args(setting: Setting, method: str, seed: int) -> list[str]:
+def sweep_request(setting: Setting, method: str, seed: int):
+    """The sweep as tune_main's flags would ask for it (tfkd.sweep.request.SweepRequest)."""
     from tfkd.core import modes
+    from tfkd.sweep.request import SweepRequest
 
-    args = [
-        *("--mode", setting.mode, "--dataset", setting.dataset, "--model", "resnet8"),
-        *("--epochs", str(setting.epochs), "--set", f"batch_size={setting.batch_size}"),
-        *("--search-alg", method, "--num-samples", str(setting.num_samples)),
-        *("--search-seed", str(seed), "--seed", str(TRIAL_SEED)),
+    return SweepRequest(
+        mode=setting.mode,
+        dataset=setting.dataset,
+        model="resnet8",
+        epochs=setting.epochs,
+        set=[f"batch_size={setting.batch_size}", *setting.extra_sets],
+        search_alg=method,
+        num_samples=setting.num_samples,
+        search_seed=seed,
+        seed=TRIAL_SEED,
+        storage=str(setting.storage),
+        data_dir=str(setting.scratch),
+        name=sweep_name(setting, method, seed),
+        mlflow_uri=setting.mlflow_uri,
+        max_concurrent=setting.concurrency,
+        cpus_per_trial=1.0,
+        train_teacher=modes.get(setting.mode).needs_teacher,
+    )
+
+
+def train_teacher(setting: Setting, model: str, student: str) -> None:
+    """The teacher the registry lacks, trained and registered as `tfkd tune --train-teacher`
+    trains it: a baseline run of the original's values (--fixed) on the student's data and
+    schedule, at the trials' seed, one CPU."""
+    argv = [
+        *(sys.executable, str(REPO / "tune_main.py"), "--mode", "baseline", "--fixed"),
+        *("--dataset", setting.dataset, "--model", model, "--epochs", str(setting.epochs)),
+        *("--seed", str(TRIAL_SEED), "--cpus-per-trial", "1", "--name", f"{student}-teacher"),
         *("--storage", str(setting.storage), "--data-dir", str(setting.scratch)),
-        *("--name", sweep_name(setting, method, seed), "--mlflow-uri", setting.mlflow_uri),
-        *("--max-concurrent", str(setting.concurrency), "--cpus-per-trial", "1"),
-        *(["--train-teacher"] if modes.get(setting.mode).needs_teacher else []),
+        *("--mlflow-uri", setting.mlflow_uri),
+        *(word for pair in setting.extra_sets for word in ("--set", pair)),
     ]
-    for pair in setting.extra_sets:
-        args += ["--set", pair]
-    return args
-
-
-def prepare(args: list[str]):
-    """tune_main's own validation and teacher resolution (training the teacher if missing);
-    the plan's teacher checkpoint as a local file (trials here run without tracking)."""
-    from tfkd import tracking
-    from tfkd.cli import tune as cli
-    from tfkd.cli.flags import EXIT_OK
-
-    prepared = cli.prepare(tune_main_parser().parse_args(args))
-    try:
-        code, prepared = cli.train_missing_teacher(prepared)
-    finally:
-        prepared.lock.release()  # run_sweep runs the sweep itself, under its own name
-    if code != EXIT_OK:
+    code = subprocess.run(argv, check=False).returncode
+    if code != 0:
         raise SystemExit(f"{PROG}: training the teacher failed (exit {code})")
-    plan = prepared.plan
-    location = plan.config.get("teacher_checkpoint", "")
-    if location:
-        local = tracking.local_path(location, prepared.mlflow_uri)
-        plan = replace(plan, config={**plan.config, "teacher_checkpoint": local})
-    return plan, prepared.dataset
+
+
+def prepare(setting: Setting, method: str, seed: int):
+    """tune_main's own plan (tfkd.sweep.plan) and teacher (tfkd.sweep.teachers: trained first
+    when the registry lacks it); the plan's teacher checkpoint as a local file (trials here run
+    without tracking). Returns the plan and the dataset."""
+    from tfkd import tracking
+    from tfkd.core.train import dataset_of
+    from tfkd.sweep import teachers
+    from tfkd.sweep.plan import make_plan
+
+    request = sweep_request(setting, method, seed)
+    plan = make_plan(request)
+    dataset = dataset_of(plan.config)
+    wanted = teachers.TeacherRequest.from_args(request)
+    teacher = teachers.resolve(wanted, setting.mlflow_uri)
+    if teacher is not None and not teacher.location:
+        train_teacher(setting, teacher.model, plan.name)
+        teacher = teachers.resolve(wanted, setting.mlflow_uri)
+    if teacher is not None:
+        config, _ = teachers.attach(
+            teacher, plan.config, plan.first_trial(), dataset, setting.mlflow_uri
+        )
+        local = tracking.local_path(teacher.location, setting.mlflow_uri)
+        plan = replace(plan, config={**config, "teacher_checkpoint": local})
+    return plan, dataset
 
 
 def epoch_log():
@@ -420,7 +450,7 @@ def run_sweep(setting: Setting, method: str, seed: int) -> dict[str, Any]:
     from tfkd.sweep.spec import SweepSpec
 
     shutil.rmtree(setting.storage / sweep_name(setting, method, seed), ignore_errors=True)
-    plan, dataset = prepare(tune_main_args(setting, method, seed))
+    plan, dataset = prepare(setting, method, seed)
     log = epoch_log()
     spec = SweepSpec(
         name=plan.name,
@@ -493,15 +523,11 @@ def check_grid(mode: str, grid: Mapping[str, Sequence[float]]) -> None:
             ) from None
 
 
-def base_config(setting: Setting, cluster: LazyCluster, units: Units) -> dict[str, Any]:
+def base_config(setting: Setting, units: Units) -> dict[str, Any]:
     """The mode's trial config without the searched keys (teacher attached), stored."""
 
     def compute() -> dict[str, Any]:
-        from tfkd.core import modes
-
-        if modes.get(setting.mode).needs_teacher:
-            cluster.ensure()  # the teacher is trained as a sweep of one trial
-        plan, _ = prepare(tune_main_args(setting, default_alg(), 0))
+        plan, _ = prepare(setting, default_alg(), 0)
         return {"config": {**plan.config, "device": "cpu"}}
 
     return cached(units, "base", "config", compute)["config"]
@@ -613,7 +639,7 @@ def run_mode(setting: Setting, opts: argparse.Namespace, root: Path) -> dict[str
     check_grid(setting.mode, grid_spec)
     with contextlib.ExitStack() as stack:
         cluster = LazyCluster(setting.concurrency, stack)
-        base = base_config(setting, cluster, units)
+        base = base_config(setting, units)
         grid = run_grid(setting, units, base, grid_spec)
         sweeps = run_searches(setting, units, cluster, opts.seeds_per_method)
     grid_best = max(grid, key=lambda p: p["val"])
@@ -928,7 +954,7 @@ def resolve(opts: argparse.Namespace) -> argparse.Namespace:
     opts.seeds_per_method = {
         m: seeds_wanted(m, opts.default_method, overrides) for m in opts.methods
     }
-    opts.num_samples = opts.num_samples or tune_main_parser().get_default("num_samples")
+    opts.num_samples = opts.num_samples or default_num_samples()
     for name in ("epochs", "batch_size", "num_samples", "fresh_seeds", "concurrency"):
         if getattr(opts, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")

@@ -1,4 +1,4 @@
-"""What Ray Tune costs: the same trials run directly with run_trial and as a tune_main sweep.
+"""What Ray Tune costs: the same trials run directly with run_trial and as a `tfkd tune` sweep.
 
     python benchmarks/tune_overhead.py [--trials 4] [--epochs 20] [--json]
 
@@ -30,11 +30,10 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from ray import tune  # noqa: E402
 
-from tfkd.cli import tune as cli  # noqa: E402
-from tfkd.cli.parser import build_parser  # noqa: E402
-from tfkd.cli.plan import make_plan  # noqa: E402
-from tfkd.core.train import run_trial  # noqa: E402
+from tfkd.core.train import dataset_of, run_trial  # noqa: E402
 from tfkd.sweep import cluster, tuner  # noqa: E402
+from tfkd.sweep.plan import make_plan  # noqa: E402
+from tfkd.sweep.request import SweepRequest  # noqa: E402
 from tfkd.sweep.spec import SweepSpec  # noqa: E402
 
 
@@ -56,22 +55,29 @@ class Timeline(tune.Callback):
         self.ended[trial.trial_id] = time.time()
 
 
-def trial_args(trials: int, epochs: int, workdir: Path, concurrency: int) -> list[str]:
+def trial_request(trials: int, epochs: int, workdir: Path, concurrency: int) -> SweepRequest:
+    """The sweep `tfkd tune` would run for the trials: a grid over their seeds."""
     space = workdir / "seeds.yaml"
     space.write_text(
         f"mode: baseline\nparams: {{seed: {{distribution: choice, "
         f"values: {list(range(trials))}}}}}\n"
     )
-    flags = (
-        f"--mode baseline --dataset digits --model resnet8 --epochs {epochs} --search-alg grid "
-        f"--num-samples 1 --max-concurrent {concurrency} --cpus-per-trial 1 "
-        f"--grace-period {epochs} --name overhead"
+    return SweepRequest(
+        mode="baseline",
+        dataset="digits",
+        model="resnet8",
+        epochs=epochs,
+        search_alg="grid",
+        num_samples=1,
+        max_concurrent=concurrency,
+        cpus_per_trial=1.0,
+        grace_period=epochs,
+        name="overhead",
+        search_space=str(space),
+        storage=str(workdir / "ray_results"),
+        mlflow_uri=f"sqlite:///{workdir / 'mlflow.db'}",
+        data_dir=str(workdir),
     )
-    where = [
-        *("--search-space", str(space), "--storage", str(workdir / "ray_results")),
-        *("--mlflow-uri", f"sqlite:///{workdir / 'mlflow.db'}", "--data-dir", str(workdir)),
-    ]
-    return [*flags.split(), *where]
 
 
 def run_direct(config: dict, seeds: list[int]) -> list[float]:
@@ -84,9 +90,9 @@ def run_direct(config: dict, seeds: list[int]) -> list[float]:
     return seconds
 
 
-def run_tuned(args: list[str], concurrency: int) -> tuple[Timeline, float]:
-    prepared = cli.prepare(build_parser().parse_args(args))
-    plan = prepared.plan
+def run_tuned(request: SweepRequest, concurrency: int) -> tuple[Timeline, float]:
+    plan = make_plan(request)
+    dataset = dataset_of(plan.config)
     timeline = Timeline()
     spec = SweepSpec(
         name=plan.name,
@@ -97,12 +103,12 @@ def run_tuned(args: list[str], concurrency: int) -> tuple[Timeline, float]:
         grace_period=plan.config["epochs"],
         cpus_per_trial=1.0,
         max_concurrent=concurrency,
-        storage=args[args.index("--storage") + 1],
+        storage=request.storage,
         callbacks=(timeline,),
     )
     started = time.perf_counter()
     with cluster.session(None, num_cpus=concurrency):
-        tuner.run_sweep(spec, prepared.dataset)
+        tuner.run_sweep(spec, dataset)
     return timeline, time.perf_counter() - started
 
 
@@ -134,10 +140,10 @@ def main() -> None:
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        args = trial_args(opts.trials, opts.epochs, workdir, opts.concurrency)
-        plan = make_plan(build_parser().parse_args(args))
+        request = trial_request(opts.trials, opts.epochs, workdir, opts.concurrency)
+        plan = make_plan(request)
         direct = run_direct({**plan.config, "data_dir": str(workdir)}, list(range(opts.trials)))
-        timeline, total = run_tuned(args, opts.concurrency)
+        timeline, total = run_tuned(request, opts.concurrency)
     result = {
         "machine": {
             "platform": platform.platform(),

@@ -1,6 +1,6 @@
-"""analysis/: best configs, reproductions, the report and the paper suite.
+"""tfkd.analysis and its commands: best configs, reproductions, the report and the paper suite.
 
-End to end on digits (real data, 2 CPUs): a small sweep with tune_main.py, then best_configs,
+End to end on digits (real data, 2 CPUs): a small sweep with tune_main.py, then best-configs,
 reproduce (2 seeds under holdout, 1 under the paper's protocol), a 2-trial paper-protocol sweep
 ranked on the test maximum, and report, each run as a user would; rerunning reproduce skips what
 is done.
@@ -30,18 +30,20 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from scipy import stats as scipy_stats
 
-from analysis import (
-    best_configs,
+from tfkd.analysis import (
     importance,
     paper,
-    paper_suite,
     plots,
     report,
     reproduce,
     results,
     sweeps,
 )
-from analysis.common import config_hash
+from tfkd.analysis.common import config_hash
+from tfkd.cli.commands import best_configs as best_configs_command
+from tfkd.cli.commands import paper_suite as paper_suite_command
+from tfkd.cli.commands import report as report_command
+from tfkd.cli.commands import reproduce as reproduce_command
 from tfkd.cli.flags import EXIT_USAGE
 from tfkd.core.config import TrialConfig
 
@@ -292,7 +294,7 @@ def test_best_configs_excludes_early_stopped_trials(tmp_path):
     add_trial(client, experiment, parent, "failed", [1, 2, 3, 95], status="FAILED", lr=0.4)
     second = add_trial(client, experiment, parent, "ok", [10, 20, 30, 45], lr=0.05)
     out = tmp_path / "best.yaml"
-    code = best_configs.main(
+    code = best_configs_command.main(
         ["--experiment", "hand-made", "--top", "5", "--mlflow-uri", uri, "--out", str(out)]
     )
     assert code == 0
@@ -317,7 +319,9 @@ def test_a_config_searched_in_loss_weights_is_the_one_chosen_and_reproduced(tmp_
     add_trial(client, experiment, parent, "w", [10, 20, 30, 40], params=given)
     out = tmp_path / "best.yaml"
     assert (
-        best_configs.main(["--experiment", "hand-made", "--mlflow-uri", uri, "--out", str(out)])
+        best_configs_command.main(
+            ["--experiment", "hand-made", "--mlflow-uri", uri, "--out", str(out)]
+        )
         == 0
     )
     (chosen,) = yaml.safe_load(out.read_text())
@@ -349,7 +353,7 @@ def test_best_configs_falls_back_to_the_ray_folder(tmp_path):
     write_ray_trial(sweep / "trial_a", "a", [10, 20, 30, 40])
     write_ray_trial(sweep / "trial_b", "b", [50, 99], lr=0.2)  # stopped early by ASHA
     write_ray_trial(sweep / "trial_c", "c", [10, 20, 30, 44], lr=0.3)
-    code = best_configs.main(
+    code = best_configs_command.main(
         [
             "--experiment",
             "from-ray",
@@ -409,7 +413,7 @@ def test_best_configs_of_a_paper_sweep_ranks_on_its_test_maximum(tmp_path, capsy
     )
     out = tmp_path / "best.yaml"
     argv = ["--experiment", "hand-made", "--top", "5", "--mlflow-uri", uri, "--out", str(out)]
-    assert best_configs.main(argv) == 0
+    assert best_configs_command.main(argv) == 0
     document = yaml.safe_load(out.read_text())
     expected = expected_paper_ranking()
     assert [(d["trial_id"], d["score"]) for d in document] == expected
@@ -447,7 +451,7 @@ def test_best_configs_of_a_paper_sweep_in_the_ray_folder(tmp_path):
             folder / f"trial_{trial}", trial, running_max(curve), "paper_test_accuracy", **PAPER
         )
     store = ["--mlflow-uri", sqlite_uri(tmp_path), "--storage", str(tmp_path / "ray_results")]
-    assert best_configs.main(["--experiment", "paper-ray", "--top", "5", *store]) == 0
+    assert best_configs_command.main(["--experiment", "paper-ray", "--top", "5", *store]) == 0
     document = yaml.safe_load((folder / "best_configs.yaml").read_text())
     assert [(d["trial_id"], d["score"]) for d in document] == expected_paper_ranking()
     assert {d["metric"] for d in document} == {"paper_test_accuracy"}
@@ -462,7 +466,7 @@ def test_a_holdout_sweep_ranks_on_val_accuracy_not_test_accuracy(tmp_path, capsy
         client.log_metric(run_id, "test_accuracy", test[trial], step=4)
     out = tmp_path / "best.yaml"
     argv = ["--experiment", "hand-made", "--top", "2", "--mlflow-uri", uri, "--out", str(out)]
-    assert best_configs.main(argv) == 0
+    assert best_configs_command.main(argv) == 0
     document = yaml.safe_load(out.read_text())
     by_val = sorted(val, key=lambda t: -val[t])
     assert [(d["trial_id"], d["metric"], d["score"]) for d in document] == [
@@ -623,11 +627,11 @@ def test_sweep_plots_are_skipped_with_a_note_when_they_cannot_be_drawn():
 def test_unknown_experiment_exits_2_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "best.yaml"
     argv = ["--experiment", "nope", "--mlflow-uri", sqlite_uri(tmp_path)]
-    code = best_configs.main([*argv, "--storage", str(tmp_path), "--out", str(out)])
+    code = best_configs_command.main([*argv, "--storage", str(tmp_path), "--out", str(out)])
     assert code == EXIT_USAGE
     assert_one_line(capsys.readouterr().err, "no sweep 'nope'")
     assert not out.exists()
-    code = reproduce.main([*argv, "--storage", str(tmp_path)])
+    code = reproduce_command.main([*argv, "--storage", str(tmp_path)])
     assert code == EXIT_USAGE
     assert_one_line(capsys.readouterr().err, "no sweep 'nope'")
     assert list(tmp_path.iterdir()) == []
@@ -639,7 +643,9 @@ def test_sweep_without_finished_trials_exits_2_and_writes_nothing(tmp_path, caps
     add_trial(client, experiment, parent, "asha", [60, 90], stopped_early="true")
     out = tmp_path / "best.yaml"
     capsys.readouterr()  # MLflow's own log lines from creating the store
-    code = best_configs.main(["--experiment", "hand-made", "--mlflow-uri", uri, "--out", str(out)])
+    code = best_configs_command.main(
+        ["--experiment", "hand-made", "--mlflow-uri", uri, "--out", str(out)]
+    )
     assert code == EXIT_USAGE
     assert_one_line(capsys.readouterr().err, "hand-made", "full schedule")
     assert not out.exists()
@@ -649,10 +655,10 @@ def test_report_without_reproductions_exits_2_and_writes_nothing(tmp_path, capsy
     uri, _, _ = make_sweep(tmp_path)
     out = tmp_path / "reports"
     capsys.readouterr()  # MLflow's own log lines from creating the store
-    code = report.main(["--mlflow-uri", uri, "--out", str(out)])
+    code = report_command.main(["--mlflow-uri", uri, "--out", str(out)])
     assert code == EXIT_USAGE
     assert_one_line(capsys.readouterr().err, "no finished reproductions")
-    code = report.main(["--mlflow-uri", uri, "--out", str(out), "--experiment", "other"])
+    code = report_command.main(["--mlflow-uri", uri, "--out", str(out), "--experiment", "other"])
     assert code == EXIT_USAGE
     assert_one_line(capsys.readouterr().err, "--experiment other")
     assert not out.exists()
@@ -665,14 +671,14 @@ def test_resume_without_an_interrupted_reproduction_exits_2(tmp_path, capsys):
     add_trial(client, experiment, parent, "full", [20, 30, 40, 50])
     argv = ["--experiment", "hand-made", "--resume", "--storage", str(tmp_path / "ray")]
     capsys.readouterr()  # MLflow's own log lines from creating the store
-    assert reproduce.main([*argv, "--mlflow-uri", uri]) == EXIT_USAGE
+    assert reproduce_command.main([*argv, "--mlflow-uri", uri]) == EXIT_USAGE
     assert_one_line(capsys.readouterr().err, "--resume", "reproduce-hand-made")
     assert client.search_runs([experiment], "tags.`tfkd.kind` = 'reproduction-set'") == []
     assert not (tmp_path / "ray").exists()
 
 
 def test_reproduce_help_shows_experiment_as_required():
-    usage = " ".join(reproduce.build_parser().format_usage().split())
+    usage = " ".join(reproduce_command.build_parser().format_usage().split())
     assert " --experiment NAME" in usage and "[--experiment" not in usage
     assert "[--sweep NAME]" in usage
 
@@ -694,21 +700,21 @@ def test_analysis_says_which_of_the_experiments_sweeps_it_reads(tmp_path, capsys
         time.sleep(0.01)
     capsys.readouterr()
     argv = ["--experiment", "shared", "--mlflow-uri", uri, "--out", str(tmp_path / "b.yaml")]
-    assert best_configs.main(argv) == 0
+    assert best_configs_command.main(argv) == 0
     out = capsys.readouterr().out
     assert "reading sweep older (MLflow experiment 'shared'" in out and "FINISHED" in out
     assert "1 other sweep(s): newer (pick one with --sweep NAME)" in out
     assert yaml.safe_load((tmp_path / "b.yaml").read_text())[0]["run_id"] == sweeps_made["older"]
-    assert best_configs.main([*argv, "--sweep", "newer"]) == 0
+    assert best_configs_command.main([*argv, "--sweep", "newer"]) == 0
     assert "reading sweep newer" in capsys.readouterr().out
     assert yaml.safe_load((tmp_path / "b.yaml").read_text())[0]["run_id"] == sweeps_made["newer"]
-    assert best_configs.main([*argv, "--sweep", "nope"]) == EXIT_USAGE
+    assert best_configs_command.main([*argv, "--sweep", "nope"]) == EXIT_USAGE
     assert_one_line(capsys.readouterr().err, "no sweep 'nope' in experiment 'shared'")
 
 
 def test_usage_error_is_one_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        reproduce.main(["--experiment", "x", "--seeds", "0"])
+        reproduce_command.main(["--experiment", "x", "--seeds", "0"])
     assert exit_info.value.code == EXIT_USAGE
     assert_one_line(capsys.readouterr().err, "--seeds")
 
@@ -720,12 +726,14 @@ def test_paper_suite_dry_run_orders_and_skips(tmp_path, capsys):
     uri, client, parent = make_sweep(tmp_path, name="baseline-cifar100-resnet18")
     client.set_terminated(parent, status="FINISHED")
     argv = ["--dataset", "cifar100", "--models", "resnet18", "mobilenet_v2"]
-    code = paper_suite.main([*argv, "--modes", "dekd", "kd", "--mlflow-uri", uri, "--dry-run"])
+    code = paper_suite_command.main(
+        [*argv, "--modes", "dekd", "kd", "--mlflow-uri", uri, "--dry-run"]
+    )
     assert code == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if ". [" in line]
     baselines = [i for i, line in enumerate(lines) if "--mode baseline" in line]
     dekd = [line for line in lines if "--mode dekd" in line]
-    reproductions = [i for i, line in enumerate(lines) if "analysis.reproduce" in line]
+    reproductions = [i for i, line in enumerate(lines) if " -m tfkd reproduce " in line]
     assert baselines == list(range(len(baselines)))  # every teacher first...
     assert min(reproductions) == len(lines) - len(reproductions)  # ...reproductions last
     # De-KD teachers: one run each with the original's values (--fixed), the snapshots the rows
@@ -744,7 +752,7 @@ def test_paper_suite_dry_run_orders_and_skips(tmp_path, capsys):
     assert any("--teacher resnet18@epoch-1:teacher-cifar100-resnet18 " in line for line in dekd)
     assert any("--teacher resnet50@epoch-50:teacher-cifar100-resnet50 " in line for line in dekd)
     assert any("--name dekd-cifar100-mobilenet_v2-resnet18-epoch-1" in line for line in dekd)
-    assert str(TUNE_MAIN) in lines[0]
+    assert " -m tfkd tune " in lines[0]
     assert len(reproductions) == len([line for line in lines if "--mode kd" in line]) + len(dekd)
 
 
@@ -754,9 +762,9 @@ def test_paper_suite_plans_the_families_rows_and_names_those_it_cannot_train(tmp
     named in one line where it lacks them (wrn, vgg, PreAct ResNet-18)."""
     argv = ["--dataset", "cifar100", "--modes", "dkd", "pskd", "cskd", "--dry-run",
             "--mlflow-uri", sqlite_uri(tmp_path)]  # fmt: skip
-    assert paper_suite.main(argv) == 0
+    assert paper_suite_command.main(argv) == 0
     out = capsys.readouterr().out.splitlines()
-    runs = [line for line in out if ". [run]" in line and "tune_main.py" in line]
+    runs = [line for line in out if ". [run]" in line and " tune " in line]
 
     def flag(line: str, name: str) -> str:
         found = re.search(rf"--{name} (\S+)", line)
@@ -777,7 +785,7 @@ def test_paper_suite_plans_the_families_rows_and_names_those_it_cannot_train(tmp
 
 def imagenet_plan_lines(capsys, uri: str, *extra: str) -> list[str]:
     argv = ["--dataset", "imagenet", "--mlflow-uri", uri, "--dry-run", *extra]
-    assert paper_suite.main(argv) == 0
+    assert paper_suite_command.main(argv) == 0
     return [line for line in capsys.readouterr().out.splitlines() if ". [run]" in line]
 
 
@@ -812,9 +820,11 @@ def test_paper_suite_plans_the_seeds_imagenet_experiments_with_or_without_paper_
     assert lines.index(next(x for x in lines if resnext["baseline"] in x)) < lines.index(
         next(x for x in lines if resnext["tfkd_self"] in x)
     )
-    sweeps = [line.split(" [run] ")[1].split("  # ")[0] for line in lines if "tune_main" in line]
-    for command in sweeps:  # every planned sweep is a command tune_main accepts
-        args = tune_main_parser().parse_args(shlex.split(command)[2:])
+    sweeps = [line.split(" [run] ")[1].split("  # ")[0] for line in lines if " tune " in line]
+    for command in sweeps:  # every planned sweep is a command tfkd tune accepts
+        words = shlex.split(command)
+        assert words[1:4] == ["-m", "tfkd", "tune"]
+        args = tune_main_parser().parse_args(words[4:])
         assert args.dataset == "imagenet" and args.model.startswith("tv_")
     assert len(lines) == 2 * len(sweeps)  # each sweep reproduced
 
@@ -829,15 +839,17 @@ def test_paper_suite_plans_the_seeds_imagenet_experiments_with_or_without_paper_
 
 def test_paper_suite_refuses_a_schedule_shorter_than_a_de_kd_snapshot(capsys, tmp_path):
     argv = ["--dataset", "cifar100", "--models", "resnet18", "--modes", "dekd", "--epochs", "10"]
-    assert paper_suite.main([*argv, "--mlflow-uri", sqlite_uri(tmp_path), "--dry-run"]) == 2
+    assert paper_suite_command.main([*argv, "--mlflow-uri", sqlite_uri(tmp_path), "--dry-run"]) == 2
     assert_one_line(capsys.readouterr().err, "--epochs 10", "epoch-50 snapshot of res")
 
 
 def test_paper_suite_bad_input(capsys, tmp_path):
-    assert paper_suite.main(["--dataset", "cifar100", "--models", "resnet9", "--dry-run"]) == 2
+    assert (
+        paper_suite_command.main(["--dataset", "cifar100", "--models", "resnet9", "--dry-run"]) == 2
+    )
     assert_one_line(capsys.readouterr().err, "resnet9")
     argv = ["--dataset", "cifar10", "--modes", "lsr", "--dry-run"]
-    assert paper_suite.main([*argv, "--mlflow-uri", sqlite_uri(tmp_path)]) == 2
+    assert paper_suite_command.main([*argv, "--mlflow-uri", sqlite_uri(tmp_path)]) == 2
     assert_one_line(capsys.readouterr().err, "no cifar10 rows")
     assert list(tmp_path.iterdir()) == []
 
@@ -864,10 +876,10 @@ def pipeline(tmp_path_factory) -> dict[str, Any]:
         *store,
     )
     assert_ok(sweep)
-    best = run("-m", "analysis.best_configs", "--experiment", SWEEP, "--top", "2", *store)
+    best = run("-m", "tfkd", "best-configs", "--experiment", SWEEP, "--top", "2", *store)
     assert_ok(best)
     repro_args = ["--experiment", SWEEP, "--seeds", str(SEEDS), "--epochs", str(REPRO_EPOCHS)]
-    first = run("-m", "analysis.reproduce", *repro_args, *store)
+    first = run("-m", "tfkd", "reproduce", *repro_args, *store)
     assert_ok(first)
     lsr_sweep = run(
         str(TUNE_MAIN),
@@ -881,9 +893,9 @@ def pipeline(tmp_path_factory) -> dict[str, Any]:
     )
     assert_ok(lsr_sweep)
     lsr_args = ["--experiment", LSR_SWEEP, "--seeds", str(SEEDS), "--epochs", str(REPRO_EPOCHS)]
-    assert_ok(run("-m", "analysis.reproduce", *lsr_args, *store))
+    assert_ok(run("-m", "tfkd", "reproduce", *lsr_args, *store))
     paper_args = ["--experiment", SWEEP, "--seeds", str(PAPER_SEEDS), "--epochs", str(REPRO_EPOCHS)]
-    paper_repro = run("-m", "analysis.reproduce", *paper_args, "--protocol", "paper", *store)
+    paper_repro = run("-m", "tfkd", "reproduce", *paper_args, "--protocol", "paper", *store)
     assert_ok(paper_repro)
     paper_sweep = run(
         str(TUNE_MAIN),
@@ -899,9 +911,9 @@ def pipeline(tmp_path_factory) -> dict[str, Any]:
     )
     assert_ok(paper_sweep)
     out = root / "reports"
-    made = run("-m", "analysis.report", "--mlflow-uri", uri, "--out", str(out))
+    made = run("-m", "tfkd", "report", "--mlflow-uri", uri, "--out", str(out))
     assert_ok(made)
-    again = run("-m", "analysis.reproduce", *repro_args, *store)
+    again = run("-m", "tfkd", "reproduce", *repro_args, *store)
     return {
         "root": root,
         "uri": uri,
@@ -1202,7 +1214,7 @@ def test_report_parquet_verdict_columns_agree_with_scipy_on_the_runs_in_mlflow(p
 
 @pytest.mark.slow
 def test_report_counts_each_rows_search_compute_and_flags_an_unequal_budget(pipeline):
-    from analysis import compute
+    from tfkd.analysis import compute
 
     client = pipeline["client"]
     rows = {

@@ -13,9 +13,9 @@ import pytest
 from tfkd.cli import tune as cli
 from tfkd.cli.flags import EXIT_USAGE
 from tfkd.cli.parser import build_parser
-from tfkd.cli.plan import Plan, make_plan
 from tfkd.core import modes
 from tfkd.sweep import storage
+from tfkd.sweep.plan import Plan, make_plan
 
 from conftest import REPO, assert_one_line, clean_env, cli_args, free_port, tune_main
 
@@ -80,7 +80,7 @@ def test_search_space_schema_errors(capsys, workdir, yaml_text, needle):
             "--mode tfkd_self --dataset digits --model resnet8",
             [
                 "tfkd-digits-resnet8@best",
-                "python tune_main.py --mode baseline --dataset digits --model resnet8 --fixed",
+                "tfkd tune --mode baseline --dataset digits --model resnet8 --fixed",
             ],
         ),
         (

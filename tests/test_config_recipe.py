@@ -139,7 +139,7 @@ def test_the_cnn_trains_with_the_originals_adam(mode, teacher, lr):
     """main.py: optim.Adam(lr=learning_rate x batch_size / 128), no weight decay; learning_rate
     1e-1 in base_experiments/base_cnn/params.json, 1e-3 in kd_experiments/cnn_distill."""
     from tfkd.cli.parser import build_parser
-    from tfkd.cli.plan import make_plan
+    from tfkd.sweep.plan import make_plan
 
     words = f"--mode {mode} --dataset digits --model cnn --fixed --set batch_size=64"
     words += f" --teacher {teacher}" if teacher else ""

@@ -103,7 +103,7 @@ def test_a_planted_or_truncated_tuner_pkl_is_refused_unloaded_and_the_sweep_stay
 def test_a_config_run_on_another_gpu_share_or_execution_path_is_the_same_config():
     """Reproducing on another GPU share (or with graph capture, compile, a memory layout) trains
     the same configuration: one report row, and finished (config, seed) pairs are not re-run."""
-    from analysis.common import config_hash
+    from tfkd.analysis.common import config_hash
 
     base = {"mode": "lsr", "dataset": "fake", "model": "resnet8", "lr": 0.1, "epsilon": 0.1}
     where_or_how_fast = [
@@ -137,8 +137,9 @@ def _student(tmp_path: Path, monkeypatch) -> list[str]:
 def test_the_teacher_run_trains_under_the_students_protocol_resources_and_settings(
     tmp_path, monkeypatch
 ):
-    from tfkd.cli import teachers, tune
+    from tfkd.cli import tune
     from tfkd.cli.parser import parse_args
+    from tfkd.sweep import teachers
 
     args = parse_args(_student(tmp_path, monkeypatch))
     teacher = (teachers.Teacher("resnet8", "best", ""), "kd-student")
@@ -165,9 +166,10 @@ def test_ctrl_c_during_the_teacher_run_prints_the_students_command_which_resumes
     run, and resumes the teacher run under its name."""
     import shlex
 
-    from tfkd.cli import outcome, teachers, tune
+    from tfkd.cli import outcome, tune
     from tfkd.cli.parser import parse_args
-    from tfkd.cli.plan import make_plan
+    from tfkd.sweep import teachers
+    from tfkd.sweep.plan import make_plan
 
     teacher = teachers.Teacher("resnet8", "best", "")
     student = parse_args(_student(tmp_path, monkeypatch))

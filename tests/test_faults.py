@@ -368,15 +368,13 @@ def test_training_does_not_wait_for_a_dead_tracking_server_and_replay_completes(
     with sweep_past_its_first_checkpoint(workdir, "outage", tracking_grace=6) as sweep:
         sweep.stop()  # down for the rest of the sweep
         assert sweep.driver.wait(timeout=300) == 0, sweep.log.read_text()[-3000:]
-        said = [
-            line for line in sweep.log.read_text().splitlines() if "python -m tfkd.tracking" in line
-        ]
+        said = [line for line in sweep.log.read_text().splitlines() if "tfkd replay" in line]
         assert len(said) == 1 and "MLflow lacks" in said[0]
         assert (sweep.experiment / "best_config.yaml").is_file()
 
         sweep.start()
         replayed = subprocess.run(
-            [sys.executable, "-m", "tfkd.tracking", "replay", str(sweep.experiment)],
+            [sys.executable, "-m", "tfkd", "replay", str(sweep.experiment)],
             env=clean_env(),
             capture_output=True,
             text=True,

@@ -198,7 +198,7 @@ def torch_home(tmp_path_factory) -> Path:
 def test_a_pretrained_teacher_loads_from_torchs_cache(torch_home, monkeypatch):
     import torchvision
 
-    from tfkd.cli import teachers
+    from tfkd.sweep import teachers
 
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
     request = teachers.TeacherRequest("kd", "imagenet", "tv_resnet18", "resnet18@torchvision")

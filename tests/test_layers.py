@@ -1,6 +1,7 @@
 """The layers of docs/architecture.md hold: tfkd.core trains without Ray or MLflow, and no package
-imports one above it (core < tracking < sweep < cli); Ray lives only in tfkd.sweep, MLflow only
-in tfkd.tracking.
+imports one above it (core < tracking < sweep < analysis < cli); Ray lives only in tfkd.sweep,
+MLflow only in tfkd.tracking; the benchmarks, like tfkd.analysis, use the library, never the
+command line's internals (tfkd.cli).
 
 The imports are read from the source with `ast`, independently of how the modules behave.
 """
@@ -23,7 +24,8 @@ ALLOWED = {
     "core": set(),
     "tracking": {"core"},
     "sweep": {"core", "tracking"},
-    "cli": {"core", "tracking", "sweep"},
+    "analysis": {"core", "tracking", "sweep"},
+    "cli": {"core", "tracking", "sweep", "analysis"},
 }
 THIRD_PARTY_HOME = {"ray": "sweep", "mlflow": "tracking"}
 
@@ -84,11 +86,35 @@ def test_ray_and_mlflow_are_imported_in_their_own_package_only(library):
     assert outside == []
 
 
+def importers_of(package: str, paths: list[Path]) -> list[str]:
+    """'path imports module' for each import of `package` or a module in it among `paths`."""
+    return [
+        f"{path} imports {module}"
+        for path in paths
+        for module in sorted(imported_modules(path))
+        if module == package or module.startswith(package + ".")
+    ]
+
+
+def test_benchmarks_and_analysis_import_nothing_of_the_command_line():
+    """Both use library APIs (tfkd.sweep.plan, tfkd.core.protocol, ...), never tfkd.cli."""
+    scripts = sorted((REPO / "benchmarks").rglob("*.py")) + modules_of("analysis")
+    assert len(scripts) > 10  # the folders are where this test looks
+    assert importers_of("tfkd.cli", scripts) == []
+
+
 def test_the_import_reader_sees_lazy_and_nested_imports(tmp_path):
     """The checks above are only as good as the reader: a lazy import inside a function counts."""
     source = tmp_path / "sample.py"
-    source.write_text("def f():\n    from ray import tune\n    import mlflow.client\n")
+    source.write_text(
+        "def f():\n    from ray import tune\n    import mlflow.client\n"
+        "    from tfkd.cli import flags\n"
+    )
     assert {"ray", "ray.tune", "mlflow.client"} <= imported_modules(source)
+    assert importers_of("tfkd.cli", [source]) == [
+        f"{source} imports tfkd.cli",
+        f"{source} imports tfkd.cli.flags",
+    ]
 
 
 BLOCKED_RUN = """

@@ -14,6 +14,7 @@ import torch
 from mlflow import MlflowClient
 
 from tfkd import tracking
+from tfkd.cli.commands import replay
 from tfkd.core import checkpoint
 from tfkd.sweep.record import TrialRecord, newest_complete
 
@@ -157,7 +158,7 @@ def test_replay_sends_what_a_dead_process_left(tmp_path):
     box.close(timeout=0.5)
     with open(folder / tracking.OPS_FILE, "a") as out:
         out.write('{"op": "epoch", "st')  # the process was killed mid-write
-    assert tracking.main(["replay", str(tmp_path), "--mlflow-uri", uri]) == 0
+    assert replay.main([str(tmp_path), "--mlflow-uri", uri]) == 0
     assert tracking.pending_outboxes(tmp_path) == []
     runs = [r for r in client.search_runs(["1"]) if r.info.run_name == "trial_t1"]
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
@@ -211,7 +212,7 @@ def test_a_torn_append_hides_nothing_written_after_it(tmp_path):
     for op in (epoch_op(2, 21.0), epoch_op(3, 30.0), {"op": "terminate", "status": "FINISHED"}):
         again.put(op)
     again.close(timeout=0.2)
-    assert tracking.main(["replay", str(tmp_path), "--mlflow-uri", uri]) == 0
+    assert replay.main([str(tmp_path), "--mlflow-uri", uri]) == 0
     (run,) = trial_runs_of(client, opened["experiment_id"])
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert sorted((m.step, m.value) for m in history) == [(1, 10.0), (2, 21.0), (3, 30.0)]
@@ -330,7 +331,7 @@ def test_a_replay_after_the_sweep_ends_asha_stopped_trials_finished_and_stopped_
     )
     sweep.close(timeout=0.2)
 
-    assert tracking.main(["replay", str(results), "--mlflow-uri", uri]) == 0
+    assert replay.main([str(results), "--mlflow-uri", uri]) == 0
     runs = {r.data.tags[tracking.TRIAL_TAG]: r for r in trial_runs_of(client, experiment)}
     assert {t: r.info.status for t, r in runs.items()} == {"t1": "FINISHED", "t2": "FINISHED"}
     assert runs["t1"].data.tags["stopped_early"] == "true"

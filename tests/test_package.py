@@ -1,6 +1,7 @@
-"""tfkd as a user installs it: a wheel built from the checkout, installed into a fresh folder far
-from it, and a smoke sweep run with `python -m tfkd` from yet another folder; the sweep leaves
-nothing of tfkd's in its (private) temp folder."""
+"""tfkd as a user installs it: a wheel built from the checkout (tfkd and nothing else at its top
+level), installed into a fresh folder far from it; its `tfkd` command and each subcommand's
+--help run from there, and a smoke sweep with `tfkd tune` from yet another folder leaves nothing
+of tfkd's in its (private) temp folder."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -26,15 +28,14 @@ def test_the_package_list_names_every_package_of_the_checkout():
     )
     found = {
         ".".join(init.parent.relative_to(CHECKOUT).parts)
-        for root in ("tfkd", "analysis")
-        for init in (CHECKOUT / root).rglob("__init__.py")
+        for init in (CHECKOUT / "tfkd").rglob("__init__.py")
     }
     assert found <= listed, f"pyproject.toml's packages lack {sorted(found - listed)}"
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Path:
-    """The wheel of the checkout, installed (without its dependencies) into a fresh folder."""
+def wheel(tmp_path_factory) -> Path:
+    """The wheel of the checkout."""
     wheels = tmp_path_factory.mktemp("wheels")
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(CHECKOUT), "--no-deps", "--no-build-isolation"]
@@ -45,7 +46,13 @@ def installed(tmp_path_factory) -> Path:
         timeout=300,
     )
     assert_ok(built)
-    (wheel,) = wheels.glob("tfkd-*.whl")
+    (found,) = wheels.glob("tfkd-*.whl")
+    return found
+
+
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory) -> Path:
+    """The wheel, installed (without its dependencies) into a fresh folder."""
     target = tmp_path_factory.mktemp("site")
     done = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)]
@@ -59,15 +66,43 @@ def installed(tmp_path_factory) -> Path:
 
 
 def run_installed(site: Path, cwd: Path, *args: str, tmpdir: Path | None = None):
+    """`python ARGS...` with the installed package; `tfkd ...` runs its console script."""
     env = clean_env(PYTHONPATH=str(site), **({"TMPDIR": str(tmpdir)} if tmpdir else {}))
+    script = [str(site / "bin" / "tfkd")] if args[0] == "tfkd" else [sys.executable, args[0]]
     return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        [*script, *args[1:]],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
+
+
+def test_the_wheel_holds_tfkd_only(wheel):
+    """No generic top-level package (`analysis` was one): tfkd and its metadata."""
+    with zipfile.ZipFile(wheel) as archive:
+        top = {name.split("/")[0] for name in archive.namelist()}
+    version = wheel.name.split("-")[1]
+    assert top == {"tfkd", f"tfkd-{version}.dist-info"}
+
+
+def test_the_tfkd_command_and_every_subcommands_help_run_from_the_wheel(installed, wheel, tmp_path):
+    listed = run_installed(installed, tmp_path, "tfkd", "--help")
+    assert_ok(listed)
+    commands = ["tune", "best-configs", "reproduce", "report", "paper-suite", "replay"]
+    for name in commands:
+        assert f"\n  {name} " in listed.stdout, listed.stdout
+        shown = run_installed(installed, tmp_path, "tfkd", name, "--help")
+        assert_ok(shown)
+        assert shown.stdout.startswith(f"usage: tfkd {name} "), shown.stdout[:200]
+    version = run_installed(installed, tmp_path, "tfkd", "--version")
+    assert version.stdout.strip() == f"tfkd {wheel.name.split('-')[1]}"  # the wheel's metadata
 
 
 def test_the_installed_package_ships_its_search_spaces_and_paper_table(installed, tmp_path):
     script = (
-        "import tfkd, analysis.paper as p; from tfkd.sweep import search_space as s; "
+        "import tfkd, tfkd.analysis.paper as p; from tfkd.sweep import search_space as s; "
         "print(tfkd.__file__); print(s.SEARCH_SPACES_DIR); print(len(p.load()))"
     )
     done = run_installed(installed, tmp_path, "-c", script)
@@ -81,7 +116,7 @@ def test_the_installed_package_ships_its_search_spaces_and_paper_table(installed
     assert int(rows) > 0
 
 
-def test_python_m_tfkd_runs_a_smoke_sweep_from_any_folder_and_leaves_no_temp_files(
+def test_tfkd_tune_runs_a_smoke_sweep_from_any_folder_and_leaves_no_temp_files(
     installed, tmp_path, request
 ):
     private_tmp = Path(tempfile.mkdtemp(prefix="t", dir="/tmp"))  # short: Ray's sockets go there
@@ -90,7 +125,7 @@ def test_python_m_tfkd_runs_a_smoke_sweep_from_any_folder_and_leaves_no_temp_fil
     done = run_installed(
         installed,
         tmp_path,
-        *("-m", "tfkd", "--mode", "lsr", "--dataset", "digits", "--model", "resnet8"),
+        *("tfkd", "tune", "--mode", "lsr", "--dataset", "digits", "--model", "resnet8"),
         *("--fixed", "--epochs", "2", "--name", "smoke", "--mlflow-uri", uri),
         tmpdir=private_tmp,
     )
@@ -103,7 +138,8 @@ def test_python_m_tfkd_runs_a_smoke_sweep_from_any_folder_and_leaves_no_temp_fil
     found = (p.relative_to(private_tmp) for p in private_tmp.rglob("*tfkd*"))
     left = sorted(str(p) for p in found if p.parts[0] != "ray")  # ray/: Ray's session folder
     assert left == [], f"tfkd left temp files: {left}"
-    # --resume with other data or search flags is refused before anything starts
+    # --resume with other data or search flags is refused before anything starts (and `python -m
+    # tfkd` with flags first is still the tune command)
     resumed = run_installed(
         installed,
         tmp_path,

@@ -361,7 +361,7 @@ def test_trials_asha_stopped_are_pruned_with_their_intermediate_values(default_s
 
 def plan_of(*words: str):
     from tfkd.cli.parser import build_parser
-    from tfkd.cli.plan import make_plan
+    from tfkd.sweep.plan import make_plan
 
     base = "--mode tfkd_reg --dataset fake --model resnet18 --epochs 30".split()
     return make_plan(build_parser().parse_args([*base, *words]))

@@ -254,7 +254,7 @@ def test_dekd_presets_are_the_originals_kd_configs_of_the_pair():
 
 def plan_of(words: str):
     from tfkd.cli.parser import build_parser
-    from tfkd.cli.plan import make_plan
+    from tfkd.sweep.plan import make_plan
 
     return make_plan(build_parser().parse_args(words.split()))
 

@@ -32,7 +32,8 @@ import json, os
 import mlflow, optuna, ray, torch
 from ray import tune
 before = dict(os.environ)
-import tfkd.cli.tune, tfkd.sweep.tuner, tfkd.sweep.trainable, tfkd.tracking, analysis.reproduce
+import tfkd.cli.tune, tfkd.sweep.tuner, tfkd.sweep.trainable, tfkd.tracking
+import tfkd.analysis.reproduce, tfkd.cli.main
 changed = {k: v for k, v in os.environ.items() if before.get(k) != v}
 changed.update({k: None for k in before if k not in os.environ})
 print(json.dumps(changed))

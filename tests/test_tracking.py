@@ -236,8 +236,8 @@ def test_epoch_n_resolves_within_the_newest_or_the_named_teacher_run(tmp_path):
     resnet8@epoch-1 is the newest run's snapshot, resnet8@epoch-1:RUN the named run's (by
     name or run id), and an unknown run is one line naming the runs there are. A private
     SQLite store keeps the shared server's aliases as the other tests left them."""
-    from tfkd.cli.teachers import TeacherRequest, resolve
     from tfkd.core.errors import UserError
+    from tfkd.sweep.teachers import TeacherRequest, resolve
 
     uri = f"sqlite:///{tmp_path / 'teachers.db'}"
     words = "--mode baseline --dataset digits --model resnet8 --epochs 2 --snapshot-epochs 1"

@@ -1,5 +1,5 @@
 """Tracking faults combined with ASHA, with real processes: a real local Ray, a real MLflow
-server that this test stops and starts again, and `python -m tfkd.tracking replay`."""
+server that this test stops and starts again, and `tfkd replay`."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ ASHA_SPACE = "mode: lsr\nparams:\n  lr: {distribution: choice, values: [0.1, 0.0
 
 def replay(folder: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "tfkd.tracking", "replay", str(folder)],
+        [sys.executable, "-m", "tfkd", "replay", str(folder)],
         env=clean_env(),
         capture_output=True,
         text=True,

@@ -15,7 +15,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from scipy import stats as scipy_stats
 
-from analysis import compute, reproduce, results, stats, sweeps
+from tfkd.analysis import compute, reproduce, results, stats, sweeps
+from tfkd.cli.commands import reproduce as reproduce_command
 from tfkd.cli.flags import EXIT_USAGE
 from tfkd.core.config import TrialConfig
 from tfkd.core.errors import UserError
@@ -297,7 +298,7 @@ def test_reproduce_refuses_a_seed_its_sweep_trained_and_writes_nothing(tmp_path,
     )  # fmt: skip
     argv = ["--experiment", "hand", "--mlflow-uri", uri, "--storage", str(tmp_path / "ray")]
     capsys.readouterr()
-    assert reproduce.main([*argv, "--first-seed", "0"]) == EXIT_USAGE
+    assert reproduce_command.main([*argv, "--first-seed", "0"]) == EXIT_USAGE
     assert_one_line(capsys.readouterr().err, "seed 0 was trained by sweep hand", "--first-seed")
     assert client.search_runs([experiment], "tags.`tfkd.kind` = 'reproduction-set'") == []
     assert not (tmp_path / "ray").exists()

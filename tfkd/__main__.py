@@ -1,8 +1,8 @@
-"""`python -m tfkd ...`: tune_main.py's command line, from any folder (tfkd.cli.tune)."""
+"""`python -m tfkd ...`: the `tfkd` command (tfkd.cli.main), from any folder."""
 
 import sys
 
-from tfkd.cli.tune import main
+from tfkd.cli.main import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m tfkd"))

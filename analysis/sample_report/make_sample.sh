@@ -4,7 +4,7 @@
 # numbers are in results.md). Every mode gets the same budget: a 4-trial sweep with tune_main's
 # default sampler (TPE, the paper's preset or the mode's defaults first), every trial trained to
 # the end (ASHA's only rung at the last epoch: 80 trial-epochs per mode), then its best config
-# (by validation accuracy) reproduced under the holdout protocol with analysis.reproduce's default
+# (by validation accuracy) reproduced under the holdout protocol with tfkd reproduce's default
 # seeds: 5 fresh seeds (1000-1004, none of them a seed a sweep trained), the same for every mode
 # so that the report pairs each row with the baseline seed by seed.
 # Teachers: resnet8@best (the baseline sweep's best trial) for tfkd_self, resnet20 (one fixed
@@ -32,10 +32,10 @@ python tune_main.py --mode dekd --teacher resnet20@epoch-1 "${sweep[@]}" "${data
 python tune_main.py --mode rekd --teacher cnn "${sweep[@]}" "${data[@]}"
 
 for mode in baseline lsr tfkd_reg tfkd_self kd dekd rekd; do
-  python -m analysis.reproduce --experiment "$mode-digits-resnet8" \
+  python -m tfkd reproduce --experiment "$mode-digits-resnet8" \
     --storage "$work/ray_results" --max-concurrent 2 --cpus-per-trial 1
 done
 rm -f "$out"/*.png "$out"/results.*
-python -m analysis.report --out "$out" \
+python -m tfkd report --out "$out" \
   $(for mode in baseline lsr tfkd_reg tfkd_self kd dekd rekd; do echo "--experiment $mode-digits-resnet8"; done)
 echo "work folder: $work"

@@ -1,5 +1,6 @@
 """The command line's shared pieces: exit codes, a parser whose usage errors are one line with
-exit status 2, argument types, and the flag groups tune_main and analysis.reproduce both take.
+exit status 2, running a command with one-line errors, argument types, and the flag groups that
+`tfkd tune`, `tfkd reproduce` and `tfkd paper-suite` share (their defaults: SweepRequest's).
 
 Nothing here imports torch, Ray or MLflow.
 """
@@ -7,16 +8,14 @@ Nothing here imports torch, Ray or MLflow.
 from __future__ import annotations
 
 import argparse
-import importlib
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, NoReturn
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from tfkd.core import protocol
 from tfkd.core.errors import UserError
+from tfkd.sweep.request import SweepRequest
 from tfkd.sweep.storage import DEFAULT_STORAGE
-
-if TYPE_CHECKING:
-    from tfkd.core import data
 
 # 0: done; 1: the sweep ran but is incomplete (every trial failed, or a trial could not be
 # completed for reasons other than its hyper-parameters); 2: bad input, nothing started;
@@ -28,25 +27,27 @@ MLFLOW_URI_HELP = (
 )
 
 
-class LazyModule:
-    """A module imported when one of its names is first used.
-
-    tfkd.core's registries (modes, models, datasets) live in modules that import torch; the
-    command line parses before touching them, so a mistyped flag is answered at once.
-    """
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __getattr__(self, attribute: str) -> Any:
-        return getattr(importlib.import_module(self._name), attribute)
-
-
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (no usage dump) with exit status 2."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def run_command(
+    parser: argparse.ArgumentParser,
+    body: Callable[[argparse.Namespace], int],
+    argv: Sequence[str] | None,
+) -> int:
+    """Parse `argv` and run a command on it; bad input (a UserError) becomes one line on stderr
+    naming the command, with exit status 2."""
+    args = parser.parse_args(argv)
+    try:
+        return body(args)
+    except UserError as exc:
+        said = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        print(f"{parser.prog}: error: {said}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def positive_int(text: str) -> int:
@@ -85,27 +86,41 @@ def add_store_args(group: argparse._ArgumentGroup, storage_help: str) -> None:
     group.add_argument("--storage", default=DEFAULT_STORAGE, help=storage_help)
 
 
+def add_sweeps_store_args(parser: argparse.ArgumentParser) -> None:
+    """Where `tfkd tune` wrote: the MLflow tracking URI and the Ray results folder (the analysis
+    commands read both)."""
+    group = parser.add_argument_group("where the sweeps are")
+    add_store_args(
+        group,
+        "Ray results folder or URI, read when MLflow has no such "
+        f"experiment (default {DEFAULT_STORAGE})",
+    )
+
+
 def add_resource_args(
     parser: argparse.ArgumentParser,
     experiment_help: str = "MLflow experiment name (default: mode-dataset-model; the sweeps of "
     "one mode, dataset and model share it as separate sweep runs)",
     experiment_required: bool = False,
 ) -> None:
-    """Cluster, resources, storage and tracking flags (tune_main and analysis.reproduce)."""
+    """Cluster, resources, storage and tracking flags (tune, reproduce, paper-suite)."""
     group = parser.add_argument_group("cluster and resources")
     group.add_argument(
         "--gpus-per-trial",
         type=non_negative_float,
-        default=None,
+        default=SweepRequest.gpus_per_trial,
         help="GPUs per trial, fractions allowed (default 0.25 when the cluster has GPUs, else 0)",
     )
     group.add_argument(
-        "--cpus-per-trial", type=non_negative_float, default=1.0, help="CPUs per trial (default 1)"
+        "--cpus-per-trial",
+        type=non_negative_float,
+        default=SweepRequest.cpus_per_trial,
+        help="CPUs per trial (default 1)",
     )
     group.add_argument(
         "--workers-per-trial",
         type=positive_int,
-        default=1,
+        default=SweepRequest.workers_per_trial,
         metavar="N",
         help="train each trial data-parallel on N Ray Train workers (DDP), each with "
         "--cpus-per-trial CPUs and --gpus-per-trial GPUs (default 1 GPU with GPUs), the batch "
@@ -114,7 +129,7 @@ def add_resource_args(
     group.add_argument(
         "--max-concurrent",
         type=positive_int,
-        default=None,
+        default=SweepRequest.max_concurrent,
         help="at most this many trials at once (default: as resources allow; for optuna and "
         "gp at most a third of --num-samples, at least 2)",
     )
@@ -141,60 +156,25 @@ def add_resource_args(
         default=None,
         metavar="SECONDS",
         help="how long the end of the sweep waits for an unreachable MLflow server before "
-        "leaving its writes for `python -m tfkd.tracking replay` (default 60; each trial's end "
+        "leaving its writes for `tfkd replay` (default 60; each trial's end "
         "and the sweep run's last writes wait half of it)",
     )
     group.add_argument(
         "--max-failures",
         type=retries,
-        default=2,
+        default=SweepRequest.max_failures,
         help="retries, from its last checkpoint, of a trial that failed for reasons other than "
         "its hyper-parameters (a lost node, a killed worker); -1: retry those forever "
         "(default 2). A non-finite or diverged loss fails its trial once, never retried",
     )
 
 
-def check_system_metrics(enabled: bool) -> None:
-    """--system-metrics needs psutil (MLflow's CPU and memory monitor) on every node."""
-    import importlib.util
-
-    if enabled and importlib.util.find_spec("psutil") is None:
-        raise UserError(
-            "--system-metrics needs psutil (and nvidia-ml-py for GPUs): "
-            "pip install psutil nvidia-ml-py, or drop the flag"
-        )
-
-
-def resource_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The SweepSpec fields that add_resource_args' flags set (tune_main and analysis.reproduce)."""
-    return {
-        "gpus_per_trial": args.gpus_per_trial,
-        "cpus_per_trial": args.cpus_per_trial,
-        "workers_per_trial": args.workers_per_trial,
-        "max_concurrent": args.max_concurrent,
-        "storage": args.storage,
-        "resume": args.resume,
-        "max_failures": args.max_failures,
-    }
-
-
-def load_dataset(config: Mapping[str, Any]) -> data.Dataset:
-    """The dataset of a trial config; unreadable or missing data is a one-line UserError."""
-    from tfkd.core import train
-    from tfkd.core.config import TrialConfig
-
-    try:
-        return train.load_dataset(TrialConfig.from_dict(config))
-    except (OSError, ValueError) as exc:
-        raise UserError(str(exc).splitlines()[0]) from None
-
-
 def add_protocol_arg(group: argparse._ArgumentGroup) -> None:
-    """--protocol, shared by tune_main and analysis.reproduce."""
+    """--protocol, shared by tune and reproduce."""
     lines = "; ".join(f"{n}: {protocol.get(n).description}" for n in protocol.names())
     group.add_argument(
         "--protocol",
         choices=protocol.names(),
-        default="holdout",
-        help=f"which epoch's model is reported and what chooses it ({lines}); default holdout",
+        default=SweepRequest.protocol,
+        help=f"which epoch's model is reported and what chooses it ({lines}); default %(default)s",
     )

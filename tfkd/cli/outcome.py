@@ -1,9 +1,8 @@
-"""What tune_main prints and writes at the end: the summary, best_config.yaml, the command that
+"""What `tfkd tune` prints and writes at the end: the summary, best_config.yaml, the command that
 continues an interrupted sweep, and where to compare the trials in MLflow."""
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 from collections.abc import Mapping
@@ -16,11 +15,13 @@ from tfkd.cli.flags import (
     EXIT_INTERRUPTED,
     EXIT_OK,
 )
-from tfkd.cli.plan import Plan
+from tfkd.cli.parser import TuneArgs
 from tfkd.core import atomic
 from tfkd.sweep import storage
+from tfkd.sweep.plan import Plan
 
 MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+REPLAY_COMMAND = "tfkd replay"  # sends what a sweep could not deliver to MLflow
 
 
 def print_comparison(context: Any) -> None:
@@ -63,29 +64,29 @@ def _percent(value: Any) -> str:
     return f"{value:.2f}%" if isinstance(value, float) else str(value)
 
 
-def _resume_command(args: argparse.Namespace, name: str | None) -> str:
+def _resume_command(args: TuneArgs, name: str | None) -> str:
     """The command that continues sweep `name`: the same flags, its --name, and --resume once
     its results folder exists (an interrupted --resume continues, or starts afresh when Tune
     had saved nothing); before that, the same command again. A run started for another sweep
     (--train-teacher's teacher run: `args.continues`) is continued by that sweep's command."""
-    if getattr(args, "continues", None):
+    if args.continues:
         return _resume_command(*args.continues)
-    argv = [a for a in sys.argv[1:] if a != "--resume"]
+    argv = [a for a in args.argv if a != "--resume"]
     if args.name is None and name is not None:
         argv += ["--name", name]
     resumable = name is not None and storage.sweep_folder_exists(args.storage, name)
-    return " ".join(["python tune_main.py", *map(shlex.quote, argv), *["--resume"] * resumable])
+    return " ".join([args.command, *map(shlex.quote, argv), *["--resume"] * resumable])
 
 
-def interrupted(args: argparse.Namespace, name: str | None) -> int:
+def interrupted(args: TuneArgs, name: str | None) -> int:
     print(
-        f"tune_main.py: interrupted; continue with: {_resume_command(args, name)}",
+        f"{args.prog}: interrupted; continue with: {_resume_command(args, name)}",
         file=sys.stderr,
     )
     return EXIT_INTERRUPTED
 
 
-def print_outcome(result: Any, plan: Plan, args: argparse.Namespace) -> int:
+def print_outcome(result: Any, plan: Plan, args: TuneArgs) -> int:
     """The sweep's summary; exit 0 only when every trial ran to its end."""
     if result.interrupted:
         return interrupted(args, plan.name)
@@ -96,23 +97,21 @@ def print_outcome(result: Any, plan: Plan, args: argparse.Namespace) -> int:
     for trial_id, reason in result.failures.items():
         print(f"[tfkd] trial {trial_id} failed: {reason}")
     if result.tracking_pending:
-        from tfkd import tracking
-
         print(
             f"[tfkd] MLflow lacks the last writes of {len(result.tracking_pending)} run(s) "
             "(tracking server unreachable); send them when it is back with: "
-            f"{tracking.REPLAY_COMMAND} {shlex.quote(result.experiment_path)}"
+            f"{REPLAY_COMMAND} {shlex.quote(result.experiment_path)}"
         )
     for folder in result.tracking_refused:
         print(
             f"[tfkd] MLflow refused some writes of a run; they are kept in {folder}/refused.jsonl"
         )
     if result.best_config is None:
-        print("tune_main.py: every trial failed; see the trial errors above", file=sys.stderr)
+        print(f"{args.prog}: every trial failed; see the trial errors above", file=sys.stderr)
         return EXIT_FAILED
     if not result.complete:
         print(
-            f"tune_main.py: {result.failed_by_infrastructure} trial(s) could not be completed "
+            f"{args.prog}: {result.failed_by_infrastructure} trial(s) could not be completed "
             f"(see above); retry them with: {_resume_command(args, plan.name)}",
             file=sys.stderr,
         )

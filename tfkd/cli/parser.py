@@ -1,22 +1,44 @@
-"""tune_main's flags: the parser, and parsing before torch, Ray or MLflow is imported."""
+"""The tune command's flags: the parser, and parsing before torch, Ray or MLflow is imported.
+
+Its defaults are tfkd.sweep.request.SweepRequest's; `parse_args` returns one (a `TuneArgs`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from tfkd.cli import flags
+from tfkd.cli.commands import describe
 from tfkd.cli.flags import (
     Parser,
     positive_int,
 )
-from tfkd.cli.registries import data, models, modes
 from tfkd.core import protocol
-from tfkd.core.config import TrialConfig
-from tfkd.sweep import rungs
+from tfkd.core.lazy import data, models, modes
+from tfkd.sweep import spec
+from tfkd.sweep.request import SweepRequest
 
 _NAMED = {"mode": modes, "dataset": data, "model": models}
+PROG = "tune_main.py"  # what the tune command's messages start with when run as tune_main.py
+
+
+@dataclass
+class TuneArgs(SweepRequest):
+    """A sweep's request as the command line gave it, and how the user ran the command: its
+    messages start with `prog` ("tune_main.py", "tfkd tune"), and the command that continues the
+    sweep is `command` followed by `argv`, the words the user typed after it."""
+
+    prog: str = PROG
+    argv: tuple[str, ...] = ()
+    # --train-teacher's teacher run: the student's arguments and sweep, whose command continues it
+    continues: tuple[TuneArgs, str] | None = None
+
+    @property
+    def command(self) -> str:
+        """What runs the command again: `python tune_main.py`, `tfkd tune`, ..."""
+        return f"python {self.prog}" if self.prog.endswith(".py") else self.prog
 
 
 def _epochs_list(text: str) -> tuple[int, ...]:
@@ -36,17 +58,16 @@ def _modes_epilog() -> str:
     return "teacher modes (--mode):\n" + "\n".join(lines)
 
 
-def build_parser(registries: bool = True) -> argparse.ArgumentParser:
-    """tune_main's parser; without `registries`, --mode, --dataset and --model take any name
-    (`parse_args` checks them after parsing: the registries import torch)."""
+def build_parser(registries: bool = True, prog: str = PROG) -> argparse.ArgumentParser:
+    """The tune command's parser; without `registries`, --mode, --dataset and --model take any
+    name (`parse_args` checks them after parsing: the registries import torch)."""
 
     def names(flag: str) -> list[str] | None:
         return _NAMED[flag].names() if registries else None
 
     parser = Parser(
-        prog="tune_main.py",
-        description="Hyper-parameter search for Teacher-free Knowledge Distillation and its "
-        "comparison modes (Ray Tune + Optuna + ASHA, tracked in MLflow).",
+        prog=prog,
+        description=describe("tune"),
         epilog=_modes_epilog() if registries else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -57,7 +78,7 @@ def build_parser(registries: bool = True) -> argparse.ArgumentParser:
     what.add_argument("--dataset", required=True, choices=names("dataset"), help="dataset")
     what.add_argument(
         "--model",
-        default="resnet18",
+        default=SweepRequest.model,
         choices=names("model"),
         help="student model (default resnet18)",
     )
@@ -100,8 +121,8 @@ def build_parser(registries: bool = True) -> argparse.ArgumentParser:
     )
     what.add_argument(
         "--data-dir",
-        default=TrialConfig.data_dir,
-        help=f"dataset root (default {TrialConfig.data_dir})",
+        default=SweepRequest.data_dir,
+        help=f"dataset root (default {SweepRequest.data_dir})",
     )
     what.add_argument("--download", action="store_true", help="download CIFAR if missing")
 
@@ -117,8 +138,8 @@ def build_parser(registries: bool = True) -> argparse.ArgumentParser:
     how.add_argument(
         "--num-samples",
         type=positive_int,
-        default=8,
-        help="trials (default 8). optuna and gp run a third of them at once (at least 2; "
+        default=SweepRequest.num_samples,
+        help="trials (default %(default)s). optuna and gp run a third of them at once (at least 2; "
         "--max-concurrent overrides), so at most a third is proposed before any result (on a Ray "
         "head declaring one GPU, 8 trials at 4 at once proposed 4 before any result, at 2 at "
         "once 2; --num-samples 12 runs 4 at once); those are the preset and scrambled Sobol "
@@ -138,14 +159,14 @@ def build_parser(registries: bool = True) -> argparse.ArgumentParser:
     )
     how.add_argument(
         "--rungs",
-        default=",".join(rungs.DEFAULT_RUNGS),
+        default=SweepRequest.rungs,
         help="ASHA judges at these points of the lr schedule: warmup, beforeK (the last epoch "
         "before drop K), afterK (the first after it); default %(default)s",
     )
     how.add_argument(
         "--search-alg",
-        choices=("optuna", "gp", "random", "grid"),
-        default="optuna",
+        choices=spec.SEARCH_ALGS,
+        default=SweepRequest.search_alg,
         help="optuna (multivariate TPE seeded by --search-seed, its good set at least 2 trials "
         "once 4 have ended; default), gp (Optuna's Gaussian-process sampler, seeded alike), both "
         "after a first wave of scrambled Sobol points; random or grid",
@@ -165,9 +186,17 @@ def build_parser(registries: bool = True) -> argparse.ArgumentParser:
         "for this model (the mode's defaults when it has none)",
     )
     how.add_argument(
-        "--seed", type=int, default=0, help="the trials' seed: initial weights, order (default 0)"
+        "--seed",
+        type=int,
+        default=SweepRequest.seed,
+        help="the trials' seed: initial weights, order (default %(default)s)",
     )
-    how.add_argument("--search-seed", type=int, default=0, help="the sampler's seed (default 0)")
+    how.add_argument(
+        "--search-seed",
+        type=int,
+        default=SweepRequest.search_seed,
+        help="the sampler's seed (default %(default)s)",
+    )
     how.add_argument(
         "--set",
         action="append",
@@ -198,12 +227,12 @@ def build_parser(registries: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None, prog: str = PROG) -> TuneArgs:
     """The command line, parsed before torch, Ray or MLflow is imported; then the names of
     --mode, --dataset and --model, checked against tfkd.core's registries."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(registries=bool({"-h", "--help"} & set(argv)))
-    args = parser.parse_args(argv)
+    parser = build_parser(registries=bool({"-h", "--help"} & set(argv)), prog=prog)
+    args = TuneArgs(**vars(parser.parse_args(argv)), prog=prog, argv=tuple(argv))
     for flag, registry in _NAMED.items():
         value, known = getattr(args, flag), registry.names()
         if value not in known:

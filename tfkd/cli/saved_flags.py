@@ -4,7 +4,6 @@ and Tune silently ignores a changed number of trials, epochs or search space."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from collections.abc import Mapping
@@ -14,6 +13,7 @@ from typing import Any
 from tfkd.core import atomic
 from tfkd.core.errors import UserError
 from tfkd.sweep import storage
+from tfkd.sweep.request import SweepRequest
 
 FLAGS_FILE = storage.FLAGS_FILE
 # what a resumed sweep must share with its start, as the user spells it
@@ -44,7 +44,7 @@ CONFIG_FLAGS = (
 )
 
 
-def sweep_flags(args: argparse.Namespace, config: Mapping[str, Any], space_text: str) -> dict:
+def sweep_flags(args: SweepRequest, config: Mapping[str, Any], space_text: str) -> dict:
     """The values of FLAG_NAMES this invocation asks for (the effective ones: defaults filled)."""
     flags = {key: config.get(key) for key in CONFIG_FLAGS}
     flags["epochs"] = config.get("epochs", args.epochs)

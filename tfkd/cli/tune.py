@@ -1,17 +1,17 @@
-"""tune_main.py's command line: parse, prepare (validate everything), run, report.
+"""`tfkd tune` (and tune_main.py): parse, prepare (validate everything), run, report.
 
 Every user error (flag, search-space file, data, teacher, server, cluster) is found before Ray
 starts and reported as one line on stderr with exit status 2.
 
-Architecture: this module only parses, prepares and reports. What it shares with the analysis/
-commands (exit codes, the resource and store flags, dataset loading with one-line errors) is in
-tfkd.cli.flags; where the teacher comes from in tfkd.cli.teachers; storage checks in
-tfkd.sweep.storage; the sweep itself in tfkd.sweep (Ray) and its runs in tfkd.tracking (MLflow).
+Architecture: this module only parses, prepares and reports. What it shares with the other
+commands (exit codes, the resource and store flags) is in tfkd.cli.flags; the plan (flags ->
+trial config, search space, rungs, name) in tfkd.sweep.plan; where the teacher comes from in
+tfkd.sweep.teachers; storage checks in tfkd.sweep.storage; the sweep itself in tfkd.sweep (Ray)
+and its runs in tfkd.tracking (MLflow).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -21,28 +21,28 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tfkd.cli import flags, outcome, saved_flags, teachers
+from tfkd.cli import outcome, saved_flags
 from tfkd.cli.flags import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
 )
-from tfkd.cli.parser import build_parser, parse_args
-from tfkd.cli.plan import Plan, make_plan
+from tfkd.cli.parser import PROG, TuneArgs, build_parser, parse_args
 from tfkd.core.errors import UserError
-from tfkd.sweep import cluster, ray_support, state_files, storage
+from tfkd.sweep import cluster, ray_support, state_files, storage, teachers
 from tfkd.sweep import status as progress
+from tfkd.sweep.plan import Plan, make_plan
 
 if TYPE_CHECKING:
     from tfkd.core.data import Dataset
 
 
-def _user_error(message: str) -> int:
-    print(f"tune_main.py: error: {message}", file=sys.stderr)
+def _user_error(prog: str, message: str) -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
     return EXIT_USAGE
 
 
-def _unexpected(error: Exception, name: str | None) -> int:
+def _unexpected(prog: str, error: Exception, name: str | None) -> int:
     """An error tfkd did not foresee: one line naming it and the log that holds its traceback."""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     log = cache / "tfkd" / "errors" / f"{name or 'tune_main'}-{time.strftime('%Y%m%d-%H%M%S')}.log"
@@ -50,7 +50,7 @@ def _unexpected(error: Exception, name: str | None) -> int:
     log.write_text("".join(traceback.format_exception(error)))
     said = (str(error).splitlines() or [""])[0]
     print(
-        f"tune_main.py: error: {error.__class__.__name__}: {said} (the traceback is in {log})",
+        f"{prog}: error: {error.__class__.__name__}: {said} (the traceback is in {log})",
         file=sys.stderr,
     )
     return EXIT_FAILED
@@ -62,9 +62,7 @@ def teacher_run_name(student: str) -> str:
     return f"{student}-teacher"
 
 
-def _teacher_args(
-    args: argparse.Namespace, teacher: teachers.Teacher, student: str
-) -> argparse.Namespace:
+def _teacher_args(args: TuneArgs, teacher: teachers.Teacher, student: str) -> TuneArgs:
     """The baseline run that --train-teacher starts for sweep `student`: fixed recipe, snapshot
     if asked for, under the student's data, protocol, resources, retries and tracking settings.
 
@@ -76,7 +74,7 @@ def _teacher_args(
     name = teacher_run_name(student)
     resume = args.resume and storage.sweep_folder_exists(args.storage, name)
     given = {key: getattr(args, key) for key in _FORWARDED}
-    teacher_args = build_parser().parse_args(
+    teacher_args = build_parser(prog=args.prog).parse_args(
         [
             *f"--mode baseline --dataset {args.dataset} --model {teacher.model} --fixed".split(),
             *["--data-dir", args.data_dir, "--storage", args.storage, "--seed", str(args.seed)],
@@ -87,8 +85,7 @@ def _teacher_args(
             *_flags_of(given),
         ]
     )
-    teacher_args.continues = (args, student)
-    return teacher_args
+    return TuneArgs(**vars(teacher_args), prog=args.prog, continues=(args, student))
 
 
 # what the teacher run shares with its student (argparse dest -> its flag): where things are,
@@ -126,7 +123,7 @@ _SHARED_KEYS = ("fake_size", "val_fraction", "split_seed", "device", "loader", "
 
 @dataclass(frozen=True)
 class Prepared:
-    args: argparse.Namespace
+    args: TuneArgs
     plan: Plan
     dataset: Dataset
     mlflow_uri: str | None
@@ -135,16 +132,19 @@ class Prepared:
     lock: storage.SweepLock
 
 
-def prepare(args: argparse.Namespace) -> Prepared:
+def prepare(args: TuneArgs) -> Prepared:
     """Validate everything a sweep needs, before anything starts."""
+    from tfkd.core import train
+    from tfkd.tracking import system_metrics
+
     cluster.enable_token_auth(args.address)
     plan = make_plan(args)
     storage.check_storage(args.storage, plan.name, args.resume)
-    flags.check_system_metrics(args.system_metrics)
+    system_metrics.check_available(args.system_metrics)
     ray_support.check_ray(args.workers_per_trial)
     if args.address:
         cluster.check_cluster_reachable(args.address)
-    dataset = flags.load_dataset(plan.config)
+    dataset = train.dataset_of(plan.config)
     mlflow_uri = None
     if not args.no_tracking:
         from tfkd import tracking
@@ -168,7 +168,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
     return Prepared(args, plan, dataset, mlflow_uri, teacher, teacher_accuracy, lock)
 
 
-def _check_resume_state(args: argparse.Namespace, plan: Plan, mlflow_uri: str | None) -> str | None:
+def _check_resume_state(args: TuneArgs, plan: Plan, mlflow_uri: str | None) -> str | None:
     """--resume loads only the state files tfkd left: their digests, recorded on the sweep's
     MLflow run at the end of its last session, must match (UserError otherwise, before anything
     is unpickled). A session that never ended (a killed driver) recorded none: not refused, and
@@ -184,7 +184,7 @@ def _check_resume_state(args: argparse.Namespace, plan: Plan, mlflow_uri: str | 
     if record is None or not record.current:
         why = "its last session ended without recording them" if record else "none are recorded"
         return (
-            f"tune_main.py: warning: --resume: the state files of sweep {plan.name} are not "
+            f"{args.prog}: warning: --resume: the state files of sweep {plan.name} are not "
             f"checked ({why}: the driver was killed, or the sweep is not tracked)"
         )
     changed = record.mismatches(found)
@@ -198,7 +198,7 @@ def _check_resume_state(args: argparse.Namespace, plan: Plan, mlflow_uri: str | 
     return None
 
 
-def _check_resume_flags(args: argparse.Namespace, plan: Plan) -> None:
+def _check_resume_flags(args: TuneArgs, plan: Plan) -> None:
     """--resume refuses flags that differ from the sweep's start; a new sweep saves its own."""
     experiment_dir = storage.local_experiment_dir(args.storage, plan.name)
     current = saved_flags.sweep_flags(args, plan.config, plan.space.text)
@@ -215,9 +215,7 @@ def _attach_teacher(
     return replace(plan, config=config), accuracy
 
 
-def _sweep_tags(
-    args: argparse.Namespace, plan: Plan, teacher: teachers.Teacher | None
-) -> dict[str, str]:
+def _sweep_tags(args: TuneArgs, plan: Plan, teacher: teachers.Teacher | None) -> dict[str, str]:
     return {
         "mode": args.mode,
         "dataset": plan.config["dataset"],
@@ -239,7 +237,7 @@ def _sweep_tags(
 def announce(plan: Plan, prepared: Prepared) -> None:
     """Where the sweep goes: analysis commands and --resume take these names."""
     for warning in plan.warnings:
-        print(f"tune_main.py: {warning}", file=sys.stderr, flush=True)
+        print(f"{prepared.args.prog}: {warning}", file=sys.stderr, flush=True)
     tracked = f"MLflow experiment {plan.experiment}" if prepared.mlflow_uri else "not tracked"
     where = storage.join(prepared.args.storage, plan.name)
     print(f"[tfkd] sweep {plan.name} ({tracked}; results in {where})", flush=True)
@@ -304,7 +302,7 @@ def train_missing_teacher(prepared: Prepared) -> tuple[int, Prepared]:
 def run_prepared(prepared: Prepared) -> int:
     from tfkd import tracking
     from tfkd.sweep import tuner
-    from tfkd.sweep.spec import SweepSpec
+    from tfkd.sweep.spec import SweepSpec, resource_options
 
     code, prepared = train_missing_teacher(prepared)
     if code != EXIT_OK:
@@ -343,7 +341,7 @@ def run_prepared(prepared: Prepared) -> int:
             tracking=context,
             first_point=plan.first_point,
             verbose=args.verbose,
-            **flags.resource_options(args),
+            **resource_options(args),
         )
         result = tuner.run_sweep(spec, prepared.dataset)
     code = outcome.print_outcome(result, plan, args)
@@ -362,26 +360,28 @@ def _sweep_files_sent(context, result) -> bool:
     return str(tracking.sweep_outbox(context)) not in result.tracking_pending
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    """The tune command; `prog` is how the user ran it ("tune_main.py", "tfkd tune"): its
+    messages start with it and the command that continues an interrupted sweep repeats it."""
+    args = parse_args(argv, prog)
     cluster.treat_sigterm_as_ctrl_c()
     progress.configure_driver(args.verbose)
     try:
         prepared = prepare(args)
     except (UserError, ValueError, OSError) as exc:
-        return _user_error(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
+        return _user_error(prog, str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
     except KeyboardInterrupt:  # while checking: nothing started
         return outcome.interrupted(args, args.name)
     except Exception as exc:
-        return _unexpected(exc, args.name)
+        return _unexpected(prog, exc, args.name)
     try:
         with cluster.session(args.address):
             return run_prepared(prepared)
     except UserError as exc:
-        return _user_error(str(exc).splitlines()[0])
+        return _user_error(prog, str(exc).splitlines()[0])
     except KeyboardInterrupt:  # before Tune's handler, or a second Ctrl-C cut its stop short
         return outcome.interrupted(args, prepared.plan.name)
     except Exception as exc:
-        return _unexpected(exc, prepared.plan.name)
+        return _unexpected(prog, exc, prepared.plan.name)
     finally:
         prepared.lock.release()

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tfkd.core.errors import UserError
 from tfkd.core.registry import Registry
 
 PAPER_TEST_ACCURACY = "paper_test_accuracy"  # the paper protocol's number: max test acc so far
@@ -63,6 +64,48 @@ PROTOCOLS.add(
 # what a paper-protocol sweep may be asked to rank on, explicitly (it selects on the test set)
 PAPER_SWEEP_METRIC = PAPER_TEST_ACCURACY
 DEFAULT_SWEEP_METRIC = "val_accuracy"  # what a sweep ranks on unless told (holdout's choice)
+
+
+def trial_config(name: str) -> dict[str, Any]:
+    """The trial config keys protocol `name` sets: its name, and no validation split when it
+    trains on the full training set (a --set val_fraction beside it is refused by the config)."""
+    return {
+        "protocol": name,
+        **({"val_fraction": 0.0} if get(name).full_training_set else {}),
+    }
+
+
+def sweep_metric(name: str, asked: str | None, fixed: bool) -> tuple[str, tuple[str, ...]]:
+    """What a sweep ranks its trials on under protocol `name`, and the warning it prints.
+
+    holdout ranks on the validation accuracy. The paper's protocol has no split but the test
+    set: a search ranks on the test set's maximum only when --metric asks for exactly that,
+    and then says it selects on the test set; one --fixed trial ranks nothing.
+    """
+    rule = get(name)
+    if asked is None and rule.sweep_metrics:
+        return rule.sweep_metrics[0], ()
+    if asked is None and fixed:
+        return PAPER_SWEEP_METRIC, ()
+    if asked is None:
+        raise UserError(
+            f"--protocol {name}: a search ranks its trials on a metric and this protocol has "
+            f"no validation split; add --metric {PAPER_SWEEP_METRIC} to rank on the "
+            "test set's maximum over epochs (it selects on the test set), run one configuration "
+            "with --fixed, or search under --protocol holdout"
+        )
+    allowed = rule.sweep_metrics or (PAPER_SWEEP_METRIC,)
+    if asked not in allowed:
+        raise UserError(
+            f"--metric {asked}: protocol {name!r} ranks on {' or '.join(allowed)}; choose "
+            f"--metric {allowed[0]} or another --protocol"
+        )
+    if asked == PAPER_SWEEP_METRIC and not fixed:
+        return asked, (
+            f"warning: --metric {asked} selects configurations on the test set (the paper's "
+            "protocol): the best trial's test accuracy is optimistic, not an estimate for new data",
+        )
+    return asked, ()
 
 
 class Selection:

@@ -19,6 +19,7 @@ from torch import nn
 
 from tfkd.core import checkpoint, data, metrics, models, modes, protocol, recipe, steps
 from tfkd.core.config import TrialConfig
+from tfkd.core.errors import UserError
 from tfkd.core.evaluate import Evaluator, channels_last_batches, eval_loader, predict  # noqa: F401
 from tfkd.core.parallel import SINGLE, Parallel
 from tfkd.core.steps import NonFiniteLossError, TrainingFailure
@@ -144,6 +145,15 @@ def load_dataset(cfg: TrialConfig) -> data.Dataset:
         download=cfg.download,
         fake_size=cfg.fake_size,
     )
+
+
+def dataset_of(config: Mapping[str, Any]) -> data.Dataset:
+    """The dataset of a trial config, before a sweep starts: unreadable or missing data is a
+    one-line UserError."""
+    try:
+        return load_dataset(TrialConfig.from_dict(config))
+    except (OSError, ValueError) as exc:
+        raise UserError(str(exc).splitlines()[0]) from None
 
 
 def train_one_epoch(

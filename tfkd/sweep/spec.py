@@ -23,11 +23,23 @@ MODE = "max"
 # The result a trial reports before failing because of its hyper-parameters. It has no
 # validation accuracy, so ASHA passes over it and the Optuna searcher ignores it.
 FAILED_BY_HYPERPARAMETERS = "tfkd_failed_by_hyperparameters"
+# how a sweep chooses its trials (tfkd.sweep.tuner.SEARCHERS has one searcher per name)
+SEARCH_ALGS = ("optuna", "gp", "random", "grid")
+# the SweepSpec fields that the resource, storage and retry flags set (`resource_options`)
+RESOURCE_FIELDS = (
+    "gpus_per_trial",
+    "cpus_per_trial",
+    "workers_per_trial",
+    "max_concurrent",
+    "storage",
+    "resume",
+    "max_failures",
+)
 
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """Everything a sweep needs; built and validated by tune_main before Ray starts."""
+    """Everything a sweep needs; built and validated (tfkd.sweep.plan) before Ray starts."""
 
     name: str
     base_config: dict[str, Any]
@@ -121,3 +133,9 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
         else:
             space[name] = _sampler(param)
     return space
+
+
+def resource_options(flags: Any) -> dict[str, Any]:
+    """The SweepSpec fields of RESOURCE_FIELDS, from an object holding them as attributes (a
+    SweepRequest, or the parsed flags of a command that takes the resource flags)."""
+    return {name: getattr(flags, name) for name in RESOURCE_FIELDS}

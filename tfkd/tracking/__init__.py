@@ -4,8 +4,8 @@ the tracking server.
 
 Modules: `store` (where runs go, and every MLflow query), `outbox` (the durable queue), `ops`
 (the writes it sends), `runs` (the sweep's run), `trials` (each trial's run), `teachers` (the
-model registry), `system_metrics` and `replay` (the command). This module re-exports
-the names the other packages use.
+model registry) and `system_metrics`; `tfkd replay` sends what outboxes still hold. This module
+re-exports the names the other packages use.
 """
 
 from tfkd.tracking.outbox import (
@@ -18,7 +18,6 @@ from tfkd.tracking.outbox import (
     refused_outboxes,
     send_outbox,
 )
-from tfkd.tracking.replay import REPLAY_COMMAND, main
 from tfkd.tracking.runs import (
     TrackingContext,
     check_new_sweep,
@@ -60,7 +59,6 @@ __all__ = [
     "KIND_TAG",
     "OPS_FILE",
     "OUTBOX_DIR",
-    "REPLAY_COMMAND",
     "TRIAL_TAG",
     "NullTracker",
     "RegisteredTeacher",
@@ -78,7 +76,6 @@ __all__ = [
     "log_sweep_metrics",
     "log_sweep_files",
     "tag_sweep",
-    "main",
     "mlflow_client",
     "parse_teacher",
     "pending_outboxes",

@@ -3,7 +3,7 @@
 Tracking never blocks training: a write is appended to the outbox's log and sent by a thread,
 which retries while the tracking server is unreachable. What a process could not send stays on
 disk for the next outbox on the same folder (a restarted trial), for the end of the sweep
-(`flush_pending`) or for `python -m tfkd.tracking replay FOLDER`.
+(`flush_pending`) or for `tfkd replay FOLDER`.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class Outbox:
     into the folder first) and `<folder>/sent` counts the writes done, so a tracking server that
     is down loses nothing: the thread retries with back-off, `close(timeout)` waits a bounded
     time, and what is still unsent when the process ends is sent by the next Outbox on the same
-    folder (a restarted trial) or by `python -m tfkd.tracking replay FOLDER`.
+    folder (a restarted trial) or by `tfkd replay FOLDER`.
 
     The first write opens the run: a trial's run is found by its trial id under its sweep's run
     (so retries and resumes never open a second run) or created; every later per-epoch metrics

@@ -1,4 +1,4 @@
-"""The MLflow store: where runs go, how to reach it, and the queries tfkd and analysis/ make.
+"""The MLflow store: where runs go, how to reach it, and the queries tfkd and tfkd.analysis make.
 
 MLflow is imported lazily (a sweep without tracking never pays for it). The layout tfkd writes:
 every run carries the tag `tfkd.kind` (a sweep, its trials, a reproduction set and its

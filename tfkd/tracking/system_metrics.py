@@ -3,10 +3,22 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
+
+from tfkd.core.errors import UserError
 
 INTERVAL_S = 5.0
 WAIT_S = 600.0  # how long a trial waits for its run before giving up on them
+
+
+def check_available(enabled: bool) -> None:
+    """--system-metrics needs psutil (MLflow's CPU and memory monitor) on every node."""
+    if enabled and importlib.util.find_spec("psutil") is None:
+        raise UserError(
+            "--system-metrics needs psutil (and nvidia-ml-py for GPUs): "
+            "pip install psutil nvidia-ml-py, or drop the flag"
+        )
 
 
 def start(uri: str, run_id: str, resumed: bool = False):

@@ -1,6 +1,6 @@
 """The best K configs of a sweep by the metric it ranked on, at the full schedule, as YAML.
 
-    python -m analysis.best_configs --experiment tfkd_reg-cifar100-resnet18 --top 3
+    tfkd best-configs --experiment tfkd_reg-cifar100-resnet18 --top 3
 
 Reads the experiment's newest finished sweep, or the sweep `--sweep NAME`, from MLflow (else from
 the Ray results folder `--storage/NAME`), says which one it read, and writes
@@ -14,52 +14,18 @@ set's maximum over epochs, so it selects on the test set (and says so).
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from typing import Any
 
 import yaml
 
-from analysis import sweeps
-from analysis.common import add_store_args, run_main, say, tracking_uri
-from tfkd.cli.flags import EXIT_OK, Parser, positive_int
+from tfkd.analysis import sweeps
+from tfkd.analysis.common import say, tracking_uri
 from tfkd.core.atomic import write_bytes
 from tfkd.sweep.storage import join
 
-PROG = "python -m analysis.best_configs"
 FILE_NAME = "best_configs.yaml"
-
-
-def build_parser() -> Parser:
-    parser = Parser(prog=PROG, description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--experiment",
-        required=True,
-        metavar="NAME",
-        help="the sweep's MLflow experiment (tune_main's --experiment, else mode-dataset-model)",
-    )
-    add_sweep_arg(parser)
-    parser.add_argument(
-        "--top", type=positive_int, default=1, metavar="K", help="how many configs (default 1)"
-    )
-    parser.add_argument(
-        "--out",
-        default=None,
-        metavar="PATH",
-        help=f"output YAML (default <storage>/<NAME>/{FILE_NAME})",
-    )
-    add_store_args(parser)
-    return parser
-
-
-def add_sweep_arg(parser: Any) -> None:
-    """--sweep: which of the experiment's sweeps (best_configs and reproduce)."""
-    parser.add_argument(
-        "--sweep",
-        default=None,
-        metavar="NAME",
-        help="the sweep's name, as tune_main printed it (default: the experiment's newest "
-        "finished sweep)",
-    )
 
 
 def choose(
@@ -97,7 +63,9 @@ def default_out(storage: str, sweep: sweeps.Sweep) -> str:
     return join(storage, sweep.name, FILE_NAME)
 
 
-def write(args: Any) -> int:
+def write(args: argparse.Namespace) -> str:
+    """Choose the best configs as `tfkd best-configs`' flags say, write them, and say so;
+    returns where they were written."""
     uri = tracking_uri(args.mlflow_uri)
     sweep, best = choose(args.experiment, uri, args.storage, args.top, args.sweep)
     text = yaml.safe_dump(document(sweep, best), sort_keys=False)
@@ -117,12 +85,4 @@ def write(args: Any) -> int:
     for rank, trial in enumerate(best, start=1):
         say(f"#{rank} trial {trial.trial_id}: {sweep.metric} {trial.score:.2f}%")
     say(f"written to {where}")
-    return EXIT_OK
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(PROG, build_parser(), write, argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return where

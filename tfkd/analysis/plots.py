@@ -23,8 +23,8 @@ from optuna.distributions import (  # noqa: E402
     IntDistribution,
 )
 
-from analysis import sweeps  # noqa: E402
-from analysis.importance import SweepPoints  # noqa: E402
+from tfkd.analysis import sweeps  # noqa: E402
+from tfkd.analysis.importance import SweepPoints  # noqa: E402
 from tfkd.sweep import sweep_files  # noqa: E402
 
 DPI = 110

@@ -1,18 +1,19 @@
 """Queue the whole comparison behind one of the paper's tables, skipping what is already done.
 
-    python -m analysis.paper_suite --dataset cifar100 [--models ...] [--modes ...] [--dry-run]
+    tfkd paper-suite --dataset cifar100 [--models ...] [--modes ...] [--dry-run]
 
-The plan, from analysis/paper_results.csv:
+The plan, from tfkd/analysis/paper_results.csv:
   1. a baseline sweep of every model that is a student or a teacher in the chosen rows;
   2. a teacher run of every Defective-KD teacher (`teacher-<dataset>-<model>`: one baseline
      run with the original's values, --fixed, registering the snapshots the rows need, e.g.
      epoch 1 of resnet18, 50 of resnet50);
   3. a sweep of every other (model, mode, teacher) row, with the teacher the paper used (a
      De-KD row names its teacher run: --teacher resnet18@epoch-1:teacher-cifar100-resnet18);
-  4. a reproduction (analysis.reproduce) of every sweep that is a row of the table.
+  4. a reproduction (tfkd reproduce) of every sweep that is a row of the table.
 A step is done when MLflow holds a FINISHED run of it: a sweep run named like the sweep
 (tfkd.kind=sweep), or a reproduction-set run named reproduce-<sweep>. --dry-run prints the exact
-commands in order, marking the done ones; otherwise they run in order, stopping at a failure.
+commands in order (`python -m tfkd tune ...`, `python -m tfkd reproduce ...`), marking the done
+ones; otherwise they run in order, stopping at a failure.
 """
 
 from __future__ import annotations
@@ -23,20 +24,17 @@ import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
-from analysis import paper
-from analysis.common import run_main, say, tracking_uri
-from analysis.reproduce import DEFAULT_SEEDS, SET_PREFIX
-from tfkd.cli.flags import EXIT_OK, Parser, positive_int
+from tfkd.analysis import paper
+from tfkd.analysis.common import say, tracking_uri
+from tfkd.analysis.reproduce import SET_PREFIX
 from tfkd.core import data, models, modes
 from tfkd.core.errors import UserError
 from tfkd.sweep.storage import sweep_folder_exists
 from tfkd.tracking import store
 
-PROG = "python -m analysis.paper_suite"
-TUNE_MAIN = Path(__file__).resolve().parent.parent / "tune_main.py"
+TFKD = (sys.executable, "-m", "tfkd")  # how a step runs a tfkd command
 BASELINE = "baseline"
 DEFECTIVE = "dekd"
 TEACHER_RUN = "teacher"  # the name prefix of a De-KD teacher run
@@ -50,58 +48,6 @@ FORWARDED_RESOURCES = (
     "storage",
     "mlflow_uri",
 )
-
-
-def build_parser() -> Parser:
-    from tfkd.cli.flags import add_resource_args
-
-    paper_datasets = {row.dataset for row in paper.load()} | set(DATASET_PLANS)
-    datasets = sorted(paper_datasets & set(data.names()))
-    parser = Parser(prog=PROG, description=__doc__.split("\n")[0])
-    what = parser.add_argument_group("which comparison")
-    what.add_argument("--dataset", required=True, choices=datasets, help="the paper's dataset")
-    what.add_argument(
-        "--models",
-        nargs="+",
-        default=None,
-        metavar="MODEL",
-        help="students to include (default: every model of the paper's rows)",
-    )
-    what.add_argument(
-        "--modes",
-        nargs="+",
-        default=None,
-        metavar="MODE",
-        help="modes to include (default: every mode of the paper's rows)",
-    )
-    what.add_argument(
-        "--epochs",
-        type=positive_int,
-        default=None,
-        help="schedule length of every sweep (default: tune_main's, 200)",
-    )
-    what.add_argument(
-        "--num-samples",
-        type=positive_int,
-        default=None,
-        help="trials per sweep (default: tune_main's)",
-    )
-    what.add_argument(
-        "--seeds",
-        type=positive_int,
-        default=DEFAULT_SEEDS,
-        help=f"fresh reproduction seeds per config (default {DEFAULT_SEEDS})",
-    )
-    what.add_argument("--top", type=positive_int, default=1, help="configs reproduced per sweep")
-    what.add_argument("--data-dir", default=None, help="dataset root (default: tune_main's)")
-    what.add_argument("--download", action="store_true", help="download the dataset if missing")
-    what.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print the plan (the exact commands, in order) and run nothing",
-    )
-    add_resource_args(parser)
-    return parser
 
 
 @dataclass(frozen=True)
@@ -184,7 +130,7 @@ def teacher_model(row: paper.PaperRow) -> str:
 
 
 def sweep_name(dataset: str, row: paper.PaperRow) -> str:
-    """tune_main's default name, plus the teacher where a (model, mode) has several."""
+    """tfkd tune's default name, plus the teacher where a (model, mode) has several."""
     name = f"{row.mode}-{dataset}-{row.model}"
     key = paper.teacher_key(row.mode, row.teacher)
     return name if key in NO_TEACHER_FLAG else f"{name}-{key.replace('@', '-')}"
@@ -194,7 +140,7 @@ def sweep_name(dataset: str, row: paper.PaperRow) -> str:
 
 
 def forwarded(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
-    """The resource flags given on our command line, for tune_main and reproduce."""
+    """The resource flags given on our command line, for tune and reproduce."""
     flags = []
     for dest in FORWARDED_RESOURCES:
         value = getattr(args, dest)
@@ -219,8 +165,8 @@ def tune_step(
     stage: str, name: str, mode_args: list[str], args: argparse.Namespace, resources: list[str]
 ) -> Step:
     argv = (
-        sys.executable,
-        str(TUNE_MAIN),
+        *TFKD,
+        "tune",
         *mode_args,
         "--dataset",
         args.dataset,
@@ -293,9 +239,8 @@ def mode_step(row: paper.PaperRow, args: argparse.Namespace, resources: list[str
 
 def reproduce_step(sweep: Step, args: argparse.Namespace, resources: list[str]) -> Step:
     argv = (
-        sys.executable,
-        "-m",
-        "analysis.reproduce",
+        *TFKD,
+        "reproduce",
         "--experiment",
         sweep.experiment,
         "--sweep",
@@ -427,6 +372,11 @@ def imagenet_plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 DATASET_PLANS = {"imagenet": imagenet_plan}
 
 
+def datasets() -> list[str]:
+    """The datasets of the paper's tables (and of the seed's own plans) that tfkd has."""
+    return sorted(({row.dataset for row in paper.load()} | set(DATASET_PLANS)) & set(data.names()))
+
+
 # ---------------------------------------------------------------- running
 
 
@@ -441,24 +391,22 @@ def show(steps: Sequence[Step], dataset: str) -> None:
         )
 
 
-def execute(steps: Sequence[Step]) -> int:
-    """Run the steps not done, in order; the first failure stops the suite with its status."""
+def execute(steps: Sequence[Step]) -> tuple[Step, int] | None:
+    """Run the steps not done, in order; the first failure stops the suite: returns it and its
+    exit status (None when every step ran)."""
     todo = [s for s in steps if not s.done]
     for number, step in enumerate(todo, start=1):
         say(f"({number}/{len(todo)}) {step.stage}: {step.command}")
         code = subprocess.run(list(step.argv), check=False).returncode
-        if code != EXIT_OK:
-            print(
-                f"{PROG}: error: step {step.experiment} ({step.stage}) failed with exit status "
-                f"{code}; fix it and rerun: finished steps are skipped",
-                file=sys.stderr,
-            )
-            return code
+        if code != 0:
+            return step, code
     say("paper suite complete")
-    return EXIT_OK
+    return None
 
 
-def suite(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def suite(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Step, int] | None:
+    """The plan `tfkd paper-suite`'s flags ask for (`parser`: their defaults), shown, then run
+    unless --dry-run; returns the failed step and its exit status, if one failed."""
     if args.experiment or args.no_tracking:
         raise UserError(
             "--experiment / --no-tracking: the suite gives every sweep its own "
@@ -467,13 +415,4 @@ def suite(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     planner = DATASET_PLANS.get(args.dataset, plan)
     steps = mark_done(planner(args, parser), tracking_uri(args.mlflow_uri))
     show(steps, args.dataset)
-    return EXIT_OK if args.dry_run else execute(steps)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    return run_main(PROG, parser, lambda args: suite(args, parser), argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return None if args.dry_run else execute(steps)

@@ -1,11 +1,11 @@
-"""From parsed flags to a plan: the trial config, the search space, the rungs, the sweep name.
+"""From a sweep's request (its flags: tfkd.sweep.request) to a plan: the trial config, the search
+space, the rungs, the sweep name.
 
 Every mistake in the flags, the search-space file or the --set values is a `UserError` here,
 before anything starts."""
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +13,13 @@ from typing import Any
 
 import yaml
 
-from tfkd.cli import teachers
-from tfkd.cli.registries import modes, recipe
 from tfkd.core import coordinates, protocol
 from tfkd.core.config import TrialConfig
 from tfkd.core.config import keys as config_keys
 from tfkd.core.errors import UserError
-from tfkd.sweep import rungs, search_space, storage
+from tfkd.core.lazy import modes, recipe
+from tfkd.sweep import rungs, search_space, storage, teachers
+from tfkd.sweep.request import SweepRequest
 
 _SMOKE_TEST = {
     "dataset": "fake",
@@ -45,7 +45,7 @@ def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _apply_smoke_test(args: argparse.Namespace) -> dict[str, Any]:
+def _apply_smoke_test(args: SweepRequest) -> dict[str, Any]:
     """--smoke-test: fake data, resnet8, 2 epochs, 2 trials; returns the extra config."""
     args.dataset, args.model = _SMOKE_TEST["dataset"], _SMOKE_TEST["model"]
     args.epochs, args.num_samples = _SMOKE_TEST["epochs"], _SMOKE_TEST["num_samples"]
@@ -53,7 +53,7 @@ def _apply_smoke_test(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _base_config(
-    args: argparse.Namespace,
+    args: SweepRequest,
     space: search_space.SearchSpace,
     extra: Mapping[str, Any],
     overrides: Mapping[str, Any],
@@ -80,7 +80,7 @@ def _base_config(
         "seed": args.seed,
         "teacher": teacher,
         **unsearched,
-        **protocol_config(args.protocol),
+        **protocol.trial_config(args.protocol),
         **extra,
         **overrides,
     }
@@ -119,7 +119,7 @@ class Plan:
         return self.space.provenance(model, teacher, dataset, fixed=self.fixed)
 
 
-def make_plan(args: argparse.Namespace) -> Plan:
+def make_plan(args: SweepRequest) -> Plan:
     teachers.check_request(teachers.TeacherRequest.from_args(args))
     extra = _apply_smoke_test(args) if args.smoke_test else {}
     overrides = _parse_overrides(args.set)
@@ -137,7 +137,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             "split, so it needs one (e.g. 0.1); --protocol paper trains on the full training set"
         )
     _check_snapshot_epochs(args, first_trial.epochs)
-    metric, warnings = sweep_metric(args.protocol, args.metric, fixed)
+    metric, warnings = protocol.sweep_metric(args.protocol, args.metric, fixed)
     judged_at = () if fixed else _rung_epochs(args, first_trial.to_dict())
     what = f"{args.mode}-{config['dataset']}-{config['model']}"
     return Plan(
@@ -153,49 +153,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     )
 
 
-def protocol_config(name: str) -> dict[str, Any]:
-    """The trial config keys a protocol sets: its name, and no validation split when it trains
-    on the full training set (a --set val_fraction beside it is refused by the config)."""
-    return {
-        "protocol": name,
-        **({"val_fraction": 0.0} if protocol.get(name).full_training_set else {}),
-    }
-
-
-def sweep_metric(name: str, asked: str | None, fixed: bool) -> tuple[str, tuple[str, ...]]:
-    """What the sweep ranks its trials on under protocol `name`, and the warning it prints.
-
-    holdout ranks on the validation accuracy. The paper's protocol has no split but the test
-    set: a search ranks on the test set's maximum only when --metric asks for exactly that,
-    and then says it selects on the test set; one --fixed trial ranks nothing.
-    """
-    rule = protocol.get(name)
-    if asked is None and rule.sweep_metrics:
-        return rule.sweep_metrics[0], ()
-    if asked is None and fixed:
-        return protocol.PAPER_SWEEP_METRIC, ()
-    if asked is None:
-        raise UserError(
-            f"--protocol {name}: a search ranks its trials on a metric and this protocol has "
-            f"no validation split; add --metric {protocol.PAPER_SWEEP_METRIC} to rank on the "
-            "test set's maximum over epochs (it selects on the test set), run one configuration "
-            "with --fixed, or search under --protocol holdout"
-        )
-    allowed = rule.sweep_metrics or (protocol.PAPER_SWEEP_METRIC,)
-    if asked not in allowed:
-        raise UserError(
-            f"--metric {asked}: protocol {name!r} ranks on {' or '.join(allowed)}; choose "
-            f"--metric {allowed[0]} or another --protocol"
-        )
-    if asked == protocol.PAPER_SWEEP_METRIC and not fixed:
-        return asked, (
-            f"warning: --metric {asked} selects configurations on the test set (the paper's "
-            "protocol): the best trial's test accuracy is optimistic, not an estimate for new data",
-        )
-    return asked, ()
-
-
-def _check_snapshot_epochs(args: argparse.Namespace, epochs: int) -> None:
+def _check_snapshot_epochs(args: SweepRequest, epochs: int) -> None:
     """--snapshot-epochs makes a baseline run a teacher run: snapshots within its schedule."""
     if not args.snapshot_epochs:
         return
@@ -213,7 +171,7 @@ def _check_snapshot_epochs(args: argparse.Namespace, epochs: int) -> None:
         )
 
 
-def _rung_epochs(args: argparse.Namespace, config: Mapping[str, Any]) -> tuple[int, ...]:
+def _rung_epochs(args: SweepRequest, config: Mapping[str, Any]) -> tuple[int, ...]:
     """--rungs as epochs of this schedule; none when --grace-period asks for geometric rungs."""
     if args.grace_period is not None:
         return ()
@@ -224,7 +182,7 @@ def _rung_epochs(args: argparse.Namespace, config: Mapping[str, Any]) -> tuple[i
 
 
 def _first_point(
-    args: argparse.Namespace, space: search_space.SearchSpace, data_dir: str, fixed: bool
+    args: SweepRequest, space: search_space.SearchSpace, data_dir: str, fixed: bool
 ) -> dict[str, Any]:
     """The search's first point: the preset converted to the searched coordinates, its recipe
     keys (a searched lr, say) the preset's on its own dataset, else the dataset's and model's
@@ -243,16 +201,16 @@ def _first_point(
     }
 
 
-def _recipe(args: argparse.Namespace) -> dict[str, Any]:
+def _recipe(args: SweepRequest) -> dict[str, Any]:
     """The original's recipe for this dataset and model (the cnn's depends on the mode)."""
     distills = modes.get(args.mode).needs_teacher
     return recipe.recipe_defaults(args.dataset, args.model, distills)
 
 
-def _sweep_name(args: argparse.Namespace, what: str) -> str:
+def _sweep_name(args: SweepRequest, what: str) -> str:
     """--name, else a new unique mode-dataset-model-YYYYMMDD-HHMMSS: sweeps never mix."""
     if args.name:
         return args.name
     if args.resume:
-        raise UserError("--resume needs --name NAME: the sweep to continue (tune_main printed it)")
+        raise UserError("--resume needs --name NAME: the sweep to continue (tfkd tune printed it)")
     return storage.timestamped(what, lambda name: storage.sweep_folder_exists(args.storage, name))

@@ -1,32 +1,31 @@
 """Where a sweep's teacher comes from, checked before anything starts.
 
-Architecture: tune_main (tfkd.cli.tune) builds a `TeacherRequest` from its flags; `resolve` finds
-the teacher's weights (--teacher-checkpoint > --teacher-run > the MLflow registry entry
-tfkd-<dataset>-<model>@alias) or, with --train-teacher, says that a baseline run must train it
-first; `attach` puts the teacher's location into the trial config and measures its validation
+Architecture: a sweep's plan (tfkd.sweep.plan) builds a `TeacherRequest` from its request;
+`resolve` finds the teacher's weights (--teacher-checkpoint > --teacher-run > the MLflow registry
+entry tfkd-<dataset>-<model>@alias) or, with --train-teacher, says that a baseline run must train
+it first; `attach` puts the teacher's location into the trial config and measures its validation
 accuracy. Registry lookups go through tfkd.tracking (the only module that imports MLflow).
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tfkd.cli.flags import LazyModule
-from tfkd.cli.registries import models, modes
 from tfkd.core.errors import UserError
+from tfkd.core.lazy import LazyModule, models, modes
 
 if TYPE_CHECKING:
     from tfkd.core import data
+    from tfkd.sweep.request import SweepRequest
 
-# torch-backed: imported at first use, after the command line is parsed (tfkd.cli.flags)
+# torch-backed: imported at first use, after the command line is parsed (tfkd.core.lazy)
 checkpoint = LazyModule("tfkd.core.checkpoint")
 torchvision_zoo = LazyModule("tfkd.core.models.torchvision_zoo")
 
-# TeacherRequest's fields and the tune_main flags (argparse destinations) that set them.
+# TeacherRequest's fields and the SweepRequest fields (the tune command's flags) that set them.
 _FLAG_OF = {
     "mode": "mode",
     "dataset": "dataset",
@@ -53,7 +52,7 @@ class TeacherRequest:
     epochs: int | None = None
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> TeacherRequest:
+    def from_args(cls, args: SweepRequest) -> TeacherRequest:
         return cls(**{name: getattr(args, flag) for name, flag in _FLAG_OF.items()})
 
     @property
@@ -128,8 +127,8 @@ class Teacher:
 
 
 def train_command(request: TeacherRequest, model: str, alias: str) -> str:
-    """The tune_main command that trains (and registers) a missing teacher."""
-    parts = ["python tune_main.py --mode baseline", f"--dataset {request.dataset}"]
+    """The command that trains (and registers) a missing teacher."""
+    parts = ["tfkd tune --mode baseline", f"--dataset {request.dataset}"]
     parts += [f"--model {model}", "--fixed"]
     if request.epochs:
         parts.append(f"--epochs {request.epochs}")

@@ -1,12 +1,12 @@
 """Retrain a sweep's best configs from scratch with several seeds, tested as --protocol says.
 
-    python -m analysis.reproduce --experiment tfkd_reg-cifar100-resnet18 [--seeds 5]
+    tfkd reproduce --experiment tfkd_reg-cifar100-resnet18 [--seeds 5]
         [--first-seed 1000] [--top 1] [--sweep NAME] [--protocol holdout|paper]
 
-Each chosen config (see analysis.best_configs) is trained for the full schedule (`--epochs`
+Each chosen config (see tfkd.analysis.best_configs) is trained for the full schedule (`--epochs`
 overrides) with the seeds S..S+N-1 (`--first-seed` S, default 1000; `--seeds` N, default 5) under
 `--protocol` (tfkd.core.protocol). The seeds are fresh: a seed the sweep trained (its trials'
-`seed`, 0 unless tune_main was told otherwise) would re-run the winner of the selection, not
+`seed`, 0 unless tfkd tune was told otherwise) would re-run the winner of the selection, not
 test it, so a seed the sweep trained is refused. Every sweep is reproduced on the same seeds
 unless told otherwise, so the modes of a report pair seed by seed (a student's initial weights
 depend only on its seed and model). Protocols: `holdout` (the default)
@@ -14,7 +14,7 @@ keeps the sweep's validation split, which chooses the epoch whose weights are te
 the end (a paper sweep's configs have none: the last epoch is tested, and the command says so;
 reproduce a paper sweep with `--protocol paper`); `paper` trains on the full training set, tests
 every epoch and reports the maximum (`paper_test_accuracy`), as the original did. All (config,
-seed) pairs run as ONE Ray Tune run through tfkd.sweep.tuner.run_configs, with tune_main's
+seed) pairs run as ONE Ray Tune run through tfkd.sweep.tuner.run_configs, with tfkd tune's
 resource flags (fractional GPUs, --address, ...); `--resume` continues an interrupted one. Every
 pair is an MLflow run of kind "reproduction" under a "reproduction-set" run named
 reproduce-<sweep> (reproduce-<sweep>-paper under the paper's protocol), in the sweep's
@@ -30,80 +30,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis import best_configs, results, sweeps
-from analysis.common import config_hash, run_main, say, tracking_uri, typed_config
-from tfkd.cli import flags, plan
-from tfkd.cli.flags import EXIT_FAILED, EXIT_OK, Parser, positive_int
+from tfkd.analysis import best_configs, results, sweeps
+from tfkd.analysis.common import config_hash, say, tracking_uri, typed_config
+from tfkd.core import protocol as protocols
 from tfkd.core.errors import UserError
 from tfkd.sweep import storage
 from tfkd.tracking import store
 
-PROG = "python -m analysis.reproduce"
 PROTOCOL_SAYS = {
     "holdout": "the validation split chooses the epoch, tested once at the end",
     "paper": "full training set, tested every epoch, the maximum reported (the test set chooses)",
 }
 SET_PREFIX = "reproduce-"
 DEFAULT_SEEDS = 5
-FIRST_SEED = 1000  # sweeps train at tune_main's --seed (default 0): a block far from it
-
-
-def seed_value(text: str) -> int:
-    """--first-seed: a seed is an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def build_parser() -> Parser:
-    from tfkd.cli.flags import add_resource_args
-
-    parser = Parser(prog=PROG, description=__doc__.split("\n")[0])
-    what = parser.add_argument_group("what to reproduce")
-    what.add_argument(
-        "--seeds",
-        type=positive_int,
-        default=DEFAULT_SEEDS,
-        metavar="N",
-        help=f"train every config with N seeds (default {DEFAULT_SEEDS})",
-    )
-    what.add_argument(
-        "--first-seed",
-        type=seed_value,
-        default=FIRST_SEED,
-        metavar="S",
-        help=f"the seeds are S..S+N-1 (default {FIRST_SEED}: far from the seeds sweeps train; "
-        "keep it the same for every mode of a report so that they pair by seed)",
-    )
-    what.add_argument(
-        "--top",
-        type=positive_int,
-        default=1,
-        metavar="K",
-        help="the sweep's best K configs (default 1)",
-    )
-    what.add_argument(
-        "--epochs",
-        type=positive_int,
-        default=None,
-        help="schedule length (default: the sweep's full schedule)",
-    )
-    what.add_argument(
-        "--data-dir", default=None, help="dataset root on this cluster (default: the sweep's)"
-    )
-    what.add_argument(
-        "--resume", action="store_true", help="continue the interrupted reproduction of this sweep"
-    )
-    flags.add_protocol_arg(what)
-    best_configs.add_sweep_arg(what)
-    add_resource_args(  # --experiment, --storage, --mlflow-uri, ...
-        parser, experiment_help="the sweep's MLflow experiment", experiment_required=True
-    )
-    return parser
+FIRST_SEED = 1000  # sweeps train at tfkd tune's --seed (default 0): a block far from it
 
 
 @dataclass(frozen=True)
@@ -124,7 +64,7 @@ def reproduction_config(
     changes: dict[str, Any] = {
         "epochs": epochs,
         "seed": seed,
-        **plan.protocol_config(protocol),
+        **protocols.trial_config(protocol),
     }
     if data_dir:
         changes["data_dir"] = str(Path(data_dir).expanduser().resolve())
@@ -277,31 +217,33 @@ def label_runs(uri: str, context: Any, jobs: Sequence[Job]) -> None:
 def run_jobs(
     args: argparse.Namespace, uri: str, experiment: str, sweep: sweeps.Sweep, jobs: list[Job]
 ) -> int:
-    """Train the jobs as one Ray Tune run and log them to MLflow."""
+    """Train the jobs as one Ray Tune run and log them to MLflow; returns how many failed."""
     from tfkd import tracking
+    from tfkd.core import train
     from tfkd.sweep import cluster, tuner
     from tfkd.sweep import status as progress
     from tfkd.sweep.search_space import SearchSpace
-    from tfkd.sweep.spec import SweepSpec
+    from tfkd.sweep.spec import SweepSpec, resource_options
+    from tfkd.tracking import system_metrics
 
-    progress.configure_driver(verbose=False)  # tune_main's quiet output: the trials' own in logs
+    progress.configure_driver(verbose=False)  # tfkd tune's quiet output: the trials' own in logs
 
     # a rerun trains the pairs still missing into the same folder
     name = set_name(sweep, args.protocol)
     storage.check_storage(args.storage, name, args.resume, reuse=True)
-    flags.check_system_metrics(args.system_metrics)
+    system_metrics.check_available(args.system_metrics)
     if args.address:
         cluster.check_cluster_reachable(args.address)
-    dataset = flags.load_dataset(jobs[0].config)
+    dataset = train.dataset_of(jobs[0].config)
     with tracking.sweep_run(uri, experiment, **tracking_options(sweep, jobs, args)) as context:
         spec = SweepSpec(
             name=name,
             base_config=jobs[0].config,
-            metric=plan.sweep_metric(args.protocol, None, fixed=True)[0],  # the status column
+            metric=protocols.sweep_metric(args.protocol, None, fixed=True)[0],  # status column
             space=SearchSpace(path=Path(""), mode=jobs[0].config["mode"], params={}),
             tracking=context,
             trial_names=tuple(run_name(job) for job in jobs),
-            **flags.resource_options(args),
+            **resource_options(args),
         )
         try:
             with cluster.session(args.address):
@@ -313,7 +255,7 @@ def run_jobs(
         f"{name} in experiment {experiment!r}"
     )
     print_accuracy_table(uri, context, experiment)
-    return EXIT_FAILED if result.failed else EXIT_OK
+    return result.failed
 
 
 def print_accuracy_table(uri: str, context: Any, experiment: str) -> None:
@@ -352,6 +294,7 @@ def protocol_change(sweep: sweeps.Sweep, best: sweeps.Trial, protocol: str) -> s
 
 
 def reproduce(args: argparse.Namespace) -> int:
+    """The reproduction `tfkd reproduce`'s flags ask for; returns how many runs failed."""
     if args.no_tracking:
         raise UserError("--no-tracking: reproductions are MLflow runs; drop the flag")
     uri = tracking_uri(args.mlflow_uri)
@@ -369,7 +312,7 @@ def reproduce(args: argparse.Namespace) -> int:
             f"nothing left to reproduce: all {len(jobs)} (config, seed) pairs of "
             f"{sweep.name} are FINISHED in MLflow"
         )
-        return EXIT_OK
+        return 0
     say(
         f"reproducing {len(todo)} of {len(jobs)} (config, seed) pairs of {sweep.name}: "
         f"{len(best)} config(s) x seeds {seeds[0]}..{seeds[-1]} (fresh: the sweep trained "
@@ -377,11 +320,3 @@ def reproduce(args: argparse.Namespace) -> int:
         f"protocol {args.protocol}: {PROTOCOL_SAYS[args.protocol]}"
     )
     return run_jobs(args, uri, experiment, sweep, todo)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(PROG, build_parser(), reproduce, argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

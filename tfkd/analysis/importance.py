@@ -1,6 +1,6 @@
 """A sweep's trials as points of its search space, and Optuna's hyper-parameter importances.
 
-The sweep's `search_space` tag (the YAML text tune_main used) gives the distributions; the trials'
+The sweep's `search_space` tag (the YAML text tfkd tune used) gives the distributions; the trials'
 configs give the values. Every point needs a comparable score: the sweep's ranking metric
 (`Sweep.metric`: val_accuracy, or paper_test_accuracy for a paper sweep) at the full schedule
 when enough trials ran it, else at the last epoch every trial reached (ASHA stops some
@@ -21,7 +21,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from analysis import sweeps
+from tfkd.analysis import sweeps
 from tfkd.core import coordinates
 from tfkd.core.config import TrialConfig
 from tfkd.sweep import search_space

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analysis.common import typed_config
-from tfkd.cli import plan
+from tfkd.analysis.common import typed_config
 from tfkd.core import protocol
 from tfkd.core.errors import UserError
 from tfkd.sweep.storage import GIVEN_CONFIG_KEY, join
@@ -28,13 +27,13 @@ METRIC = protocol.DEFAULT_SWEEP_METRIC  # what a sweep ranked on when nothing sa
 
 
 def ranking_metric(tags: Mapping[str, str], protocols: Iterable[str] = ()) -> str:
-    """The metric a sweep ranked its trials on: its `metric` tag (tune_main's --metric); without
-    one (the Ray folder, an older sweep) the one tune_main picks for its protocol (its `protocol`
+    """The metric a sweep ranked its trials on: its `metric` tag (tfkd tune's --metric); without
+    one (the Ray folder, an older sweep) the one tfkd tune picks for its protocol (its `protocol`
     tag, else its trials' configs'), else val_accuracy."""
     if tags.get("metric"):
         return tags["metric"]
     name = tags.get("protocol") or next(iter(protocols), None)
-    return plan.sweep_metric(name, None, fixed=True)[0] if name else METRIC
+    return protocol.sweep_metric(name, None, fixed=True)[0] if name else METRIC
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,7 @@ def ranked(sweep: Sweep, top: int) -> list[Trial]:
             f"sweep {sweep.name!r} has no finished trial that ran the full schedule and reported "
             f"{sweep.metric} ({sweep.epochs} epochs; {len(sweep.trials)} trials, "
             f"{sum(t.stopped_early or t.epoch < sweep.epochs for t in sweep.trials)} stopped "
-            "early or unfinished); let the sweep finish or resume it with tune_main.py --resume"
+            "early or unfinished); let the sweep finish or resume it with tfkd tune --resume"
         )
     best = sorted(full, key=lambda scored: (-scored[1], scored[0].trial_id))[:top]
     return [trial for trial, _ in best]

@@ -20,8 +20,8 @@ from typing import Any
 
 import pandas as pd
 
-from analysis import compute, paper, stats
-from analysis.common import config_hash, typed_config
+from tfkd.analysis import compute, paper, stats
+from tfkd.analysis.common import config_hash, typed_config
 from tfkd.core import protocol as protocols
 
 RANK_TAG, HASH_TAG, SWEEP_RUN_TAG = "config_rank", "config_hash", "sweep_run_id"

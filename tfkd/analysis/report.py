@@ -1,6 +1,6 @@
 """One results table over all reproductions, compared with the paper, plus plots.
 
-    python -m analysis.report [--experiment NAME ...] [--out DIR]
+    tfkd report [--experiment NAME ...] [--out DIR]
 
 A row per reproduced config (analysis.results): dataset, model, mode, teacher, seeds, test
 accuracy, ECE and NLL (mean and 95% CI over seeds), the paired difference to the baseline of the
@@ -24,33 +24,15 @@ from typing import Any
 
 import pandas as pd
 
-from analysis import compute, importance, plots, results, sweeps
-from analysis.common import add_store_args, run_main, say, tracking_uri
-from tfkd.cli.flags import EXIT_OK, Parser
+from tfkd.analysis import compute, importance, plots, results, sweeps
+from tfkd.analysis.common import say, tracking_uri
 from tfkd.core.atomic import write_bytes
 from tfkd.core.errors import UserError
 from tfkd.tracking import store
 
-PROG = "python -m analysis.report"
 REPORT_EXPERIMENT = "tfkd-reports"
 DEFAULT_OUT = "./reports"
 TABLE_NAME = "results"
-
-
-def build_parser() -> Parser:
-    parser = Parser(prog=PROG, description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--experiment",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="an MLflow experiment to include (repeatable; default: all)",
-    )
-    parser.add_argument(
-        "--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT})"
-    )
-    add_store_args(parser)
-    return parser
 
 
 # ---------------------------------------------------------------- reading the reproductions
@@ -60,8 +42,7 @@ def chosen_experiments(mlflow_client: Any, names: Sequence[str], uri: str) -> di
     """{experiment id: name} of the named experiments (all when none is named)."""
     if mlflow_client is None:
         raise UserError(
-            f"no MLflow store at {uri}; run tune_main.py and analysis.reproduce "
-            "first, or fix --mlflow-uri"
+            f"no MLflow store at {uri}; run tfkd tune and tfkd reproduce first, or fix --mlflow-uri"
         )
     if not names:
         return {e.experiment_id: e.name for e in mlflow_client.search_experiments()}
@@ -188,7 +169,9 @@ def log_report(uri: str, experiments: dict[str, str], paths: Sequence[Path]) -> 
     return run.info.run_id
 
 
-def report(args: argparse.Namespace) -> int:
+def report(args: argparse.Namespace) -> list[Path]:
+    """The report `tfkd report`'s flags ask for: written, printed and logged to MLflow; returns
+    the files written."""
     uri = tracking_uri(args.mlflow_uri)
     mlflow_client = store.client(uri)
     experiments = chosen_experiments(mlflow_client, args.experiment, uri)
@@ -197,7 +180,7 @@ def report(args: argparse.Namespace) -> int:
         where = ", ".join(sorted(experiments.values())) or "any experiment"
         raise UserError(
             f"no finished reproductions in {where} at {uri}; run "
-            "python -m analysis.reproduce --experiment NAME first"
+            "tfkd reproduce --experiment NAME first"
         )
     frame = results.results_table(runs, sweep_facts(uri, mlflow_client, runs))
     sweep_list = load_sweeps(
@@ -211,12 +194,4 @@ def report(args: argparse.Namespace) -> int:
         f"{len(frame)} rows from {len(runs)} reproduction runs; {len(paths)} files in "
         f"{args.out}; MLflow run {run_id} in experiment {REPORT_EXPERIMENT!r}"
     )
-    return EXIT_OK
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(PROG, build_parser(), report, argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return paths

@@ -1,20 +1,15 @@
-"""What every analysis command shares: one-line errors, store flags, hashes."""
+"""What every analysis command shares: progress lines, the tracking URI, typed configs, hashes."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from tfkd.cli import flags
-from tfkd.cli.flags import EXIT_USAGE
 from tfkd.core.config import TrialConfig
 from tfkd.core.config import keys as config_keys
 from tfkd.core.errors import UserError
-from tfkd.sweep.storage import DEFAULT_STORAGE
 
 # Keys that say where or how fast a run ran, not what it trains: two reproductions that differ
 # only here are the same (config, seed) pair.
@@ -40,31 +35,6 @@ def say(message: str) -> None:
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else exc.__class__.__name__
-
-
-def run_main(
-    prog: str,
-    parser: argparse.ArgumentParser,
-    body: Callable[[argparse.Namespace], int],
-    argv: Sequence[str] | None,
-) -> int:
-    """Parse `argv` and run a command on it; bad input becomes one line on stderr, exit 2."""
-    args = parser.parse_args(argv)
-    try:
-        return body(args)
-    except UserError as exc:
-        print(f"{prog}: error: {first_line(exc)}", file=sys.stderr)
-        return EXIT_USAGE
-
-
-def add_store_args(parser: argparse.ArgumentParser) -> None:
-    """Where tune_main.py wrote: the MLflow tracking URI and the Ray results folder."""
-    group = parser.add_argument_group("where the sweeps are")
-    flags.add_store_args(
-        group,
-        "Ray results folder or URI, read when MLflow has no such "
-        f"experiment (default {DEFAULT_STORAGE})",
-    )
 
 
 def tracking_uri(value: str | None) -> str:
