@@ -21,7 +21,7 @@ from tfkd.core.lazy import modes, recipe
 from tfkd.sweep import rungs, search_space, storage, teachers
 from tfkd.sweep.request import SweepRequest
 
-_SMOKE_TEST = {
+_SMOKE_TEST: dict[str, Any] = {
     "dataset": "fake",
     "model": "resnet8",
     "epochs": 2,
