@@ -63,6 +63,11 @@ def _percent(value: Any) -> str:
     return f"{value:.2f}%" if isinstance(value, float) else str(value)
 
 
+def _count(number: int, noun: str) -> str:
+    """'1 trial', '2 trials'."""
+    return f"{number} {noun}{'s' * (number != 1)}"
+
+
 def _resume_command(args: argparse.Namespace, name: str | None) -> str:
     """The command that continues sweep `name`: the same flags, its --name, and --resume once
     its results folder exists (an interrupted --resume continues, or starts afresh when Tune
@@ -90,7 +95,7 @@ def print_outcome(result: Any, plan: Plan, args: argparse.Namespace) -> int:
     if result.interrupted:
         return interrupted(args, plan.name)
     print(
-        f"[tfkd] {result.trials} trials: {result.failed} failed, "
+        f"[tfkd] {_count(result.trials, 'trial')}: {result.failed} failed, "
         f"{result.stopped_early} stopped early by ASHA"
     )
     for trial_id, reason in result.failures.items():
@@ -121,6 +126,13 @@ def print_outcome(result: Any, plan: Plan, args: argparse.Namespace) -> int:
     where = _write_best_config(result.experiment_path, document)
     shown = ", ".join(f"{k} {_percent(v)}" for k, v in document["metrics"].items())
     print(f"[tfkd] best trial {result.best_trial_id}: {shown}")
+    if result.tied_trial_ids:
+        score = _percent((result.best_metrics or {}).get(plan.metric))
+        print(
+            f"[tfkd] a tie: {_count(len(result.tied_trial_ids), 'other trial')} "
+            f"({', '.join(map(str, result.tied_trial_ids))}) reached the same {plan.metric} "
+            f"{score}; best_config.yaml holds trial {result.best_trial_id}'s, the first of them"
+        )
     searched = " ".join(f"--set {k}={v}" for k, v in document["searched"].items())
     print(f"[tfkd] best config: {searched or '(nothing searched)'}")
     print(f"[tfkd] written to {where}")

@@ -40,9 +40,10 @@ def summarise(grid: tune.ResultGrid, spec: SweepSpec, interrupted: bool) -> Swee
     metric = spec.metric
     finished = [r for r in grid if r.error is None and r.metrics and metric in r.metrics]
     full = [r for r in finished if _is_full_length(r.metrics, spec.epochs)]
-    best = progress.best_of(
+    tied = progress.best_ties(
         (r, r.metrics[metric], _is_full_length(r.metrics, spec.epochs)) for r in finished
     )
+    best = tied[0] if tied else None
     failed = [r for r in grid if r.error is not None]
     keep = ("trial_id", "epoch", "val_accuracy", "test_accuracy", "paper_test_accuracy")
     return SweepResult(
@@ -50,6 +51,7 @@ def summarise(grid: tune.ResultGrid, spec: SweepSpec, interrupted: bool) -> Swee
         best_config=dict(best.config.get(GIVEN_CONFIG_KEY, best.config)) if best else None,
         best_metrics=dict(best.metrics) if best else None,
         best_trial_id=best.metrics.get("trial_id") if best else None,
+        tied_trial_ids=[r.metrics.get("trial_id") for r in tied[1:]],
         trials=len(grid),
         failed=len(failed),
         stopped_early=len(finished) - len(full),
