@@ -216,3 +216,68 @@ def test_a_resumed_sweep_shows_the_trials_that_were_running_and_times_this_sessi
     resumed.on_trial_result(0, trials, trials[1], {"epoch": 3, "val_accuracy": 25.0})
     # left: b's last epoch and c's four, at this session's 1 epoch per 10 s
     assert "at most ~50s left" in resumed.status.summary_line()
+
+
+@pytest.fixture
+def driver_logging(monkeypatch):
+    """configure_driver's settings for the length of a test (its logging filters removed)."""
+    import logging
+    import os
+
+    for name in ("TUNE_PRINT_ALL_TRIAL_ERRORS", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"):
+        monkeypatch.setenv(name, os.environ.get(name, "unset"))
+        monkeypatch.delenv(name)
+    loggers = [logging.getLogger(n) for n in ("ray.tune.tune", progress.RAY_ANALYSIS_LOGGER)]
+    kept = [logger.filters[:] for logger in loggers]
+    progress.configure_driver(verbose=False)
+    yield
+    for logger, filters in zip(loggers, kept, strict=True):
+        logger.filters[:] = filters
+
+
+def fetch_metrics_of(trials: list) -> None:
+    """Ray's own reading of the trials' metrics files, as its ResultGrid does at a sweep's end."""
+    from types import SimpleNamespace
+
+    from ray.tune.analysis.experiment_analysis import ExperimentAnalysis
+
+    analysis = SimpleNamespace(trials=trials)
+    analysis._fetch_trial_dataframe = lambda t: ExperimentAnalysis._fetch_trial_dataframe(
+        analysis, t
+    )
+    ExperimentAnalysis._fetch_trial_dataframes(analysis)
+
+
+def ray_trial(folder):
+    from types import SimpleNamespace
+
+    import pyarrow.fs
+
+    folder.mkdir(exist_ok=True)
+    storage = SimpleNamespace(
+        trial_fs_path=str(folder), storage_filesystem=pyarrow.fs.LocalFileSystem()
+    )
+    return SimpleNamespace(storage=storage, last_result={}, trial_id=folder.name)
+
+
+def test_rays_warning_of_trials_that_never_reported_is_not_shown(tmp_path, driver_logging):
+    """Stopped (Ctrl-C) or resumed with trials that had not reported: Ray's analysis finds no
+    metrics files for them and would warn; a metrics file it cannot read is still shown."""
+    import logging
+
+    shown: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = shown.append  # type: ignore[method-assign]
+    logger = logging.getLogger(progress.RAY_ANALYSIS_LOGGER)  # Ray's: it does not propagate
+    logger.addHandler(handler)
+    try:
+        never_ran = [ray_trial(tmp_path / "a"), ray_trial(tmp_path / "b")]
+        fetch_metrics_of(never_ran)
+        assert shown == []
+        corrupt = ray_trial(tmp_path / "c")
+        (tmp_path / "c" / "result.json").write_text("{not json\n")
+        fetch_metrics_of([*never_ran, corrupt])
+    finally:
+        logger.removeHandler(handler)
+    (record,) = shown
+    assert "Failed to fetch metrics for 3 trial(s)" in record.getMessage()

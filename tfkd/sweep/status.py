@@ -40,6 +40,7 @@ ABBREVIATIONS = {
     "seed": "seed",
 }
 REFRESH_S = 15.0
+RAY_ANALYSIS_LOGGER = "ray.tune.analysis.experiment_analysis"
 T = TypeVar("T")
 STATES = ("PENDING", "RUNNING", "DONE", "STOPPED", "FAILED")
 
@@ -68,6 +69,9 @@ def configure_driver(verbose: bool) -> None:
     # tfkd prints the command that resumes an interrupted sweep; Ray's Python advice would
     # contradict it.
     logging.getLogger("ray.tune.tune").addFilter(_not_rays_resume_advice)
+    # A sweep stopped by Ctrl-C (and one resumed) has trials that never reported an epoch: Ray's
+    # analysis of the results warns that it found no metrics files for them. tfkd reads none.
+    logging.getLogger(RAY_ANALYSIS_LOGGER).addFilter(_not_rays_missing_metrics_files)
     if not verbose:  # the summary names each failed trial and why
         logging.getLogger("ray.tune.tune").addFilter(_not_rays_unfinished_list)
 
@@ -78,6 +82,14 @@ def _not_rays_resume_advice(record: logging.LogRecord) -> bool:
 
 def _not_rays_unfinished_list(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Trials did not complete")
+
+
+def _not_rays_missing_metrics_files(record: logging.LogRecord) -> bool:
+    """Ray's "Failed to fetch metrics for N trial(s)" when each of them has no metrics file yet
+    (another failure to read them still shows)."""
+    heading, *trials = record.getMessage().splitlines()
+    missing = [line for line in trials if "were not found at" in line]
+    return not (heading.startswith("Failed to fetch metrics for") and missing == trials)
 
 
 def forward_trial_output() -> bool:
