@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from optuna.distributions import (  # noqa: E402
     BaseDistribution,
     CategoricalDistribution,
@@ -98,6 +99,7 @@ def learning_curves(table: pd.DataFrame, sweep_list: Sequence[sweeps.Sweep]) -> 
             )
         ax.set_title(mode)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: 1, 2, never 1.5
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
@@ -106,6 +108,7 @@ def learning_curves(table: pd.DataFrame, sweep_list: Sequence[sweeps.Sweep]) -> 
         "(val_accuracy; paper_test_accuracy for a paper sweep)\n"
         "squares: the reproductions' test accuracy",
         fontsize=8,
+        wrap=True,  # within the figure, one panel wide or more
     )
     return png(fig)
 

@@ -549,6 +549,29 @@ def test_importance_and_curves_of_a_paper_sweep_score_its_test_maximum():
     assert plots.parallel_coordinates(points).startswith(PNG_SIGNATURE)
 
 
+def test_learning_curves_keep_their_title_inside_and_mark_whole_epochs(monkeypatch):
+    """One panel (one mode) of a 2-epoch sweep: the title, wider than a panel, is wrapped
+    inside the figure, and the epoch axis is marked at 1 and 2 (not 1.2, 1.4, ...)."""
+    import pandas as pd
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figures = []
+    real_png = plots.png
+    monkeypatch.setattr(plots, "png", lambda fig: figures.append(fig) or real_png(fig))
+    sweep = hand_sweep({"a": [10.0, 20.0], "b": [5.0, 30.0]})
+    row = {"mode": "baseline", "epochs": 2, "test_acc_mean": 25.0, "test_acc_std": 1.0}
+    table = pd.DataFrame([{**row, "sweep": "hand", "rank": 1, "seeds": 3}])
+    assert plots.learning_curves(table, [sweep]).startswith(PNG_SIGNATURE)
+    (figure,) = figures
+    FigureCanvasAgg(figure).draw()  # as it was saved, on a canvas that can measure text
+    (title,) = figure.texts
+    box = title.get_window_extent()
+    assert 0 <= box.x0 and box.x1 <= figure.bbox.width and box.y1 <= figure.bbox.height
+    (axes,) = figure.axes
+    low, high = axes.get_xlim()
+    assert [tick for tick in axes.get_xticks() if low <= tick <= high] == [1, 2]
+
+
 def test_importance_places_trials_on_the_coordinates_a_sweep_searched():
     """tfkd_reg searches smoothing (and lr_factor); a trial's MLflow params hold the searched
     smoothing, the typed config the alpha and multiplier it set at the run's K: the points are
