@@ -23,6 +23,7 @@ from analysis import sweeps
 from analysis.common import add_store_args, run_main, say, tracking_uri
 from tfkd.cli.flags import EXIT_OK, Parser, positive_int
 from tfkd.core.atomic import write_bytes
+from tfkd.core.words import counted
 from tfkd.sweep.storage import join
 
 PROG = "python -m analysis.best_configs"
@@ -105,8 +106,8 @@ def write(args: Any) -> int:
     full = len(sweeps.full_schedule_trials(sweep))
     caution = " (it selects on the test set: the scores are optimistic)"
     say(
-        f"sweep {sweep.name} (from {sweep.source}): {len(sweep.trials)} trials, {full} ran the "
-        f"full schedule of {sweep.epochs} epochs; ranked on {sweep.metric}"
+        f"sweep {sweep.name} (from {sweep.source}): {counted(len(sweep.trials), 'trial')}, "
+        f"{full} ran the full schedule of {sweep.epochs} epochs; ranked on {sweep.metric}"
         + (caution if sweep.selects_on_test else "")
     )
     if len(best) < args.top:

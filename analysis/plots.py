@@ -24,6 +24,7 @@ from optuna.distributions import (  # noqa: E402
 
 from analysis import sweeps  # noqa: E402
 from analysis.importance import SweepPoints  # noqa: E402
+from tfkd.core.words import counted  # noqa: E402
 from tfkd.sweep import sweep_files  # noqa: E402
 
 DPI = 110
@@ -95,7 +96,7 @@ def learning_curves(table: pd.DataFrame, sweep_list: Sequence[sweeps.Sweep]) -> 
                 fmt="s",
                 capsize=3,
                 color=colors.get(row["sweep"]),
-                label=f"{row['sweep']} #{row['rank']} (test, {row['seeds']} seeds)",
+                label=f"{row['sweep']} #{row['rank']} (test, {counted(row['seeds'], 'seed')})",
             )
         ax.set_title(mode)
         ax.set_xlabel("epoch")
@@ -218,5 +219,5 @@ def parallel_coordinates(points: SweepPoints) -> bytes:
     ticks = {
         label: _axis_ticks(points.distributions[n]) for label, n in zip(shown, names, strict=True)
     }
-    title = f"{points.sweep}: {len(points.points)} trials\nscore: {points.label}"
+    title = f"{points.sweep}: {counted(len(points.points), 'trial')}\nscore: {points.label}"
     return sweep_files.parallel_coordinates_png(title, shown, ticks, lines, f"{points.metric} (%)")

@@ -18,6 +18,7 @@ from tfkd.cli.flags import (
 )
 from tfkd.cli.plan import Plan
 from tfkd.core import atomic
+from tfkd.core.words import counted
 from tfkd.sweep import storage
 
 MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
@@ -63,11 +64,6 @@ def _percent(value: Any) -> str:
     return f"{value:.2f}%" if isinstance(value, float) else str(value)
 
 
-def _count(number: int, noun: str) -> str:
-    """'1 trial', '2 trials'."""
-    return f"{number} {noun}{'s' * (number != 1)}"
-
-
 def _resume_command(args: argparse.Namespace, name: str | None) -> str:
     """The command that continues sweep `name`: the same flags, its --name, and --resume once
     its results folder exists (an interrupted --resume continues, or starts afresh when Tune
@@ -95,7 +91,7 @@ def print_outcome(result: Any, plan: Plan, args: argparse.Namespace) -> int:
     if result.interrupted:
         return interrupted(args, plan.name)
     print(
-        f"[tfkd] {_count(result.trials, 'trial')}: {result.failed} failed, "
+        f"[tfkd] {counted(result.trials, 'trial')}: {result.failed} failed, "
         f"{result.stopped_early} stopped early by ASHA"
     )
     for trial_id, reason in result.failures.items():
@@ -129,7 +125,7 @@ def print_outcome(result: Any, plan: Plan, args: argparse.Namespace) -> int:
     if result.tied_trial_ids:
         score = _percent((result.best_metrics or {}).get(plan.metric))
         print(
-            f"[tfkd] a tie: {_count(len(result.tied_trial_ids), 'other trial')} "
+            f"[tfkd] a tie: {counted(len(result.tied_trial_ids), 'other trial')} "
             f"({', '.join(map(str, result.tied_trial_ids))}) reached the same {plan.metric} "
             f"{score}; best_config.yaml holds trial {result.best_trial_id}'s, the first of them"
         )
