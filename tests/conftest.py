@@ -6,6 +6,7 @@ descendants, found from /proc), never by name.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -26,6 +27,36 @@ from tfkd.sweep.processes import descendants
 REPO = Path(__file__).resolve().parent.parent
 TUNE_MAIN = REPO / "tune_main.py"
 ARTIFACTS = REPO / "test-artifacts"
+FAST_TIER = Path(__file__).resolve().parent / "fast_tier"
+
+
+def _load_fast_tier_guard() -> Any:
+    """tests/fast_tier/sitecustomize.py as a module, its audit hook installed here (off)."""
+    spec = importlib.util.spec_from_file_location("fast_tier_guard", FAST_TIER / "sitecustomize.py")
+    assert spec is not None and spec.loader is not None
+    guard = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(guard)
+    sys.addaudithook(guard.refuse_servers)
+    return guard
+
+
+FAST_TIER_GUARD = _load_fast_tier_guard()
+_PYTHONPATH = os.environ.get("PYTHONPATH")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test not marked slow runs under the fast tier's guard (tests/fast_tier): it fails if
+    it, its fixtures or a command it runs start a Ray cluster or an MLflow server."""
+    fast = item.get_closest_marker("slow") is None
+    FAST_TIER_GUARD.on = fast
+    os.environ.pop(FAST_TIER_GUARD.ENV, None)
+    os.environ.pop("PYTHONPATH", None)
+    if _PYTHONPATH is not None:
+        os.environ["PYTHONPATH"] = _PYTHONPATH
+    if fast:
+        os.environ[FAST_TIER_GUARD.ENV] = "1"
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FAST_TIER), _PYTHONPATH]))
 
 
 def free_port() -> int:

@@ -558,6 +558,29 @@ def test_importance_and_curves_of_a_paper_sweep_score_its_test_maximum():
     assert plots.parallel_coordinates(points).startswith(PNG_SIGNATURE)
 
 
+def test_learning_curves_keep_their_title_inside_and_mark_whole_epochs(monkeypatch):
+    """One panel (one mode) of a 2-epoch sweep: the title, wider than a panel, is wrapped
+    inside the figure, and the epoch axis is marked at 1 and 2 (not 1.2, 1.4, ...)."""
+    import pandas as pd
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figures = []
+    real_png = plots.png
+    monkeypatch.setattr(plots, "png", lambda fig: figures.append(fig) or real_png(fig))
+    sweep = hand_sweep({"a": [10.0, 20.0], "b": [5.0, 30.0]})
+    row = {"mode": "baseline", "epochs": 2, "test_acc_mean": 25.0, "test_acc_std": 1.0}
+    table = pd.DataFrame([{**row, "sweep": "hand", "rank": 1, "seeds": 3}])
+    assert plots.learning_curves(table, [sweep]).startswith(PNG_SIGNATURE)
+    (figure,) = figures
+    FigureCanvasAgg(figure).draw()  # as it was saved, on a canvas that can measure text
+    (title,) = figure.texts
+    box = title.get_window_extent()
+    assert 0 <= box.x0 and box.x1 <= figure.bbox.width and box.y1 <= figure.bbox.height
+    (axes,) = figure.axes
+    low, high = axes.get_xlim()
+    assert [tick for tick in axes.get_xticks() if low <= tick <= high] == [1, 2]
+
+
 def test_importance_places_trials_on_the_coordinates_a_sweep_searched():
     """tfkd_reg searches smoothing (and lr_factor); a trial's MLflow params hold the searched
     smoothing, the typed config the alpha and multiplier it set at the run's K: the points are
@@ -684,26 +707,30 @@ def test_reproduce_help_shows_experiment_as_required():
 
 
 def test_analysis_says_which_of_the_experiments_sweeps_it_reads(tmp_path, capsys):
-    """Two sweeps share an experiment: the newest finished one is read unless --sweep says."""
+    """Three sweeps share an experiment: the newest finished one is read unless --sweep says
+    (they started a minute apart, in this order)."""
     uri = sqlite_uri(tmp_path)
     client = MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("shared", artifact_location=(tmp_path / "a").as_uri())
-    sweeps_made = {}
-    for name, curve, status in (
-        ("older", [10, 20, 30, 40], "FINISHED"),
-        ("newer", [10, 20, 30, 90], "KILLED"),  # interrupted
+    sweeps_made, first_start = {}, int(time.time() * 1000) - 3_600_000
+    for minute, (name, curve, status) in enumerate(
+        (
+            ("oldest", [10, 20, 30, 50], "FINISHED"),
+            ("older", [10, 20, 30, 40], "FINISHED"),
+            ("newer", [10, 20, 30, 90], "KILLED"),  # interrupted
+        )
     ):
         tags = {"tfkd.kind": "sweep", "epochs": "4", "mode": "baseline"}
-        parent = client.create_run(experiment, run_name=name, tags=tags).info.run_id
-        sweeps_made[name] = add_trial(client, experiment, parent, name[0], curve)
-        client.set_terminated(parent, status=status)
-        time.sleep(0.01)
+        start = first_start + 60_000 * minute
+        parent = client.create_run(experiment, run_name=name, tags=tags, start_time=start)
+        sweeps_made[name] = add_trial(client, experiment, parent.info.run_id, name, curve)
+        client.set_terminated(parent.info.run_id, status=status)
     capsys.readouterr()
     argv = ["--experiment", "shared", "--mlflow-uri", uri, "--out", str(tmp_path / "b.yaml")]
     assert best_configs_command.main(argv) == 0
     out = capsys.readouterr().out
-    assert "reading sweep older (MLflow experiment 'shared'" in out and "FINISHED" in out
-    assert "1 other sweep(s): newer (pick one with --sweep NAME)" in out
+    assert "reading sweep older (MLflow experiment 'shared'" in out and "FINISHED; 1 trial)" in out
+    assert "2 other sweep(s): newer, oldest (pick one with --sweep NAME)" in out
     assert yaml.safe_load((tmp_path / "b.yaml").read_text())[0]["run_id"] == sweeps_made["older"]
     assert best_configs_command.main([*argv, "--sweep", "newer"]) == 0
     assert "reading sweep newer" in capsys.readouterr().out
@@ -1052,20 +1079,36 @@ def test_a_paper_sweep_ranks_on_the_test_maximum_and_says_so_once(pipeline, tmp_
     )
 
 
+def printed_interval(values: list[float]) -> str:
+    """'mean [low, high]' with the 95% t interval, as the accuracy table prints it."""
+    mean, se = statistics.fmean(values), statistics.stdev(values) / len(values) ** 0.5
+    low, high = scipy_stats.t.interval(0.95, len(values) - 1, loc=mean, scale=se)
+    return f"{mean:.2f} [{low:.2f}, {high:.2f}]"
+
+
 @pytest.mark.slow
 def test_reproduce_ends_with_the_accuracy_table_of_what_it_ran(pipeline):
-    runs = runs_of_kind(pipeline["client"], SWEEP, "reproduction")
+    client = pipeline["client"]
+    runs = runs_of_kind(client, SWEEP, "reproduction")
     runs = [r for r in runs if r.data.tags["protocol"] == "holdout"]
-    accuracies = [r.data.metrics["test_accuracy"] for r in runs]
-    mean, se = statistics.fmean(accuracies), statistics.stdev(accuracies) / len(accuracies) ** 0.5
-    low, high = scipy_stats.t.interval(0.95, len(accuracies) - 1, loc=mean, scale=se)
+    measured = {k: [r.data.metrics[k] for r in runs] for k in ("test_accuracy", "test_ece")}
+    measured["test_nll"] = [r.data.metrics["test_nll"] for r in runs]
     val = statistics.fmean(r.data.metrics["best_epoch_val_accuracy"] for r in runs)
     lines = pipeline["first"].stdout.strip().splitlines()
     rows = [line for line in lines if line.startswith("| digits | resnet8 | baseline |")]
-    assert rows == [
-        f"| digits | resnet8 | baseline |  | #1 | {REPRO_EPOCHS} | holdout | {SEEDS} | "
-        f"{mean:.2f} [{low:.2f}, {high:.2f}] | {val:.2f} | " + rows[0].split(" | ", 10)[-1]
-    ]
+    assert len(rows) == 1
+    cells = rows[0][2:-2].split(" | ")
+    setting = ["digits", "resnet8", "baseline", "", "#1", str(REPRO_EPOCHS), "holdout", str(SEEDS)]
+    test, ece, nll = (
+        printed_interval(measured[k]) for k in ("test_accuracy", "test_ece", "test_nll")
+    )
+    # the baseline is no comparison (vs baseline, P(gain > 0), p, verdict, check), a holdout row
+    # has no holdout to differ from, and the paper has no digits row
+    assert cells[:12] == [*setting, test, f"{val:.2f}", ece, nll]
+    assert cells[12:17] == [""] * 5 and cells[18:] == [""] * 3
+    trials = runs_of_kind(client, SWEEP, "trial")
+    trial_epochs = sum(int(r.data.metrics["epoch"]) for r in trials)  # the search's cost
+    assert re.fullmatch(rf"{trial_epochs} ep, \d+\.\d{{3}} PFLOP, \d+\.\d\d h", cells[17])
     # the status table shows each run's measured validation accuracy (issue 20: only '-')
     first_seed = reproduce.FIRST_SEED
     assert re.search(

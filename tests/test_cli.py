@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
@@ -36,7 +37,9 @@ SPACE_ERRORS = [
         "presets: [{model: resnet8, alpha: 0.9}]",
         "presets[0].alpha",
     ),
-    ("params: [oops", "not valid YAML"),
+    # a YAML syntax error: the file, line and column, and what PyYAML found there
+    ("params: [oops", ":1:14: not valid YAML (expected ',' or ']', but got '<stream end>')"),
+    ("params:\n  alpha:\n\tlow: 1\n", ":3:1: not valid YAML (found character '\\t' that"),
 ]
 
 
@@ -75,7 +78,10 @@ def test_search_space_schema_errors(capsys, workdir, yaml_text, needle):
         ("--mode tfkd_reg --dataset digits --set alpah=0.5", ["alpah", "unknown config key"]),
         ("--mode tfkd_reg --dataset digits --set alpha", ["KEY=VALUE"]),
         ("--mode lsr --dataset cifar100", ["cifar-100", "--download"]),
-        ("--mode kd --dataset digits --model resnet8", ["--teacher"]),
+        (
+            "--mode kd --dataset digits --model resnet8",
+            ["needs a teacher", "--teacher MODEL", "--train-teacher", "--teacher-checkpoint"],
+        ),
         (
             "--mode tfkd_self --dataset digits --model resnet8",
             [
@@ -141,6 +147,26 @@ def test_unreachable_tracking_server(capsys, workdir):
             "epoch 5 lies beyond",
         ),
         ("--mode baseline --dataset digits --epochs 1", "'warmup_epochs' = 1 is not below epochs"),
+        # never abbreviated: --epoch is not taken for --epochs
+        ("--mode lsr --dataset digits --epoch 3", "unknown flag --epoch; did you mean --epochs?"),
+        ("--mode lsr --dataset digits --epoch=3", "unknown flag --epoch; did you mean --epochs?"),
+        ("--mode lsr --num --dataset digits", "unknown flag --num"),
+        # named before a required flag is missed
+        ("--mode lsr --datset digits", "unknown flag --datset; did you mean --dataset?"),
+        ("--mode lsr --dataset digits --seed -1 --nope", "unknown flag --nope"),
+        # --smoke-test replaces no flag the user gave
+        (
+            "--mode lsr --dataset cifar100 --smoke-test",
+            "--smoke-test trains with --dataset fake, not cifar100: give --dataset fake, or drop "
+            "--smoke-test to train with --dataset cifar100",
+        ),
+        (
+            "--mode lsr --dataset fake --model resnet18 --smoke-test",
+            "--model resnet8, not resnet18",
+        ),
+        ("--mode lsr --dataset fake --smoke-test --epochs 5", "--epochs 2, not 5"),
+        ("--mode lsr --dataset fake --smoke-test --num-samples 4", "--num-samples 2, not 4"),
+        ("--mode lsr --dataset digits --set lr=[", "--set lr=[: not a valid YAML value"),
     ],
 )
 def test_bad_flags_exit_2_from_the_real_command(workdir, args, needle):
@@ -155,6 +181,20 @@ PARSE_ERRORS = [
     "--mode lsr --dataset digits --gpus-per-trial -1",
     "--mode lsr --dataset digits --snapshot-epochs x",
     "--mode lsr --dataset digits --no-such-flag",
+    "--mode lsr --datset digits",
+    "--mode lsr --dataset digits --epoch 3",
+    "--mode lsr --dataset fake --smoke-test --model resnet20",
+    # the choices of the registries that import torch
+    "--mode nope --dataset digits",
+    "--mode lsr --dataset mnist",
+    "--mode lsr --dataset digits --model resnet99",
+    # --set: an unknown key, a core key's type and range, YAML
+    "--mode lsr --dataset digits --set alpah=0.5",
+    "--mode lsr --dataset digits --set lr=abc",
+    "--mode lsr --dataset digits --set alpha=2",
+    "--mode lsr --dataset digits --set model=resnet99",
+    "--mode lsr --dataset digits --set loader=nope",
+    "--mode lsr --dataset digits --set lr=[",
 ]
 # Runs each mistake through tune_main's main() in one fresh interpreter; prints, per mistake,
 # the exit status and which of torch, Ray and MLflow had been imported by then.
@@ -164,8 +204,7 @@ from tfkd.cli import tune
 seen = []
 for words in json.loads(sys.argv[1]):
     try:
-        tune.main(words.split())
-        code = 0
+        code = tune.main(words.split())
     except SystemExit as exit:
         code = exit.code
     seen.append([code, sorted({m.split(".")[0] for m in sys.modules} & {"torch", "ray", "mlflow"})])
@@ -189,23 +228,32 @@ def test_argument_errors_come_before_torch_ray_and_mlflow_are_imported():
     assert imports_at_error(PARSE_ERRORS) == [[EXIT_USAGE, []]] * len(PARSE_ERRORS)
 
 
-def test_an_unknown_name_is_checked_against_the_registries_before_ray_and_mlflow():
-    assert imports_at_error(["--mode nope --dataset digits"]) == [[EXIT_USAGE, ["torch"]]]
+TUNE_FLAGS = (
+    "--mode --dataset --model --teacher --teacher-checkpoint --teacher-run --train-teacher "
+    "--snapshot-epochs --data-dir --download --protocol --search-space --num-samples --epochs "
+    "--grace-period --rungs --search-alg --metric --fixed --seed --search-seed --set --name "
+    "--resume --verbose --smoke-test --gpus-per-trial --cpus-per-trial --workers-per-trial "
+    "--max-concurrent --address --mlflow-uri --storage --experiment --no-tracking "
+    "--system-metrics --tracking-grace --max-failures"
+).split()
 
 
 def test_help_documents_every_flag_and_mode():
-    text = build_parser().format_help()
-    flags = (
-        "--mode --dataset --model --teacher --teacher-checkpoint --search-space --num-samples "
-        "--epochs --grace-period --search-alg --fixed --seed --set --gpus-per-trial "
-        "--cpus-per-trial --max-concurrent --address --storage --name --resume --data-dir "
-        "--download --smoke-test --mlflow-uri --experiment --snapshot-epochs --teacher-run "
-        "--train-teacher --verbose --system-metrics --protocol --metric"
-    )
-    for flag in flags.split():
-        assert flag in text
+    parser = build_parser()
+    text = parser.format_help()
+    documented = {
+        option: action.help
+        for action in parser._actions
+        for option in action.option_strings
+        if option.startswith("--") and option != "--help"
+    }
+    assert sorted(documented) == sorted(TUNE_FLAGS)  # none lost, none added unlisted
+    for option, said in documented.items():
+        assert said and said != argparse.SUPPRESS, option
+        assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text), option
     for name in modes.names():
-        assert f"{name}  " in text and modes.get(name).description in text
+        line = rf"^  {re.escape(name)} +{re.escape(modes.get(name).description)}$"
+        assert re.search(line, text, re.MULTILINE), name
 
 
 def plan_of(*words: str, **options) -> Plan:

@@ -130,12 +130,25 @@ def test_bad_val_fraction(bad):
     assert "val_fraction" in one_line(exc)
 
 
-def test_missing_root(tmp_path):
+@pytest.mark.parametrize(
+    ("name", "holds", "downloads"),
+    [
+        ("cifar100", "cifar-100-python/", True),
+        ("cifar10", "cifar-10-batches-py/", True),
+        ("tiny_imagenet", "tiny-imagenet-200/", True),
+        ("folder", "train/<class>/*.JPEG and val/<class>/*.JPEG", False),
+        ("imagenet", "train/<class>/*.JPEG and val/<class>/*.JPEG", False),
+    ],
+)
+def test_missing_root_says_what_it_holds_and_suggests_download_only_where_it_works(
+    tmp_path, name, holds, downloads
+):
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError) as exc:
-        D.load("cifar100", missing)
+        D.load(name, missing)
     msg = one_line(exc)
-    assert str(missing) in msg and "--download" in msg
+    assert str(missing) in msg and holds in msg
+    assert ("--download" in msg) == downloads
 
 
 def test_missing_cifar_folder(tmp_path):
@@ -193,6 +206,29 @@ def test_download_uses_torchvision_archive(tmp_path, monkeypatch):
         D.load("cifar100", root, download=True)
     msg = one_line(exc)
     assert str(root) in msg and "no route to host" in msg
+
+
+def test_an_offline_download_says_how_to_place_the_files_by_hand(tmp_path, monkeypatch):
+    """The failed download names torchvision's archive and where it goes, and the folder it
+    unpacks to with its files; the files placed as it says load without a network."""
+    import torchvision.datasets as tvd
+    import torchvision.datasets.utils as tv_utils
+
+    def offline(*args, **kwargs):
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", offline)
+    root = tmp_path / "data"
+    root.mkdir()
+    with pytest.raises(ValueError) as exc:
+        D.load("cifar100", root, download=True)
+    msg = one_line(exc)
+    assert tvd.CIFAR100.url in msg and f"put {tvd.CIFAR100.filename} in {root}" in msg
+    base = write_cifar100(root, 1, 1)  # the unpacked archive, placed by hand
+    named = msg.split(f"{base}/ (", 1)[1].split(")")[0].split(", ")
+    for extra in set(p.name for p in base.iterdir()) - set(named):
+        (base / extra).unlink()  # the files it names are enough
+    assert len(D.load("cifar100", root, val_fraction=0.0).train) == 100
 
 
 def test_tiny_imagenet_corrupt_jpeg(tmp_path):

@@ -126,4 +126,4 @@ def test_a_killed_worker_restarts_the_trial_from_its_last_checkpoint(tmp_path):
     assert epochs == sorted(epochs) and epochs.count(1) == 1
     (trial,) = experiment.glob("trial_*")
     assert (trial / "error.txt").is_file()  # the trial did fail with its worker, and was retried
-    assert "[tfkd] 1 trials: 0 failed" in (tmp_path / "driver.log").read_text()
+    assert "[tfkd] 1 trial: 0 failed" in (tmp_path / "driver.log").read_text()

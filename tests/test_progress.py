@@ -172,3 +172,112 @@ def test_a_resumed_sweep_shows_the_trials_that_had_ended():
         ["4/4", "30.00%", "DONE"],
         ["2/4", "20.00%", "PENDING"],
     ]
+
+
+class FakeTrial:
+    """What the status table's Tune callback reads of a trial."""
+
+    def __init__(self, trial_id: str, status: str, last_result: dict, epochs: int = 4) -> None:
+        self.trial_id, self.status, self.last_result = trial_id, status, last_result
+        self.config = {"epochs": epochs}
+
+    def __str__(self) -> str:
+        return f"lr{self.trial_id}"
+
+
+def test_a_resumed_sweep_shows_the_trials_that_were_running_and_times_this_sessions_pace():
+    """Interrupted with a trial done, one 2 epochs in and one not yet reporting: after --resume
+    all three are in the table, and the time left is this session's pace (1 epoch in 10 s),
+    not the earlier sessions' epochs over this session's seconds."""
+    from tfkd.sweep.callbacks import ProgressCallback
+
+    out = io.StringIO()
+    status = progress.SweepStatus("s", total=3, epochs=4, out=out, clock=Clock())
+    resumed = pickle.loads(pickle.dumps(ProgressCallback(status)))  # as Tuner.restore does
+    resumed.status.out = out
+    trials = [
+        FakeTrial("a", "TERMINATED", {"epoch": 4, "val_accuracy": 30.0}),
+        FakeTrial("b", "PENDING", {"epoch": 2, "val_accuracy": 20.0}),  # was running
+        FakeTrial("c", "PENDING", {}),  # was running, had not reported yet
+    ]
+    resumed.on_step_begin(0, trials)
+    resumed.status.print()
+    header, _, *rows = out.getvalue().strip().splitlines()
+    assert "1 done, 0 running, 0 stopped, 0 failed, 2 pending of 3" in header
+    assert [row.split() for row in rows] == [
+        ["lra", "4/4", "30.00%", "DONE"],
+        ["lrb", "2/4", "20.00%", "PENDING"],
+        ["lrc", "0/4", "-", "PENDING"],
+    ]
+    assert "left" not in header  # no epoch run in this session yet: no pace to go by
+    for trial in trials[1:]:
+        resumed.on_trial_start(0, trials, trial)
+    resumed.status.clock.now += 10
+    resumed.on_trial_result(0, trials, trials[1], {"epoch": 3, "val_accuracy": 25.0})
+    # left: b's last epoch and c's four, at this session's 1 epoch per 10 s
+    assert "at most ~50s left" in resumed.status.summary_line()
+
+
+@pytest.fixture
+def driver_logging(monkeypatch):
+    """configure_driver's settings for the length of a test (its logging filters removed)."""
+    import logging
+    import os
+
+    for name in ("TUNE_PRINT_ALL_TRIAL_ERRORS", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"):
+        monkeypatch.setenv(name, os.environ.get(name, "unset"))
+        monkeypatch.delenv(name)
+    loggers = [logging.getLogger(n) for n in ("ray.tune.tune", progress.RAY_ANALYSIS_LOGGER)]
+    kept = [logger.filters[:] for logger in loggers]
+    progress.configure_driver(verbose=False)
+    yield
+    for logger, filters in zip(loggers, kept, strict=True):
+        logger.filters[:] = filters
+
+
+def fetch_metrics_of(trials: list) -> None:
+    """Ray's own reading of the trials' metrics files, as its ResultGrid does at a sweep's end."""
+    from types import SimpleNamespace
+
+    from ray.tune.analysis.experiment_analysis import ExperimentAnalysis
+
+    analysis = SimpleNamespace(trials=trials)
+    analysis._fetch_trial_dataframe = lambda t: ExperimentAnalysis._fetch_trial_dataframe(
+        analysis, t
+    )
+    ExperimentAnalysis._fetch_trial_dataframes(analysis)
+
+
+def ray_trial(folder):
+    from types import SimpleNamespace
+
+    import pyarrow.fs
+
+    folder.mkdir(exist_ok=True)
+    storage = SimpleNamespace(
+        trial_fs_path=str(folder), storage_filesystem=pyarrow.fs.LocalFileSystem()
+    )
+    return SimpleNamespace(storage=storage, last_result={}, trial_id=folder.name)
+
+
+def test_rays_warning_of_trials_that_never_reported_is_not_shown(tmp_path, driver_logging):
+    """Stopped (Ctrl-C) or resumed with trials that had not reported: Ray's analysis finds no
+    metrics files for them and would warn; a metrics file it cannot read is still shown."""
+    import logging
+
+    shown: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = shown.append  # type: ignore[method-assign]
+    logger = logging.getLogger(progress.RAY_ANALYSIS_LOGGER)  # Ray's: it does not propagate
+    logger.addHandler(handler)
+    try:
+        never_ran = [ray_trial(tmp_path / "a"), ray_trial(tmp_path / "b")]
+        fetch_metrics_of(never_ran)
+        assert shown == []
+        corrupt = ray_trial(tmp_path / "c")
+        (tmp_path / "c" / "result.json").write_text("{not json\n")
+        fetch_metrics_of([*never_ran, corrupt])
+    finally:
+        logger.removeHandler(handler)
+    (record,) = shown
+    assert "Failed to fetch metrics for 3 trial(s)" in record.getMessage()

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from tfkd.core import data, models, modes, recipe, steps
-from tfkd.core.config import TrialConfig
+from tfkd.core.config import CUDA_GRAPHS, TrialConfig
 from tfkd.core.losses import LossTerms
 from tfkd.core.train import run_trial
 
@@ -193,26 +194,25 @@ def test_fused_sgd_reads_the_installed_tensor_lr_and_keeps_float_lrs_outside():
 
 
 def test_meter_sums_like_the_eager_loop_did():
+    """Batches of 16, 16 and 7: the epoch's loss, terms and accuracy are those of the 39 images
+    taken together (each batch's loss is a mean over its images, so the mode's loss of all 39
+    at once is the epoch's mean), not a mean of the three batch means."""
     meter = steps.Meter(torch.device("cpu"))
     gen = torch.Generator().manual_seed(0)
-    expected, seen = torch.zeros(4), 0
-    for n in (16, 16, 7):
-        logits, labels = torch.randn(n, 10, generator=gen), torch.randint(0, 10, (n,))
-        terms = modes.get("tfkd_reg").loss(logits, labels, None, config())
-        meter.add(terms, logits, labels)
-        meter.seen += n
-        seen += n
-        correct = (logits.argmax(dim=1) == labels).sum()
-        expected += torch.stack([terms.total * n, terms.ce * n, terms.kl * n, correct.float()])
+    loss = modes.get("tfkd_reg").loss
+    batches = [(torch.randn(n, 10, generator=gen), torch.randint(0, 10, (n,))) for n in (16, 16, 7)]
+    for logits, labels in batches:
+        meter.add(loss(logits, labels, None, config()), logits, labels)
+        meter.seen += labels.shape[0]
+    logits, labels = (torch.cat(parts) for parts in zip(*batches, strict=True))
+    whole = loss(logits, labels, None, config())
     summary = meter.summary()
-    loss, ce, kl, correct = (expected / seen).tolist()
-    assert summary == {
-        "train_loss": loss,
-        "train_ce": ce,
-        "train_kl": kl,
-        "train_accuracy": 100.0 * correct,
-        "train_images": seen,
-    }
+    assert summary["train_images"] == 39
+    assert summary["train_loss"] == pytest.approx(whole.total.item(), rel=1e-6)
+    assert summary["train_ce"] == pytest.approx(whole.ce.item(), rel=1e-6)
+    assert summary["train_kl"] == pytest.approx(whole.kl.item(), rel=1e-6)
+    correct = sum(int((lg.argmax(dim=1) == lb).sum()) for lg, lb in batches)
+    assert summary["train_accuracy"] == pytest.approx(100.0 * correct / 39)
     meter.check(1)  # all finite: no error
 
 
@@ -358,16 +358,27 @@ def test_graph_steps_get_full_batches_only_and_the_schedule_counts_them(kind):
     assert set(sizes) == ({64} if drop_last else {64, n % 64})
 
 
-def test_cuda_graphs_setting_changes_nothing_on_cpu():
+@pytest.mark.parametrize("setting", CUDA_GRAPHS)
+def test_cuda_graphs_setting_changes_nothing_on_cpu(setting):
+    """On CPU every cuda_graphs value trains the eager step, even where CUDA would refuse it
+    (beside compile=True, or a training split smaller than a batch)."""
+    cpu = torch.device("cpu")
+    for compiled, train_size in itertools.product((False, True), (8, 1000)):
+        cfg = config(cuda_graphs=setting, compile=compiled)
+        assert steps.kind_for(cfg, cpu, train_size) == "eager", (compiled, train_size)
+
+
+def test_a_cpu_trial_asked_for_cuda_graphs_trains_the_eager_step(monkeypatch):
+    built = []
+    real_build = steps.build
+    monkeypatch.setattr(
+        steps, "build", lambda kind, parts: built.append(kind) or real_build(kind, parts)
+    )
     base = {"model": "resnet8", "dataset": "fake", "fake_size": 128, "epochs": 1, "data_dir": "x"}
     base["warmup_epochs"] = 0  # a 1-epoch schedule has no warm-up
     base["device"] = "cpu"  # also on a machine with a GPU
-    timing = {"epoch_seconds", "images_per_second"}
-    off = run_trial({"mode": "tfkd_reg", **base, "cuda_graphs": "off"})
-    on = run_trial({"mode": "tfkd_reg", **base, "cuda_graphs": "capture"})
-    assert {k: v for k, v in off.items() if k not in timing} == {
-        k: v for k, v in on.items() if k not in timing
-    }
+    metrics = run_trial({"mode": "tfkd_reg", **base, "cuda_graphs": "capture"})
+    assert built == ["eager"] and metrics["epoch"] == 1
 
 
 # ------------------------------------------------------------------ CUDA only (skipped on CPU)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from mlflow import MlflowClient
 
@@ -190,8 +191,11 @@ def test_four_trials_share_one_gpu(workdir):
         done, runs = four_short_lsr_trials(address, uri, workdir, "--gpus-per-trial 0.25")
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
     assert overlap(runs), "the 4 trials of 0.25 GPU did not run at the same time"
-    # this machine has no CUDA: each trial says so once and trains on the CPU
-    assert "CUDA is not available here; using CPU" in done.stdout + done.stderr
+    assert [float(r.data.params["gpu_share"]) for r in runs] == [0.25] * 4
+    # the cluster's one node is this machine: without CUDA each trial says so once and trains
+    # on the CPU; with CUDA they share its GPU
+    no_cuda = not torch.cuda.is_available()
+    assert ("CUDA is not available here; using CPU" in done.stdout + done.stderr) == no_cuda
 
 
 def test_joining_a_token_cluster_without_the_token_is_one_clear_line(workdir):

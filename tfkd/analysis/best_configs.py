@@ -23,6 +23,7 @@ import yaml
 from tfkd.analysis import sweeps
 from tfkd.analysis.common import say, tracking_uri
 from tfkd.core.atomic import write_bytes
+from tfkd.core.words import counted
 from tfkd.sweep.storage import join
 
 FILE_NAME = "best_configs.yaml"
@@ -73,8 +74,8 @@ def write(args: argparse.Namespace) -> str:
     full = len(sweeps.full_schedule_trials(sweep))
     caution = " (it selects on the test set: the scores are optimistic)"
     say(
-        f"sweep {sweep.name} (from {sweep.source}): {len(sweep.trials)} trials, {full} ran the "
-        f"full schedule of {sweep.epochs} epochs; ranked on {sweep.metric}"
+        f"sweep {sweep.name} (from {sweep.source}): {counted(len(sweep.trials), 'trial')}, "
+        f"{full} ran the full schedule of {sweep.epochs} epochs; ranked on {sweep.metric}"
         + (caution if sweep.selects_on_test else "")
     )
     if len(best) < args.top:

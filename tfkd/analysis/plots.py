@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from optuna.distributions import (  # noqa: E402
     BaseDistribution,
     CategoricalDistribution,
@@ -25,6 +26,7 @@ from optuna.distributions import (  # noqa: E402
 
 from tfkd.analysis import sweeps  # noqa: E402
 from tfkd.analysis.importance import SweepPoints  # noqa: E402
+from tfkd.core.words import counted  # noqa: E402
 from tfkd.sweep import sweep_files  # noqa: E402
 
 DPI = 110
@@ -96,10 +98,11 @@ def learning_curves(table: pd.DataFrame, sweep_list: Sequence[sweeps.Sweep]) -> 
                 fmt="s",
                 capsize=3,
                 color=colors.get(row["sweep"]),
-                label=f"{row['sweep']} #{row['rank']} (test, {row['seeds']} seeds)",
+                label=f"{row['sweep']} #{row['rank']} (test, {counted(row['seeds'], 'seed')})",
             )
         ax.set_title(mode)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: 1, 2, never 1.5
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
@@ -108,6 +111,7 @@ def learning_curves(table: pd.DataFrame, sweep_list: Sequence[sweeps.Sweep]) -> 
         "(val_accuracy; paper_test_accuracy for a paper sweep)\n"
         "squares: the reproductions' test accuracy",
         fontsize=8,
+        wrap=True,  # within the figure, one panel wide or more
     )
     return png(fig)
 
@@ -224,5 +228,5 @@ def parallel_coordinates(points: SweepPoints) -> bytes:
     ticks = {
         label: _axis_ticks(points.distributions[n]) for label, n in zip(shown, names, strict=True)
     }
-    title = f"{points.sweep}: {len(points.points)} trials\nscore: {points.label}"
+    title = f"{points.sweep}: {counted(len(points.points), 'trial')}\nscore: {points.label}"
     return sweep_files.parallel_coordinates_png(title, shown, ticks, lines, f"{points.metric} (%)")

@@ -20,6 +20,7 @@ from typing import Any
 from tfkd.analysis.common import typed_config
 from tfkd.core import protocol
 from tfkd.core.errors import UserError
+from tfkd.core.words import counted
 from tfkd.sweep.storage import GIVEN_CONFIG_KEY, join
 from tfkd.tracking import store
 
@@ -111,7 +112,7 @@ def ranked(sweep: Sweep, top: int) -> list[Trial]:
     if not full:
         raise UserError(
             f"sweep {sweep.name!r} has no finished trial that ran the full schedule and reported "
-            f"{sweep.metric} ({sweep.epochs} epochs; {len(sweep.trials)} trials, "
+            f"{sweep.metric} ({sweep.epochs} epochs; {counted(len(sweep.trials), 'trial')}, "
             f"{sum(t.stopped_early or t.epoch < sweep.epochs for t in sweep.trials)} stopped "
             "early or unfinished); let the sweep finish or resume it with tfkd tune --resume"
         )
@@ -307,7 +308,7 @@ def describe(sweep: Sweep) -> str:
         if sweep.source == "mlflow"
         else "the Ray results folder"
     )
-    text = f"reading sweep {sweep.name} ({where}; {len(sweep.trials)} trials)"
+    text = f"reading sweep {sweep.name} ({where}; {counted(len(sweep.trials), 'trial')})"
     if sweep.others:
         shown = ", ".join(sweep.others[:3]) + (", ..." if len(sweep.others) > 3 else "")
         text += (

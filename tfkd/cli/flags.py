@@ -8,9 +8,10 @@ Nothing here imports torch, Ray or MLflow.
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from tfkd.core import protocol
 from tfkd.core.errors import UserError
@@ -28,10 +29,51 @@ MLFLOW_URI_HELP = (
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (no usage dump) with exit status 2."""
+    """argparse, but a usage error is one line (no usage dump) with exit status 2, a flag is
+    never abbreviated (`--epoch 3` is refused, not taken for --epochs), and an unknown flag is
+    named, with the flag it may be a typo of, before any other error (`--datset digits` is
+    not answered with "--dataset is required")."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        args = sys.argv[1:] if args is None else list(args)
+        unknown = self._unknown_flag(args)
+        if unknown:
+            self.error(unknown)
+        return super().parse_known_args(args, namespace)
+
+    def _unknown_flag(self, args: list[str]) -> str | None:
+        """'unknown flag --x; did you mean --y?' for the first word of `args` that looks like a
+        flag and is none of this parser's, else None. Parses with every argument optional, so
+        that a missing required one cannot be reported first."""
+        items: list[Any] = [*self._actions, *self._mutually_exclusive_groups]
+        required = [item for item in items if item.required]
+        for item in required:
+            item.required = False
+        try:
+            _, extras = super().parse_known_args(list(args), argparse.Namespace())
+        finally:
+            for item in required:
+                item.required = True
+        flags = [word.split("=", 1)[0] for word in extras if word[:1] in self.prefix_chars]
+        unknown = [flag for flag in flags if not self._negative_number_matcher.match(flag)]
+        if not unknown:
+            return None
+        known = [option for action in self._actions for option in action.option_strings]
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        return f"unknown flag {unknown[0]}" + (f"; did you mean {close[0]}?" if close else "")
+
+    def given(self, args: Sequence[str]) -> set[str]:
+        """The destinations of the flags that `args` gives (flags are never abbreviated)."""
+        words = {word.split("=", 1)[0] for word in args}
+        return {action.dest for action in self._actions if words & set(action.option_strings)}
 
 
 def run_command(

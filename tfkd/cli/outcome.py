@@ -17,6 +17,7 @@ from tfkd.cli.flags import (
 )
 from tfkd.cli.parser import TuneArgs
 from tfkd.core import atomic
+from tfkd.core.words import counted
 from tfkd.sweep import storage
 from tfkd.sweep.plan import Plan
 
@@ -91,7 +92,7 @@ def print_outcome(result: Any, plan: Plan, args: TuneArgs) -> int:
     if result.interrupted:
         return interrupted(args, plan.name)
     print(
-        f"[tfkd] {result.trials} trials: {result.failed} failed, "
+        f"[tfkd] {counted(result.trials, 'trial')}: {result.failed} failed, "
         f"{result.stopped_early} stopped early by ASHA"
     )
     for trial_id, reason in result.failures.items():
@@ -120,6 +121,13 @@ def print_outcome(result: Any, plan: Plan, args: TuneArgs) -> int:
     where = _write_best_config(result.experiment_path, document)
     shown = ", ".join(f"{k} {_percent(v)}" for k, v in document["metrics"].items())
     print(f"[tfkd] best trial {result.best_trial_id}: {shown}")
+    if result.tied_trial_ids:
+        score = _percent((result.best_metrics or {}).get(plan.metric))
+        print(
+            f"[tfkd] a tie: {counted(len(result.tied_trial_ids), 'other trial')} "
+            f"({', '.join(map(str, result.tied_trial_ids))}) reached the same {plan.metric} "
+            f"{score}; best_config.yaml holds trial {result.best_trial_id}'s, the first of them"
+        )
     searched = " ".join(f"--set {k}={v}" for k, v in document["searched"].items())
     print(f"[tfkd] best config: {searched or '(nothing searched)'}")
     print(f"[tfkd] written to {where}")

@@ -15,12 +15,12 @@ from tfkd.cli.flags import (
     Parser,
     positive_int,
 )
-from tfkd.core import protocol
-from tfkd.core.lazy import data, models, modes
+from tfkd.core import catalog, protocol
+from tfkd.core.lazy import modes
 from tfkd.sweep import spec
+from tfkd.sweep.plan import SMOKE_TEST
 from tfkd.sweep.request import SweepRequest
 
-_NAMED = {"mode": modes, "dataset": data, "model": models}
 PROG = "tune_main.py"  # what the tune command's messages start with when run as tune_main.py
 
 
@@ -58,13 +58,11 @@ def _modes_epilog() -> str:
     return "teacher modes (--mode):\n" + "\n".join(lines)
 
 
-def build_parser(registries: bool = True, prog: str = PROG) -> argparse.ArgumentParser:
-    """The tune command's parser; without `registries`, --mode, --dataset and --model take any
-    name (`parse_args` checks them after parsing: the registries import torch)."""
-
-    def names(flag: str) -> list[str] | None:
-        return _NAMED[flag].names() if registries else None
-
+def build_parser(registries: bool = True, prog: str = PROG) -> Parser:
+    """The tune command's parser; `registries`: with the modes' descriptions in --help (which
+    imports torch). --mode, --dataset and --model take the names tfkd.core.catalog reads without
+    importing torch."""
+    names = catalog.names
     parser = Parser(
         prog=prog,
         description=describe("tune"),
@@ -221,21 +219,33 @@ def build_parser(registries: bool = True, prog: str = PROG) -> argparse.Argument
     how.add_argument(
         "--smoke-test",
         action="store_true",
-        help="tiny everything (fake data, resnet8, 2 epochs, 2 trials)",
+        help="tiny everything: --dataset fake (512 images), --model resnet8, --epochs 2, "
+        "--num-samples 2 (those flags with other values are refused)",
     )
     flags.add_resource_args(parser)
     return parser
 
 
 def parse_args(argv: Sequence[str] | None = None, prog: str = PROG) -> TuneArgs:
-    """The command line, parsed before torch, Ray or MLflow is imported; then the names of
-    --mode, --dataset and --model, checked against tfkd.core's registries."""
+    """The command line, parsed and its names (--mode, --dataset, --model) checked before torch,
+    Ray or MLflow is imported."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(registries=bool({"-h", "--help"} & set(argv)), prog=prog)
-    args = TuneArgs(**vars(parser.parse_args(argv)), prog=prog, argv=tuple(argv))
-    for flag, registry in _NAMED.items():
-        value, known = getattr(args, flag), registry.names()
-        if value not in known:
-            choices = ", ".join(map(repr, known))
-            parser.error(f"argument --{flag}: invalid choice: {value!r} (choose from {choices})")
+    namespace = parser.parse_args(argv)
+    _refuse_replaced_flags(parser, namespace, argv)
+    args = TuneArgs(**vars(namespace), prog=prog, argv=tuple(argv))
     return args
+
+
+def _refuse_replaced_flags(parser: Parser, args: argparse.Namespace, argv: list[str]) -> None:
+    """--smoke-test sets --dataset, --model, --epochs and --num-samples: one of them given with
+    another value is refused, not silently replaced."""
+    if not args.smoke_test:
+        return
+    for dest in sorted(parser.given(argv) & SMOKE_TEST.keys()):
+        value, flag = getattr(args, dest), "--" + dest.replace("_", "-")
+        if value != SMOKE_TEST[dest]:
+            parser.error(
+                f"--smoke-test trains with {flag} {SMOKE_TEST[dest]}, not {value}: give "
+                f"{flag} {SMOKE_TEST[dest]}, or drop --smoke-test to train with {flag} {value}"
+            )

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tfkd.core import coordinates
+from tfkd.core import catalog, coordinates
 
 CUDA_GRAPHS = ("auto", "off", "capture", "compile")  # how CUDA runs the step (tfkd.core.steps)
 OPTIMIZER_NAMES = ("sgd", "adam")  # tfkd.core.recipe.OPTIMIZERS builds them
@@ -83,19 +83,16 @@ def _registered(kind: str) -> Callable[[str], bool]:
     return check
 
 
-# kind -> (module, Registry attribute); imported on first use so this module stays light.
-_REGISTRIES = {
-    "mode": ("tfkd.core.modes", "MODES"),
-    "model": ("tfkd.core.models", "MODELS"),
-    "dataset": ("tfkd.core.data", "DATASETS"),
-    "semantics": ("tfkd.core.losses", "KL_REDUCTIONS"),
-    "loader": ("tfkd.core.data", "LOADERS"),
-    "protocol": ("tfkd.core.protocol", "PROTOCOLS"),
-}
+# kind -> (module, Registry attribute) of the registries tfkd.core.catalog does not read
+_REGISTRIES = {"protocol": ("tfkd.core.protocol", "PROTOCOLS")}
 
 
 def registry_names(kind: str) -> list[str]:
-    """Names registered for `kind` (mode, model, dataset, semantics, loader or protocol)."""
+    """Names registered for `kind` (mode, model, dataset, semantics, loader or protocol); the
+    torch-backed registries' are read from their source until they are imported
+    (tfkd.core.catalog), so that a config is checked before torch is imported."""
+    if kind in catalog.SOURCES:
+        return catalog.names(kind)
     module, attribute = _REGISTRIES[kind]
     return getattr(importlib.import_module(module), attribute).names()
 
@@ -291,10 +288,18 @@ def core_keys() -> list[str]:
 def keys() -> list[str]:
     """Every key a config dict may hold: the fields, the search coordinates that set some of them
     (tfkd.core.coordinates), and the keys that modes declare (each valid with its own mode
-    only)."""
-    from tfkd.core import modes
+    only; read from their source until the modes are imported: tfkd.core.catalog)."""
+    return core_keys() + coordinates.names() + catalog.names("mode key")
 
-    return core_keys() + coordinates.names() + sorted(modes.declared_keys())
+
+def check_core_values(values: Mapping[str, Any]) -> None:
+    """Check the values of the core keys among `values` (their type and range), with nothing
+    else of the config; ValueError names the first bad one. The command line checks --set with
+    this before torch is imported (a mode's own keys are checked by the mode, later)."""
+    fields = {f.name: f for f in dataclasses.fields(TrialConfig)}
+    for key, value in values.items():
+        if key in fields:
+            _check(fields[key], _coerce(fields[key], value))
 
 
 def _mode_keys(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

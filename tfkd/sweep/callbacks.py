@@ -160,6 +160,7 @@ class ProgressCallback(tune.Callback):
 
     def __init__(self, status: progress.SweepStatus) -> None:
         self.status = status
+        self.stepped = False  # Tune pickles this callback before its first step
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.status.on_start(trial.trial_id, str(trial), _epochs_of(trial))
@@ -175,12 +176,15 @@ class ProgressCallback(tune.Callback):
         print(f"[tfkd] trial {trial} failed; its error is in {trial.path}/error.txt", flush=True)
 
     def on_step_begin(self, iteration, trials, **info) -> None:
-        """Trials a resumed sweep brought back: Tune starts only the unfinished ones."""
+        """Trials a resumed sweep brought back: Tune starts only the unfinished ones. Before
+        the first step of a session every trial is one (the searcher adds new ones after it):
+        those that were running when the sweep stopped are shown too, waiting to restart."""
+        restored, self.stepped = not self.stepped, True
         for trial in trials:
             ended = _ENDED.get(trial.status, "")
             known = trial.trial_id in self.status.rows
             reported = bool((trial.last_result or {}).get("epoch"))
-            if (ended or not known) and (reported or ended):
+            if restored or (ended or not known) and (reported or ended):
                 self.status.on_restored(
                     trial.trial_id, str(trial), _epochs_of(trial), trial.last_result or {}, ended
                 )

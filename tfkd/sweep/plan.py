@@ -14,14 +14,14 @@ from typing import Any
 import yaml
 
 from tfkd.core import coordinates, protocol
-from tfkd.core.config import TrialConfig
+from tfkd.core.config import TrialConfig, check_core_values
 from tfkd.core.config import keys as config_keys
 from tfkd.core.errors import UserError
 from tfkd.core.lazy import modes, recipe
 from tfkd.sweep import rungs, search_space, storage, teachers
 from tfkd.sweep.request import SweepRequest
 
-_SMOKE_TEST: dict[str, Any] = {
+SMOKE_TEST: dict[str, Any] = {
     "dataset": "fake",
     "model": "resnet8",
     "epochs": 2,
@@ -31,7 +31,8 @@ _SMOKE_TEST: dict[str, Any] = {
 
 
 def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """--set KEY=VALUE pairs, values typed as YAML would type them."""
+    """--set KEY=VALUE pairs, values typed as YAML would type them; unknown keys and the core
+    keys' bad values are refused here, before torch is imported (TrialConfig checks the rest)."""
     out: dict[str, Any] = {}
     known = config_keys()
     for pair in pairs:
@@ -41,15 +42,23 @@ def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
             raise UserError(f"--set {pair!r}: expected KEY=VALUE")
         if key not in known:
             raise UserError(f"--set {key}: unknown config key; known keys: {', '.join(known)}")
-        out[key] = yaml.safe_load(value) if value.strip() else ""
+        try:
+            out[key] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as exc:
+            problem = search_space.yaml_problem(exc)
+            raise UserError(f"--set {pair}: not a valid YAML value ({problem})") from None
+    try:
+        check_core_values(out)
+    except ValueError as exc:
+        raise UserError(f"--set: {exc}") from None
     return out
 
 
 def _apply_smoke_test(args: SweepRequest) -> dict[str, Any]:
     """--smoke-test: fake data, resnet8, 2 epochs, 2 trials; returns the extra config."""
-    args.dataset, args.model = _SMOKE_TEST["dataset"], _SMOKE_TEST["model"]
-    args.epochs, args.num_samples = _SMOKE_TEST["epochs"], _SMOKE_TEST["num_samples"]
-    return {"fake_size": _SMOKE_TEST["fake_size"]}
+    args.dataset, args.model = SMOKE_TEST["dataset"], SMOKE_TEST["model"]
+    args.epochs, args.num_samples = SMOKE_TEST["epochs"], SMOKE_TEST["num_samples"]
+    return {"fake_size": SMOKE_TEST["fake_size"]}
 
 
 def _base_config(
@@ -120,9 +129,9 @@ class Plan:
 
 
 def make_plan(args: SweepRequest) -> Plan:
+    overrides = _parse_overrides(args.set)  # first: answered before torch is imported
     teachers.check_request(teachers.TeacherRequest.from_args(args))
     extra = _apply_smoke_test(args) if args.smoke_test else {}
-    overrides = _parse_overrides(args.set)
     path = args.search_space or search_space.default_path(args.mode)
     space = search_space.load(path, args.mode)
     space = space.without(overrides)

@@ -285,7 +285,7 @@ def loads(text: str, path: str | Path = "<text>", mode: str | None = None) -> Se
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise SearchSpaceError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+        raise SearchSpaceError(yaml_error_at(path, exc)) from None
     if not isinstance(doc, dict):
         raise SearchSpaceError(f"{path}: expected a mapping with keys {sorted(TOP_LEVEL_KEYS)}")
     _check_keys(path, "", doc, TOP_LEVEL_KEYS)
@@ -301,6 +301,18 @@ def loads(text: str, path: str | Path = "<text>", mode: str | None = None) -> Se
         _check_first_point(path, f"presets[{i}]", space, row)
     _check_first_point(path, "defaults", space, {})
     return space
+
+
+def yaml_error_at(path: Path, exc: yaml.YAMLError) -> str:
+    """'FILE:LINE:COLUMN: not valid YAML (what PyYAML found wrong there)', 1-based, one line."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    return f"{where}: not valid YAML ({yaml_problem(exc)})"
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """What PyYAML found wrong, in one line without its position."""
+    return " ".join(str(getattr(exc, "problem", None) or exc.__class__.__name__).split())
 
 
 def _check_coordinates(path: Path, space: SearchSpace) -> None:

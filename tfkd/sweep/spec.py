@@ -79,6 +79,8 @@ class SweepResult:
     failed: int
     stopped_early: int
     trial_metrics: list[dict[str, Any]] = field(default_factory=list)
+    # the other trials whose score is the best trial's (it is the first of them in trial order)
+    tied_trial_ids: list[str] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)  # trial id -> reason, one line
     failed_by_infrastructure: int = 0  # failures not caused by the hyper-parameters
     interrupted: bool = False  # Ctrl-C: resumable with --resume

@@ -40,6 +40,7 @@ ABBREVIATIONS = {
     "seed": "seed",
 }
 REFRESH_S = 15.0
+RAY_ANALYSIS_LOGGER = "ray.tune.analysis.experiment_analysis"
 T = TypeVar("T")
 STATES = ("PENDING", "RUNNING", "DONE", "STOPPED", "FAILED")
 
@@ -68,6 +69,9 @@ def configure_driver(verbose: bool) -> None:
     # tfkd prints the command that resumes an interrupted sweep; Ray's Python advice would
     # contradict it.
     logging.getLogger("ray.tune.tune").addFilter(_not_rays_resume_advice)
+    # A sweep stopped by Ctrl-C (and one resumed) has trials that never reported an epoch: Ray's
+    # analysis of the results warns that it found no metrics files for them. tfkd reads none.
+    logging.getLogger(RAY_ANALYSIS_LOGGER).addFilter(_not_rays_missing_metrics_files)
     if not verbose:  # the summary names each failed trial and why
         logging.getLogger("ray.tune.tune").addFilter(_not_rays_unfinished_list)
 
@@ -78,6 +82,14 @@ def _not_rays_resume_advice(record: logging.LogRecord) -> bool:
 
 def _not_rays_unfinished_list(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Trials did not complete")
+
+
+def _not_rays_missing_metrics_files(record: logging.LogRecord) -> bool:
+    """Ray's "Failed to fetch metrics for N trial(s)" when each of them has no metrics file yet
+    (another failure to read them still shows)."""
+    heading, *trials = record.getMessage().splitlines()
+    missing = [line for line in trials if "were not found at" in line]
+    return not (heading.startswith("Failed to fetch metrics for") and missing == trials)
 
 
 def forward_trial_output() -> bool:
@@ -137,9 +149,17 @@ def best_of(candidates: Iterable[tuple[T, float | None, bool]]) -> T | None:
     first (an early-stopped trial's score is from fewer epochs). The status table, the summary,
     best_config.yaml and the sweep run's best_* metrics all take their best from here.
     """
+    tied = best_ties(candidates)
+    return tied[0] if tied else None
+
+
+def best_ties(candidates: Iterable[tuple[T, float | None, bool]]) -> list[T]:
+    """Every item that has the best score (see best_of), in the order given: best_of's choice,
+    the first of them, then the ones that tie with it."""
     scored = [(item, score, full) for item, score, full in candidates if _is_score(score)]
     pool = [c for c in scored if c[2]] or scored
-    return max(pool, key=lambda c: c[1])[0] if pool else None
+    top = max((score for _, score, _ in pool), default=None)
+    return [item for item, score, _ in pool if score == top]
 
 
 def _is_score(value: Any) -> TypeGuard[float]:
@@ -189,16 +209,17 @@ class SweepStatus:
         self.started = clock()
         self.last_print = -math.inf
         self.rows: dict[str, LiveTrial] = {}
+        self.epochs_run = 0  # epochs the trials reported since `started` (this session)
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its callbacks with the experiment (--resume restores them)."""
         return {k: v for k, v in self.__dict__.items() if k != "out"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """A resumed sweep: this process' terminal and clock."""
+        """A resumed sweep: this process' terminal and clock, and no epoch run yet."""
         self.__dict__.update(state)
         self.out = sys.stdout
-        self.started, self.last_print = self.clock(), -math.inf
+        self.started, self.last_print, self.epochs_run = self.clock(), -math.inf, 0
 
     # -- events
 
@@ -212,8 +233,13 @@ class SweepStatus:
         self._row(trial_id, name, epochs).state = "RUNNING"
 
     def on_result(self, trial_id: str, name: str, metrics: Mapping[str, Any]) -> None:
+        """A trial reported an epoch it has just run."""
         row = self._row(trial_id, name)
+        self._take(row, metrics)
         row.state = "RUNNING"
+        self.epochs_run += 1
+
+    def _take(self, row: LiveTrial, metrics: Mapping[str, Any]) -> None:
         row.epoch = int(metrics.get("epoch", row.epoch))
         accuracy = metrics.get(self.metric)
         if _is_score(accuracy):
@@ -234,9 +260,9 @@ class SweepStatus:
         row = self.rows.get(trial_id)
         if row is None:
             row = self._row(trial_id, name, epochs)
-            if metrics:
-                self.on_result(trial_id, name, metrics)
-            row.state = "PENDING"
+            self._take(row, metrics)  # run in an earlier session: not this session's pace
+        elif not ended and row.state == "RUNNING":
+            row.state = "PENDING"  # stopped with the sweep: waits to restart
         if ended and row.state in ("PENDING", "RUNNING"):
             (self.on_error if ended == "FAILED" else self.on_complete)(trial_id, name)
 
@@ -254,8 +280,9 @@ class SweepStatus:
         return counts
 
     def remaining_s(self, elapsed: float) -> float | None:
-        """An upper bound (ASHA may stop trials sooner): epochs left / epochs done per second."""
-        done = sum(row.epoch for row in self.rows.values())
+        """An upper bound (ASHA may stop trials sooner): epochs left / the epochs per second
+        this session has run (a resumed sweep's earlier epochs took another session's time)."""
+        done = self.epochs_run
         if done == 0 or elapsed <= 0:
             return None
         left = sum(row.epochs - row.epoch for row in self.rows.values() if row.state == "RUNNING")

@@ -57,9 +57,10 @@ def summarise(grid: tune.ResultGrid, spec: SweepSpec, interrupted: bool) -> Swee
     metric, results = spec.metric, _results(grid)
     finished = [r for r in results if r.error is None and metric in _metrics(r)]
     full = [r for r in finished if _is_full_length(_metrics(r), spec.epochs)]
-    best = progress.best_of(
+    tied = progress.best_ties(
         (r, _metrics(r)[metric], _is_full_length(_metrics(r), spec.epochs)) for r in finished
     )
+    best = tied[0] if tied else None
     failed = [r for r in results if r.error is not None]
     keep = ("trial_id", "epoch", "val_accuracy", "test_accuracy", "paper_test_accuracy")
     return SweepResult(
@@ -67,6 +68,7 @@ def summarise(grid: tune.ResultGrid, spec: SweepSpec, interrupted: bool) -> Swee
         best_config=_given_config(best) if best else None,
         best_metrics=dict(_metrics(best)) if best else None,
         best_trial_id=_metrics(best).get("trial_id") if best else None,
+        tied_trial_ids=[str(_metrics(r).get("trial_id")) for r in tied[1:]],
         trials=len(grid),
         failed=len(failed),
         stopped_early=len(finished) - len(full),

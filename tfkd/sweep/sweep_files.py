@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tfkd.core import protocol
+from tfkd.core.words import counted
 from tfkd.sweep.search_space import Param
 from tfkd.sweep.status import short_number
 
@@ -97,7 +98,7 @@ def table_html(
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{style}</style></head><body><h3>{html.escape(title)}</h3>"
-        f"<p>{len(rows)} trials, best {html.escape(metric)} first.</p>"
+        f"<p>{counted(len(rows), 'trial')}, best {html.escape(metric)} first.</p>"
         f"<table><tr>{head}</tr>{body}</table></body></html>"
     )
     return page.encode()
@@ -217,7 +218,7 @@ def parallel_plot(
     ]
     ticks = {label: axes[n][1] for label, n in zip(shown, names, strict=True)}
     title = (
-        f"{title}: {len(scored)} trials, each scored at its last epoch "
+        f"{title}: {counted(len(scored), 'trial')}, each scored at its last epoch "
         f"(of {epochs}; dashed: stopped early)"
     )
     return parallel_coordinates_png(title, shown, ticks, lines, f"{metric} (%)")

@@ -158,8 +158,9 @@ def resolve(request: TeacherRequest, mlflow_uri: str | None) -> Teacher | None:
         return Teacher(model, alias, str(path))
     if not model:
         raise UserError(
-            f"--mode {request.mode} needs a teacher: pass --teacher MODEL (found in "
-            "the MLflow registry) or --teacher-checkpoint PATH"
+            f"--mode {request.mode} needs a teacher: pass --teacher MODEL (found in the MLflow "
+            "registry; add --train-teacher to train it first when it is not there) or "
+            "--teacher-checkpoint PATH"
         )
     if mlflow_uri is None:
         raise UserError(

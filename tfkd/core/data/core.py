@@ -179,6 +179,13 @@ class _Entry:
     fn: Callable[[Request], Source]
     needs_root: bool
     sized: bool
+    layout: str  # what its data root holds ('' when it needs none)
+    downloads: bool  # --download fetches it
+
+    def placement(self) -> str:
+        """How to fill its missing data root, for the error that says so."""
+        holds = f"it should hold {self.layout}" if self.layout else "put the dataset there"
+        return f"{holds}, or pass --download" if self.downloads else holds
 
 
 DATASETS: Registry[_Entry] = Registry("dataset", error=DataError)
@@ -187,16 +194,23 @@ _entry = DATASETS.get
 
 
 def register(
-    name: str, *, needs_root: bool = True, sized: bool = False
+    name: str,
+    *,
+    needs_root: bool = True,
+    sized: bool = False,
+    layout: str = "",
+    downloads: bool = False,
 ) -> Callable[[Callable[[Request], Source]], Callable[[Request], Source]]:
     """Register a dataset function under `name`.
 
     needs_root: the dataset is read from files under `root` (False: generated or bundled).
     sized: the dataset's size comes from `fake_size` (only then is it part of the cache key).
+    layout: what `root` holds ("cifar-100-python/ (train, test)"), named when it is missing.
+    downloads: `download=True` fetches it (the missing root's error suggests --download).
     """
 
     def deco(fn: Callable[[Request], Source]) -> Callable[[Request], Source]:
-        DATASETS.add(name, _Entry(fn, needs_root, sized))
+        DATASETS.add(name, _Entry(fn, needs_root, sized, layout, downloads))
         return fn
 
     return deco
@@ -274,7 +288,7 @@ def load(
 
     def make_source() -> Source:
         if entry.needs_root and not download and not root_path.is_dir():
-            raise DatasetNotFoundError(root_path, "data root")
+            raise DatasetNotFoundError(root_path, "data root", entry.placement())
         if entry.needs_root and download:
             with _undone_on_failure(root_path):
                 root_path.mkdir(parents=True, exist_ok=True)

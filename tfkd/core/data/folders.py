@@ -27,7 +27,8 @@ JPEG_SUFFIXES = (".jpg", ".jpeg")
 JPEG_MAGIC = b"\xff\xd8\xff"
 #: RandomResizedCrop + horizontal flip (ImageNet's training transforms), in the loader's names.
 FOLDER_AUGMENT = ("crop", "flip")
-FOLDER_HINT = "expected root/train/<class>/*.JPEG and root/val/<class>/*.JPEG"
+FOLDER_LAYOUT = "train/<class>/*.JPEG and val/<class>/*.JPEG"
+FOLDER_HINT = f"the data root should hold {FOLDER_LAYOUT}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -152,13 +153,13 @@ def read_folder(root: Path) -> Source:
     )
 
 
-@register("imagenet")
+@register("imagenet", layout=FOLDER_LAYOUT)
 def imagenet(req: Request) -> Source:
     """ImageNet (ILSVRC-2012) in PyTorch's example layout under `--data-dir`: train/ and val/."""
     return read_folder(req.root)
 
 
-@register("folder")
+@register("folder", layout=FOLDER_LAYOUT)
 def folder(req: Request) -> Source:
     """Any image dataset in ImageNet's layout under `--data-dir` (ImageNet's statistics)."""
     return read_folder(req.root)

@@ -91,7 +91,23 @@ def _read_cifar_batch(path: Path, label_key: bytes, num_classes: int) -> tuple[n
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def _download_cifar(root: Path, tv_class: str) -> None:
+def _by_hand(url: str, root: Path, layout: str) -> str:
+    """How to place a dataset's archive without a network (for a failed download's error)."""
+    archive = url.rsplit("/", 1)[-1]
+    return (
+        f"without a network, fetch {url} elsewhere and put {archive} in {root} (--download then "
+        f"checks and unpacks it), or unpack it there yourself: {root}/{layout}"
+    )
+
+
+def _download_failed(what: str, root: Path, exc: Exception, url: str, layout: str) -> DataError:
+    said = " ".join(str(exc).split())
+    return DataError(
+        f"downloading {what} into {root} failed: {said}; {_by_hand(url, root, layout)}"
+    )
+
+
+def _download_cifar(root: Path, tv_class: str, layout: str) -> None:
     """Fetch and unpack torchvision's archive (md5-checked) unless every file is intact."""
     import torchvision.datasets as tvd
     from torchvision.datasets.utils import check_integrity, download_and_extract_archive
@@ -103,8 +119,7 @@ def _download_cifar(root: Path, tv_class: str) -> None:
     try:
         download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
     except Exception as exc:
-        msg = " ".join(str(exc).split())
-        raise DataError(f"downloading {tv_class} into {root} failed: {msg}") from None
+        raise _download_failed(tv_class, root, exc, cls.url, layout) from None
 
 
 def _cifar(
@@ -116,12 +131,13 @@ def _cifar(
     label_key: bytes,
     num_classes: int,
     tv_class: str,
+    layout: str,
     mean: tuple[float, ...],
     std: tuple[float, ...],
 ) -> Source:
     base = req.root / folder
     if req.download:
-        _download_cifar(req.root, tv_class)
+        _download_cifar(req.root, tv_class, layout)
     if not base.is_dir():
         raise DatasetNotFoundError(base, "CIFAR folder")
 
@@ -136,7 +152,11 @@ def _cifar(
     return Source(train_x, train_y, test_x, test_y, num_classes, mean, std, FULL_AUGMENT)
 
 
-@register("cifar10")
+CIFAR10_LAYOUT = "cifar-10-batches-py/ (data_batch_1 to data_batch_5, test_batch)"
+CIFAR100_LAYOUT = "cifar-100-python/ (train, test)"
+
+
+@register("cifar10", layout=CIFAR10_LAYOUT, downloads=True)
 def cifar10(req: Request) -> Source:
     """CIFAR-10 from root/cifar-10-batches-py (data_batch_1..5, test_batch)."""
     return _cifar(
@@ -147,12 +167,13 @@ def cifar10(req: Request) -> Source:
         label_key=b"labels",
         num_classes=10,
         tv_class="CIFAR10",
+        layout=CIFAR10_LAYOUT,
         mean=CIFAR100_MEAN,  # the original's, not CIFAR-10's own statistics
         std=CIFAR100_STD,
     )
 
 
-@register("cifar100")
+@register("cifar100", layout=CIFAR100_LAYOUT, downloads=True)
 def cifar100(req: Request) -> Source:
     """CIFAR-100 (fine labels) from root/cifar-100-python (train, test)."""
     return _cifar(
@@ -163,6 +184,7 @@ def cifar100(req: Request) -> Source:
         label_key=b"fine_labels",
         num_classes=100,
         tv_class="CIFAR100",
+        layout=CIFAR100_LAYOUT,
         mean=CIFAR100_MEAN,
         std=CIFAR100_STD,
     )
@@ -173,6 +195,7 @@ def cifar100(req: Request) -> Source:
 TINY_FOLDER = "tiny-imagenet-200"
 TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 TINY_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
+TINY_LAYOUT = f"{TINY_FOLDER}/ (wnids.txt, train/, val/)"
 _TINY_CACHE_VERSION = "1"
 
 
@@ -207,7 +230,7 @@ def _decode_jpegs(paths: list[Path], size: int) -> np.ndarray:
     return out
 
 
-@register("tiny_imagenet")
+@register("tiny_imagenet", layout=TINY_LAYOUT, downloads=True)
 def tiny_imagenet(req: Request) -> Source:
     """Tiny-ImageNet (64 x 64, one class per line of wnids.txt, labels in sorted wnid order).
 
@@ -222,8 +245,7 @@ def tiny_imagenet(req: Request) -> Source:
         try:
             download_and_extract_archive(TINY_URL, str(req.root), md5=TINY_MD5)
         except Exception as exc:
-            msg = " ".join(str(exc).split())
-            raise DataError(f"downloading Tiny-ImageNet into {req.root} failed: {msg}") from None
+            raise _download_failed("Tiny-ImageNet", req.root, exc, TINY_URL, TINY_LAYOUT) from None
     if not base.is_dir():
         raise DatasetNotFoundError(base, "Tiny-ImageNet folder")
     wnids_file = base / "wnids.txt"
