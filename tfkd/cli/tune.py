@@ -134,11 +134,11 @@ class Prepared:
 
 def prepare(args: TuneArgs) -> Prepared:
     """Validate everything a sweep needs, before anything starts."""
+    cluster.enable_token_auth(args.address)
+    plan = make_plan(args)  # first: its mistakes are answered before torch is imported
     from tfkd.core import train
     from tfkd.tracking import system_metrics
 
-    cluster.enable_token_auth(args.address)
-    plan = make_plan(args)
     storage.check_storage(args.storage, plan.name, args.resume)
     system_metrics.check_available(args.system_metrics)
     ray_support.check_ray(args.workers_per_trial)
