@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -18,7 +19,6 @@ from mlflow import MlflowClient
 from conftest import assert_ok, clean_env, sqlite_uri
 
 pytestmark = pytest.mark.slow
-tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 CHECKOUT = Path(__file__).resolve().parents[1]
 
 

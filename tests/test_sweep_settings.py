@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 import types
 from pathlib import Path
 
@@ -22,7 +23,6 @@ from tfkd.sweep.spec import SweepSpec
 
 from conftest import clean_env
 
-tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 CHECKOUT = Path(__file__).resolve().parents[1]
 
 
