@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from tfkd.analysis import compute, importance, plots, results, sweeps
+from tfkd.analysis import importance, plots, results, sweeps
 from tfkd.analysis.common import say, tracking_uri
 from tfkd.core.atomic import write_bytes
 from tfkd.core.errors import UserError
@@ -70,18 +70,6 @@ def reproductions(mlflow_client: Any, experiments: dict[str, str]) -> list[resul
 
 
 # ---------------------------------------------------------------- the table
-
-
-def sweep_facts(
-    uri: str, mlflow_client: Any, runs: Sequence[results.Reproduction]
-) -> dict[str, compute.SweepFacts]:
-    """{sweep run id: its compute and teacher} of every sweep the reproductions came from; the
-    teacher's number of classes only for the modes whose check needs it (a weights download)."""
-    needs_classes: dict[str, bool] = {}
-    for run in runs:
-        needs = needs_classes.get(run.sweep_run_id, False) or run.mode in results.NEEDS_CLASSES
-        needs_classes[run.sweep_run_id] = needs
-    return compute.facts_of(uri, mlflow_client, needs_classes)
 
 
 def parquet_bytes(frame: pd.DataFrame) -> bytes:
@@ -182,7 +170,7 @@ def report(args: argparse.Namespace) -> list[Path]:
             f"no finished reproductions in {where} at {uri}; run "
             "tfkd reproduce --experiment NAME first"
         )
-    frame = results.results_table(runs, sweep_facts(uri, mlflow_client, runs))
+    frame = results.results_table(runs, results.sweep_facts(uri, mlflow_client, runs))
     sweep_list = load_sweeps(
         mlflow_client, {e: n for e, n in experiments.items() if n in set(frame["experiment"])}
     )

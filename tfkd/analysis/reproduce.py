@@ -259,7 +259,8 @@ def run_jobs(
 
 
 def print_accuracy_table(uri: str, context: Any, experiment: str) -> None:
-    """What this reproduction ran, per config: test accuracy mean ± std over its seeds."""
+    """What this reproduction ran, per config: the report's row (accuracy with its interval,
+    calibration, and the compute of the sweep it came from)."""
     mlflow_client = store.client(uri)
     runs = store.runs_of_kind(
         mlflow_client,
@@ -274,7 +275,8 @@ def print_accuracy_table(uri: str, context: Any, experiment: str) -> None:
         if "test_accuracy" in r.data.metrics
     ]
     if done:
-        print(results.markdown(results.results_table(done)), flush=True)
+        facts = results.sweep_facts(uri, mlflow_client, done)
+        print(results.markdown(results.results_table(done, facts)), flush=True)
 
 
 def protocol_change(sweep: sweeps.Sweep, best: sweeps.Trial, protocol: str) -> str | None:

@@ -486,3 +486,15 @@ def markdown(frame: pd.DataFrame, notes: Sequence[str] = ()) -> str:
     notes = [*sanity_notes(frame), *notes]
     text = "\n".join(lines) + "\n" + EXPLANATION
     return text + "".join(f"\n- {note}" for note in notes) + ("\n" if notes else "")
+
+
+def sweep_facts(
+    uri: str, mlflow_client: Any, runs: Sequence[Reproduction]
+) -> dict[str, compute.SweepFacts]:
+    """{sweep run id: its compute and teacher} of every sweep the reproductions came from; the
+    teacher's number of classes only for the modes whose check needs it (a weights download)."""
+    needs_classes: dict[str, bool] = {}
+    for run in runs:
+        needs = needs_classes.get(run.sweep_run_id, False) or run.mode in NEEDS_CLASSES
+        needs_classes[run.sweep_run_id] = needs
+    return compute.facts_of(uri, mlflow_client, needs_classes)
