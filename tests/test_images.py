@@ -41,6 +41,7 @@ def fresh(folder: Path, tmp_path: Path) -> Path:
 # ---------------------------------------------------------------- the folder, end to end
 
 
+@pytest.mark.slow  # a real sweep: starts a Ray cluster
 def test_an_image_folder_trains_through_tune_main_with_the_imagenet_recipe(folder, tmp_path):
     done = tune_main(FOLDER_RUN, data_dir=str(folder), name="img", cwd=tmp_path)
     assert_ok(done)

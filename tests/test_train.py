@@ -55,34 +55,44 @@ class Recorder:
         return self.folder / f"epoch-{epoch}" / checkpoint.CHECKPOINT_FILE
 
 
-@pytest.fixture(scope="module", params=sorted(DATASETS))
-def teacher(request, tmp_path_factory) -> tuple[str, Path]:
-    """A checkpoint written by a baseline trial on each dataset."""
-    recorder = Recorder(tmp_path_factory.mktemp(f"teacher-{request.param}"))
-    run_trial({"mode": "baseline", **base(request.param)}, recorder)
-    return request.param, recorder.checkpoint(2)
+# Two epochs on digits that learn: batch 32 (lr 0.4 x 32/128 = 0.1), no warm-up; the
+# distillation modes at Hinton's T = 4 and an even split of CE and KL (their defaults, T = 20
+# and 95% KL, follow a 2-epoch teacher too closely to learn much in two epochs)
+LEARNS = {"batch_size": 32, "lr": 0.4, "warmup_epochs": 0}
+DISTILLS = {"temperature": 4.0, "alpha": 0.5}
+CHANCE = 10.0  # digits: 10 classes
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    """A checkpoint written by a baseline trial on digits (well above chance)."""
+    recorder = Recorder(tmp_path_factory.mktemp("teacher-digits"))
+    run_trial({"mode": "baseline", **base("digits", **LEARNS)}, recorder)
+    return recorder.checkpoint(2)
 
 
 @pytest.mark.parametrize("mode", modes.names())
 def test_every_mode_trains_two_epochs(mode, teacher, tmp_path):
-    dataset, teacher_file = teacher
-    extra = {"teacher_checkpoint": str(teacher_file)} if modes.get(mode).needs_teacher else {}
+    """Each mode learns: its second epoch trains better than its first, and its model is far
+    above chance on the validation and test splits; it reports every metric and checkpoints."""
+    extra = (
+        {"teacher_checkpoint": str(teacher), **DISTILLS} if modes.get(mode).needs_teacher else {}
+    )
     recorder = Recorder(tmp_path)
-    final = run_trial({"mode": mode, **base(dataset, **extra)}, recorder)
-    assert [m["epoch"] for m in recorder.metrics] == [1, 2]
-    assert REPORTED <= set(recorder.metrics[0]) and not TESTED & set(recorder.metrics[0])
+    final = run_trial({"mode": mode, **base("digits", **LEARNS, **extra)}, recorder)
+    first, second = recorder.metrics
+    assert [first["epoch"], second["epoch"]] == [1, 2]
+    assert REPORTED <= set(first) and not TESTED & set(first)
     assert REPORTED | TESTED <= set(final)
-    assert all(0 <= final[k] <= 100 for k in ("train_accuracy", "val_accuracy", "test_accuracy"))
+    assert second["train_accuracy"] > first["train_accuracy"]
+    assert final["val_accuracy"] > 3 * CHANCE and final["test_accuracy"] > 3 * CHANCE
     if modes.get(mode).needs_teacher or mode == "tfkd_reg":
         assert final["train_kl"] != 0.0
     assert recorder.checkpoint(2).is_file()
 
 
 def test_teacher_is_frozen_and_in_eval_mode(teacher):
-    _, teacher_file = teacher
-    cfg = TrialConfig.from_dict(
-        {"mode": "kd", **base("fake", teacher_checkpoint=str(teacher_file))}
-    )
+    cfg = TrialConfig.from_dict({"mode": "kd", **base("fake", teacher_checkpoint=str(teacher))})
     model = load_teacher(cfg, 10, torch.device("cpu"))
     assert not model.training
     assert not any(p.requires_grad for p in model.parameters())
@@ -164,7 +174,6 @@ def test_checkpoint_writes_are_atomic(tmp_path):
 
 
 def test_teacher_with_other_classes_is_rejected(teacher, tmp_path):
-    _, teacher_file = teacher
     with pytest.raises(ValueError, match="10 classes"):
         run_trial(
             {
@@ -174,7 +183,7 @@ def test_teacher_with_other_classes_is_rejected(teacher, tmp_path):
                 "fake_size": 64,
                 "epochs": 1,
                 "warmup_epochs": 0,
-                "teacher_checkpoint": str(teacher_file),
+                "teacher_checkpoint": str(teacher),
             },
             dataset=_hundred_class_dataset(),
         )
