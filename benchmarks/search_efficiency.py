@@ -8,11 +8,12 @@
 
 For each mode (tfkd_reg, tfkd_self, lsr; scikit-learn's digits, resnet8, real data, offline):
 
-  search    every --search-alg of tune_main (read from its parser at run time, less `grid`;
+  search    every --search-alg of tune_main (tfkd.sweep.spec.SEARCH_ALGS, less `grid`;
             --methods picks some) run as a sweep through `tfkd.sweep.tuner.run_sweep` (the code
-            path of tune_main) on the mode's shipped space, at tune_main's budget and rungs,
-            once per search seed: 10 seeds for the default sampler and for random search, 5 for
-            the others (--search-seeds ALG=N); every trial at trial seed 0;
+            path of tune_main), planned by tune_main's `tfkd.sweep.plan`, on the mode's shipped
+            space, at tune_main's budget and rungs, once per search seed: 10 seeds for the
+            default sampler and for random search, 5 for the others (--search-seeds ALG=N);
+            every trial at trial seed 0;
   grid      every point of the hand grid (low, middle and high of each axis of the mode's
             shipped space, the space the searches draw from) trained for the full schedule at
             seed 0;
