@@ -179,7 +179,7 @@ def add_resource_args(
         "--address",
         default=None,
         help="an existing Ray cluster HOST:PORT (default: RAY_ADDRESS, else a "
-        "local Ray); token authentication is handled (see README)",
+        "local Ray); token authentication is handled (see docs/clusters.md)",
     )
     add_store_args(group, f"results folder or URI (s3://, gs://) (default {DEFAULT_STORAGE})")
     group.add_argument(

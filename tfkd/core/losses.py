@@ -3,7 +3,7 @@
 Notation: z = student logits (N x K), y = labels, T = temperature, a = alpha, m = multiplier,
 CE = cross-entropy with the hard labels, KL(p || q) = sum_k p_k (log p_k - log q_k).
 
-Two semantics (see README, "Loss semantics"):
+Two semantics (see docs/losses.md):
 
 * ``semantics="reference"`` reproduces the original Tf-KD implementation, which produced the
   paper's tables. Its KL term is PyTorch's ``KLDivLoss(reduction="mean")``: the element-wise mean

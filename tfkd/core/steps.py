@@ -25,8 +25,8 @@ But compiling took 11 s for resnet18, 41-47 s for mobilenet_v2/shufflenet_v2 and
 for resnext29, while ASHA stops most trials after a few one-second epochs; capturing costs a few
 eager warm-up steps (well under a second). Inductor's on-disk cache makes a second compile of the
 same model faster, but the first trial of each model on each node still pays the full price.
-`benchmarks/gpu_trials.py --with-compile` measured both in full trials on an H100 (README,
-Performance): resnet18 37.2k img/s captured vs 33.8k compiled, start-up 9 s vs 32 s;
+`benchmarks/gpu_trials.py --with-compile` measured both in full trials on an H100
+(docs/performance.md): resnet18 37.2k img/s captured vs 33.8k compiled, start-up 9 s vs 32 s;
 mobilenet_v2 20.7k vs 21.3k, start-up 16 s vs 56 s. Capture is as fast or faster and ready at once.
 
 Graph capture needs static shapes and addresses, hence:

@@ -7,8 +7,8 @@ imported, so this module imports Ray only inside the functions that connect.
 
 Packing: without NVIDIA's Multi-Process Service (MPS) the processes sharing a GPU time-slice it,
 one process's kernels at a time, so each of four packed trials runs at about a quarter of one
-trial's speed; with the MPS control daemon running, their kernels run concurrently (README,
-"Running on a cluster", has the measurements). A trial only detects the daemon; starting and
+trial's speed; with the MPS control daemon running, their kernels run concurrently
+(docs/clusters.md, "Several trials per GPU"). A trial only detects the daemon; starting and
 stopping it is the cluster's job.
 """
 
@@ -182,7 +182,8 @@ def time_slicing_warning(share: float) -> str:
         f"[tfkd] warning: this trial has {share:g} of a GPU but the CUDA MPS daemon is not "
         f"running on this node ({mps_pipe_directory()}/control not found), so packed trials "
         "time-slice the GPU instead of running side by side; start it on each GPU node before "
-        "`ray start` with `nvidia-cuda-mps-control -d` (README, 'Running on a cluster')"
+        "`ray start` with `nvidia-cuda-mps-control -d` "
+        "(docs/clusters.md, 'Several trials per GPU')"
     )
 
 

@@ -10,7 +10,8 @@ where it ends. A rung named here is a point of the schedule instead, so the same
     beforeN     the last epoch at the rate before drop N (the epoch the drop follows)
     afterN      the first epoch after drop N (one epoch at the lowered rate)
 
-The default is chosen by benchmarks/rung_fidelity.py (README, "Early stopping on the schedule").
+The default is chosen by benchmarks/rung_fidelity.py (docs/performance.md, "Early stopping on
+the schedule").
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ def model_based_concurrency(num_samples: int) -> int:
 
     Chosen over a default budget that grows with the trials that fit at once: packing more
     trials on one GPU adds little throughput, so the cap costs little wall time where a larger
-    budget costs its whole compute (README, "Trials side by side", has the measurements).
+    budget costs its whole compute (docs/sweeps.md, "Trials side by side", has the measurements).
     """
     return max(MIN_CONCURRENT, num_samples // FIRST_WAVE_SHARE)
 
