@@ -25,6 +25,11 @@ MODE = "max"
 FAILED_BY_HYPERPARAMETERS = "tfkd_failed_by_hyperparameters"
 # how a sweep chooses its trials (tfkd.sweep.tuner.SEARCHERS has one searcher per name)
 SEARCH_ALGS = ("optuna", "gp", "random", "grid")
+# The most finished trials the GP sampler models (tfkd.sweep.samplers.capped_history): its refit
+# grows with the cube of them (Optuna 5.1 with greenlet, 3 parameters, 2 cores: 0.14 s per
+# proposal at 32 results, 0.54 s at 128, 0.72 s at 255; benchmarks/sweep_scale.py times every
+# proposal of a sweep)
+GP_HISTORY = 128
 # the SweepSpec fields that the resource, storage and retry flags set (`resource_options`)
 RESOURCE_FIELDS = (
     "gpus_per_trial",

@@ -195,11 +195,9 @@ def _tpe_sampler(spec: SweepSpec):
 
 def _gp_sampler(spec: SweepSpec):
     """Optuna's Gaussian-process sampler (log-expected improvement, made for small budgets on
-    continuous spaces). It models the COMPLETE trials only (pruned ones are not in its model)
-    and takes the running trials into account itself."""
-    import optuna
-
-    return optuna.samplers.GPSampler(
+    continuous spaces). It models the COMPLETE trials only (pruned ones are not in its model),
+    at most samplers.GP_HISTORY of them, and takes the running trials into account itself."""
+    return samplers.CappedGPSampler(
         seed=spec.search_seed,
         n_startup_trials=startup_trials(spec.num_samples),
         warn_independent_sampling=False,
@@ -387,7 +385,7 @@ def _tuner(spec: SweepSpec, packed: Mapping[str, Any]) -> tune.Tuner:
         max_concurrent_trials=concurrency(spec) if model_based(spec) else None,
         scheduler=asha,
         num_samples=1 if spec.fixed else spec.num_samples,
-        reuse_actors=False,
+        reuse_actors=True,
         trial_name_creator=callbacks.trial_namer(spec),
         trial_dirname_creator=callbacks.trial_dirname,
     )
@@ -488,7 +486,7 @@ def _configs_tuner(
             param_space={GIVEN_CONFIG_KEY: tune.grid_search(configs)},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=_concurrency(spec),
-                reuse_actors=False,
+                reuse_actors=True,
                 trial_name_creator=callbacks.trial_namer(spec, configs),
                 trial_dirname_creator=callbacks.trial_dirname,
             ),
