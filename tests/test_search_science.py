@@ -380,6 +380,73 @@ def test_the_default_sweep_judges_on_the_schedule_and_grace_period_is_geometric(
     assert plan_of("--grace-period", "2").rungs == ()
 
 
+def asha_of(num_samples: int, *words: str):
+    """The scheduler a sweep of `num_samples` trials gets (no Ray cluster: only built)."""
+    from tfkd.sweep.spec import SweepSpec
+
+    plan = plan_of(*words)
+    spec = SweepSpec(
+        name="asha",
+        base_config=plan.config,
+        space=plan.space,
+        num_samples=num_samples,
+        grace_period=int(words[1]) if words[:1] == ("--grace-period",) else None,
+        rungs=plan.rungs,
+    )
+    scheduler = tuner.scheduler(spec)
+    scheduler.set_search_properties("val_accuracy", "max")
+    return scheduler
+
+
+def reduction_at_each_rung(scheduler) -> set[float]:
+    return {bracket.rf for bracket in scheduler._brackets}
+
+
+def test_a_large_sweep_keeps_the_top_quarter_at_the_default_rung_and_others_the_top_half():
+    assert reduction_at_each_rung(asha_of(8)) == {2}
+    assert reduction_at_each_rung(asha_of(31)) == {2}
+    assert reduction_at_each_rung(asha_of(32)) == {4}
+    assert reduction_at_each_rung(asha_of(256)) == {4}
+    assert reduction_at_each_rung(asha_of(32, "--rungs", "after2")) == {4}  # the same rung
+    # another rung, several rungs (the factors would compound), geometric rungs: the top half
+    assert reduction_at_each_rung(asha_of(32, "--rungs", "after3")) == {2}
+    assert reduction_at_each_rung(asha_of(32, "--rungs", "after1,after2")) == {2}
+    assert reduction_at_each_rung(asha_of(32, "--grace-period", "2")) == {2}
+
+
+def test_a_trial_in_the_top_half_but_not_the_top_quarter_stops_only_in_a_large_sweep():
+    """31 trials reach the default rung, each better than all before it (none stops); the 32nd
+    ranks 12th of 32 there: an 8-trial sweep keeps it, a 32-trial sweep (resumed half-way)
+    stops it."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    def decisions(scheduler, scores, first=0):
+        rung = scheduler._brackets[0]._rungs[0][0]
+        out = []
+        for n, score in enumerate(scores, start=first):
+            trial = SimpleNamespace(trial_id=f"t{n}")
+            scheduler.on_trial_add(None, trial)
+            out.append(
+                scheduler.on_trial_result(None, trial, {"epoch": rung, "val_accuracy": score})
+            )
+        return out
+
+    earlier, newcomer = [float(n) for n in range(1, 32)], 20.0
+    assert sorted([*earlier, newcomer], reverse=True).index(newcomer) + 1 == 12  # of 32
+    small, large = asha_of(8), asha_of(32)
+    assert (
+        set(decisions(small, earlier))
+        == set(decisions(large, earlier))
+        == {TrialScheduler.CONTINUE}
+    )
+    resumed = pickle.loads(pickle.dumps(large))  # Tune's saved Tuner holds the scheduler
+    resumed.load(large.state())
+    assert decisions(small, [newcomer], first=31) == [TrialScheduler.CONTINUE]
+    assert decisions(resumed, [newcomer], first=31) == [TrialScheduler.STOP]
+
+
 # ---------------------------------------------------------------- the GP sampler (--search-alg gp)
 
 

@@ -23,7 +23,16 @@ from ray.tune.search.optuna import OptunaSearch
 from tfkd import tracking
 from tfkd.core import data
 from tfkd.core.errors import UserError
-from tfkd.sweep import callbacks, cluster, distributed, samplers, state_files, summary, trainable
+from tfkd.sweep import (
+    callbacks,
+    cluster,
+    distributed,
+    rungs,
+    samplers,
+    state_files,
+    summary,
+    trainable,
+)
 from tfkd.sweep.asha import ResumableASHA, ScheduleASHA, SchedulerState
 from tfkd.sweep.spec import MODE, SweepResult, SweepSpec, param_space, storage_uri
 from tfkd.sweep.storage import GIVEN_CONFIG_KEY
@@ -288,13 +297,18 @@ class _OptunaSearch(OptunaSearch):
 
 def scheduler(spec: SweepSpec) -> ResumableASHA:
     """ASHA on the validation accuracy, time in epochs: at the schedule's rungs by default,
-    geometric from --grace-period when one is given; its state survives --resume
+    keeping the top half there (the top quarter at the default rung in a sweep of 32 trials or
+    more: tfkd.sweep.rungs.reduction_factor), geometric from --grace-period when one is given
+    (the top half at each); its state, and with Tune's saved Tuner its factor, survive --resume
     (tfkd.sweep.asha)."""
-    common = {"time_attr": "epoch", "max_t": spec.epochs, "reduction_factor": 2}
+    common = {"time_attr": "epoch", "max_t": spec.epochs}
     if spec.grace_period is None and spec.rungs:
-        return ScheduleASHA(spec.rungs, **common)
+        factor = rungs.reduction_factor(_total_trials(spec), spec.rungs, spec.base_config)
+        return ScheduleASHA(spec.rungs, reduction_factor=factor, **common)
     grace = spec.grace_period if spec.grace_period is not None else spec.epochs
-    return ResumableASHA(grace_period=min(grace, spec.epochs), **common)
+    return ResumableASHA(
+        grace_period=min(grace, spec.epochs), reduction_factor=rungs.REDUCTION_FACTOR, **common
+    )
 
 
 def resources(spec: SweepSpec) -> dict[str, float]:
