@@ -11,11 +11,17 @@ once by default), through `tfkd.cli.tune.main`, the command's own code path. Bes
 sweep the same number of trials runs through a bare Ray Tune script (`bare_trainable`): the same
 training (`tfkd.core.train.run_trial` on the same data, shared through the object store), the
 same sampler (Ray's random search or OptunaSearch with Optuna's TPE or GP sampler) and the same
-number of trials at once, reporting once at the end: no checkpoints, no tracking, no status.
+number of trials at once, reporting once at the end: no checkpoints, no tracking, no status. The
+bare script reuses its actors between trials as tfkd does; `bare-fresh` (Ray's default) starts
+a new actor, a new process, for every trial.
 
 Measured per sweep (JSON and a Markdown table, with the machine):
 
-  wall_s            the sweep from the command's start to its last line (Ray start included)
+  wall_s            from the process' start to the command's return (interpreter, imports and
+                    Ray's start included; the tracking store exists already, as it does from a
+                    user's second sweep on: `store`)
+  to_first_trial_s  the command's start to its first trial's start (checks, dataset, Ray)
+  trials_s          the first trial's start to the last one's end
   vs_bare           wall_s / the bare script's wall_s with the same sampler and size
   own_core_s        (wall_s - bare wall_s) x cpus / trials: what tfkd adds per trial
   driver_cpu_s      the driver process' CPU seconds (user + system) per trial
@@ -73,7 +79,7 @@ class Case:
 
     size: int
     sampler: str
-    store: str  # sqlite, server, or bare
+    store: str  # sqlite, server, bare (Ray Tune alone), bare-fresh (and a new actor per trial)
 
     @property
     def label(self) -> str:
@@ -152,6 +158,15 @@ class Stopwatch:
         setattr(owner, name, timed)
 
 
+def phases(timeline: Timeline, started: float, returned: float) -> dict[str, float | None]:
+    """The command's start to its first trial's start, the first start to the last trial's end
+    (the trials), and that end to the command's return (end of sweep)."""
+    if not timeline.started or not timeline.ended:
+        return {"to_first_trial_s": None, "trials_s": None, "end_s": None}
+    first, last = min(timeline.started.values()), max(timeline.ended.values())
+    return {"to_first_trial_s": first - started, "trials_s": last - first, "end_s": returned - last}
+
+
 def searcher_method(searcher: Any) -> str:
     """The method through which Tune asks a searcher for a trial's values."""
     return "next_trial" if hasattr(searcher, "next_trial") else "suggest"
@@ -211,7 +226,7 @@ def run_tfkd(case: Case, opts: argparse.Namespace, workdir: Path, uri: str) -> d
     original_init = ray.init
     ray.init = lambda *a, **k: original_init(*a, **{**k, "num_cpus": opts.cpus})
     log = workdir / "tfkd.log"
-    started = time.time()
+    started = opts.spawned
     with log.open("w") as out, redirect_stdout(out):
         code = tune_command.main(tfkd_argv(case, opts, workdir, uri), prog="tfkd tune")
     returned = time.time()
@@ -219,7 +234,7 @@ def run_tfkd(case: Case, opts: argparse.Namespace, workdir: Path, uri: str) -> d
     return {
         "code": code,
         "wall_s": returned - started,
-        "end_s": returned - max(timeline.ended.values(), default=returned),
+        **phases(timeline, started, returned),
         "timeline": timeline,
         "proposals": proposals.seconds,
         "redraw_max_ms": 1000 * max(redraws.seconds, default=0.0),
@@ -247,10 +262,9 @@ def tracked_epochs(uri: str) -> dict[str, tuple[int, float]]:
 
 
 def measure_tfkd(case: Case, opts: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    with store(case.store, workdir) as uri:
-        ran = run_tfkd(case, opts, workdir, uri)
-        timeline: Timeline = ran.pop("timeline")
-        tracked = tracked_epochs(uri)
+    ran = run_tfkd(case, opts, workdir, opts.uri)
+    timeline: Timeline = ran.pop("timeline")
+    tracked = tracked_epochs(opts.uri)
     usage = driver_usage()
     lost = sum(abs(tracked.get(t, (0, 0))[0] - n) for t, n in timeline.epochs.items())
     closed = [
@@ -274,8 +288,16 @@ def measure_tfkd(case: Case, opts: argparse.Namespace, workdir: Path) -> dict[st
 
 @contextmanager
 def store(kind: str, workdir: Path) -> Iterator[str]:
-    """The tracking URI of the case: a SQLite file, or a real `mlflow server` on loopback."""
+    """The tracking URI of the case, ready before the clock starts, as a user's store is after
+    their first sweep: a SQLite file MLflow has created (its one-time creation and migrations
+    take seconds), or a real `mlflow server` on loopback over one; '' for the bare script."""
+    if kind.startswith("bare"):
+        yield ""
+        return
+    from mlflow import MlflowClient
+
     database = f"sqlite:///{workdir / 'mlflow.db'}"
+    MlflowClient(database).search_experiments()
     if kind != "server":
         yield database
         return
@@ -322,8 +344,8 @@ def bare_trainable(config: dict[str, Any], packed: Mapping[str, Any]) -> None:
     import torch
     from ray import tune
 
+    from tfkd.core.data_sharing import unpack_dataset
     from tfkd.core.train import run_trial
-    from tfkd.sweep.trainable import unpack_dataset
 
     torch.set_num_threads(1)
     tune.report(run_trial(config, dataset=unpack_dataset(packed)))
@@ -345,16 +367,16 @@ def bare_searcher(sampler: str, seed: int):
 
 def measure_bare(case: Case, opts: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """The bare script, at the same trials at once as tfkd runs for the case."""
-    started = time.time()
+    started = opts.spawned
     import ray
     from ray import tune
 
+    from tfkd.core.data_sharing import pack_dataset
     from tfkd.core.train import dataset_of
     from tfkd.sweep import tuner
     from tfkd.sweep.plan import make_plan
     from tfkd.sweep.request import SweepRequest
     from tfkd.sweep.spec import SweepSpec, param_space
-    from tfkd.sweep.trainable import pack_dataset
 
     request = SweepRequest(
         mode=MODE,
@@ -393,6 +415,7 @@ def measure_bare(case: Case, opts: argparse.Namespace, workdir: Path) -> dict[st
                 search_alg=searcher,
                 num_samples=case.size,
                 max_concurrent_trials=at_once,
+                reuse_actors=case.store == "bare",  # bare-fresh: Ray's default, an actor each
             ),
             run_config=tune.RunConfig(
                 storage_path=str(workdir / "bare_results"),
@@ -408,6 +431,7 @@ def measure_bare(case: Case, opts: argparse.Namespace, workdir: Path) -> dict[st
     return {
         "code": 1 if errors else 0,
         "wall_s": returned - started,
+        **phases(timeline, started, returned),
         "trials": len(timeline.started),
         "max_running": timeline.max_running,
         "driver_cpu_s": usage["cpu_s"] / max(1, case.size),
@@ -420,10 +444,14 @@ def measure_bare(case: Case, opts: argparse.Namespace, workdir: Path) -> dict[st
 
 def run_case(case: Case, opts: argparse.Namespace) -> dict[str, Any]:
     """One case in a fresh process (its own Ray, its own driver memory), its figures back."""
-    with tempfile.TemporaryDirectory(prefix="sweep-scale-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="sweep-scale-") as tmp,
+        store(case.store, Path(tmp)) as uri,
+    ):
         answer = Path(tmp) / "answer.json"
         command = [sys.executable, __file__, "--child", case.label, "--workdir", tmp]
-        command += ["--answer", str(answer), *passed_options(opts)]
+        command += ["--answer", str(answer), "--uri", uri, *passed_options(opts)]
+        command += ["--spawned", repr(time.time())]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0 or not answer.exists():
             raise RuntimeError(f"{case.label} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
@@ -449,12 +477,16 @@ def cases_of(opts: argparse.Namespace) -> list[Case]:
     ]
 
 
+def is_tfkd(row: Mapping[str, Any]) -> bool:
+    return not row["store"].startswith("bare")
+
+
 def with_ratios(rows: list[dict[str, Any]], cpus: int) -> list[dict[str, Any]]:
     """vs_bare and own_core_s for every tfkd row whose bare twin ran."""
     bare = {(r["size"], r["sampler"]): r for r in rows if r["store"] == "bare"}
     for row in rows:
         twin = bare.get((row["size"], row["sampler"]))
-        if row["store"] != "bare" and twin:
+        if is_tfkd(row) and twin:
             row["vs_bare"] = round(row["wall_s"] / twin["wall_s"], 2)
             row["own_core_s"] = round((row["wall_s"] - twin["wall_s"]) * cpus / row["size"], 2)
     return rows
@@ -465,7 +497,7 @@ def growth(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
     found: dict[str, float] = {}
     series: dict[str, dict[int, float]] = {}
     for row in rows:
-        if row["store"] != "bare" and row.get(key):
+        if is_tfkd(row) and row.get(key):
             series.setdefault(f"{row['sampler']}/{row['store']}", {})[row["size"]] = row[key]
     for label, by_size in series.items():
         if len(by_size) > 1:
@@ -481,6 +513,8 @@ COLUMNS = (
     ("vs_bare", "x bare"),
     ("own_core_s", "own core-s/trial"),
     ("driver_cpu_s", "driver CPU s/trial"),
+    ("to_first_trial_s", "to 1st trial s"),
+    ("trials_s", "trials s"),
     ("startup_first_s", "start-up first s"),
     ("startup_median_s", "start-up median s"),
     ("proposal_max_s", "proposal max s"),
@@ -533,7 +567,7 @@ def worst(values: list[float]) -> float | None:
 def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each target of the issue with its worst measured value over the rows, and whether it is
     met (None: nothing measured it)."""
-    tfkd_rows = [r for r in rows if r["store"] != "bare"]
+    tfkd_rows = [r for r in rows if is_tfkd(r)]
     largest = max((r["size"] for r in tfkd_rows), default=0)
     at_largest = [r for r in tfkd_rows if r["size"] == largest]
     measured = [
@@ -587,7 +621,7 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def child(opts: argparse.Namespace) -> None:
     case = Case.parse(opts.child)
     workdir = Path(opts.workdir)
-    measure = measure_bare if case.store == "bare" else measure_tfkd
+    measure = measure_bare if case.store.startswith("bare") else measure_tfkd
     figures = measure(case, opts, workdir)
     row = {"size": case.size, "sampler": case.sampler, "store": case.store, **figures}
     Path(opts.answer).write_text(json.dumps(row, default=float))
@@ -638,6 +672,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--answer", help=argparse.SUPPRESS)
+    parser.add_argument("--uri", help=argparse.SUPPRESS)
+    parser.add_argument("--spawned", type=float, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 

@@ -3,6 +3,7 @@ that models from its first trials and holds stopped trials as pruned."""
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 import shutil
@@ -310,8 +311,9 @@ def searcher_study(experiment: Path):
 
 
 @pytest.fixture(scope="module")
-def default_sweep(tmp_path_factory):
-    """A default-budget tfkd_reg sweep on digits, 4 epochs, default sampler and rungs."""
+def default_sweep_dir(tmp_path_factory) -> Path:
+    """A default-budget tfkd_reg sweep on digits, 4 epochs, default sampler and rungs, tracked
+    in the working folder's mlflow.db: its results folder."""
     workdir = tmp_path_factory.mktemp("study")
     done = tune_main(
         "--mode tfkd_reg --dataset digits --model resnet8 --epochs 4 --name study",
@@ -320,7 +322,48 @@ def default_sweep(tmp_path_factory):
         cwd=workdir,
     )
     assert_ok(done)
-    return searcher_study(workdir / "ray_results" / "study")
+    return workdir / "ray_results" / "study"
+
+
+@pytest.fixture(scope="module")
+def default_sweep(default_sweep_dir):
+    return searcher_study(default_sweep_dir)
+
+
+def tune_results(experiment: Path) -> dict[str, list[dict]]:
+    """Each trial's results as Tune wrote them (result.json, one line per report), by trial id."""
+    found = {}
+    for path in experiment.glob("*/result.json"):
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if lines:
+            found[lines[0]["trial_id"]] = lines
+    return found
+
+
+@pytest.mark.slow
+def test_trials_share_processes_and_each_run_holds_its_own_epochs_once(default_sweep_dir):
+    """Actors are reused between trials (no new process, imports and dataset per trial), and a
+    reused actor's trial, after one ASHA stopped, logs exactly the epochs Tune saw it report."""
+    from mlflow import MlflowClient
+
+    results = tune_results(default_sweep_dir)
+    assert len(results) == 8
+    processes = {lines[0]["pid"] for lines in results.values()}
+    assert len(processes) < len(results)
+    client = MlflowClient(f"sqlite:///{default_sweep_dir.parent.parent / 'mlflow.db'}")
+    runs = {
+        run.data.tags["tfkd.ray_trial_id"]: run
+        for experiment in client.search_experiments()
+        for run in client.search_runs([experiment.experiment_id])
+        if run.data.tags.get("tfkd.kind") == "trial"
+    }
+    assert set(runs) == set(results)
+    for trial_id, lines in results.items():
+        history = client.get_metric_history(runs[trial_id].info.run_id, "val_accuracy")
+        assert sorted(m.step for m in history) == [line["epoch"] for line in lines], trial_id
+        assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(
+            [line["val_accuracy"] for line in lines]
+        )
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from tfkd import tracking
-from tfkd.core import data
+from tfkd.core import data, data_sharing
 from tfkd.core.errors import UserError
 from tfkd.sweep import (
     callbacks,
@@ -474,7 +474,7 @@ def run_sweep(spec: SweepSpec, dataset: data.Dataset | None = None) -> SweepResu
     if note:
         print(note, flush=True)
     with sweep_environment(spec):
-        return _fit(_tuner(spec, trainable.pack_dataset(dataset)), spec, record_best=True)
+        return _fit(_tuner(spec, data_sharing.pack_dataset(dataset)), spec, record_best=True)
 
 
 def run_configs(
@@ -492,7 +492,7 @@ def run_configs(
 def _configs_tuner(
     spec: SweepSpec, configs: list[dict[str, Any]], dataset: data.Dataset
 ) -> tune.Tuner:
-    fn = _trainable_of(spec, trainable.pack_dataset(dataset))
+    fn = _trainable_of(spec, data_sharing.pack_dataset(dataset))
     tuner = _restored(spec, fn) if spec.resume else None
     if tuner is None:
         tuner = tune.Tuner(
