@@ -209,7 +209,8 @@ def run_tfkd(case: Case, opts: argparse.Namespace, workdir: Path, uri: str) -> d
 
     def timed_searcher(spec):
         made = original_searcher(spec)
-        proposals.wrap(made, searcher_method(made))
+        # on the class: Tune pickles the searcher with the experiment's state
+        proposals.wrap(type(made), searcher_method(made))
         return made
 
     def recorded_run_sweep(spec, dataset=None):

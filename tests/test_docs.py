@@ -194,7 +194,22 @@ def test_performance_page_states_the_benchmark_results(site):
             reached = "/".join(str(s["to_target"] or NEVER) for s in seeds)
             assert any(r[:3] == [mode, method, str(len(seeds))] and reached in r for r in perf.rows)
 
-    for name in ("search_efficiency", "rung_fidelity", "first_wave", "gpu_trials", "disk_traffic"):
+    scale = result("sweep_scale.json")
+    for row in scale["rows"]:
+        cells = [str(row["size"]), row["sampler"], row["store"], f"{row['wall_s']:,.0f}"]
+        assert has_row(perf, *cells), cells
+    for target in scale["targets"]:
+        verdict = {True: "met", False: "not met", None: "not measured"}[target["met"]]
+        assert any(r[0] == target["target"] and r[-1] == verdict for r in perf.rows), target
+
+    for name in (
+        "search_efficiency",
+        "rung_fidelity",
+        "first_wave",
+        "gpu_trials",
+        "disk_traffic",
+        "sweep_scale",
+    ):
         assert f"python benchmarks/{name}.py" in perf.page_text, name
 
 

@@ -205,7 +205,8 @@ def _tpe_sampler(spec: SweepSpec):
 def _gp_sampler(spec: SweepSpec):
     """Optuna's Gaussian-process sampler (log-expected improvement, made for small budgets on
     continuous spaces). It models the COMPLETE trials only (pruned ones are not in its model),
-    at most samplers.GP_HISTORY of them, and takes the running trials into account itself."""
+    at most spec.GP_HISTORY of them (samplers.capped_history), and takes the running trials into
+    account itself."""
     return samplers.CappedGPSampler(
         seed=spec.search_seed,
         n_startup_trials=startup_trials(spec.num_samples),
@@ -322,6 +323,14 @@ def resources(spec: SweepSpec) -> dict[str, float]:
 
 # ---------------------------------------------------------------- the Tuner
 
+# A trial runs in the actor (the process) of a trial that has ended, when there is one: its
+# process start and imports (torch, Ray, MLflow: ~7 core-seconds on the 2-core machine) are paid
+# once per slot, not once per trial (benchmarks/sweep_scale.py). Tune hands the actor over only
+# when the previous trial's thread has ended (TUNE_FUNCTION_THREAD_TIMEOUT_S, 2 s; the trainable
+# reads nothing of the previous trial); otherwise it stops that actor as before
+# (_StopsCleanly) and starts a new one.
+REUSE_ACTORS = True
+
 
 def _trainable_of(spec: SweepSpec, packed: Mapping[str, Any]):
     return trainable.with_resources(spec, packed, resources(spec))
@@ -399,7 +408,7 @@ def _tuner(spec: SweepSpec, packed: Mapping[str, Any]) -> tune.Tuner:
         max_concurrent_trials=concurrency(spec) if model_based(spec) else None,
         scheduler=asha,
         num_samples=1 if spec.fixed else spec.num_samples,
-        reuse_actors=True,
+        reuse_actors=REUSE_ACTORS,
         trial_name_creator=callbacks.trial_namer(spec),
         trial_dirname_creator=callbacks.trial_dirname,
     )
@@ -500,7 +509,7 @@ def _configs_tuner(
             param_space={GIVEN_CONFIG_KEY: tune.grid_search(configs)},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=_concurrency(spec),
-                reuse_actors=True,
+                reuse_actors=REUSE_ACTORS,
                 trial_name_creator=callbacks.trial_namer(spec, configs),
                 trial_dirname_creator=callbacks.trial_dirname,
             ),
