@@ -494,12 +494,15 @@ def with_ratios(rows: list[dict[str, Any]], cpus: int) -> list[dict[str, Any]]:
 
 
 def growth(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
-    """key at the largest size / key at the smallest, per sampler/store."""
+    """key at the largest size / key at the smallest, per sampler/store, between sweeps that ran
+    as many trials at once (a model-based 8-trial sweep runs 2 at once, a larger one 8: each of
+    its trials has a core to itself, which is not a smaller cost per trial)."""
     found: dict[str, float] = {}
     series: dict[str, dict[int, float]] = {}
     for row in rows:
         if is_tfkd(row) and row.get(key):
-            series.setdefault(f"{row['sampler']}/{row['store']}", {})[row["size"]] = row[key]
+            label = f"{row['sampler']}/{row['store']}, {row['max_running']} at once"
+            series.setdefault(label, {})[row["size"]] = row[key]
     for label, by_size in series.items():
         if len(by_size) > 1:
             found[label] = round(by_size[max(by_size)] / by_size[min(by_size)], 2)
@@ -532,8 +535,12 @@ COLUMNS = (
 def flat(row: Mapping[str, Any]) -> dict[str, Any]:
     """A row with its nested quantiles as columns, numbers rounded."""
     out = {k: v for k, v in row.items() if not isinstance(v, dict)}
-    out["proposal_max_s"] = (row.get("proposal") or {}).get("max")
-    out["run_closed_p50_s"] = (row.get("run_closed_s") or {}).get("p50")
+    for key, nested, part in (
+        ("proposal", "proposal_max_s", "max"),
+        ("run_closed_s", "run_closed_p50_s", "p50"),
+    ):
+        if isinstance(row.get(key), dict):
+            out[nested] = row[key][part]
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}
 
 
@@ -542,7 +549,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         "| " + " | ".join(title for _, title in COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
     ]
-    for row in map(flat, rows):
+    for row in rows:
         cells = ["-" if row.get(key) is None else str(row[key]) for key, _ in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -594,7 +601,7 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ),
         (
             f"longest proposal at {largest} trials (s)",
-            [(r.get("proposal") or {}).get("max") or 0.0 for r in at_largest],
+            [r.get("proposal_max_s") or 0.0 for r in at_largest],
             1.0,
         ),
         (
@@ -631,13 +638,13 @@ def child(opts: argparse.Namespace) -> None:
 def parent(opts: argparse.Namespace) -> None:
     rows = []
     for case in cases_of(opts):
-        row = run_case(case, opts)
+        row = flat(run_case(case, opts))
         rows.append(row)
-        print(f"{case.label}: {json.dumps(flat(row))}", flush=True)
-    rows = with_ratios(rows, opts.cpus)
+        print(f"{case.label}: {json.dumps(row)}", flush=True)
     result = {
         "machine": machine(opts.cpus),
         "command": "python benchmarks/sweep_scale.py " + " ".join(sys.argv[1:]),
+        "commit": commit(),
         "settings": {
             "mode": MODE,
             "dataset": DATASET,
@@ -646,17 +653,39 @@ def parent(opts: argparse.Namespace) -> None:
             "fake_size": opts.fake_size,
             "cpus_per_trial": opts.cpus_per_trial,
         },
-        "rows": [flat(r) for r in rows],
-        "targets": targets(rows),
+        "rows": rows,
     }
-    table = markdown(rows)
+    write(scored(result, opts.cpus), Path(opts.out), opts.name)
+
+
+def scored(result: dict[str, Any], cpus: int) -> dict[str, Any]:
+    """The result with each row's ratios to its bare twin and the targets, from its rows."""
+    rows = with_ratios(result["rows"], cpus)
+    return {**result, "rows": rows, "targets": targets(rows)}
+
+
+def write(result: dict[str, Any], out: Path, name: str) -> None:
+    table = markdown(result["rows"])
     print(table)
     for target in result["targets"]:
         print(f"{target['target']}: {target['worst']} (limit {target['limit']}): {target['met']}")
-    out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep_scale.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "sweep_scale.md").write_text(table + "\n")
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{name}.md").write_text(table + "\n")
+
+
+def rescore(path: Path) -> None:
+    """Recompute an earlier result's ratios and targets with today's definitions (its measured
+    figures are kept as they are)."""
+    result = json.loads(path.read_text())
+    write(scored(result, result["machine"]["ray_cpus"]), path.parent, path.stem)
+
+
+def commit() -> str:
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    )
+    return done.stdout.strip() or "unknown"
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -670,6 +699,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--cpus-per-trial", type=float, default=0.25)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--name", default="sweep_scale", help="the result files' name")
+    parser.add_argument("--rescore", help="a result JSON: recompute its ratios and targets")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--answer", help=argparse.SUPPRESS)
@@ -680,7 +711,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     opts = parse(argv)
-    (child if opts.child else parent)(opts)
+    if opts.rescore:
+        rescore(Path(opts.rescore))
+    else:
+        (child if opts.child else parent)(opts)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,11 @@ FAILED_BY_HYPERPARAMETERS = "tfkd_failed_by_hyperparameters"
 # how a sweep chooses its trials (tfkd.sweep.tuner.SEARCHERS has one searcher per name)
 SEARCH_ALGS = ("optuna", "gp", "random", "grid")
 # The most finished trials the GP sampler models (tfkd.sweep.samplers.capped_history): its refit
-# grows with the cube of them (Optuna 5.1 with greenlet, 3 parameters, 2 cores: 0.14 s per
-# proposal at 32 results, 0.54 s at 128, 0.72 s at 255; benchmarks/sweep_scale.py times every
-# proposal of a sweep)
-GP_HISTORY = 128
+# grows with the cube of them. Alone (Optuna 5.1 with greenlet, 3 parameters, 2 cores) a proposal
+# took 0.14 s at 32 results, 0.32 s at 64, 0.54 s at 128; in a 256-trial sweep with 8 trials
+# training beside the driver, a cap of 128 still let the longest proposal reach 1.04-1.12 s
+# (benchmarks/sweep_scale.py), so 64
+GP_HISTORY = 64
 # the SweepSpec fields that the resource, storage and retry flags set (`resource_options`)
 RESOURCE_FIELDS = (
     "gpus_per_trial",

@@ -54,17 +54,27 @@ SWEEP_ENVIRONMENT = {
     "RAY_AIR_NEW_OUTPUT": "0",
 }
 # How often the experiment state (which checkpoint each trial resumes from) is saved: every second
-# on a local folder, so that it never names a checkpoint the keep-the-latest rule has deleted
+# on a local folder, so that it rarely names a checkpoint the keep-the-latest rule has deleted
 # (a restore also looks for a later one in the trial's folder); on a URI storage each save is an
 # upload, so at most every 30 s.
-CHECKPOINT_PERIOD_S = {"local": "1", "uri": "30"}
+CHECKPOINT_PERIOD_S = {"local": 1.0, "uri": 30.0}
+# A save pickles every trial and the searcher (its whole study), so its cost grows with the
+# trials: past this many trials per second of period the period grows with them (8 s at 256
+# trials), which keeps the share of the driver's time spent saving the same at any size.
+TRIALS_PER_CHECKPOINT_SECOND = 32
+
+
+def checkpoint_period_s(spec: SweepSpec) -> float:
+    """Seconds between saves of the experiment state (CHECKPOINT_PERIOD_S, longer for sweeps of
+    more than TRIALS_PER_CHECKPOINT_SECOND trials)."""
+    kind = "uri" if "://" in storage_uri(spec.storage) else "local"
+    return max(CHECKPOINT_PERIOD_S[kind], _total_trials(spec) / TRIALS_PER_CHECKPOINT_SECOND)
 
 
 @contextlib.contextmanager
 def sweep_environment(spec: SweepSpec) -> Iterator[None]:
     """Tune's settings for the duration of a sweep (a user's own values win), then the old ones."""
-    kind = "uri" if "://" in storage_uri(spec.storage) else "local"
-    wanted = {**SWEEP_ENVIRONMENT, "TUNE_GLOBAL_CHECKPOINT_S": CHECKPOINT_PERIOD_S[kind]}
+    wanted = {**SWEEP_ENVIRONMENT, "TUNE_GLOBAL_CHECKPOINT_S": f"{checkpoint_period_s(spec):g}"}
     added = [name for name in wanted if name not in os.environ]
     os.environ.update({name: wanted[name] for name in added})
     try:
