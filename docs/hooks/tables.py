@@ -337,6 +337,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "image_pipeline_cpu.json": Benchmark("image_pipeline.py", image_pipeline),
     "disk_traffic.json": Benchmark("disk_traffic.py", disk_traffic),
     "sweep_scale.json": Benchmark("sweep_scale.py", sweep_scale),
+    "sweep_scale_256.json": Benchmark("sweep_scale.py", sweep_scale),
 }
 
 
@@ -392,7 +393,8 @@ def render(name: str) -> str:
         ) from None
     lines = [table, "", f"* Produced by `{usage_line(benchmark.script)}`"]
     if "command" in doc:
-        lines.append(f"* This file's command: `{doc['command']}`")
+        at = f" at commit `{doc['commit']}`" if "commit" in doc else ""
+        lines.append(f"* This file's command: `{doc['command']}`{at}")
     lines.append(f"* Machine (from `{shown}`): {machine(doc)}")
     return "\n".join(lines) + "\n"
 

@@ -172,7 +172,7 @@ def build_parser(registries: bool = True, prog: str = PROG) -> Parser:
         help="optuna (multivariate TPE seeded by --search-seed, its good set at least 2 trials "
         "once 4 have ended; default), gp (Optuna's Gaussian-process sampler, seeded alike; "
         f"past {spec.GP_HISTORY} finished trials it models the best {spec.GP_HISTORY // 2} and "
-        f"the most recent {spec.GP_HISTORY // 2}, so a proposal stays under a second), both "
+        f"the most recent {spec.GP_HISTORY // 2}: its refit grows with the cube of them), both "
         "after a first wave of scrambled Sobol points; random or grid",
     )
     how.add_argument(
