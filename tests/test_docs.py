@@ -194,7 +194,25 @@ def test_performance_page_states_the_benchmark_results(site):
             reached = "/".join(str(s["to_target"] or NEVER) for s in seeds)
             assert any(r[:3] == [mode, method, str(len(seeds))] and reached in r for r in perf.rows)
 
-    for name in ("search_efficiency", "rung_fidelity", "first_wave", "gpu_trials", "disk_traffic"):
+    for name in ("sweep_scale.json", "sweep_scale_256.json"):
+        scale = result(name)
+        for row in scale["rows"]:
+            cells = [str(row["size"]), row["sampler"], row["store"], f"{row['wall_s']:,.0f}"]
+            assert has_row(perf, *cells), cells
+        for target in scale["targets"]:
+            verdict = {True: "met", False: "not met", None: "not measured"}[target["met"]]
+            worst = "—" if target["worst"] is None else f"{target['worst']:,.2f}"
+            assert has_row(perf, target["target"], worst), target
+            assert any(r[:2] == [target["target"], worst] and r[-1] == verdict for r in perf.rows)
+
+    for name in (
+        "search_efficiency",
+        "rung_fidelity",
+        "first_wave",
+        "gpu_trials",
+        "disk_traffic",
+        "sweep_scale",
+    ):
         assert f"python benchmarks/{name}.py" in perf.page_text, name
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import pickle
+import random
 import sys
 import time
+from collections import Counter
 from dataclasses import replace
 
 import pytest
@@ -73,6 +75,75 @@ def test_the_status_table_counts_states_best_and_time_left():
     status.finish()
     last = out.getvalue()[len(text) :].splitlines()[0]
     assert "1 done, 0 running, 1 stopped, 1 failed, 1 pending of 4" in last
+
+
+def large_sweep(total: int = 256, epochs: int = 10) -> tuple[progress.SweepStatus, dict]:
+    """A sweep of `total` trials part-way: done, stopped at epoch 7, running and failed trials
+    with distinct scores, the rest not started. Returns the status and each trial's
+    (state, epoch, score) as fed to it."""
+    rng = random.Random(0)
+    scores = rng.sample(range(1000, 9000), total)
+    fed: dict[str, tuple[str, int, float]] = {}
+    status = progress.SweepStatus("s", total=total, epochs=epochs, out=io.StringIO())
+    states = ["DONE"] * 90 + ["STOPPED"] * 100 + ["RUNNING"] * 40 + ["FAILED"] * 6
+    rng.shuffle(states)
+    for n, state in enumerate(states[:total]):
+        name, score = f"t{n}", scores[n] / 100
+        epoch = {"DONE": epochs, "STOPPED": 7, "FAILED": 3}.get(state, rng.randrange(1, epochs))
+        status.on_start(name, name, epochs)
+        status.on_result(name, name, {"epoch": epoch, "val_accuracy": score})
+        if state in ("DONE", "STOPPED"):
+            status.on_complete(name, name)
+        elif state == "FAILED":
+            status.on_error(name, name)
+        fed[name] = (state, epoch, score)
+    return status, fed
+
+
+def table_rows(text: str) -> list[list[str]]:
+    return [line.split() for line in text.splitlines()[2:]]
+
+
+def test_a_large_sweeps_table_fits_a_screen_and_shows_the_best_running_and_failed():
+    status, fed = large_sweep()
+    text = status.render()
+    assert len(text.splitlines()) <= 24  # one terminal screen, however many trials
+    summary = text.splitlines()[0]
+    assert "90 done, 40 running, 100 stopped, 6 failed, 20 pending of 256" in summary
+    rows = [r for r in table_rows(text) if r[0] != "..."]
+    notes = [" ".join(r) for r in table_rows(text) if r[0] == "..."]
+    # the best: full-length trials by score (every done trial ran its 10 epochs)
+    done = sorted((n for n, f in fed.items() if f[0] == "DONE"), key=lambda n: -fed[n][2])
+    assert [r[0] for r in rows[: progress.TOP_ROWS]] == done[: progress.TOP_ROWS]
+    assert f"| best {fed[done[0]][2]:.2f}% ({done[0]}) |" in summary
+    running = [r for r in rows if r[-1] == "RUNNING"]
+    furthest = sorted(fed[n][1] for n, f in fed.items() if f[0] == "RUNNING")[::-1]
+    assert [int(r[1].split("/")[0]) for r in running] == furthest[: len(running)]
+    assert 0 < len(running) < 40 and f"... and {40 - len(running)} more running" in notes
+    failed = [r[0] for r in rows if r[-1] == "FAILED"]
+    assert failed and set(failed) <= {n for n, f in fed.items() if f[0] == "FAILED"}
+    assert f"... and {6 - len(failed)} more failed" in notes
+    shown = {r[0] for r in rows}
+    left = Counter(state for n, (state, _, _) in fed.items() if n not in shown)
+    assert notes[-1] == f"... not shown: {left['DONE']} done, {left['STOPPED']} stopped"
+    assert (left["RUNNING"], left["FAILED"]) == (40 - len(running), 6 - len(failed))
+
+
+def test_a_large_sweeps_best_is_a_full_length_trial_even_when_a_stopped_one_scored_more():
+    status, _ = large_sweep()
+    status.on_result("t0", "t0", {"epoch": 7, "val_accuracy": 99.5})  # the highest score
+    status.on_complete("t0", "t0")  # stopped at 7 of 10
+    first = table_rows(status.render())[0]
+    assert first[0] != "t0" and first[-1] == "DONE"
+
+
+def test_sweeps_of_up_to_twenty_trials_list_every_trial_and_larger_ones_a_selection():
+    status, fed = large_sweep(total=20)
+    rows = table_rows(status.render())
+    assert [r[0] for r in rows] == list(fed)  # every trial, in the order they started
+    assert [r[-1] for r in rows] == [f[0] for f in fed.values()]
+    status, _ = large_sweep(total=21)
+    assert len(table_rows(status.render())) < 21
 
 
 def test_durations():

@@ -170,3 +170,35 @@ def test_a_default_sweep_on_one_gpu_proposes_at_most_a_third_before_any_result(w
     assert said == [str(blind)]
     (sweep,) = runs_of_kind(sqlite_uri(workdir), "tfkd_reg-digits-resnet8", "sweep")
     assert sweep.data.tags["trials_proposed_before_results"] == str(blind)
+
+
+def most_at_once(runs) -> int:
+    """The most MLflow runs open at one time (from their start and end times)."""
+    events = sorted(
+        [(run.info.start_time, 1) for run in runs] + [(run.info.end_time, -1) for run in runs]
+    )
+    open_now = most = 0
+    for _, change in events:  # an end sorts before a start at the same millisecond
+        open_now += change
+        most = max(most, open_now)
+    return most
+
+
+@pytest.mark.slow
+def test_a_sweep_that_fits_four_trials_runs_four_at_once(workdir):
+    """Slots fill: 12 trials of 0.25 GPU on a head declaring one GPU run 4 at once (a third of
+    the budget), counted from their MLflow runs' start and end times."""
+    with ray_cluster(num_cpus=4, num_gpus=1) as address:
+        done = tune_main(
+            "--mode tfkd_reg --dataset digits --model resnet8 --epochs 1 --name fill",
+            "--num-samples 12",
+            set="warmup_epochs=0",
+            address=address,
+            storage=workdir / "ray_results",
+            mlflow_uri=sqlite_uri(workdir),
+            cwd=workdir,
+        )
+    assert_ok(done)
+    trials = runs_of_kind(sqlite_uri(workdir), "tfkd_reg-digits-resnet8")
+    assert len(trials) == 12 and all(run.info.end_time for run in trials)
+    assert most_at_once(trials) == 4

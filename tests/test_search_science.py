@@ -3,6 +3,7 @@ that models from its first trials and holds stopped trials as pruned."""
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 import shutil
@@ -310,8 +311,9 @@ def searcher_study(experiment: Path):
 
 
 @pytest.fixture(scope="module")
-def default_sweep(tmp_path_factory):
-    """A default-budget tfkd_reg sweep on digits, 4 epochs, default sampler and rungs."""
+def default_sweep_dir(tmp_path_factory) -> Path:
+    """A default-budget tfkd_reg sweep on digits, 4 epochs, default sampler and rungs, tracked
+    in the working folder's mlflow.db: its results folder."""
     workdir = tmp_path_factory.mktemp("study")
     done = tune_main(
         "--mode tfkd_reg --dataset digits --model resnet8 --epochs 4 --name study",
@@ -320,7 +322,48 @@ def default_sweep(tmp_path_factory):
         cwd=workdir,
     )
     assert_ok(done)
-    return searcher_study(workdir / "ray_results" / "study")
+    return workdir / "ray_results" / "study"
+
+
+@pytest.fixture(scope="module")
+def default_sweep(default_sweep_dir):
+    return searcher_study(default_sweep_dir)
+
+
+def tune_results(experiment: Path) -> dict[str, list[dict]]:
+    """Each trial's results as Tune wrote them (result.json, one line per report), by trial id."""
+    found = {}
+    for path in experiment.glob("*/result.json"):
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if lines:
+            found[lines[0]["trial_id"]] = lines
+    return found
+
+
+@pytest.mark.slow
+def test_trials_share_processes_and_each_run_holds_its_own_epochs_once(default_sweep_dir):
+    """Actors are reused between trials (no new process, imports and dataset per trial), and a
+    reused actor's trial, after one ASHA stopped, logs exactly the epochs Tune saw it report."""
+    from mlflow import MlflowClient
+
+    results = tune_results(default_sweep_dir)
+    assert len(results) == 8
+    processes = {lines[0]["pid"] for lines in results.values()}
+    assert len(processes) < len(results)
+    client = MlflowClient(f"sqlite:///{default_sweep_dir.parent.parent / 'mlflow.db'}")
+    runs = {
+        run.data.tags["tfkd.ray_trial_id"]: run
+        for experiment in client.search_experiments()
+        for run in client.search_runs([experiment.experiment_id])
+        if run.data.tags.get("tfkd.kind") == "trial"
+    }
+    assert set(runs) == set(results)
+    for trial_id, lines in results.items():
+        history = client.get_metric_history(runs[trial_id].info.run_id, "val_accuracy")
+        assert sorted(m.step for m in history) == [line["epoch"] for line in lines], trial_id
+        assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(
+            [line["val_accuracy"] for line in lines]
+        )
 
 
 @pytest.mark.slow
@@ -378,6 +421,73 @@ def test_setting_both_weights_fixes_them_and_the_originals_keys_follow():
 def test_the_default_sweep_judges_on_the_schedule_and_grace_period_is_geometric():
     assert plan_of().rungs == (lr_drops(30)[1] + 1,)
     assert plan_of("--grace-period", "2").rungs == ()
+
+
+def asha_of(num_samples: int, *words: str):
+    """The scheduler a sweep of `num_samples` trials gets (no Ray cluster: only built)."""
+    from tfkd.sweep.spec import SweepSpec
+
+    plan = plan_of(*words)
+    spec = SweepSpec(
+        name="asha",
+        base_config=plan.config,
+        space=plan.space,
+        num_samples=num_samples,
+        grace_period=int(words[1]) if words[:1] == ("--grace-period",) else None,
+        rungs=plan.rungs,
+    )
+    scheduler = tuner.scheduler(spec)
+    scheduler.set_search_properties("val_accuracy", "max")
+    return scheduler
+
+
+def reduction_at_each_rung(scheduler) -> set[float]:
+    return {bracket.rf for bracket in scheduler._brackets}
+
+
+def test_a_large_sweep_keeps_the_top_quarter_at_the_default_rung_and_others_the_top_half():
+    assert reduction_at_each_rung(asha_of(8)) == {2}
+    assert reduction_at_each_rung(asha_of(31)) == {2}
+    assert reduction_at_each_rung(asha_of(32)) == {4}
+    assert reduction_at_each_rung(asha_of(256)) == {4}
+    assert reduction_at_each_rung(asha_of(32, "--rungs", "after2")) == {4}  # the same rung
+    # another rung, several rungs (the factors would compound), geometric rungs: the top half
+    assert reduction_at_each_rung(asha_of(32, "--rungs", "after3")) == {2}
+    assert reduction_at_each_rung(asha_of(32, "--rungs", "after1,after2")) == {2}
+    assert reduction_at_each_rung(asha_of(32, "--grace-period", "2")) == {2}
+
+
+def test_a_trial_in_the_top_half_but_not_the_top_quarter_stops_only_in_a_large_sweep():
+    """31 trials reach the default rung, each better than all before it (none stops); the 32nd
+    ranks 12th of 32 there: an 8-trial sweep keeps it, a 32-trial sweep (resumed half-way)
+    stops it."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    def decisions(scheduler, scores, first=0):
+        rung = scheduler._brackets[0]._rungs[0][0]
+        out = []
+        for n, score in enumerate(scores, start=first):
+            trial = SimpleNamespace(trial_id=f"t{n}")
+            scheduler.on_trial_add(None, trial)
+            out.append(
+                scheduler.on_trial_result(None, trial, {"epoch": rung, "val_accuracy": score})
+            )
+        return out
+
+    earlier, newcomer = [float(n) for n in range(1, 32)], 20.0
+    assert sorted([*earlier, newcomer], reverse=True).index(newcomer) + 1 == 12  # of 32
+    small, large = asha_of(8), asha_of(32)
+    assert (
+        set(decisions(small, earlier))
+        == set(decisions(large, earlier))
+        == {TrialScheduler.CONTINUE}
+    )
+    resumed = pickle.loads(pickle.dumps(large))  # Tune's saved Tuner holds the scheduler
+    resumed.load(large.state())
+    assert decisions(small, [newcomer], first=31) == [TrialScheduler.CONTINUE]
+    assert decisions(resumed, [newcomer], first=31) == [TrialScheduler.STOP]
 
 
 # ---------------------------------------------------------------- the GP sampler (--search-alg gp)

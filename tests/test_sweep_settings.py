@@ -45,13 +45,23 @@ print(json.dumps(changed))
     assert json.loads(done.stdout.splitlines()[-1]) == {}
 
 
-@pytest.mark.parametrize(("storage", "period"), [("./ray_results", "1"), ("s3://bucket/x", "30")])
-def test_tunes_settings_hold_while_a_sweep_runs_and_are_put_back(monkeypatch, storage, period):
+@pytest.mark.parametrize(
+    ("storage", "trials", "period"),
+    [
+        ("./ray_results", 8, "1"),
+        ("s3://bucket/x", 8, "30"),
+        ("./ray_results", 256, "8"),  # a save pickles every trial: 256 / 32 trials per second
+        ("s3://bucket/x", 256, "30"),
+    ],
+)
+def test_tunes_settings_hold_while_a_sweep_runs_and_are_put_back(
+    monkeypatch, storage, trials, period
+):
     for name in [*tuner.SWEEP_ENVIRONMENT, "TUNE_GLOBAL_CHECKPOINT_S"]:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")  # the user's own choice
     before = dict(os.environ)
-    spec = SweepSpec(name="s", base_config={}, space=None, storage=storage)
+    spec = SweepSpec(name="s", base_config={}, space=None, storage=storage, num_samples=trials)
     with tuner.sweep_environment(spec):
         assert os.environ["TUNE_GLOBAL_CHECKPOINT_S"] == period  # an upload per save on a URI
         assert os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] == "1"

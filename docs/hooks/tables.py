@@ -279,6 +279,49 @@ def search_efficiency(doc: Mapping[str, Any]) -> str:
     return markdown_table(header, rows) + "\n\n" + note
 
 
+SCALE_COLUMNS = (  # sweep_scale.json row key, column title, decimals (None: as it is)
+    ("size", "trials", None),
+    ("sampler", "sampler", None),
+    ("store", "store", None),
+    ("wall_s", "wall (s)", 0),
+    ("vs_bare", "x bare", 2),
+    ("to_first_trial_s", "to the first trial (s)", 1),
+    ("trials_s", "trials (s)", 0),
+    ("own_core_s", "own core-s / trial", 2),
+    ("driver_cpu_s", "driver CPU s / trial", 2),
+    ("startup_first_s", "start-up, first (s)", 1),
+    ("startup_median_s", "start-up, median (s)", 2),
+    ("proposal_max_s", "longest proposal (s)", 3),
+    ("redraw_max_ms", "status redraw (ms)", 2),
+    ("end_s", "end of sweep (s)", 1),
+    ("peak_rss_mb", "driver memory (MB)", 0),
+    ("lines", "lines printed", None),
+    ("max_running", "most at once", None),
+    ("lost", "lost", None),
+)
+
+
+def _scale_cell(value: Any, digits: int | None) -> str:
+    if value is None:
+        return NEVER
+    return str(value) if digits is None else number(value, digits)
+
+
+def sweep_scale(doc: Mapping[str, Any]) -> str:
+    """Every sweep of the benchmark, then each target with its worst measured value."""
+    rows = [[_scale_cell(row.get(k), d) for k, _, d in SCALE_COLUMNS] for row in doc["rows"]]
+    verdict = {True: "met", False: "not met", None: "not measured"}
+    targets = [
+        [t["target"], _scale_cell(t["worst"], 2), amount(t["limit"]), verdict[t["met"]]]
+        for t in doc["targets"]
+    ]
+    return (
+        markdown_table([title for _, title, _ in SCALE_COLUMNS], rows)
+        + "\n\n"
+        + markdown_table(["target", "worst measured", "limit", ""], targets)
+    )
+
+
 @dataclass(frozen=True)
 class Benchmark:
     script: str  # benchmarks/<script>, whose docstring's usage line produces the file
@@ -293,6 +336,8 @@ BENCHMARKS: dict[str, Benchmark] = {
     "gpu_trials_compile_h100.json": Benchmark("gpu_trials.py", gpu_trials),
     "image_pipeline_cpu.json": Benchmark("image_pipeline.py", image_pipeline),
     "disk_traffic.json": Benchmark("disk_traffic.py", disk_traffic),
+    "sweep_scale.json": Benchmark("sweep_scale.py", sweep_scale),
+    "sweep_scale_256.json": Benchmark("sweep_scale.py", sweep_scale),
 }
 
 
@@ -348,7 +393,8 @@ def render(name: str) -> str:
         ) from None
     lines = [table, "", f"* Produced by `{usage_line(benchmark.script)}`"]
     if "command" in doc:
-        lines.append(f"* This file's command: `{doc['command']}`")
+        at = f" at commit `{doc['commit']}`" if "commit" in doc else ""
+        lines.append(f"* This file's command: `{doc['command']}`{at}")
     lines.append(f"* Machine (from `{shown}`): {machine(doc)}")
     return "\n".join(lines) + "\n"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shlex
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -22,6 +22,10 @@ from tfkd.sweep import storage
 from tfkd.sweep.plan import Plan
 
 MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+# The tie line names this many of the trials that tie with the best, then how many more: in a
+# sweep of hundreds a coarse metric (a small validation split) can tie dozens; the sweep run's
+# trials.csv in MLflow lists every trial with its score.
+TIED_IDS_SHOWN = 5
 REPLAY_COMMAND = "tfkd replay"  # sends what a sweep could not deliver to MLflow
 
 
@@ -59,6 +63,13 @@ def _best_config_document(result: Any, plan: Plan) -> dict[str, Any]:
 def _write_best_config(experiment_path: str, document: Mapping[str, Any]) -> str:
     text = yaml.safe_dump(dict(document), sort_keys=False)
     return atomic.write_bytes(storage.join(experiment_path, "best_config.yaml"), text.encode())
+
+
+def _some_of(trial_ids: Sequence[Any]) -> str:
+    """'a, b, c, d, e and 3 more': the first TIED_IDS_SHOWN ids, then how many more."""
+    shown = ", ".join(map(str, trial_ids[:TIED_IDS_SHOWN]))
+    more = len(trial_ids) - TIED_IDS_SHOWN
+    return f"{shown} and {more} more" if more > 0 else shown
 
 
 def _percent(value: Any) -> str:
@@ -125,7 +136,7 @@ def print_outcome(result: Any, plan: Plan, args: TuneArgs) -> int:
         score = _percent((result.best_metrics or {}).get(plan.metric))
         print(
             f"[tfkd] a tie: {counted(len(result.tied_trial_ids), 'other trial')} "
-            f"({', '.join(map(str, result.tied_trial_ids))}) reached the same {plan.metric} "
+            f"({_some_of(result.tied_trial_ids)}) reached the same {plan.metric} "
             f"{score}; best_config.yaml holds trial {result.best_trial_id}'s, the first of them"
         )
     searched = " ".join(f"--set {k}={v}" for k, v in document["searched"].items())

@@ -17,7 +17,7 @@ from tfkd.cli.flags import (
 )
 from tfkd.core import catalog, protocol
 from tfkd.core.lazy import modes
-from tfkd.sweep import spec
+from tfkd.sweep import rungs, spec
 from tfkd.sweep.plan import SMOKE_TEST
 from tfkd.sweep.request import SweepRequest
 
@@ -141,7 +141,9 @@ def build_parser(registries: bool = True, prog: str = PROG) -> Parser:
         "--max-concurrent overrides), so at most a third is proposed before any result (on a Ray "
         "head declaring one GPU, 8 trials at 4 at once proposed 4 before any result, at 2 at "
         "once 2; --num-samples 12 runs 4 at once); those are the preset and scrambled Sobol "
-        "points, the others TPE's or GP's once num_samples/8 of them (at least 1) have ended",
+        "points, the others TPE's or GP's once num_samples/8 of them (at least 1) have ended. "
+        f"From {rungs.LARGE_SWEEP_TRIALS} trials on, ASHA keeps the top quarter at the default "
+        "rung (see --rungs)",
     )
     how.add_argument(
         "--epochs",
@@ -159,14 +161,18 @@ def build_parser(registries: bool = True, prog: str = PROG) -> Parser:
         "--rungs",
         default=SweepRequest.rungs,
         help="ASHA judges at these points of the lr schedule: warmup, beforeK (the last epoch "
-        "before drop K), afterK (the first after it); default %(default)s",
+        "before drop K), afterK (the first after it); default %(default)s. The top half of the "
+        "trials continues at each, the top quarter at the default rung alone in a sweep of "
+        f"{rungs.LARGE_SWEEP_TRIALS} trials or more",
     )
     how.add_argument(
         "--search-alg",
         choices=spec.SEARCH_ALGS,
         default=SweepRequest.search_alg,
         help="optuna (multivariate TPE seeded by --search-seed, its good set at least 2 trials "
-        "once 4 have ended; default), gp (Optuna's Gaussian-process sampler, seeded alike), both "
+        "once 4 have ended; default), gp (Optuna's Gaussian-process sampler, seeded alike; "
+        f"past {spec.GP_HISTORY} finished trials it models the best {spec.GP_HISTORY // 2} and "
+        f"the most recent {spec.GP_HISTORY // 2}: its refit grows with the cube of them), both "
         "after a first wave of scrambled Sobol points; random or grid",
     )
     how.add_argument(

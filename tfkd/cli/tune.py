@@ -248,16 +248,26 @@ def announce(plan: Plan, prepared: Prepared) -> None:
         print(f"[tfkd] {teacher.describe()}", flush=True)
 
 
+# print_registered names every version a teacher run registered up to this many (a single
+# trial's final weights and a few snapshots); a baseline sweep's trials register one or more
+# each, hundreds in a large sweep, so beyond it the line gives each kind's version numbers as a
+# span and the version the --teacher hint picks.
+LISTED_VERSIONS = 4
+
+
 def print_registered(plan: Plan, mlflow_uri: str) -> None:
     """One line naming the teacher versions a baseline run registered, and how to use them."""
     from tfkd import tracking
 
-    model = plan.config["model"]
-    found = tracking.registered_by(mlflow_uri, plan.config["dataset"], model, plan.name)
+    model, dataset = plan.config["model"], plan.config["dataset"]
+    found = tracking.registered_by(mlflow_uri, dataset, model, plan.name)
     if not found:
         return  # nothing registered yet (writes still queued): the summary says what is pending
-    versions = ", ".join(f"version {v.version} ({v.alias})" for v in found)
     runs = list(dict.fromkeys(v.run_id for v in found))  # one for a teacher run; a sweep's trials
+    if len(found) > LISTED_VERSIONS:
+        print(_registered_summary(found, runs, plan, mlflow_uri), flush=True)
+        return
+    versions = ", ".join(f"version {v.version} ({v.alias})" for v in found)
     alias = next((f"@{v.alias}" for v in found if v.kind == "snapshot"), "")
     print(
         f"[tfkd] registered teacher {found[0].name}: {versions} of teacher run {plan.name} "
@@ -265,6 +275,55 @@ def print_registered(plan: Plan, mlflow_uri: str) -> None:
         f"{model}{alias}:{plan.name}",
         flush=True,
     )
+
+
+def _registered_summary(found: list, runs: list[str], plan: Plan, mlflow_uri: str) -> str:
+    """The registered line of a run with many versions: how many, each kind's version numbers
+    (`_span`), and the hints, with the version `--teacher MODEL:RUN` gets (the run's final
+    weights that rank first) where the registry can say."""
+    model = plan.config["model"]
+    by_alias: dict[str, list[int]] = {"final": []}
+    for version in found:
+        by_alias.setdefault(version.alias, []).append(int(version.version))
+    kinds = ", ".join(
+        f"{'final weights' if alias == 'final' else f'{alias} snapshots'} as {_span(numbers)}"
+        for alias, numbers in by_alias.items()
+        if numbers
+    )
+    hints = [f"--teacher {model}@{alias}:{plan.name}" for alias in by_alias if alias != "final"]
+    if by_alias["final"]:
+        hints.insert(0, f"--teacher {model}:{plan.name}{_picked(plan, mlflow_uri)}")
+    where = f"MLflow run {runs[0]}" if len(runs) == 1 else f"{len(runs)} MLflow runs"
+    return (
+        f"[tfkd] registered teacher {found[0].name}: {len(found)} versions of teacher run "
+        f"{plan.name} from {where}: {kinds}; use it with {' or '.join(hints)}"
+    )
+
+
+def _picked(plan: Plan, mlflow_uri: str) -> str:
+    """' (version 17, MLflow run ID)': the version `--teacher MODEL:RUN` resolves to; '' when
+    the registry cannot say."""
+    from tfkd import tracking
+
+    teacher = f"{plan.config['model']}:{plan.name}"
+    try:
+        picked = tracking.registered_teacher(mlflow_uri, plan.config["dataset"], teacher, "")
+    except UserError:
+        return ""
+    return f" (version {picked.version}, MLflow run {picked.run_id})"
+
+
+def _span(numbers: list[int]) -> str:
+    """'versions 1-256' (consecutive), 'version 3', 'versions 3, 7' (up to three), else
+    '256 versions between 2 and 512' (a sweep's trials register side by side)."""
+    low, high, count = min(numbers), max(numbers), len(numbers)
+    if count == 1:
+        return f"version {low}"
+    if high - low == count - 1:
+        return f"versions {low}-{high}"
+    if count <= 3:
+        return f"versions {', '.join(map(str, sorted(numbers)))}"
+    return f"{count} versions between {low} and {high}"
 
 
 def _teacher_run_error(step):

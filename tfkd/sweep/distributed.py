@@ -50,7 +50,7 @@ def run_local(
     config: dict[str, Any], report: Report, packed: Mapping[str, Any], resume: str | None
 ) -> None:
     """The single-worker trial: run_trial in the trial's own process."""
-    from tfkd.sweep.trainable import unpack_dataset
+    from tfkd.core.data_sharing import unpack_dataset
 
     run_trial(config, report, dataset=unpack_dataset(packed), resume_from=resume)
 
@@ -83,7 +83,7 @@ def _to_trial(queue: Queue) -> Any:
 def _worker_loop(loop: dict[str, Any]) -> None:
     """One Ray Train worker: run_trial on its shard; every rank reports (rank 0 with a
     checkpoint)."""
-    from tfkd.sweep.trainable import unpack_dataset
+    from tfkd.core.data_sharing import unpack_dataset
 
     torch.set_num_threads(max(1, int(loop["threads"])))
     config = dict(loop["config"])

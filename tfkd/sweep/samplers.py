@@ -5,6 +5,8 @@ before any trial has finished: no model-based sampler can model them. `FirstWave
 those proposals space-filling (scrambled Sobol points, seeded) instead of independent random
 draws, and hands over to the model-based sampler (TPE or GP) once results exist.
 `small_budget_gamma` is TPE's split into "good" and "bad" trials for budgets of a few dozen.
+`CappedGPSampler` keeps a Gaussian-process proposal under a second in sweeps of hundreds of
+trials.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from optuna.distributions import BaseDistribution
-from optuna.samplers import BaseSampler, QMCSampler
+from optuna.samplers import BaseSampler, GPSampler, QMCSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
+
+from tfkd.sweep.spec import GP_HISTORY
 
 # Optuna's cap on TPE's good set (optuna.samplers._tpe.sampler.default_gamma)
 GOOD_SET_CAP = 25
@@ -37,6 +41,38 @@ def small_budget_gamma(finished: int) -> int:
     the ratio l/g still separates. From 20 finished trials on this is Optuna's default.
     """
     return min(GOOD_SET_CAP, max(math.ceil(0.1 * finished), min(GOOD_SET_FLOOR, finished // 2)))
+
+
+def capped_history(trials: Sequence[FrozenTrial], cap: int = GP_HISTORY) -> list[FrozenTrial]:
+    """At most `cap` of the finished `trials`, in their order: the best half of the cap (where
+    the optimum is) and the most recent others (where the search is now); all when they fit.
+
+    A subset of the data is the standard way to keep a GP's cost bounded; keeping the best
+    trials keeps the incumbent and its neighbourhood in the model, so expected improvement is
+    still measured against the best result so far.
+    """
+    if len(trials) <= cap:
+        return list(trials)
+    best = sorted(range(len(trials)), key=lambda i: trials[i].values[0], reverse=True)
+    kept = set(best[: cap // 2])
+    recent = [i for i in reversed(range(len(trials))) if i not in kept][: cap - len(kept)]
+    return [trials[i] for i in sorted(kept.union(recent))]
+
+
+class CappedGPSampler(GPSampler):
+    """Optuna's GP sampler modelling at most GP_HISTORY finished trials (`capped_history`);
+    for maximised single-objective studies (tfkd's sweeps)."""
+
+    def _sample_relative_impl(
+        self,
+        study: Study,
+        completed_trials: list[FrozenTrial],
+        running_trials: list[FrozenTrial],
+        search_space: dict[str, BaseDistribution],
+    ) -> dict[str, Any]:
+        return super()._sample_relative_impl(
+            study, capped_history(completed_trials), running_trials, search_space
+        )
 
 
 def first_wave_sampler(seed: int) -> QMCSampler:

@@ -25,6 +25,12 @@ MODE = "max"
 FAILED_BY_HYPERPARAMETERS = "tfkd_failed_by_hyperparameters"
 # how a sweep chooses its trials (tfkd.sweep.tuner.SEARCHERS has one searcher per name)
 SEARCH_ALGS = ("optuna", "gp", "random", "grid")
+# The most finished trials the GP sampler models (tfkd.sweep.samplers.capped_history): its refit
+# grows with the cube of them. Alone (Optuna 5.1 with greenlet, 3 parameters, 2 cores) a proposal
+# took 0.14 s at 32 results, 0.32 s at 64, 0.54 s at 128. In 256-trial sweeps with 8 trials
+# training beside the driver (benchmarks/sweep_scale.py), 64 instead of 128 cut the driver's CPU
+# per trial from 0.61 to 0.51 s; the longest proposal stayed about a second (1.04 -> 1.09 s).
+GP_HISTORY = 64
 # the SweepSpec fields that the resource, storage and retry flags set (`resource_options`)
 RESOURCE_FIELDS = (
     "gpus_per_trial",

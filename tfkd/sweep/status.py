@@ -13,6 +13,7 @@ with --verbose it is forwarded without Ray's de-duplication.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import os
@@ -40,6 +41,15 @@ ABBREVIATIONS = {
     "seed": "seed",
 }
 REFRESH_S = 15.0
+# The table lists every trial of a sweep of up to FULL_TABLE_TRIALS trials. A larger sweep
+# (`--num-samples 256`) would print hundreds of rows every REFRESH_S, so its table lists: the
+# TOP_ROWS best trials (the summary's best first), the RUNNING_ROWS running trials furthest
+# along, and FAILED_ROWS failed ones, each followed by how many more there are, and then the
+# count of the trials left out: at most 21 lines, one 24-line terminal screen.
+FULL_TABLE_TRIALS = 20
+TOP_ROWS = 5
+RUNNING_ROWS = 8  # a cluster of 8 GPUs at 4 trials each runs 32: the 8 nearest their end
+FAILED_ROWS = 3  # a failure the user must act on; the summary at the end names every one
 RAY_ANALYSIS_LOGGER = "ray.tune.analysis.experiment_analysis"
 T = TypeVar("T")
 STATES = ("PENDING", "RUNNING", "DONE", "STOPPED", "FAILED")
@@ -160,6 +170,18 @@ def best_ties(candidates: Iterable[tuple[T, float | None, bool]]) -> list[T]:
     pool = [c for c in scored if c[2]] or scored
     top = max((score for _, score, _ in pool), default=None)
     return [item for item, score, _ in pool if score == top]
+
+
+def top_of(candidates: Iterable[tuple[T, float | None, bool]], n: int) -> list[T]:
+    """The `n` best of (item, score, full length) triples, best first: best_of's choice, then
+    the others as best_of ranks them (full-length first, then by score; ties in the order
+    given). O(len log n): the status table asks for it at every refresh."""
+    scored = (
+        (not full, -score, index, item)
+        for index, (item, score, full) in enumerate(candidates)
+        if _is_score(score)
+    )
+    return [entry[-1] for entry in heapq.nsmallest(n, scored, key=lambda e: e[:3])]
 
 
 def _is_score(value: Any) -> TypeGuard[float]:
@@ -303,14 +325,42 @@ class SweepStatus:
         )
 
     def render(self) -> str:
-        width = max([5, *(len(row.name) for row in self.rows.values())])
+        """The summary line and the table: every trial of a sweep of up to FULL_TABLE_TRIALS,
+        a bounded selection of a larger one (`_selection`)."""
+        if max(self.total, len(self.rows)) <= FULL_TABLE_TRIALS:
+            return self._table(list(self.rows.values()))
+        return self._table(self._selection())
+
+    def _table(self, entries: list[LiveTrial | str]) -> str:
+        """The summary line, the header, then a row per trial and each note as its own line."""
+        trials = [entry for entry in entries if isinstance(entry, LiveTrial)]
+        width = max([5, *(len(row.name) for row in trials)])
         label = COLUMN_LABELS.get(self.metric, self.metric)
         lines = [self.summary_line(), f"  {'trial':<{width}}  {'epoch':>7}  {label:>7}  state"]
-        for row in self.rows.values():
-            accuracy = f"{row.score:6.2f}%" if row.score is not None else "-"
-            epoch = f"{row.epoch}/{row.epochs}"
-            lines.append(f"  {row.name:<{width}}  {epoch:>7}  {accuracy:>7}  {row.state}")
+        for entry in entries:
+            lines.append(f"  {entry}" if isinstance(entry, str) else _table_row(entry, width))
         return "\n".join(lines)
+
+    def _selection(self) -> list[LiveTrial | str]:
+        """A large sweep's rows: the TOP_ROWS best (the first is the summary's best), the
+        RUNNING_ROWS running trials with the most epochs and FAILED_ROWS failed ones not among
+        them, each with how many more there are, then how many trials of the other states
+        are not shown. Linear in the trials, but for the bounded sorts."""
+        rows = list(self.rows.values())
+        top = top_of(((r, r.score, r.epoch >= r.epochs) for r in rows), TOP_ROWS)
+        shown = {id(row) for row in top}
+        running = [r for r in rows if r.state == "RUNNING" and id(r) not in shown]
+        failed = [r for r in rows if r.state == "FAILED" and id(r) not in shown]
+        furthest = heapq.nlargest(RUNNING_ROWS, running, key=lambda r: r.epoch)
+        entries: list[LiveTrial | str] = [*top, *furthest, *_more(running, furthest, "running")]
+        entries += [*failed[:FAILED_ROWS], *_more(failed, failed[:FAILED_ROWS], "failed")]
+        shown |= {id(row) for row in (*furthest, *failed[:FAILED_ROWS])}
+        hidden = {state: 0 for state in STATES if state not in ("RUNNING", "FAILED")}
+        for row in rows:
+            if id(row) not in shown and row.state in hidden:
+                hidden[row.state] += 1
+        left_out = ", ".join(f"{n} {state.lower()}" for state, n in hidden.items() if n)
+        return [*entries, *([f"... not shown: {left_out}"] if left_out else [])]
 
     def maybe_print(self) -> None:
         """Print the table when `refresh_s` has passed since the last time."""
@@ -326,3 +376,15 @@ class SweepStatus:
     def print(self) -> None:
         self.last_print = self.clock()
         print(self.render(), file=self.out, flush=True)
+
+
+def _table_row(row: LiveTrial, width: int) -> str:
+    accuracy = f"{row.score:6.2f}%" if row.score is not None else "-"
+    epoch = f"{row.epoch}/{row.epochs}"
+    return f"  {row.name:<{width}}  {epoch:>7}  {accuracy:>7}  {row.state}"
+
+
+def _more(every: list[LiveTrial], shown: list[LiveTrial], state: str) -> list[str]:
+    """'... and 3 more running' when `shown` is not `every` trial of `state`; else nothing."""
+    more = len(every) - len(shown)
+    return [f"... and {more} more {state}"] if more > 0 else []

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 import torch
 from ray import tune
@@ -27,54 +26,7 @@ from tfkd.sweep.record import TrialRecord, newest_complete
 from tfkd.sweep.spec import FAILED_BY_HYPERPARAMETERS, SweepSpec, storage_uri
 from tfkd.sweep.storage import GIVEN_CONFIG_KEY, local_experiment_dir
 
-# ---------------------------------------------------------------- sharing the dataset
-
-
-def _pack_images(images: data.Images) -> dict[str, Any]:
-    """Decoded images as a numpy array, images on disk as their paths."""
-    if isinstance(images, torch.Tensor):
-        return {"images": images.numpy()}
-    return {"paths": images.paths}
-
-
-def _pack_split(split: data.AnySplit) -> dict[str, Any]:
-    """A split as plain values (`_pack_images`, the labels as a numpy array, the statistics)."""
-    return {
-        **_pack_images(split.images),
-        "labels": split.labels.numpy(),
-        "mean": split.mean,
-        "std": split.std,
-        "augment": split.augment,
-        "rotation": split.rotation,
-    }
-
-
-def _unpack_split(p: Mapping[str, Any]) -> data.AnySplit:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # read-only shared memory: loaders never write to it
-        labels = torch.from_numpy(np.asarray(p["labels"]))
-        images = None if "paths" in p else torch.from_numpy(np.asarray(p["images"]))
-    stats = (tuple(p["mean"]), tuple(p["std"]), tuple(p["augment"]), p["rotation"])
-    if images is None:
-        return data.FileSplit(data.FileImages(tuple(p["paths"])), labels, *stats)
-    return data.Split(images, labels, *stats)
-
-
-def pack_dataset(dataset: data.Dataset) -> dict[str, Any]:
-    """Numpy arrays, so that trials read them zero-copy from the object store."""
-    return {
-        "name": dataset.name,
-        "num_classes": dataset.num_classes,
-        **{s: _pack_split(getattr(dataset, s)) for s in ("train", "val", "test")},
-    }
-
-
-def unpack_dataset(packed: Mapping[str, Any]) -> data.Dataset:
-    return data.Dataset(
-        name=packed["name"],
-        num_classes=packed["num_classes"],
-        **{s: _unpack_split(packed[s]) for s in ("train", "val", "test")},
-    )
+# ---------------------------------------------------------------- the dataset
 
 
 def dataset_of(spec: SweepSpec) -> data.Dataset:

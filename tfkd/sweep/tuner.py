@@ -21,9 +21,18 @@ from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from tfkd import tracking
-from tfkd.core import data
+from tfkd.core import data, data_sharing
 from tfkd.core.errors import UserError
-from tfkd.sweep import callbacks, cluster, distributed, samplers, state_files, summary, trainable
+from tfkd.sweep import (
+    callbacks,
+    cluster,
+    distributed,
+    rungs,
+    samplers,
+    state_files,
+    summary,
+    trainable,
+)
 from tfkd.sweep.asha import ResumableASHA, ScheduleASHA, SchedulerState
 from tfkd.sweep.spec import MODE, SweepResult, SweepSpec, param_space, storage_uri
 from tfkd.sweep.storage import GIVEN_CONFIG_KEY
@@ -45,17 +54,27 @@ SWEEP_ENVIRONMENT = {
     "RAY_AIR_NEW_OUTPUT": "0",
 }
 # How often the experiment state (which checkpoint each trial resumes from) is saved: every second
-# on a local folder, so that it never names a checkpoint the keep-the-latest rule has deleted
+# on a local folder, so that it rarely names a checkpoint the keep-the-latest rule has deleted
 # (a restore also looks for a later one in the trial's folder); on a URI storage each save is an
 # upload, so at most every 30 s.
-CHECKPOINT_PERIOD_S = {"local": "1", "uri": "30"}
+CHECKPOINT_PERIOD_S = {"local": 1.0, "uri": 30.0}
+# A save pickles every trial and the searcher (its whole study), so its cost grows with the
+# trials: past this many trials per second of period the period grows with them (8 s at 256
+# trials), which keeps the share of the driver's time spent saving the same at any size.
+TRIALS_PER_CHECKPOINT_SECOND = 32
+
+
+def checkpoint_period_s(spec: SweepSpec) -> float:
+    """Seconds between saves of the experiment state (CHECKPOINT_PERIOD_S, longer for sweeps of
+    more than TRIALS_PER_CHECKPOINT_SECOND trials)."""
+    kind = "uri" if "://" in storage_uri(spec.storage) else "local"
+    return max(CHECKPOINT_PERIOD_S[kind], _total_trials(spec) / TRIALS_PER_CHECKPOINT_SECOND)
 
 
 @contextlib.contextmanager
 def sweep_environment(spec: SweepSpec) -> Iterator[None]:
     """Tune's settings for the duration of a sweep (a user's own values win), then the old ones."""
-    kind = "uri" if "://" in storage_uri(spec.storage) else "local"
-    wanted = {**SWEEP_ENVIRONMENT, "TUNE_GLOBAL_CHECKPOINT_S": CHECKPOINT_PERIOD_S[kind]}
+    wanted = {**SWEEP_ENVIRONMENT, "TUNE_GLOBAL_CHECKPOINT_S": f"{checkpoint_period_s(spec):g}"}
     added = [name for name in wanted if name not in os.environ]
     os.environ.update({name: wanted[name] for name in added})
     try:
@@ -195,11 +214,10 @@ def _tpe_sampler(spec: SweepSpec):
 
 def _gp_sampler(spec: SweepSpec):
     """Optuna's Gaussian-process sampler (log-expected improvement, made for small budgets on
-    continuous spaces). It models the COMPLETE trials only (pruned ones are not in its model)
-    and takes the running trials into account itself."""
-    import optuna
-
-    return optuna.samplers.GPSampler(
+    continuous spaces). It models the COMPLETE trials only (pruned ones are not in its model),
+    at most spec.GP_HISTORY of them (samplers.capped_history), and takes the running trials into
+    account itself."""
+    return samplers.CappedGPSampler(
         seed=spec.search_seed,
         n_startup_trials=startup_trials(spec.num_samples),
         warn_independent_sampling=False,
@@ -290,13 +308,18 @@ class _OptunaSearch(OptunaSearch):
 
 def scheduler(spec: SweepSpec) -> ResumableASHA:
     """ASHA on the validation accuracy, time in epochs: at the schedule's rungs by default,
-    geometric from --grace-period when one is given; its state survives --resume
+    keeping the top half there (the top quarter at the default rung in a sweep of 32 trials or
+    more: tfkd.sweep.rungs.reduction_factor), geometric from --grace-period when one is given
+    (the top half at each); its state, and with Tune's saved Tuner its factor, survive --resume
     (tfkd.sweep.asha)."""
-    common = {"time_attr": "epoch", "max_t": spec.epochs, "reduction_factor": 2}
+    common = {"time_attr": "epoch", "max_t": spec.epochs}
     if spec.grace_period is None and spec.rungs:
-        return ScheduleASHA(spec.rungs, **common)
+        factor = rungs.reduction_factor(_total_trials(spec), spec.rungs, spec.base_config)
+        return ScheduleASHA(spec.rungs, reduction_factor=factor, **common)
     grace = spec.grace_period if spec.grace_period is not None else spec.epochs
-    return ResumableASHA(grace_period=min(grace, spec.epochs), **common)
+    return ResumableASHA(
+        grace_period=min(grace, spec.epochs), reduction_factor=rungs.REDUCTION_FACTOR, **common
+    )
 
 
 def resources(spec: SweepSpec) -> dict[str, float]:
@@ -309,6 +332,14 @@ def resources(spec: SweepSpec) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------- the Tuner
+
+# A trial runs in the actor (the process) of a trial that has ended, when there is one: its
+# process start and imports (torch, Ray, MLflow: ~7 core-seconds on the 2-core machine) are paid
+# once per slot, not once per trial (benchmarks/sweep_scale.py). Tune hands the actor over only
+# when the previous trial's thread has ended (TUNE_FUNCTION_THREAD_TIMEOUT_S, 2 s; the trainable
+# reads nothing of the previous trial); otherwise it stops that actor as before
+# (_StopsCleanly) and starts a new one.
+REUSE_ACTORS = True
 
 
 def _trainable_of(spec: SweepSpec, packed: Mapping[str, Any]):
@@ -387,7 +418,7 @@ def _tuner(spec: SweepSpec, packed: Mapping[str, Any]) -> tune.Tuner:
         max_concurrent_trials=concurrency(spec) if model_based(spec) else None,
         scheduler=asha,
         num_samples=1 if spec.fixed else spec.num_samples,
-        reuse_actors=False,
+        reuse_actors=REUSE_ACTORS,
         trial_name_creator=callbacks.trial_namer(spec),
         trial_dirname_creator=callbacks.trial_dirname,
     )
@@ -462,7 +493,7 @@ def run_sweep(spec: SweepSpec, dataset: data.Dataset | None = None) -> SweepResu
     if note:
         print(note, flush=True)
     with sweep_environment(spec):
-        return _fit(_tuner(spec, trainable.pack_dataset(dataset)), spec, record_best=True)
+        return _fit(_tuner(spec, data_sharing.pack_dataset(dataset)), spec, record_best=True)
 
 
 def run_configs(
@@ -480,7 +511,7 @@ def run_configs(
 def _configs_tuner(
     spec: SweepSpec, configs: list[dict[str, Any]], dataset: data.Dataset
 ) -> tune.Tuner:
-    fn = _trainable_of(spec, trainable.pack_dataset(dataset))
+    fn = _trainable_of(spec, data_sharing.pack_dataset(dataset))
     tuner = _restored(spec, fn) if spec.resume else None
     if tuner is None:
         tuner = tune.Tuner(
@@ -488,7 +519,7 @@ def _configs_tuner(
             param_space={GIVEN_CONFIG_KEY: tune.grid_search(configs)},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=_concurrency(spec),
-                reuse_actors=False,
+                reuse_actors=REUSE_ACTORS,
                 trial_name_creator=callbacks.trial_namer(spec, configs),
                 trial_dirname_creator=callbacks.trial_dirname,
             ),
