@@ -82,7 +82,7 @@ def proposal_seconds(searcher: Any, spec: SweepSpec, running: int) -> list[float
         open_trials.append((f"t{number}", config))
         if len(open_trials) >= running:
             trial_id, ended = open_trials.pop(0)
-            result = {METRIC: score(ended, rng), "epoch": spec.epochs}
+            result = {METRIC: score(ended, rng), "epoch": spec.epochs, "training_iteration": 1}
             searcher.on_trial_result(trial_id, result)
             searcher.on_trial_complete(trial_id, result)
     return seconds

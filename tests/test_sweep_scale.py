@@ -56,7 +56,6 @@ def test_the_gp_sampler_fits_at_most_its_cap_of_results(monkeypatch):
     """Optuna's GP fit sees GP_HISTORY points however many trials have finished (and the
     method tfkd narrows is still Optuna's: an upgrade that renames it fails here)."""
     import optuna
-    from optuna._gp import gp
 
     assert list(inspect.signature(GPSampler._sample_relative_impl).parameters) == [
         "self",
@@ -66,13 +65,15 @@ def test_the_gp_sampler_fits_at_most_its_cap_of_results(monkeypatch):
         "search_space",
     ]
     fitted: list[int] = []
-    fit = gp.fit_kernel_params
+    # the module object the sampler calls (another test may have re-imported optuna's modules)
+    called = samplers.CappedGPSampler.__mro__[1]._sample_relative_impl.__globals__["gp"]
+    fit = called.fit_kernel_params
 
     def spy(*args, **kwargs):
         fitted.append(len(kwargs["X"]))
         return fit(*args, **kwargs)
 
-    monkeypatch.setattr(gp, "fit_kernel_params", spy)
+    monkeypatch.setattr(called, "fit_kernel_params", spy)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         direction="maximize", sampler=samplers.CappedGPSampler(seed=0, n_startup_trials=1)
