@@ -201,7 +201,7 @@ def run_tfkd(case: Case, opts: argparse.Namespace, workdir: Path, uri: str) -> d
     """`tfkd tune` in this process, its driver instrumented; its output to a file."""
     import ray
 
-    from tfkd.cli import tune as tune_command
+    import tfkd.cli.tune as tune_command
     from tfkd.sweep import status, tuner
 
     timeline, proposals, redraws = Timeline(), Stopwatch(), Stopwatch()

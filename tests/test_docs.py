@@ -205,7 +205,11 @@ def test_performance_page_states_the_benchmark_results(site):
             assert has_row(perf, target["target"], worst), target
             assert any(r[:2] == [target["target"], worst] and r[-1] == verdict for r in perf.rows)
 
+    for row in result("gp_proposals.json")["rows"]:
+        assert has_row(perf, row["searcher"], f"{row['p50_s']:,.3f}", f"{row['max_s']:,.3f}"), row
+
     for name in (
+        "gp_proposals",
         "search_efficiency",
         "rung_fidelity",
         "first_wave",

@@ -322,6 +322,23 @@ def sweep_scale(doc: Mapping[str, Any]) -> str:
     )
 
 
+def gp_proposals(doc: Mapping[str, Any]) -> str:
+    rows = [
+        [
+            row["searcher"],
+            number(row["p50_s"], 3),
+            number(row["max_s"], 3),
+            number(row["last_half_p50_s"], 3),
+            number(row["last_half_max_s"], 3),
+            number(row["total_s"], 1),
+        ]
+        for row in doc["rows"]
+    ]
+    header = ["searcher", "median (s)", "longest (s)", "last half: median (s)", "longest (s)"]
+    note = f"{doc['trials']} proposals, {doc['running']} trials running at a time."
+    return markdown_table([*header, "all proposals (s)"], rows) + "\n\n" + note
+
+
 @dataclass(frozen=True)
 class Benchmark:
     script: str  # benchmarks/<script>, whose docstring's usage line produces the file
@@ -338,6 +355,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "disk_traffic.json": Benchmark("disk_traffic.py", disk_traffic),
     "sweep_scale.json": Benchmark("sweep_scale.py", sweep_scale),
     "sweep_scale_256.json": Benchmark("sweep_scale.py", sweep_scale),
+    "gp_proposals.json": Benchmark("gp_proposals.py", gp_proposals),
 }
 
 

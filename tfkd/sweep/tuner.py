@@ -381,12 +381,14 @@ def _restored(spec: SweepSpec, fn) -> tune.Tuner | None:
     if not tune.Tuner.can_restore(experiment):
         return None
     try:
-        return tune.Tuner.restore(
-            experiment,
-            trainable=fn,
-            resume_unfinished=True,
-            resume_errored=True,
-            restart_errored=False,
+        return _fresh_actors(
+            tune.Tuner.restore(
+                experiment,
+                trainable=fn,
+                resume_unfinished=True,
+                resume_errored=True,
+                restart_errored=False,
+            )
         )
     except Exception as exc:  # unreadable state (truncated, from another Ray): one line
         said = (str(exc).strip().splitlines() or [""])[0]
@@ -394,6 +396,17 @@ def _restored(spec: SweepSpec, fn) -> tune.Tuner | None:
             f"--resume: Ray cannot load the saved state of sweep {spec.name} "
             f"({exc.__class__.__name__}: {said}); start a new sweep under another --name"
         ) from None
+
+
+def _fresh_actors(restored: tune.Tuner) -> tune.Tuner:
+    """A resumed sweep starts each trial on a new actor, as sweeps did before REUSE_ACTORS: with
+    actors reused, the Ctrl-C-and-resume test (tests/test_interrupt.py) once ran a resumed sweep
+    to its end without its second trial's checkpoint being seen first, a cause not found yet.
+    Ray keeps the saved TuneConfig on its private TunerInternal; without one, Ray's own value."""
+    local = getattr(restored, "_local_tuner", None)
+    if local is not None and hasattr(local, "_tune_config"):
+        local._tune_config = replace(local._tune_config, reuse_actors=False)
+    return restored
 
 
 def _total_trials(spec: SweepSpec) -> int:
