@@ -147,13 +147,13 @@ def proposed_before_any_result(study) -> int:
     return sum(1 for t in study.trials if t.datetime_start < first_result)
 
 
-@pytest.mark.slow
-def test_a_default_sweep_on_one_gpu_proposes_at_most_a_third_before_any_result(workdir):
-    """A head declaring one GPU fits 4 trials of 0.25 GPU (they train on the CPU without CUDA);
-    the default sweep (8 trials) runs 2 at once and says how many came before its first result."""
+def one_gpu_sweep(workdir: Path, name: str, *words: str):
+    """A one-epoch tfkd_reg sweep on digits on a Ray head declaring one GPU (4 CPUs), tracked in
+    the folder's SQLite store; it must succeed."""
     with ray_cluster(num_cpus=4, num_gpus=1) as address:
         done = tune_main(
-            "--mode tfkd_reg --dataset digits --model resnet8 --epochs 1 --name one-gpu",
+            f"--mode tfkd_reg --dataset digits --model resnet8 --epochs 1 --name {name}",
+            *words,
             set="warmup_epochs=0",
             address=address,
             storage=workdir / "ray_results",
@@ -161,6 +161,14 @@ def test_a_default_sweep_on_one_gpu_proposes_at_most_a_third_before_any_result(w
             cwd=workdir,
         )
     assert_ok(done)
+    return done
+
+
+@pytest.mark.slow
+def test_a_default_sweep_on_one_gpu_proposes_at_most_a_third_before_any_result(workdir):
+    """A head declaring one GPU fits 4 trials of 0.25 GPU (they train on the CPU without CUDA);
+    the default sweep (8 trials) runs 2 at once and says how many came before its first result."""
+    done = one_gpu_sweep(workdir, "one-gpu")
     study = searcher_study(workdir / "ray_results" / "one-gpu")
     assert len(study.trials) == 8
     blind = proposed_before_any_result(study)
@@ -188,17 +196,7 @@ def most_at_once(runs) -> int:
 def test_a_sweep_that_fits_four_trials_runs_four_at_once(workdir):
     """Slots fill: 12 trials of 0.25 GPU on a head declaring one GPU run 4 at once (a third of
     the budget), counted from their MLflow runs' start and end times."""
-    with ray_cluster(num_cpus=4, num_gpus=1) as address:
-        done = tune_main(
-            "--mode tfkd_reg --dataset digits --model resnet8 --epochs 1 --name fill",
-            "--num-samples 12",
-            set="warmup_epochs=0",
-            address=address,
-            storage=workdir / "ray_results",
-            mlflow_uri=sqlite_uri(workdir),
-            cwd=workdir,
-        )
-    assert_ok(done)
+    one_gpu_sweep(workdir, "fill", "--num-samples 12")
     trials = runs_of_kind(sqlite_uri(workdir), "tfkd_reg-digits-resnet8")
     assert len(trials) == 12 and all(run.info.end_time for run in trials)
     assert most_at_once(trials) == 4

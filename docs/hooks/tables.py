@@ -301,42 +301,45 @@ SCALE_COLUMNS = (  # sweep_scale.json row key, column title, decimals (None: as 
 )
 
 
-def _scale_cell(value: Any, digits: int | None) -> str:
+def _cell(value: Any, digits: int | None) -> str:
     if value is None:
         return NEVER
     return str(value) if digits is None else number(value, digits)
 
 
+def columns_table(columns: Sequence[tuple[str, str, int | None]], rows: Sequence[Mapping]) -> str:
+    """A table of `rows` (mappings) by (key, title, decimals) columns."""
+    cells = [[_cell(row.get(k), d) for k, _, d in columns] for row in rows]
+    return markdown_table([title for _, title, _ in columns], cells)
+
+
 def sweep_scale(doc: Mapping[str, Any]) -> str:
     """Every sweep of the benchmark, then each target with its worst measured value."""
-    rows = [[_scale_cell(row.get(k), d) for k, _, d in SCALE_COLUMNS] for row in doc["rows"]]
     verdict = {True: "met", False: "not met", None: "not measured"}
     targets = [
-        [t["target"], _scale_cell(t["worst"], 2), amount(t["limit"]), verdict[t["met"]]]
+        [t["target"], _cell(t["worst"], 2), amount(t["limit"]), verdict[t["met"]]]
         for t in doc["targets"]
     ]
     return (
-        markdown_table([title for _, title, _ in SCALE_COLUMNS], rows)
+        columns_table(SCALE_COLUMNS, doc["rows"])
         + "\n\n"
         + markdown_table(["target", "worst measured", "limit", ""], targets)
     )
 
 
+GP_COLUMNS = (  # gp_proposals.json row key, column title, decimals
+    ("searcher", "searcher", None),
+    ("p50_s", "median (s)", 3),
+    ("max_s", "longest (s)", 3),
+    ("last_half_p50_s", "last half: median (s)", 3),
+    ("last_half_max_s", "longest (s)", 3),
+    ("total_s", "all proposals (s)", 1),
+)
+
+
 def gp_proposals(doc: Mapping[str, Any]) -> str:
-    rows = [
-        [
-            row["searcher"],
-            number(row["p50_s"], 3),
-            number(row["max_s"], 3),
-            number(row["last_half_p50_s"], 3),
-            number(row["last_half_max_s"], 3),
-            number(row["total_s"], 1),
-        ]
-        for row in doc["rows"]
-    ]
-    header = ["searcher", "median (s)", "longest (s)", "last half: median (s)", "longest (s)"]
     note = f"{doc['trials']} proposals, {doc['running']} trials running at a time."
-    return markdown_table([*header, "all proposals (s)"], rows) + "\n\n" + note
+    return columns_table(GP_COLUMNS, doc["rows"]) + "\n\n" + note
 
 
 @dataclass(frozen=True)
