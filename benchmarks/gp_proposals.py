@@ -3,14 +3,15 @@ defaults (through Ray's OptunaSearch), outside Ray, on the same machine in one r
 
     python benchmarks/gp_proposals.py [--trials 256] [--running 8] [--out benchmarks/results]
 
-Both searchers propose `--trials` trials of tfkd_reg's three-axis space (the shapes of the
-shipped space) while `--running` trials are running: each proposal is timed, then the oldest
-running trial ends with a noisy score of a smooth function, as trials running side by side do.
-Printed as a table and JSON (benchmarks/results/gp_proposals.json) with the machine: seconds per
-proposal, median and longest, over all proposals and over the last half. tfkd's searcher is the
-one `tfkd tune --search-alg gp` runs (a scrambled Sobol first wave, the GP from num_samples/8
-results on, modelling at most spec.GP_HISTORY of them); Optuna's GP at its defaults models every
-result from its tenth on.
+Both searchers propose `--trials` trials of tfkd_reg's three-axis space (the shapes of the shipped
+space) while `--running` trials are running: each proposal is timed, then the oldest running trial
+ends with a noisy score of a smooth function, as trials running side by side do. Printed as a table
+and JSON (benchmarks/results/gp_proposals.json) with the machine: seconds per proposal, median and
+longest, over all proposals and over the last half, and the CPU seconds of all proposals (every
+thread of the process: torch's intra-op threads count). tfkd's searcher is the one `tfkd tune
+--search-alg gp` runs (a scrambled Sobol first wave, the GP from num_samples/8 results on,
+modelling at most spec.GP_HISTORY of them, on one torch thread); Optuna's GP at its defaults models
+every result from its tenth on.
 """
 
 from __future__ import annotations
@@ -71,29 +72,35 @@ def score(config: dict[str, Any], rng: random.Random) -> float:
     )
 
 
-def proposal_seconds(searcher: Any, spec: SweepSpec, running: int) -> list[float]:
-    """Seconds per suggest, `running` trials open at a time, the oldest ending after each."""
+def proposal_seconds(
+    searcher: Any, spec: SweepSpec, running: int
+) -> tuple[list[float], list[float]]:
+    """Seconds and CPU seconds (the process' threads together) per suggest, `running` trials
+    open at a time, the oldest ending after each."""
     searcher.set_search_properties(METRIC, MODE, param_space(spec))
-    rng, seconds, open_trials = random.Random(0), [], []
+    rng, seconds, cpu_seconds, open_trials = random.Random(0), [], [], []
     for number in range(spec.num_samples):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         config = searcher.suggest(f"t{number}")
         seconds.append(time.perf_counter() - started)
+        cpu_seconds.append(time.process_time() - cpu_started)
         open_trials.append((f"t{number}", config))
         if len(open_trials) >= running:
             trial_id, ended = open_trials.pop(0)
             result = {METRIC: score(ended, rng), "epoch": spec.epochs, "training_iteration": 1}
             searcher.on_trial_result(trial_id, result)
             searcher.on_trial_complete(trial_id, result)
-    return seconds
+    return seconds, cpu_seconds
 
 
-def summary(seconds: list[float]) -> dict[str, float]:
+def summary(timed: tuple[list[float], list[float]]) -> dict[str, float]:
+    seconds, cpu_seconds = timed
     late = seconds[len(seconds) // 2 :]
     return {
         "p50_s": round(statistics.median(seconds), 3),
         "max_s": round(max(seconds), 3),
         "total_s": round(sum(seconds), 1),
+        "cpu_total_s": round(sum(cpu_seconds), 1),
         "last_half_p50_s": round(statistics.median(late), 3),
         "last_half_max_s": round(max(late), 3),
     }

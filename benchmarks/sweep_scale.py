@@ -1,7 +1,7 @@
 """What a sweep costs beyond its training, from 8 to 256 trials, beside a bare Ray Tune script.
 
     python benchmarks/sweep_scale.py [--sizes 8 64 256] [--samplers random optuna gp]
-        [--stores sqlite server] [--epochs 1] [--fake-size 128] [--cpus 2]
+        [--stores sqlite server untracked] [--epochs 1] [--fake-size 128] [--cpus 2]
         [--cpus-per-trial 0.25] [--only SIZE=SAMPLER/STORE ...] [--out DIR]
 
 Every sweep is `tfkd tune --mode tfkd_reg --dataset fake --model resnet8` (short trials: the
@@ -13,7 +13,10 @@ training (`tfkd.core.train.run_trial` on the same data, shared through the objec
 same sampler (Ray's random search or OptunaSearch with Optuna's TPE or GP sampler) and the same
 number of trials at once, reporting once at the end: no checkpoints, no tracking, no status. The
 bare script reuses its actors between trials as tfkd does; `bare-fresh` (Ray's default) starts
-a new actor, a new process, for every trial.
+a new actor, a new process, for every trial. `untracked` (not run by default) is `tfkd tune
+--no-tracking`: everything tfkd does but MLflow, an ablation that splits tfkd's own cost into its
+tracking and the rest (checkpoints, the trial's record, status, summary); its rows count against
+no target.
 
 Measured per sweep (JSON and a Markdown table, with the machine):
 
@@ -70,6 +73,9 @@ REPO = Path(__file__).resolve().parent.parent
 SIZES = (8, 64, 256)
 SAMPLERS = ("random", "optuna", "gp")
 STORES = ("sqlite", "server")
+# an ablation, not a default: `tfkd tune --no-tracking` (checkpoints, status, summary; no MLflow),
+# which splits tfkd's own cost into its tracking and the rest; never counted against the targets
+UNTRACKED = "untracked"
 MODE, DATASET, MODEL = "tfkd_reg", "fake", "resnet8"
 
 
@@ -79,7 +85,7 @@ class Case:
 
     size: int
     sampler: str
-    store: str  # sqlite, server, bare (Ray Tune alone), bare-fresh (and a new actor per trial)
+    store: str  # sqlite, server, untracked, bare (Ray Tune alone), bare-fresh (new actors)
 
     @property
     def label(self) -> str:
@@ -192,7 +198,8 @@ def tfkd_argv(case: Case, opts: argparse.Namespace, workdir: Path, uri: str) -> 
         *("--set", f"fake_size={opts.fake_size}", "--set", "warmup_epochs=0"),
         *("--epochs", str(opts.epochs), "--num-samples", str(case.size)),
         *("--search-alg", case.sampler, "--cpus-per-trial", str(opts.cpus_per_trial)),
-        *("--storage", str(workdir / "ray_results"), "--mlflow-uri", uri),
+        *("--storage", str(workdir / "ray_results")),
+        *(("--mlflow-uri", uri) if uri else ("--no-tracking",)),
         *("--name", "scale", "--data-dir", str(workdir)),
     ]
 
@@ -265,9 +272,10 @@ def tracked_epochs(uri: str) -> dict[str, tuple[int, float]]:
 def measure_tfkd(case: Case, opts: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     ran = run_tfkd(case, opts, workdir, opts.uri)
     timeline: Timeline = ran.pop("timeline")
-    tracked = tracked_epochs(opts.uri)
+    tracked = tracked_epochs(opts.uri) if opts.uri else {}
     usage = driver_usage()
     lost = sum(abs(tracked.get(t, (0, 0))[0] - n) for t, n in timeline.epochs.items())
+    lost = lost + max(0, ran["set_aside"]) if opts.uri else None
     closed = [
         tracked[t][1] - timeline.ended[t] for t in timeline.ended if tracked.get(t, (0, 0))[1]
     ]
@@ -283,7 +291,7 @@ def measure_tfkd(case: Case, opts: argparse.Namespace, workdir: Path) -> dict[st
         "startup_median_s": statistics.median(startups) if startups else None,
         "proposal": quantiles(proposals),
         "run_closed_s": quantiles(closed),
-        "lost": lost + max(0, ran["set_aside"]),
+        "lost": lost,
     }
 
 
@@ -292,7 +300,7 @@ def store(kind: str, workdir: Path) -> Iterator[str]:
     """The tracking URI of the case, ready before the clock starts, as a user's store is after
     their first sweep: a SQLite file MLflow has created (its one-time creation and migrations
     take seconds), or a real `mlflow server` on loopback over one; '' for the bare script."""
-    if kind.startswith("bare"):
+    if kind.startswith("bare") or kind == UNTRACKED:
         yield ""
         return
     from mlflow import MlflowClient
@@ -500,7 +508,7 @@ def growth(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
     found: dict[str, float] = {}
     series: dict[str, dict[int, float]] = {}
     for row in rows:
-        if is_tfkd(row) and row.get(key):
+        if row["store"] in STORES and row.get(key):
             label = f"{row['sampler']}/{row['store']}, {row['max_running']} at once"
             series.setdefault(label, {})[row["size"]] = row[key]
     for label, by_size in series.items():
@@ -575,7 +583,7 @@ def worst(values: list[float]) -> float | None:
 def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each target of the issue with its worst measured value over the rows, and whether it is
     met (None: nothing measured it)."""
-    tfkd_rows = [r for r in rows if is_tfkd(r)]
+    tfkd_rows = [r for r in rows if r["store"] in STORES]
     largest = max((r["size"] for r in tfkd_rows), default=0)
     at_largest = [r for r in tfkd_rows if r["size"] == largest]
     measured = [
@@ -611,7 +619,7 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ),
         (
             "epochs or writes lost or set aside",
-            [float(r["lost"]) for r in tfkd_rows if "lost" in r],
+            [float(r["lost"]) for r in tfkd_rows if r.get("lost") is not None],
             0.0,
         ),
     ]
@@ -692,7 +700,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS)
-    parser.add_argument("--stores", nargs="+", default=list(STORES), choices=STORES)
+    parser.add_argument("--stores", nargs="+", default=list(STORES), choices=(*STORES, UNTRACKED))
     parser.add_argument("--only", nargs="+", help="cases as SIZE=SAMPLER/STORE (store: bare too)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--fake-size", type=int, default=128)

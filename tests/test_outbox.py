@@ -17,6 +17,7 @@ from tfkd import tracking
 from tfkd.cli.commands import replay
 from tfkd.core import checkpoint
 from tfkd.sweep.record import TrialRecord, newest_complete
+from tfkd.tracking import store
 
 from conftest import free_port, sqlite_uri
 
@@ -62,8 +63,13 @@ def test_where_no_folder_is_shared_the_checkpoints_carry_the_best_weights(tmp_pa
     assert again.best_epoch == 1 and torch.equal(best["model"]["w"], torch.full((2,), 1.0))
 
 
+def experiment_of(client: MlflowClient, name: str = "e") -> str:
+    """A new experiment the way tfkd makes one: artifacts beside the database, not in ./mlruns."""
+    return store.ensure_experiment(client.tracking_uri, name)
+
+
 def open_op(client: MlflowClient, trial_id: str = "t1") -> dict:
-    experiment = client.create_experiment("e")
+    experiment = experiment_of(client)
     parent = client.create_run(experiment, run_name="sweep").info.run_id
     return open_op_for(experiment, parent, trial_id)
 
@@ -296,7 +302,7 @@ def test_a_replay_after_the_sweep_ends_asha_stopped_trials_finished_and_stopped_
     two epochs, t2 ran its three; everything waits in the outboxes, then `replay` sends it."""
     uri = sqlite_uri(tmp_path)
     client = MlflowClient(uri)
-    experiment = client.create_experiment("e")
+    experiment = experiment_of(client)
     parent = client.create_run(experiment, run_name="sweep").info.run_id
     results = tmp_path / "ray_results" / "sweep"
     for trial, epochs in (("t1", 2), ("t2", 3)):
@@ -395,7 +401,7 @@ def in_session(writes: list[dict], session: int) -> list[dict]:
 
 
 def new_sweep(client: MlflowClient, name: str) -> tuple[str, str]:
-    experiment = client.create_experiment(name)
+    experiment = experiment_of(client, name)
     return experiment, client.create_run(experiment, run_name="sweep").info.run_id
 
 

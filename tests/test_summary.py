@@ -78,6 +78,30 @@ def test_a_tie_of_many_trials_names_the_first_few_and_counts_the_others(tmp_path
     assert len(tie) < 200
 
 
+def test_many_failed_trials_are_named_a_few_with_their_reasons_then_counted(tmp_path, capsys):
+    """A diverging corner of the space fails 30 trials of a large sweep: the end of the sweep
+    names the first few with their reasons and counts the others, not 30 lines."""
+    failed = [
+        SimpleNamespace(
+            error=RuntimeError("diverged"),
+            metrics={summary.FAILED_BY_HYPERPARAMETERS: f"diverged at epoch 1 (loss 1e{n + 9})"},
+            config={"lr_factor": 8.0, "mode": "lsr"},
+            path=f"/x/trial_f{n:02d}",
+        )
+        for n in range(30)
+    ]
+    lines = printed_summary([result("a", 80.0), *failed], tmp_path, capsys)
+    assert lines[0] == "[tfkd] 31 trials: 30 failed, 0 stopped early by ASHA"
+    named = [line for line in lines if " failed: " in line]
+    assert named == [
+        f"[tfkd] trial f{n:02d} failed: diverged at epoch 1 (loss 1e{n + 9})"
+        for n in range(outcome.FAILURES_SHOWN)
+    ]
+    (rest,) = [line for line in lines if "more trial" in line]
+    assert rest.startswith(f"[tfkd] {30 - outcome.FAILURES_SHOWN} more trials failed; ")
+    assert str(tmp_path) in rest and len(lines) < 12
+
+
 # ---------------------------------------------------------------- the registered teachers' line
 
 TEACHER_RUN = "baseline-x"

@@ -334,6 +334,7 @@ GP_COLUMNS = (  # gp_proposals.json row key, column title, decimals
     ("last_half_p50_s", "last half: median (s)", 3),
     ("last_half_max_s", "longest (s)", 3),
     ("total_s", "all proposals (s)", 1),
+    ("cpu_total_s", "their CPU (core-s)", 1),
 )
 
 

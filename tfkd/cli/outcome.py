@@ -26,6 +26,9 @@ MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 # sweep of hundreds a coarse metric (a small validation split) can tie dozens; the sweep run's
 # trials.csv in MLflow lists every trial with its score.
 TIED_IDS_SHOWN = 5
+# The end of a sweep names this many failed trials with their reasons, then counts the rest: a
+# space with a diverging corner can fail dozens of trials of a large sweep, each with one line.
+FAILURES_SHOWN = 5
 REPLAY_COMMAND = "tfkd replay"  # sends what a sweep could not deliver to MLflow
 
 
@@ -72,6 +75,18 @@ def _some_of(trial_ids: Sequence[Any]) -> str:
     return f"{shown} and {more} more" if more > 0 else shown
 
 
+def _print_failures(failures: Mapping[str, str], experiment_path: str) -> None:
+    """The first FAILURES_SHOWN failed trials with their reasons, then how many more there are."""
+    for trial_id, reason in list(failures.items())[:FAILURES_SHOWN]:
+        print(f"[tfkd] trial {trial_id} failed: {reason}")
+    more = len(failures) - FAILURES_SHOWN
+    if more > 0:
+        print(
+            f"[tfkd] {counted(more, 'more trial')} failed; each failed trial's reason is its "
+            f"MLflow run's tag `error` and its error.txt under {experiment_path}"
+        )
+
+
 def _percent(value: Any) -> str:
     return f"{value:.2f}%" if isinstance(value, float) else str(value)
 
@@ -106,8 +121,7 @@ def print_outcome(result: Any, plan: Plan, args: TuneArgs) -> int:
         f"[tfkd] {counted(result.trials, 'trial')}: {result.failed} failed, "
         f"{result.stopped_early} stopped early by ASHA"
     )
-    for trial_id, reason in result.failures.items():
-        print(f"[tfkd] trial {trial_id} failed: {reason}")
+    _print_failures(result.failures, result.experiment_path)
     if result.tracking_pending:
         print(
             f"[tfkd] MLflow lacks the last writes of {len(result.tracking_pending)} run(s) "

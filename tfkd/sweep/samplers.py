@@ -12,7 +12,8 @@ trials.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from optuna.distributions import BaseDistribution
@@ -59,9 +60,29 @@ def capped_history(trials: Sequence[FrozenTrial], cap: int = GP_HISTORY) -> list
     return [trials[i] for i in sorted(kept.union(recent))]
 
 
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Torch's intra-op work on one thread inside the block, as before after it.
+
+    A GP over at most GP_HISTORY points works on matrices of a few dozen rows: a second thread
+    adds only synchronisation, and in a sweep, whose trials keep the other cores busy, it waits
+    for them. On the 2-core machine with trials running, 128 proposals of tfkd's GP took 54
+    core-seconds with torch's default 2 threads and 21 with one (benchmarks/gp_proposals.py).
+    """
+    import torch  # the GP's dependency; TPE and random sweeps need not import it here
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class CappedGPSampler(GPSampler):
-    """Optuna's GP sampler modelling at most GP_HISTORY finished trials (`capped_history`);
-    for maximised single-objective studies (tfkd's sweeps)."""
+    """Optuna's GP sampler modelling at most GP_HISTORY finished trials (`capped_history`), on
+    one torch thread (`one_torch_thread`); for maximised single-objective studies (tfkd's
+    sweeps)."""
 
     def _sample_relative_impl(
         self,
@@ -70,9 +91,10 @@ class CappedGPSampler(GPSampler):
         running_trials: list[FrozenTrial],
         search_space: dict[str, BaseDistribution],
     ) -> dict[str, Any]:
-        return super()._sample_relative_impl(
-            study, capped_history(completed_trials), running_trials, search_space
-        )
+        with one_torch_thread():
+            return super()._sample_relative_impl(
+                study, capped_history(completed_trials), running_trials, search_space
+            )
 
 
 def first_wave_sampler(seed: int) -> QMCSampler:
