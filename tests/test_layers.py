@@ -164,3 +164,25 @@ def test_a_trial_trains_through_tfkd_core_with_ray_and_mlflow_unimportable():
     assert result["loaded"] == []
     assert result["final"]["epoch"] == 2
     assert result["final"]["val_accuracy"] > 10.0 + 5.0  # above chance (10 classes) after 2 epochs
+
+
+DRIVER_DATA = """
+import json, sys
+from tfkd.core.config import TrialConfig
+from tfkd.core.train import load_dataset
+from tfkd.sweep import tuner
+
+load_dataset(TrialConfig.from_dict({"mode": "lsr", "dataset": "digits", "epochs": 2}))
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] == "torchvision")))
+"""
+
+
+def test_the_sweeps_driver_loads_a_tensor_dataset_without_importing_torchvision():
+    """torchvision brings torch._dynamo with it (seconds of CPU in every process that imports
+    it); a sweep's driver reading digits (or CIFAR's arrays once unpacked) has no use for it:
+    only the jpeg loader and the downloads import it."""
+    done = subprocess.run(
+        [sys.executable, "-c", DRIVER_DATA], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []

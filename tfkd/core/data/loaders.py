@@ -21,7 +21,6 @@ import torch
 
 from tfkd.core.registry import Registry
 
-from . import images
 from .augment import PAD, AugmentParams, apply_params, parse_augment, sample_params
 from .core import AnySplit, Split, seed_from
 from .folders import FileSplit
@@ -253,6 +252,10 @@ class JpegLoader(_BaseLoader[FileSplit]):
         return x.mul_(self._scale).add_(self._shift)
 
     def __iter__(self) -> Iterator[Batch]:
+        # imported here: torchvision brings torch._dynamo with it (seconds of CPU per process),
+        # which no other loader needs
+        from . import images
+
         return images.iterate(self, self._next_epoch(), with_indices=self.indices)
 
 
