@@ -170,6 +170,20 @@ def flagged(mode: str, facts: compute.SweepFacts, base_epochs: int = 80) -> str:
     return row["sanity"]
 
 
+def test_the_teacher_cell_carries_its_validation_accuracy_where_measured():
+    runs = [repro("baseline", s, 95.0, sweep_run_id="b") for s in PAIRED]
+    runs += [repro("rekd", s, 96.0, teacher="resnet8@best", sweep_run_id="m") for s in PAIRED]
+    runs += [repro("kd", s, 96.0, teacher="resnet20@best", sweep_run_id="k") for s in PAIRED]
+    facts_of = {
+        "b": compute.SweepFacts(compute.Cost(80)),
+        "m": with_facts(83.448),
+        "k": with_facts(math.nan),  # a sweep from before the teacher's accuracy was logged
+    }
+    table = results.markdown(results.results_table(runs, facts_of))
+    assert "| rekd | resnet8@best (83.45% val) |" in table
+    assert "| kd | resnet20@best |" in table and "| baseline |  |" in table
+
+
 def test_a_reversed_kd_row_whose_teacher_is_not_weaker_is_flagged():
     # the baseline's val accuracy: mean of 94 + s % 3 over the paired seeds
     student = sum(94.0 + s % 3 for s in PAIRED) / 4

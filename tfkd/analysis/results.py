@@ -416,11 +416,20 @@ def _config(row: pd.Series) -> str:
     return f"#{row['rank']}" if row["rank"] else row["config_hash"]
 
 
+def _teacher(row: pd.Series) -> str:
+    """The teacher and, where its sweep measured it, its validation accuracy: what tells an
+    rekd teacher (weaker than the student) and a dekd one (defective) from the name alone."""
+    accuracy = row.get("teacher_acc", math.nan)
+    if not row["teacher"] or pd.isna(accuracy):
+        return row["teacher"]
+    return f"{row['teacher']} ({accuracy:.2f}% val)"
+
+
 MARKDOWN_COLUMNS: list[tuple[str, Callable[[pd.Series], str]]] = [
     ("dataset", lambda r: r["dataset"]),
     ("model", lambda r: r["model"]),
     ("mode", lambda r: r["mode"]),
-    ("teacher", lambda r: r["teacher"]),
+    ("teacher", _teacher),
     ("config", _config),
     ("epochs", lambda r: str(r["epochs"])),
     ("protocol", lambda r: r["protocol"]),
@@ -441,7 +450,8 @@ MARKDOWN_COLUMNS: list[tuple[str, Callable[[pd.Series], str]]] = [
 ]
 
 EXPLANATION = (
-    "\nTest accuracy: the mean over seeds with its 95% t interval, as the row's protocol reports "
+    "\nTeacher: with its validation accuracy as its student's sweep measured it. "
+    "Test accuracy: the mean over seeds with its 95% t interval, as the row's protocol reports "
     "it: holdout, the weights of the epoch the validation split chose (val acc: its accuracy "
     "there), tested once; paper, trained on the full training set and tested every epoch, the "
     "maximum over epochs (it selects on the test set, as the original did). ECE (15 bins, %) "
